@@ -1,0 +1,204 @@
+"""The library API: every CLI command is one call here.
+
+    >>> import prunelab.api as pl                                  # doctest: +SKIP
+    >>> model, spec = pl.load("resnet20.fmnist")                   # doctest: +SKIP
+    >>> pl.evaluate(model, spec)["top1"]                           # doctest: +SKIP
+    0.93...
+    >>> r = pl.prune("resnet56.fmnist", "l1", ratio=0.5, out="runs/r56-l1")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Sequence
+
+import torch
+import torch.nn as nn
+
+from .data import Splits, load_dataset
+from .errors import PrunelabError
+from .io import ModelSpec, load_model, load_user_model, save_model
+from .metrics import macs_params, torch_cpu_latency
+from .train import TrainConfig, discard_checkpoint, evaluate as _top1, train as _train
+
+
+def load(ref: str, weights: str | None = None, dataset: str | None = None,
+         data_dir: str | None = None, kwargs: dict | None = None) -> tuple[nn.Module, ModelSpec]:
+    """Load a shipped model, a model folder, or ``path/file.py:factory`` (+ ``weights``).
+
+    A user factory needs a dataset (to know input shape, classes and normalisation).
+    """
+    if ":" in str(ref) and str(ref).rpartition(":")[0].endswith(".py"):
+        d = load_dataset(dataset or "fmnist", data_dir)
+        return load_user_model(str(ref), weights, [d.in_channels, d.input_size, d.input_size],
+                               d.num_classes, d.mean, d.std, d.name, kwargs)
+    if weights:
+        raise PrunelabError("--weights goes with a path/file.py:factory model, not a model folder")
+    return load_model(ref)
+
+
+def data_for(spec: ModelSpec, dataset: str | None = None, data_dir: str | None = None) -> Splits:
+    """The data set a model was trained on (or the one named), checked against the model."""
+    name = dataset or spec.dataset or "fmnist"
+    d = load_dataset(name, data_dir)
+    if list(spec.input_shape[:1]) != [d.in_channels] or spec.num_classes != d.num_classes:
+        raise PrunelabError(f"dataset {name} ({d.in_channels} channels, {d.num_classes} classes) "
+                            f"does not fit model {spec.name} ({spec.input_shape[0]} channels, "
+                            f"{spec.num_classes} classes); pass the dataset it was trained on")
+    if tuple(spec.mean) != tuple(d.mean) and spec.dataset == name:
+        d = dataclasses.replace(d, mean=tuple(spec.mean), std=tuple(spec.std))
+    return d
+
+
+def measure(model: nn.Module, spec: ModelSpec, data: Splits | None = None, batch_size: int = 1,
+            threads: int | None = None, repeats: int = 50, warmup: int = 10,
+            split: str = "test") -> dict:
+    """Test top-1, MACs, parameters and CPU latency of a model (median of timed runs).
+
+    Returns the ``--json`` contract keys: ``model``, ``top1``, ``macs``, ``params``,
+    ``latency_ms`` and ``latency`` (runtime, batch size, threads, repeats).
+    """
+    macs, params = macs_params(model, spec.input_shape)
+    out = {"model": spec.name, "macs": macs, "params": params}
+    if data is not None:
+        out["top1"] = _top1(model, data.batches(split, 500))
+        out["split"] = split
+    t = torch_cpu_latency([model], spec.input_shape, batch_size, threads, repeats, warmup)[0]
+    out["latency_ms"] = t.median_ms
+    out["latency"] = t.to_json()
+    return out
+
+
+def compare(models: Sequence[nn.Module], specs: Sequence[ModelSpec], data: Splits | None,
+            batch_size: int = 1, threads: int | None = None, repeats: int = 50,
+            warmup: int = 10) -> list[dict]:
+    """Like :func:`measure` for several models, with their latency runs interleaved."""
+    times = torch_cpu_latency(models, specs[0].input_shape, batch_size, threads, repeats, warmup)
+    rows = []
+    for m, s, t in zip(models, specs, times):
+        macs, params = macs_params(m, s.input_shape)
+        row = {"model": s.name, "macs": macs, "params": params}
+        if data is not None:
+            row["top1"] = _top1(m, data.batches("test", 500))
+            row["split"] = "test"
+        row.update(latency_ms=t.median_ms, latency=t.to_json())
+        rows.append(row)
+    return rows
+
+
+def prune(ref: str, criterion: str = "l1", ratio: float | None = None,
+          keep: dict[str, int] | None = None, out: str | None = None, round_to: int = 1,
+          dataset: str | None = None, data_dir: str | None = None, batch_size: int = 1,
+          threads: int | None = None, repeats: int = 50, criterion_options: dict | None = None,
+          evaluate: bool = True, weights: str | None = None) -> dict:
+    """Prune a model, save it (when ``out``), and report before/after top-1, MACs, params, latency.
+
+    No fine-tuning happens here: the figures show what the criterion alone leaves.
+    """
+    from .criteria import make_criterion
+    from .pruning import prune as _prune
+
+    model, spec = load(ref, weights=weights, dataset=dataset, data_dir=data_dir)
+    data = data_for(spec, dataset, data_dir) if (evaluate or _needs_data(criterion)) else None
+    crit = make_criterion(criterion, **(criterion_options or {}))
+    res = _prune(model, crit, ratio=ratio, keep=keep, input_shape=spec.input_shape, data=data,
+                 num_classes=spec.num_classes, round_to=round_to)
+    pspec = ModelSpec(**{**spec.__dict__, "provenance": {
+        "name": Path(out).name if out else f"{spec.name}-pruned",
+        "parent": spec.name, "parent_provenance": {k: v for k, v in spec.provenance.items()
+                                                   if k in ("name", "trained")},
+        "pruned": {"criterion": criterion, "criterion_options": criterion_options or {},
+                   "ratio": ratio, "round_to": round_to, "keep": res.keep,
+                   "widths_before": res.widths_before},
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "prunelab": _version()}})
+    pspec.layers = {}
+    if out:
+        save_model(res.model, pspec, out)
+    rows = compare([model, res.model], [spec, pspec], data if evaluate else None, batch_size,
+                   threads, repeats)
+    result = {**rows[1], "base": rows[0], "criterion": criterion, "ratio": ratio,
+              "keep": res.keep, "score_seconds": res.score_seconds,
+              "out": str(Path(out).resolve()) if out else None}
+    result["macs_removed"] = 1 - result["macs"] / result["base"]["macs"]
+    result["measured_speedup"] = result["base"]["latency_ms"] / result["latency_ms"]
+    return result
+
+
+def _needs_data(criterion: str) -> bool:
+    from .criteria import CRITERIA
+
+    return bool(CRITERIA.get(criterion).meta.get("needs_data"))
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+def train(arch: str, out: str, dataset: str = "fmnist", data_dir: str | None = None,
+          width: float = 1.0, cfg: TrainConfig | None = None, factory_kwargs: dict | None = None
+          ) -> dict:
+    """Train a zoo architecture (or ``path/file.py:factory``) from scratch into a model folder.
+
+    Resumable: an interrupted run leaves ``OUT.ckpt/`` and the same command continues from it.
+    """
+    from .models import MODELS, build
+
+    cfg = cfg or TrainConfig()
+    d = load_dataset(dataset, data_dir)
+    if ":" in arch and arch.rpartition(":")[0].endswith(".py"):
+        model, spec = load_user_model(arch, None, [d.in_channels, d.input_size, d.input_size],
+                                      d.num_classes, d.mean, d.std, d.name, factory_kwargs)
+    else:
+        MODELS.get(arch)
+        model = build(arch, in_channels=d.in_channels, num_classes=d.num_classes, width=width)
+        spec = ModelSpec.for_zoo(arch, d.in_channels, d.num_classes, width, d.input_size,
+                                 d.mean, d.std, d.name)
+    ckpt = f"{out.rstrip('/')}.ckpt"
+    t0 = time.perf_counter()
+    hist = _train(model, d, cfg, checkpoint=ckpt, desc=f"train {arch}")
+    top1 = _top1(model, d.batches("test", 500))
+    spec.provenance = {"name": Path(out).name, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                       "prunelab": _version(), "trained": {
+                           "config": cfg.__dict__, "dataset": d.name, "test_top1": top1,
+                           "history": hist, "seconds": sum(h["seconds"] for h in hist),
+                           "torch": torch.__version__, "machine": platform.processor() or
+                           platform.machine(), "threads": torch.get_num_threads()}}
+    save_model(model, spec, out)
+    discard_checkpoint(ckpt)
+    return {"model": spec.name, "out": str(Path(out).resolve()), "top1": top1,
+            "val_top1": hist[-1]["val_top1"] if hist else None,
+            "seconds": time.perf_counter() - t0, "epochs": cfg.epochs}
+
+
+def export_onnx(ref: str, path: str, batch_size: int = 1, opset: int = 17) -> dict:
+    """Export a model to ONNX (legacy TorchScript exporter; dynamic batch dimension)."""
+    from .io import atomic_write_bytes
+
+    model, spec = load(ref)
+    try:
+        import onnx  # noqa: F401
+    except ImportError:
+        raise PrunelabError("ONNX export needs the onnx package; pip install 'prunelab[onnx]'") \
+            from None
+    import io as _io
+
+    buf = _io.BytesIO()
+    x = torch.zeros(batch_size, *spec.input_shape)
+    torch.onnx.export(model, (x,), buf, input_names=["input"], output_names=["logits"],
+                      dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+                      opset_version=opset, dynamo=False)
+    atomic_write_bytes(path, buf.getvalue())
+    return {"model": spec.name, "onnx": str(Path(path).resolve()), "bytes": len(buf.getvalue()),
+            "opset": opset}
+
+
+def environment() -> dict:
+    return {"python": platform.python_version(), "torch": torch.__version__,
+            "threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine(),
+            "cores": os.cpu_count()}

@@ -1,0 +1,280 @@
+"""The ``prunelab`` command: a thin layer over :mod:`prunelab.api`.
+
+Every subcommand's help is the docstring of the library call it makes.  Errors the user can fix
+print one line and exit with code 2 (``--debug`` shows the traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from .errors import PrunelabError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit 2, no usage dump
+        sys.stderr.write(f"prunelab: error: {message} (see `{self.prog} --help`)\n")
+        raise SystemExit(2)
+
+
+def _doc(fn) -> str:
+    return (fn.__doc__ or "").strip().split("\n\n")[0].replace("\n", " ")
+
+
+def _ratio(s: str) -> float:
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"ratio {s!r} is not a number") from None
+    if not 0 < v < 1:
+        raise argparse.ArgumentTypeError(f"ratio {v} is outside (0, 1); give the fraction of "
+                                         "filters to remove, e.g. 0.5")
+    return v
+
+
+def _keep(s: str) -> dict[str, int]:
+    """``layer=N,layer=N`` or a JSON file mapping layer names to keep counts."""
+    from pathlib import Path
+
+    if s.endswith(".json"):
+        try:
+            d = json.loads(Path(s).read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise argparse.ArgumentTypeError(f"cannot read keep counts from {s}: {e}") from None
+        if isinstance(d, dict) and "keep" in d:
+            d = d["keep"]
+    else:
+        try:
+            d = {k.strip(): int(v) for k, v in (p.split("=") for p in s.split(",") if p)}
+        except ValueError:
+            raise argparse.ArgumentTypeError("keep counts look like layer=N,layer=N or a .json "
+                                             "file") from None
+    if not isinstance(d, dict) or not all(isinstance(v, int) for v in d.values()):
+        raise argparse.ArgumentTypeError("keep counts must map layer names to integers")
+    return d
+
+
+def _emit(args, obj, table) -> None:
+    if args.json:
+        print(json.dumps(obj, indent=1, default=str))
+    else:
+        table(obj)
+
+
+def _fmt_row(r: dict) -> list[str]:
+    top1 = f"{100 * r['top1']:.2f}%" if r.get("top1") is not None else "-"
+    iqr = r["latency"]["iqr_ms"]
+    return [r["model"], top1, f"{r['macs'] / 1e6:.2f} M", f"{r['params'] / 1e6:.3f} M",
+            f"{r['latency_ms']:.3f} ± {iqr / 2:.3f}"]
+
+
+def _lat_note(r: dict) -> str:
+    lt = r["latency"]
+    return (f"latency: {lt['runtime']}, batch {lt['batch_size']}, {lt['threads']} threads, median "
+            f"of {lt['repeats']} runs after {lt['warmup']} warm-up (± half IQR)")
+
+
+def _table(title, cols, rows, note=""):
+    from rich.table import Table
+
+    from .ui import out
+
+    t = Table(title=title, caption=note or None)
+    for c in cols:
+        t.add_column(c, justify="left" if c in cols[:1] else "right")
+    for r in rows:
+        t.add_row(*r)
+    out.print(t)
+
+
+# --------------------------------------------------------------------------- commands
+
+def cmd_list(args):
+    from .criteria import CRITERIA
+    from .data import DATASETS
+    from .io import list_pretrained
+    from .models import MODELS
+
+    if args.kind == "models":
+        import json as _j
+
+        from .io import PRETRAINED_DIR
+
+        shipped = []
+        for n in list_pretrained():
+            prov = _j.loads((PRETRAINED_DIR / n / "model.json").read_text())["provenance"]
+            shipped.append({"name": n, "test_top1": prov.get("trained", {}).get("test_top1")})
+        obj = {"architectures": [{"name": e.name, "description": e.description, **e.meta}
+                                 for e in MODELS.entries()], "pretrained": shipped}
+
+        def table(o):
+            _table("architectures", ["name", "description"],
+                   [[a["name"], a["description"]] for a in o["architectures"]])
+            _table("shipped pretrained models", ["name", "test top-1"],
+                   [[s["name"], f"{100 * s['test_top1']:.2f}%" if s["test_top1"] else "-"]
+                    for s in o["pretrained"]])
+        _emit(args, obj, table)
+        return
+    reg = {"criteria": CRITERIA, "datasets": DATASETS}[args.kind]
+    obj = [{"name": e.name, "description": e.description, **e.meta} for e in reg.entries()]
+    _emit(args, obj, lambda o: _table(args.kind, ["name", "description", "needs data"],
+                                      [[e["name"], e["description"],
+                                        str(e.get("needs_data", "-"))] for e in o]))
+
+
+def cmd_eval(args):
+    from . import api
+
+    model, spec = api.load(args.model, weights=args.weights, dataset=args.dataset,
+                           data_dir=args.data_dir)
+    data = api.data_for(spec, args.dataset, args.data_dir)
+    r = api.measure(model, spec, data, args.batch_size, args.threads, args.repeats)
+    _emit(args, r, lambda o: _table(f"{o['model']} (test split)",
+                                    ["model", "top-1", "MACs", "params", "latency ms"],
+                                    [_fmt_row(o)], _lat_note(o)))
+
+
+def cmd_prune(args):
+    from . import api
+
+    if (args.ratio is None) == (args.keep is None):
+        raise PrunelabError("give exactly one of --ratio or --keep")
+    opts = json.loads(args.criterion_options) if args.criterion_options else None
+    r = api.prune(args.model, args.criterion, ratio=args.ratio, keep=args.keep, out=args.out,
+                  round_to=args.round_to, dataset=args.dataset, data_dir=args.data_dir,
+                  batch_size=args.batch_size, threads=args.threads, repeats=args.repeats,
+                  criterion_options=opts, weights=args.weights)
+
+    def table(o):
+        b = o["base"]
+        rows = [_fmt_row(b), _fmt_row({**o, "model": f"pruned ({o['criterion']})"})]
+        rows.append(["change", f"{100 * (o['top1'] - b['top1']):+.2f} pts",
+                     f"-{100 * o['macs_removed']:.1f}%",
+                     f"-{100 * (1 - o['params'] / b['params']):.1f}%",
+                     f"{o['measured_speedup']:.2f}x faster"])
+        _table("before / after pruning (no fine-tuning; test split)",
+               ["model", "top-1", "MACs", "params", "latency ms"], rows,
+               _lat_note(o) + (f"\nsaved to {o['out']}" if o["out"] else ""))
+    _emit(args, r, table)
+
+
+def cmd_train(args):
+    from . import api
+    from .train import TrainConfig
+
+    cfg = TrainConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
+                      weight_decay=args.weight_decay, precision=args.precision,
+                      threads=args.threads)
+    r = api.train(args.arch, args.out, args.dataset, args.data_dir, args.width, cfg)
+    _emit(args, r, lambda o: _table("trained", ["model", "test top-1", "val top-1", "seconds"],
+                                    [[o["model"], f"{100 * o['top1']:.2f}%",
+                                      f"{100 * o['val_top1']:.2f}%", f"{o['seconds']:.0f}"]],
+                                    f"saved to {o['out']}"))
+
+
+def cmd_export(args):
+    from . import api
+
+    r = api.export_onnx(args.model, args.onnx, opset=args.opset)
+    _emit(args, r, lambda o: print(f"wrote {o['onnx']} ({o['bytes'] / 1e6:.2f} MB, opset "
+                                   f"{o['opset']})"))
+
+
+# --------------------------------------------------------------------------- parser
+
+def _common_measure(p):
+    p.add_argument("--dataset", help="dataset name (default: the one the model was trained on)")
+    p.add_argument("--data-dir", help="folder with the dataset files")
+    p.add_argument("--weights", help="safetensors / .pt state dict for a path/file.py:factory model")
+    p.add_argument("--batch-size", type=int, default=1, help="latency batch size (default 1)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all)")
+    p.add_argument("--repeats", type=int, default=50, help="timed runs (default 50)")
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__, api
+    from .criteria import CRITERIA
+
+    p = _Parser(prog="prunelab", description="Filter pruning that makes CNNs measurably faster on the runtime you deploy with.")
+    p.add_argument("--version", action="version", version=f"prunelab {__version__}")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = p.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
+
+    s = sub.add_parser("list", help="list registered models, criteria or datasets")
+    s.add_argument("kind", choices=["models", "criteria", "datasets"])
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(fn=cmd_list)
+    for kind in ("models", "datasets"):
+        s = sub.add_parser(kind, help=f"same as `prunelab list {kind}`")
+        s.add_argument("--json", action="store_true")
+        s.set_defaults(fn=cmd_list, kind=kind)
+    s = sub.add_parser("criteria", help="filter criteria")
+    csub = s.add_subparsers(dest="ccmd", required=True, parser_class=_Parser)
+    c = csub.add_parser("list", help="list registered criteria")
+    c.add_argument("--json", action="store_true")
+    c.set_defaults(fn=cmd_list, kind="criteria")
+
+    s = sub.add_parser("eval", help=_doc(api.measure), description=_doc(api.measure))
+    s.add_argument("model", help="shipped model name, model folder, or path/file.py:factory")
+    _common_measure(s)
+    s.set_defaults(fn=cmd_eval)
+
+    s = sub.add_parser("prune", help=_doc(api.prune), description=_doc(api.prune))
+    s.add_argument("model", help="shipped model name, model folder, or path/file.py:factory")
+    s.add_argument("--criterion", default="l1", choices=CRITERIA.names(), metavar="NAME",
+                   help=f"filter criterion: {', '.join(CRITERIA.names())} (default l1)")
+    s.add_argument("--criterion-options", help='JSON object of criterion options, e.g. {"seed": 1}')
+    s.add_argument("--ratio", type=_ratio, help="fraction of each layer's filters to remove")
+    s.add_argument("--keep", type=_keep, help="per-layer keep counts: layer=N,... or file.json")
+    s.add_argument("--round-to", type=int, default=1, help="align kept widths to this multiple")
+    s.add_argument("--out", help="write the pruned model folder here")
+    _common_measure(s)
+    s.set_defaults(fn=cmd_prune)
+
+    s = sub.add_parser("train", help=_doc(api.train), description=_doc(api.train))
+    s.add_argument("arch", help="zoo architecture (see `prunelab models`) or path/file.py:factory")
+    s.add_argument("--out", required=True, help="model folder to write")
+    s.add_argument("--dataset", default="fmnist")
+    s.add_argument("--data-dir")
+    s.add_argument("--width", type=float, default=1.0, help="width multiplier")
+    s.add_argument("--epochs", type=int, default=30)
+    s.add_argument("--lr", type=float, default=0.1)
+    s.add_argument("--weight-decay", type=float, default=5e-4)
+    s.add_argument("--batch-size", type=int, default=128)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
+    s.add_argument("--threads", type=int)
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(fn=cmd_train)
+
+    s = sub.add_parser("export", help=_doc(api.export_onnx), description=_doc(api.export_onnx))
+    s.add_argument("model")
+    s.add_argument("--onnx", required=True, help="ONNX file to write")
+    s.add_argument("--opset", type=int, default=17)
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(fn=cmd_export)
+    return p
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in argv
+    try:
+        args = build_parser().parse_args(argv)
+        args.fn(args)
+    except PrunelabError as e:
+        if debug:
+            raise
+        sys.stderr.write(f"prunelab: error: {e}\n")
+        return e.exit_code
+    except KeyboardInterrupt:
+        sys.stderr.write("prunelab: interrupted\n")
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

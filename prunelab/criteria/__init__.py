@@ -1,0 +1,33 @@
+"""Filter criteria: which channels of a coupled group go first.
+
+A criterion is a registered class; ``CRITERIA.get(name).fn(**options)`` builds one.  It scores
+every channel of a torch-pruning group (higher = more important, pruned last).
+
+How a *group* is scored (the same rule for every criterion): a group couples channels across
+several layers (in a ResNet stage the stem, every block's second conv and the shortcut share one
+channel set).  Each *producer* layer of the group (a conv / linear whose output channels the group
+removes) gets a per-channel score from the criterion, and the group score of a channel is the
+``reduction`` (default ``sum``) of its producers' scores.  BN layers and consumers (layers whose
+*input* channels go) are scored only by criteria that say so (``bn-scale`` scores the BN after
+each producer).
+
+    >>> from prunelab.criteria import CRITERIA, make_criterion
+    >>> sorted(CRITERIA.names())[:3]
+    ['l1', 'l2', 'random']
+    >>> make_criterion("l1").name
+    'l1'
+"""
+
+from __future__ import annotations
+
+from ..registry import Registry
+from .base import Criterion, GroupInfo  # noqa: F401
+
+CRITERIA = Registry("criterion", hint="(see `prunelab criteria list`)")
+
+from . import magnitude  # noqa: E402,F401  (register built-in criteria)
+
+
+def make_criterion(name: str, **options) -> Criterion:
+    """Build a registered criterion by name with its options (validated by the criterion)."""
+    return CRITERIA.get(name).fn(**options)

@@ -1,0 +1,331 @@
+"""Safe model folders: ``model.json`` (architecture, per-layer widths, input, normalisation,
+provenance) + ``model.safetensors`` (weights).  Loading never unpickles.
+
+A pruned model is rebuilt by constructing the original architecture, resizing every conv / BN /
+linear layer to the widths recorded in ``model.json`` and loading the weights strictly, so the
+reloaded model gives identical outputs.
+
+    >>> import tempfile, torch
+    >>> from prunelab.io import ModelSpec, save_model, load_model
+    >>> from prunelab.models import build
+    >>> net = build("resnet20", in_channels=1).eval()
+    >>> spec = ModelSpec.for_zoo("resnet20", in_channels=1, num_classes=10)
+    >>> d = tempfile.mkdtemp() + "/m"
+    >>> _ = save_model(net, spec, d)
+    >>> net2, spec2 = load_model(d)
+    >>> x = torch.randn(2, 1, 32, 32)
+    >>> bool(torch.equal(net(x), net2.eval()(x)))
+    True
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import json
+import os
+import shutil
+import sys
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from .errors import PrunelabError
+
+FORMAT = "prunelab-model"
+FORMAT_VERSION = 1
+PRETRAINED_DIR = Path(__file__).parent / "pretrained"
+
+
+@dataclass
+class ModelSpec:
+    """Everything needed to rebuild a model besides its weights (serialised as model.json)."""
+
+    arch: dict[str, Any]
+    input_shape: list[int]
+    mean: list[float]
+    std: list[float]
+    num_classes: int
+    dataset: str | None = None
+    layers: dict[str, dict[str, int]] = field(default_factory=dict)
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def for_zoo(cls, name: str, in_channels: int = 3, num_classes: int = 10, width: float = 1.0,
+                input_size: int = 32, mean=None, std=None, dataset=None) -> "ModelSpec":
+        mean = list(mean or [0.5] * in_channels)
+        std = list(std or [0.5] * in_channels)
+        return cls({"kind": "zoo", "name": name, "kwargs": {
+            "in_channels": in_channels, "num_classes": num_classes, "width": width}},
+            [in_channels, input_size, input_size], mean, std, num_classes, dataset)
+
+    @property
+    def name(self) -> str:
+        return self.provenance.get("name") or self.arch.get("name") or self.arch.get("factory", "?")
+
+    def to_json(self) -> dict:
+        return {"format": FORMAT, "version": FORMAT_VERSION, **asdict(self)}
+
+    @classmethod
+    def from_json(cls, d: dict, where: str) -> "ModelSpec":
+        if d.get("format") != FORMAT:
+            raise PrunelabError(f"{where} is not a prunelab model.json; save models with prunelab")
+        if d.get("version", 0) > FORMAT_VERSION:
+            raise PrunelabError(f"{where} was written by a newer prunelab; upgrade prunelab")
+        keys = cls.__dataclass_fields__
+        try:
+            return cls(**{k: v for k, v in d.items() if k in keys})
+        except TypeError as e:
+            raise PrunelabError(f"{where} is missing fields ({e}); re-save the model") from None
+
+
+# --------------------------------------------------------------------------- architecture
+
+def build_arch(arch: dict[str, Any]) -> nn.Module:
+    if arch.get("kind") == "zoo":
+        from .models import build
+
+        return build(arch["name"], **arch.get("kwargs", {}))
+    if arch.get("kind") == "factory":
+        return load_factory(arch["factory"])(**arch.get("kwargs", {}))
+    raise PrunelabError(f"unknown architecture kind {arch.get('kind')!r} in model.json")
+
+
+def load_factory(ref: str):
+    """Import ``path/file.py:function`` (the user's own model code)."""
+    path, _, fn = ref.rpartition(":")
+    if not path or not fn or not path.endswith(".py"):
+        raise PrunelabError(f"model factory {ref!r} must look like path/file.py:function")
+    if not Path(path).is_file():
+        raise PrunelabError(f"model factory file {path} not found; check the path")
+    spec = importlib.util.spec_from_file_location(f"prunelab_user_{Path(path).stem}", path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    try:
+        spec.loader.exec_module(mod)
+    except Exception as e:  # user code: report, don't crash
+        raise PrunelabError(f"importing {path} failed: {type(e).__name__}: {e}") from None
+    if not callable(getattr(mod, fn, None)):
+        raise PrunelabError(f"{path} has no callable {fn!r}; name the function that builds the model")
+    return getattr(mod, fn)
+
+
+def layer_widths(model: nn.Module) -> dict[str, dict[str, int]]:
+    """Shapes of every conv / BN / linear layer: the part of a pruned model that differs."""
+    out: dict[str, dict[str, int]] = {}
+    for name, m in model.named_modules():
+        if isinstance(m, nn.Conv2d):
+            out[name] = {"in": m.in_channels, "out": m.out_channels, "groups": m.groups}
+        elif isinstance(m, nn.modules.batchnorm._BatchNorm):
+            out[name] = {"features": m.num_features}
+        elif isinstance(m, nn.Linear):
+            out[name] = {"in": m.in_features, "out": m.out_features}
+    return out
+
+
+def apply_widths(model: nn.Module, layers: dict[str, dict[str, int]]) -> None:
+    """Resize layers in place to the recorded widths (weights are then loaded over them)."""
+    mods = dict(model.named_modules())
+    for name, w in layers.items():
+        m = mods.get(name)
+        if m is None:
+            raise PrunelabError(f"model.json names layer {name!r} that the architecture lacks; "
+                                "the folder does not match its architecture")
+        if isinstance(m, nn.Conv2d):
+            m.in_channels, m.out_channels, m.groups = w["in"], w["out"], w["groups"]
+            m.weight = nn.Parameter(m.weight.new_empty(w["out"], w["in"] // w["groups"],
+                                                       *m.kernel_size))
+            if m.bias is not None:
+                m.bias = nn.Parameter(m.bias.new_empty(w["out"]))
+        elif isinstance(m, nn.modules.batchnorm._BatchNorm):
+            n = w["features"]
+            m.num_features = n
+            if m.affine:
+                m.weight = nn.Parameter(m.weight.new_empty(n))
+                m.bias = nn.Parameter(m.bias.new_empty(n))
+            if m.track_running_stats:
+                m.running_mean = m.running_mean.new_zeros(n)
+                m.running_var = m.running_var.new_ones(n)
+        elif isinstance(m, nn.Linear):
+            m.in_features, m.out_features = w["in"], w["out"]
+            m.weight = nn.Parameter(m.weight.new_empty(w["out"], w["in"]))
+            if m.bias is not None:
+                m.bias = nn.Parameter(m.bias.new_empty(w["out"]))
+
+
+# --------------------------------------------------------------------------- atomic files
+
+@contextlib.contextmanager
+def atomic_dir(out: str | os.PathLike):
+    """Write a folder atomically: fill a temp sibling, then rename it into place."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        yield tmp
+        _normal_modes(tmp)
+        if out.exists():
+            old = out.with_name(f".{out.name}.old-{os.getpid()}")
+            os.replace(out, old)
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _umask() -> int:
+    old = os.umask(0)
+    os.umask(old)
+    return old
+
+
+def _normal_modes(folder: Path) -> None:
+    """mkdtemp/mkstemp create private (0700/0600) entries; give them the user's usual modes."""
+    mask = _umask()
+    os.chmod(folder, 0o777 & ~mask)
+    for p in folder.rglob("*"):
+        os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~mask)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write a file via a temp sibling + rename: readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def save_model(model: nn.Module, spec: ModelSpec, out: str | os.PathLike) -> Path:
+    """Save a model folder (model.json + model.safetensors) atomically; returns its path."""
+    from safetensors.torch import save_file
+
+    spec.layers = layer_widths(model)
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    with atomic_dir(out) as tmp:
+        save_file(state, str(tmp / "model.safetensors"))
+        (tmp / "model.json").write_text(json.dumps(spec.to_json(), indent=1))
+    return Path(out)
+
+
+def resolve(ref: str | os.PathLike) -> Path:
+    """A model reference: a model folder, or the name of a shipped model (``resnet20.fmnist``)."""
+    p = Path(ref)
+    if p.is_dir():
+        return p
+    shipped = PRETRAINED_DIR / str(ref)
+    if shipped.is_dir():
+        return shipped
+    names = ", ".join(list_pretrained()) or "none"
+    raise PrunelabError(f"model {str(ref)!r} is neither a model folder nor a shipped model "
+                        f"({names}); pass a folder written by prunelab")
+
+
+def list_pretrained() -> list[str]:
+    if not PRETRAINED_DIR.is_dir():
+        return []
+    return sorted(p.name for p in PRETRAINED_DIR.iterdir() if (p / "model.json").exists())
+
+
+def read_spec(folder: Path) -> ModelSpec:
+    mj = folder / "model.json"
+    if not mj.exists():
+        raise PrunelabError(f"{folder} has no model.json; pass a folder written by prunelab")
+    try:
+        return ModelSpec.from_json(json.loads(mj.read_text()), str(mj))
+    except json.JSONDecodeError as e:
+        raise PrunelabError(f"{mj} is corrupt ({e.msg} at line {e.lineno}); re-save the model") \
+            from None
+
+
+def load_weights(model: nn.Module, path: Path) -> None:
+    """Load safetensors weights strictly; mismatches become one-line errors."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    if not path.exists():
+        raise PrunelabError(f"weights file {path} not found")
+    try:
+        state = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise PrunelabError(f"{path} is not a valid safetensors file ({e}); re-save or "
+                            "re-download it") from None
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    extra = sorted(set(state) - set(own))
+    bad = [k for k in own if k in state and own[k].shape != state[k].shape]
+    if missing or extra or bad:
+        what = (f"missing {missing[:3]}" if missing else f"unexpected {extra[:3]}" if extra
+                else f"shape of {bad[0]} is {tuple(state[bad[0]].shape)}, architecture expects "
+                     f"{tuple(own[bad[0]].shape)}")
+        raise PrunelabError(f"weights {path.name} do not match the architecture ({what}); "
+                            "pass the weights saved with this architecture")
+    model.load_state_dict(state, strict=True)
+
+
+def load_model(ref: str | os.PathLike) -> tuple[nn.Module, ModelSpec]:
+    """Load a model folder or shipped model; returns ``(model in eval mode, spec)``."""
+    folder = resolve(ref)
+    spec = read_spec(folder)
+    model = build_arch(spec.arch)
+    apply_widths(model, spec.layers)
+    load_weights(model, folder / "model.safetensors")
+    spec.provenance.setdefault("name", folder.name)
+    return model.eval(), spec
+
+
+def load_user_model(factory: str, weights: str | None, input_shape, num_classes: int, mean, std,
+                    dataset=None, kwargs=None) -> tuple[nn.Module, ModelSpec]:
+    """A user's own model: ``path/file.py:factory`` plus an optional safetensors weights file."""
+    spec = ModelSpec({"kind": "factory", "factory": str(Path(factory.rpartition(":")[0])
+                      .resolve()) + ":" + factory.rpartition(":")[2], "kwargs": kwargs or {}},
+                     list(input_shape), list(mean), list(std), num_classes, dataset)
+    model = build_arch(spec.arch)
+    if not isinstance(model, nn.Module):
+        raise PrunelabError(f"{factory} returned {type(model).__name__}, not a torch.nn.Module")
+    if weights:
+        wp = Path(weights)
+        if wp.suffix in (".pt", ".pth", ".bin", ".ckpt"):
+            _load_torch_weights(model, wp)
+        else:
+            load_weights(model, wp)
+    spec.provenance["name"] = Path(factory.rpartition(":")[0]).stem
+    return model.eval(), spec
+
+
+def _load_torch_weights(model: nn.Module, path: Path) -> None:
+    """A ``.pt`` state dict, loaded with ``weights_only=True`` (no arbitrary unpickling)."""
+    if not path.exists():
+        raise PrunelabError(f"weights file {path} not found")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many types for bad / unsafe files
+        raise PrunelabError(f"{path} is not a plain state dict loadable with weights_only=True "
+                            f"({type(e).__name__}); save model.state_dict() or use safetensors") \
+            from None
+    if isinstance(state, dict) and "state_dict" in state:
+        state = state["state_dict"]
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[1].strip() if "\n" in str(e) else str(e)
+        raise PrunelabError(f"weights {path.name} do not match the architecture ({first}); pass "
+                            "the weights saved with this architecture") from None

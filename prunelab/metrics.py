@@ -1,0 +1,119 @@
+"""MACs, parameters and latency of a model.
+
+Latency here is eager PyTorch on the local CPU: warm-up runs, then ``repeats`` timed runs, median
+and inter-quartile range, with the thread count and batch size stated.  Comparisons of two models
+interleave their runs (A, B, A, B, ...) so that drifts in machine load hit both alike.
+
+    >>> import torch
+    >>> from prunelab.models import build
+    >>> from prunelab.metrics import macs_params
+    >>> macs_params(build("resnet20", in_channels=1), (1, 32, 32))
+    (40919690, 272186)
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from typing import Callable, Sequence
+
+import torch
+import torch.nn as nn
+
+
+def macs_params(model: nn.Module, input_shape: Sequence[int]) -> tuple[int, int]:
+    """Multiply-accumulates for one image and the parameter count (torch-pruning's counter)."""
+    import torch_pruning as tp
+
+    from .errors import PrunelabError
+
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            macs, params = tp.utils.count_ops_and_params(model, torch.zeros(1, *input_shape))
+    except Exception as e:  # user forward() code
+        first = (str(e).strip().splitlines() or [""])[0]
+        raise PrunelabError(f"the model failed on a {(1, *input_shape)} input ({type(e).__name__}: "
+                            f"{first}); forward() must take one image batch") from None
+    finally:
+        model.train(was)
+    return int(macs), int(params)
+
+
+@dataclass
+class Timing:
+    """Result of a latency measurement (milliseconds per batch)."""
+
+    runtime: str
+    batch_size: int
+    threads: int
+    repeats: int
+    warmup: int
+    median_ms: float
+    iqr_ms: float
+    samples_ms: list[float]
+
+    def to_json(self, samples: bool = False) -> dict:
+        d = asdict(self)
+        if not samples:
+            d.pop("samples_ms")
+        return d
+
+
+def _quartiles(xs: list[float]) -> tuple[float, float, float]:
+    if len(xs) < 2:
+        return xs[0], xs[0], xs[0]
+    q = statistics.quantiles(xs, n=4, method="inclusive")
+    return q[0], statistics.median(xs), q[2]
+
+
+def time_callables(fns: Sequence[Callable[[], object]], repeats: int = 50, warmup: int = 10,
+                   min_seconds: float = 0.0) -> list[list[float]]:
+    """Time several callables interleaved; returns per-callable samples in milliseconds.
+
+    Runs ``warmup`` untimed rounds, then at least ``repeats`` rounds (more until ``min_seconds``
+    has passed), each round calling every function once in turn.
+    """
+    for _ in range(warmup):
+        for f in fns:
+            f()
+    samples: list[list[float]] = [[] for _ in fns]
+    start = time.perf_counter()
+    r = 0
+    while r < repeats or time.perf_counter() - start < min_seconds:
+        for i, f in enumerate(fns):
+            t = time.perf_counter()
+            f()
+            samples[i].append((time.perf_counter() - t) * 1e3)
+        r += 1
+    return samples
+
+
+def torch_cpu_latency(models: Sequence[nn.Module], input_shape: Sequence[int], batch_size: int = 1,
+                      threads: int | None = None, repeats: int = 50, warmup: int = 10
+                      ) -> list[Timing]:
+    """Eager PyTorch CPU latency of one or more models, interleaved, in fp32 eval mode."""
+    old = torch.get_num_threads()
+    threads = threads or old
+    torch.set_num_threads(threads)
+    x = torch.randn(batch_size, *input_shape)
+    try:
+        fns = []
+        for m in models:
+            m.eval()
+
+            def run(m=m):
+                with torch.inference_mode():
+                    m(x)
+
+            fns.append(run)
+        samples = time_callables(fns, repeats, warmup)
+    finally:
+        torch.set_num_threads(old)
+    out = []
+    for s in samples:
+        q1, med, q3 = _quartiles(s)
+        out.append(Timing("torch-cpu", batch_size, threads, len(s), warmup, med, q3 - q1, s))
+    return out

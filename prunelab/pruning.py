@@ -1,0 +1,182 @@
+"""Physical filter pruning on torch-pruning's dependency graph.
+
+:func:`prunable_groups` lists the units of allocation: each torch-pruning group of coupled channels
+(a conv with its BN and the next layer's inputs; a residual stage's shared channels), named by its
+root layer.  :func:`prune` removes channels from every group, either the same ``ratio`` everywhere
+or exact per-group ``keep`` counts, choosing *which* channels with a criterion.  No group is ever
+pruned to zero, and the output layer (``num_classes`` outputs) is never a root.
+
+    >>> from prunelab.models import build
+    >>> from prunelab.pruning import prune
+    >>> net = build("resnet20", in_channels=1)
+    >>> res = prune(net, "l1", ratio=0.5, input_shape=(1, 32, 32), num_classes=10)
+    >>> res.keep["conv1"], res.macs_after < res.macs_before
+    (8, True)
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import torch
+import torch.nn as nn
+
+from .criteria import Criterion, GroupInfo, make_criterion
+from .errors import PrunelabError
+from .metrics import macs_params
+
+
+def _short(e: BaseException) -> str:
+    s = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {s[0] if s else ''}"[:200]
+
+
+def build_graph(model: nn.Module, input_shape: Sequence[int]):
+    """torch-pruning's DependencyGraph, with tracing failures turned into one-line errors."""
+    import torch_pruning as tp
+
+    model.eval()
+    try:
+        return tp.DependencyGraph().build_dependency(
+            model, example_inputs=torch.zeros(1, *input_shape), verbose=False)
+    except Exception as e:  # tracing runs arbitrary user forward() code
+        raise PrunelabError(
+            f"torch-pruning could not trace the model ({_short(e)}); make forward() traceable with "
+            "a single tensor input (no data-dependent Python control flow) or wrap custom blocks") \
+            from None
+
+
+def prunable_groups(model: nn.Module, input_shape: Sequence[int], num_classes: int | None = None,
+                    ignored: Sequence[nn.Module] = (), graph=None) -> tuple[object, list[GroupInfo]]:
+    """The prunable groups of ``model`` (and the dependency graph they live on)."""
+    DG = graph or build_graph(model, input_shape)
+    names = {m: n for n, m in model.named_modules()}
+    ignored = list(ignored)
+    if num_classes is not None:
+        ignored += [m for m in model.modules()
+                    if isinstance(m, nn.Linear) and m.out_features == num_classes]
+        ignored += [m for m in model.modules()
+                    if isinstance(m, nn.Conv2d) and m.out_channels == num_classes]
+    groups: list[GroupInfo] = []
+    for g in DG.get_all_groups(ignored_layers=ignored, root_module_types=(nn.Conv2d, nn.Linear)):
+        prod, cons, norms = [], [], []
+        for dep, _ in g:
+            m = dep.target.module
+            n = names.get(m)
+            if n is None:
+                continue
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                (prod if DG.is_out_channel_pruning_fn(dep.handler) else cons).append(n)
+            elif isinstance(m, nn.modules.batchnorm._BatchNorm):
+                norms.append(n)
+        root = g[0].dep.target.module
+        width = root.out_channels if isinstance(root, nn.Conv2d) else root.out_features
+        groups.append(GroupInfo(names[root], width, list(dict.fromkeys(prod)),
+                                list(dict.fromkeys(c for c in cons if c not in prod)),
+                                list(dict.fromkeys(norms)), g))
+    order = {n: i for i, n in enumerate(names.values())}
+    groups.sort(key=lambda g: order[g.name])
+    if not groups:
+        raise PrunelabError("the model has no prunable conv/linear groups; nothing to prune")
+    return DG, groups
+
+
+def align(keep: int, width: int, round_to: int = 1) -> int:
+    """Round a keep count to a multiple of ``round_to`` within [min(round_to, width), width]."""
+    if round_to > 1:
+        keep = int(round(keep / round_to)) * round_to
+        keep = max(min(round_to, width), keep)
+    return int(min(max(1, keep), width))
+
+
+def keep_from_ratio(groups: list[GroupInfo], ratio: float, round_to: int = 1) -> dict[str, int]:
+    if not 0 < ratio < 1:
+        raise PrunelabError(f"ratio {ratio} is outside (0, 1); give the fraction of filters to remove")
+    return {g.name: align(round(g.width * (1 - ratio)), g.width, round_to) for g in groups}
+
+
+@dataclass
+class PruneResult:
+    """The pruned model and what was done to it."""
+
+    model: nn.Module
+    keep: dict[str, int]
+    widths_before: dict[str, int]
+    criterion: str
+    score_seconds: float
+    macs_before: int
+    macs_after: int
+    params_before: int
+    params_after: int
+    removed: dict[str, list[int]] = field(default_factory=dict, repr=False)
+
+    def to_json(self) -> dict:
+        return {"criterion": self.criterion, "keep": self.keep, "widths_before": self.widths_before,
+                "score_seconds": self.score_seconds, "macs_before": self.macs_before,
+                "macs_after": self.macs_after, "params_before": self.params_before,
+                "params_after": self.params_after}
+
+
+def prune(model: nn.Module, criterion: str | Criterion = "l1", ratio: float | None = None,
+          keep: dict[str, int] | None = None, input_shape: Sequence[int] = (3, 32, 32),
+          data=None, num_classes: int | None = None, round_to: int = 1, inplace: bool = False,
+          ignored: Sequence[nn.Module] = ()) -> PruneResult:
+    """Prune ``model`` with one ``ratio`` for every group or exact per-group ``keep`` counts.
+
+    ``keep`` maps group names (see :func:`prunable_groups`) to the number of channels to keep;
+    groups it does not name stay whole.  ``data`` (a :class:`prunelab.data.Splits`) is required by
+    data-driven criteria.  The input model is left untouched unless ``inplace``.
+    """
+    if (ratio is None) == (keep is None):
+        raise PrunelabError("give either a pruning ratio or per-layer keep counts, not both")
+    crit = make_criterion(criterion) if isinstance(criterion, str) else criterion
+    if crit.needs_data and data is None:
+        raise PrunelabError(f"criterion {crit.name} needs calibration data; pass a dataset")
+    net = model if inplace else copy.deepcopy(model)
+    net.eval()
+    DG, groups = prunable_groups(net, input_shape, num_classes, ignored)
+    macs0, params0 = macs_params(net, input_shape)
+    by_name = {g.name: g for g in groups}
+    if keep is None:
+        plan = keep_from_ratio(groups, ratio, round_to)
+    else:
+        unknown = [k for k in keep if k not in by_name]
+        if unknown:
+            raise PrunelabError(f"unknown layer {unknown[0]!r} in keep counts; prunable layers: "
+                                f"{', '.join(by_name)}")
+        plan = {}
+        for name, k in keep.items():
+            w = by_name[name].width
+            if not isinstance(k, int) or k < 1 or k > w:
+                raise PrunelabError(f"keep count {k} for layer {name!r} must be between 1 and "
+                                    f"its width {w}")
+            plan[name] = align(k, w, round_to)
+    t0 = time.perf_counter()
+    crit.prepare(net, groups, data)
+    removed: dict[str, list[int]] = {}
+    for g in groups:
+        k = plan.get(g.name, g.width)
+        if k >= g.width:
+            continue
+        s = crit.score(g)
+        if s.shape != (g.width,) or not torch.isfinite(s).all():
+            raise RuntimeError(f"criterion {crit.name} gave bad scores for {g.name}: {s.shape}")
+        # stable sort: ties broken by channel index, so equal scores prune deterministically
+        order = torch.sort(s, stable=True).indices
+        removed[g.name] = sorted(order[: g.width - k].tolist())
+    seconds = time.perf_counter() - t0
+    if hasattr(crit, "before_prune"):
+        crit.before_prune(net, groups, removed)
+    for g in groups:
+        if g.name in removed:
+            root = g.group[0].dep
+            DG.get_pruning_group(root.target.module, root.handler, removed[g.name]).prune()
+    if hasattr(crit, "after_prune"):
+        crit.after_prune(net, groups, removed)
+    macs1, params1 = macs_params(net, input_shape)
+    return PruneResult(net, {g.name: plan.get(g.name, g.width) for g in groups},
+                       {g.name: g.width for g in groups}, crit.name, seconds, macs0, macs1,
+                       params0, params1, removed)

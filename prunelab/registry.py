@@ -1,0 +1,68 @@
+"""Registries with metadata (criteria, models, datasets, targets, ...).
+
+Every plugin kind keeps one :class:`Registry`; the CLI's choices and ``prunelab list`` are read
+from it, never from a hand-kept list.  An entry is a factory plus metadata such as
+``needs_data`` or ``description``.
+
+Example::
+
+    >>> from prunelab.registry import Registry
+    >>> shapes = Registry("shape")
+    >>> @shapes.register("square", description="four equal sides")
+    ... def square(n=1):
+    ...     return n * n
+    >>> shapes.get("square").fn(3), shapes.names()
+    (9, ['square'])
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from .errors import PrunelabError
+
+
+@dataclass(frozen=True)
+class Entry:
+    name: str
+    fn: Callable[..., Any]
+    description: str = ""
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+class Registry:
+    def __init__(self, kind: str, hint: str = ""):
+        self.kind = kind
+        self.hint = hint
+        self._entries: dict[str, Entry] = {}
+
+    def register(self, name: str, description: str = "", **meta: Any):
+        def deco(fn):
+            if name in self._entries:
+                raise ValueError(f"{self.kind} {name!r} registered twice")
+            doc = description or (fn.__doc__ or "").strip().split("\n")[0]
+            self._entries[name] = Entry(name, fn, doc, dict(meta))
+            return fn
+
+        return deco
+
+    def get(self, name: str) -> Entry:
+        if name not in self._entries:
+            close = difflib.get_close_matches(name, self._entries, n=1)
+            maybe = f" (did you mean {close[0]!r}?)" if close else ""
+            raise PrunelabError(
+                f"unknown {self.kind} {name!r}{maybe}; choose one of: {', '.join(self.names())}"
+                + (f" {self.hint}" if self.hint else "")
+            )
+        return self._entries[name]
+
+    def names(self) -> list[str]:
+        return sorted(self._entries)
+
+    def entries(self) -> list[Entry]:
+        return [self._entries[n] for n in self.names()]
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._entries

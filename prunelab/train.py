@@ -1,0 +1,209 @@
+"""Training and fine-tuning: SGD + Nesterov, cosine schedule, batch-wise augmentation, seeds,
+resumable from a checkpoint folder written with safetensors (no pickle, even for our own state).
+
+On CPUs with native bf16 (AVX-512 BF16 / AMX) the forward pass runs under bf16 autocast in
+channels-last layout, about 2x faster than fp32 on the 2-core machine this project targets;
+evaluation is always fp32.
+
+    >>> from prunelab.train import TrainConfig
+    >>> TrainConfig(epochs=2, lr=0.05).epochs
+    2
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .data.core import Splits
+from .errors import PrunelabError
+from .ui import log, progress
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 30
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    batch_size: int = 128
+    seed: int = 0
+    precision: str = "auto"  # auto | fp32 | bf16
+    label_smoothing: float = 0.0
+    threads: int | None = None
+
+    def __post_init__(self):
+        if self.epochs < 1:
+            raise PrunelabError("--epochs must be at least 1")
+        if not self.lr > 0:
+            raise PrunelabError("--lr must be positive")
+        if self.batch_size < 1:
+            raise PrunelabError("--batch-size must be at least 1")
+        if self.precision not in ("auto", "fp32", "bf16"):
+            raise PrunelabError("--precision must be auto, fp32 or bf16")
+
+
+def bf16_supported() -> bool:
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, batches, max_batches: int | None = None) -> float:
+    """Top-1 accuracy (0-1) in fp32, eval mode."""
+    was = model.training
+    model.eval()
+    correct = total = 0
+    for i, (x, y) in enumerate(batches):
+        if max_batches is not None and i >= max_batches:
+            break
+        correct += int((model(x).argmax(1) == y).sum())
+        total += len(y)
+    model.train(was)
+    return correct / max(total, 1)
+
+
+def _save_ckpt(ckpt: Path, model, opt, epoch: int, history, cfg: TrainConfig) -> None:
+    from safetensors.torch import save_file
+
+    from .io import atomic_dir
+
+    tensors = {f"model.{k}": v.detach().contiguous() for k, v in model.state_dict().items()}
+    for i, group in enumerate(opt.param_groups):
+        for j, p in enumerate(group["params"]):
+            buf = opt.state.get(p, {}).get("momentum_buffer")
+            if buf is not None:
+                tensors[f"opt.{i}.{j}"] = buf.contiguous()
+    with atomic_dir(ckpt) as tmp:
+        save_file(tensors, str(tmp / "state.safetensors"))
+        (tmp / "state.json").write_text(json.dumps(
+            {"epoch": epoch, "history": history, "config": asdict(cfg)}, indent=1))
+
+
+def _load_ckpt(ckpt: Path, model, opt, cfg: TrainConfig):
+    from safetensors.torch import load_file
+
+    meta = json.loads((ckpt / "state.json").read_text())
+    if meta["config"] != asdict(cfg):
+        raise PrunelabError(f"checkpoint {ckpt} was made with other settings; delete it or rerun "
+                            "with the same options")
+    t = load_file(str(ckpt / "state.safetensors"))
+    model.load_state_dict({k[6:]: v for k, v in t.items() if k.startswith("model.")})
+    for i, group in enumerate(opt.param_groups):
+        for j, p in enumerate(group["params"]):
+            if f"opt.{i}.{j}" in t:
+                opt.state[p]["momentum_buffer"] = t[f"opt.{i}.{j}"]
+    return meta["epoch"], meta["history"]
+
+
+def train(model: nn.Module, data: Splits, cfg: TrainConfig, checkpoint: str | Path | None = None,
+          teacher: nn.Module | None = None, kd_temperature: float = 4.0, kd_weight: float = 0.0,
+          desc: str = "train") -> list[dict]:
+    """Train ``model`` in place; returns the per-epoch history (loss, val top-1, seconds).
+
+    ``checkpoint`` (a folder) makes training resumable: it is written after every epoch and an
+    interrupted run given the same folder and settings continues from the last finished epoch.
+    With a ``teacher`` and ``kd_weight > 0`` the loss adds knowledge distillation
+    (KL divergence at ``kd_temperature``, Hinton et al.).
+    """
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and bf16_supported())
+    decay, no_decay = [], []
+    for p in model.parameters():
+        (no_decay if p.ndim <= 1 else decay).append(p)
+    opt = torch.optim.SGD([{"params": decay, "weight_decay": cfg.weight_decay},
+                           {"params": no_decay, "weight_decay": 0.0}],
+                          lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
+    batches = data.batches("train", cfg.batch_size, shuffle=True, augment=True, seed=cfg.seed)
+    val = data.batches("val", 500)
+    steps_per_epoch = len(batches)
+    total = cfg.epochs * steps_per_epoch
+    start, history = 0, []
+    ckpt = Path(checkpoint) if checkpoint else None
+    if ckpt and (ckpt / "state.json").exists():
+        start, history = _load_ckpt(ckpt, model, opt, cfg)
+        log(f"resuming {desc} from {ckpt} at epoch {start}/{cfg.epochs}")
+    fmt = torch.channels_last if use_bf16 else torch.contiguous_format
+    model.to(memory_format=fmt)
+    if teacher is not None:
+        teacher.eval()
+    with progress(transient=False) as bar:
+        task = bar.add_task(desc, total=total, completed=start * steps_per_epoch, info="")
+        for epoch in range(start, cfg.epochs):
+            model.train()
+            batches.set_epoch(epoch)
+            t0, loss_sum, seen = time.perf_counter(), 0.0, 0
+            for step, (x, y) in enumerate(batches):
+                it = epoch * steps_per_epoch + step
+                for g in opt.param_groups:
+                    g["lr"] = 0.5 * cfg.lr * (1 + math.cos(math.pi * it / total))
+                x = x.contiguous(memory_format=fmt)
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
+                    logits = model(x)
+                    loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
+                    if teacher is not None and kd_weight > 0:
+                        with torch.no_grad():
+                            t_logits = teacher(x).float()
+                        T = kd_temperature
+                        kd = F.kl_div(F.log_softmax(logits.float() / T, 1),
+                                      F.softmax(t_logits / T, 1), reduction="batchmean") * T * T
+                        loss = (1 - kd_weight) * loss + kd_weight * kd
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                loss_sum += float(loss.detach()) * len(y)
+                seen += len(y)
+                bar.update(task, advance=1, info=f"ep {epoch + 1} loss {loss_sum / seen:.3f}")
+            model.to(memory_format=torch.contiguous_format)
+            acc = evaluate(model, val)
+            model.to(memory_format=fmt)
+            history.append({"epoch": epoch + 1, "loss": loss_sum / max(seen, 1), "val_top1": acc,
+                            "seconds": time.perf_counter() - t0})
+            log(f"{desc} epoch {epoch + 1}/{cfg.epochs}: loss {loss_sum / seen:.4f} "
+                f"val top-1 {acc:.4f} ({history[-1]['seconds']:.0f}s)")
+            if ckpt:
+                _save_ckpt(ckpt, model, opt, epoch + 1, history, cfg)
+    model.to(memory_format=torch.contiguous_format)
+    model.eval()
+    return history
+
+
+def discard_checkpoint(checkpoint: str | Path | None) -> None:
+    if checkpoint and Path(checkpoint).exists():
+        shutil.rmtree(checkpoint, ignore_errors=True)
+
+
+@torch.no_grad()
+def recalibrate_bn(model: nn.Module, batches, num_batches: int = 20) -> nn.Module:
+    """Re-estimate BN running statistics on a few training batches (no weight update).
+
+    Pruning shifts every downstream activation distribution; fresh BN statistics recover much of
+    the accuracy without fine-tuning, so candidate structures are compared fairly.
+    """
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        return model.eval()
+    saved = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over the calibration batches
+    model.train()
+    for i, (x, _) in enumerate(batches):
+        if i >= num_batches:
+            break
+        model(x)
+    for m, mom in zip(bns, saved):
+        m.momentum = mom
+    return model.eval()

@@ -1,0 +1,126 @@
+"""Shared fixtures: tiny models and a tiny MNIST-format IDX data set written to disk."""
+
+from __future__ import annotations
+
+import gzip
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+from prunelab.io import ModelSpec, save_model
+
+FMNIST = Path("/usr/share/datasets/fashion-mnist")
+
+
+def write_idx(path: Path, arr: np.ndarray, gz: bool = True) -> None:
+    header = bytes([0, 0, 0x08, arr.ndim]) + struct.pack(f">{arr.ndim}I", *arr.shape)
+    data = header + arr.astype(np.uint8).tobytes()
+    if gz:
+        with gzip.open(str(path) + ".gz", "wb") as f:
+            f.write(data)
+    else:
+        path.write_bytes(data)
+
+
+def make_idx_dataset(root: Path, n_train: int = 240, n_test: int = 60, classes: int = 4,
+                     seed: int = 0) -> Path:
+    """A learnable toy set, invariant to flips and small shifts: class k is a bright shape
+    (0 horizontal bar, 1 vertical bar, 2 square, 3 two bars) at a jittered place, plus noise."""
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+
+    def make(n):
+        y = rng.integers(0, classes, n)
+        x = rng.integers(0, 40, (n, 28, 28))
+        for i, k in enumerate(y):
+            r, c = rng.integers(6, 10, 2)
+            if k == 0:
+                x[i, r + 5:r + 8, c:c + 14] = 220
+            elif k == 1:
+                x[i, r:r + 14, c + 5:c + 8] = 220
+            elif k == 2:
+                x[i, r + 3:r + 11, c + 3:c + 11] = 220
+            else:
+                x[i, r + 2:r + 4, c:c + 14] = 220
+                x[i, r + 10:r + 12, c:c + 14] = 220
+        return x.astype(np.uint8), y.astype(np.uint8)
+
+    tx, ty = make(n_train)
+    sx, sy = make(n_test)
+    write_idx(root / "train-images-idx3-ubyte", tx)
+    write_idx(root / "train-labels-idx1-ubyte", ty)
+    write_idx(root / "t10k-images-idx3-ubyte", sx)
+    write_idx(root / "t10k-labels-idx1-ubyte", sy)
+    return root
+
+
+@pytest.fixture(scope="session")
+def idx_dir(tmp_path_factory) -> Path:
+    return make_idx_dataset(tmp_path_factory.mktemp("idx"))
+
+
+@pytest.fixture(scope="session")
+def tiny_data(idx_dir):
+    from prunelab.data import load_dataset
+
+    return load_dataset("mnist-idx", str(idx_dir), val_size=40)
+
+
+# --- tiny models covering the three structural families ------------------------------------
+
+class TinyVGG(nn.Module):
+    def __init__(self, in_channels=1, num_classes=4):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(in_channels, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU(),
+            nn.Conv2d(16, 24, 3, padding=1, bias=False), nn.BatchNorm2d(24), nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(24, 32, 3, padding=1, bias=False), nn.BatchNorm2d(32), nn.ReLU())
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(32, num_classes)
+
+    def forward(self, x):
+        return self.classifier(self.pool(self.features(x)).flatten(1))
+
+
+def tiny_resnet(in_channels=1, num_classes=4):
+    from prunelab.models import build
+
+    return build("resnet20", in_channels=in_channels, num_classes=num_classes, width=0.5)
+
+
+def tiny_mobilenet(in_channels=1, num_classes=4):
+    from prunelab.models import build
+
+    return build("mobilenetv2", in_channels=in_channels, num_classes=num_classes, width=0.25)
+
+
+TINY_MODELS = {"vgg": TinyVGG, "resnet": tiny_resnet, "mobilenet": tiny_mobilenet}
+
+
+@pytest.fixture(params=sorted(TINY_MODELS))
+def tiny_model(request):
+    torch.manual_seed(0)
+    m = TINY_MODELS[request.param]()
+    # non-trivial BN statistics, so that pruning changes the outputs
+    for mod in m.modules():
+        if isinstance(mod, nn.BatchNorm2d):
+            mod.weight.data.uniform_(0.5, 1.5)
+            mod.running_mean.uniform_(-0.1, 0.1)
+    return m.eval()
+
+
+@pytest.fixture
+def saved_tiny(tmp_path, tiny_data):
+    """A zoo ResNet-20 (width 0.5) saved as a model folder, trained on nothing."""
+    from prunelab.models import build
+
+    torch.manual_seed(0)
+    m = build("resnet20", in_channels=1, num_classes=tiny_data.num_classes, width=0.5).eval()
+    spec = ModelSpec.for_zoo("resnet20", 1, tiny_data.num_classes, 0.5, 32, tiny_data.mean,
+                             tiny_data.std, "mnist-idx")
+    return save_model(m, spec, tmp_path / "tiny")
