@@ -141,8 +141,8 @@ def _version() -> str:
 
 
 def train(arch: str, out: str, dataset: str = "fmnist", data_dir: str | None = None,
-          width: float = 1.0, cfg: TrainConfig | None = None, factory_kwargs: dict | None = None
-          ) -> dict:
+          width: float = 1.0, cfg: TrainConfig | None = None, factory_kwargs: dict | None = None,
+          command: str | None = None) -> dict:
     """Train a zoo architecture (or ``path/file.py:factory``) from scratch into a model folder.
 
     Resumable: an interrupted run leaves ``OUT.ckpt/`` and the same command continues from it.
@@ -164,6 +164,7 @@ def train(arch: str, out: str, dataset: str = "fmnist", data_dir: str | None = N
     hist = _train(model, d, cfg, checkpoint=ckpt, desc=f"train {arch}")
     top1 = _top1(model, d.batches("test", 500))
     spec.provenance = {"name": Path(out).name, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                       "command": command,
                        "prunelab": _version(), "trained": {
                            "config": cfg.__dict__, "dataset": d.name, "test_top1": top1,
                            "history": hist, "seconds": sum(h["seconds"] for h in hist),

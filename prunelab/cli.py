@@ -167,7 +167,9 @@ def cmd_train(args):
     cfg = TrainConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
                       weight_decay=args.weight_decay, precision=args.precision,
                       threads=args.threads)
-    r = api.train(args.arch, args.out, args.dataset, args.data_dir, args.width, cfg)
+    command = "prunelab " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("prunelab") else None
+    r = api.train(args.arch, args.out, args.dataset, args.data_dir, args.width, cfg,
+                  command=command)
     _emit(args, r, lambda o: _table("trained", ["model", "test top-1", "val top-1", "seconds"],
                                     [[o["model"], f"{100 * o['top1']:.2f}%",
                                       f"{100 * o['val_top1']:.2f}%", f"{o['seconds']:.0f}"]],

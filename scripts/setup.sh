@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# One-time set-up: the Fashion-MNIST Debian package (when apt is there), a virtual environment in
+# .venv, and prunelab with its test and backend extras.  torch is pinned through constraints.txt
+# (the local CPU wheel), never through the package's own dependency range.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ ! -d /usr/share/datasets/fashion-mnist ] && command -v apt-get >/dev/null 2>&1; then
+  SUDO=""
+  if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+  echo "installing the Fashion-MNIST Debian package (dataset-fashion-mnist)..." >&2
+  $SUDO apt-get update -qq >/dev/null
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq dataset-fashion-mnist >/dev/null
+fi
+
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+.venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
+.venv/bin/python -m pip install -q -c constraints.txt -e ".[dev,onnx,images]" 2>&1 \
+  | grep -v -E "^WARNING: (Location|Skipping)" || true
+.venv/bin/python -c "import prunelab, torch; print(f'prunelab {prunelab.__version__} ready (torch {torch.__version__})')"
