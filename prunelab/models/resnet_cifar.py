@@ -7,7 +7,6 @@ residual adds, so a stage's channels are pruned together.
 from __future__ import annotations
 
 import torch.nn as nn
-import torch.nn.functional as F
 
 from ._common import ch, init_weights
 
@@ -19,6 +18,8 @@ class BasicBlock(nn.Module):
         self.bn1 = nn.BatchNorm2d(cout)
         self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(cout)
+        # one ReLU module per use: attribution rules (DeepLIFT, LRP) attach to modules
+        self.relu1, self.relu2 = nn.ReLU(), nn.ReLU()
         self.shortcut = nn.Sequential()
         if stride != 1 or cin != cout:
             self.shortcut = nn.Sequential(
@@ -26,9 +27,9 @@ class BasicBlock(nn.Module):
             )
 
     def forward(self, x):
-        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.relu1(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
-        return F.relu(out + self.shortcut(x))
+        return self.relu2(out + self.shortcut(x))
 
 
 class CifarResNet(nn.Module):
@@ -40,6 +41,7 @@ class CifarResNet(nn.Module):
         widths = [ch(16, width), ch(32, width), ch(64, width)]
         self.conv1 = nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(widths[0])
+        self.relu = nn.ReLU()
         layers, cin = [], widths[0]
         for i, w in enumerate(widths):
             blocks = []
@@ -48,11 +50,11 @@ class CifarResNet(nn.Module):
                 cin = w
             layers.append(nn.Sequential(*blocks))
         self.layer1, self.layer2, self.layer3 = layers
+        self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(cin, num_classes)
         init_weights(self)
 
     def forward(self, x):
-        x = F.relu(self.bn1(self.conv1(x)))
+        x = self.relu(self.bn1(self.conv1(x)))
         x = self.layer3(self.layer2(self.layer1(x)))
-        x = F.adaptive_avg_pool2d(x, 1).flatten(1)
-        return self.fc(x)
+        return self.fc(self.pool(x).flatten(1))

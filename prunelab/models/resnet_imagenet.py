@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import torch.nn as nn
-import torch.nn.functional as F
 
 from ._common import ch, init_weights
 
@@ -19,10 +18,11 @@ class Basic(nn.Module):
         self.conv2 = nn.Conv2d(planes, cout, 3, 1, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(cout)
         self.downsample = _shortcut(cin, cout, stride)
+        self.relu1, self.relu2 = nn.ReLU(), nn.ReLU()
 
     def forward(self, x):
-        out = F.relu(self.bn1(self.conv1(x)))
-        return F.relu(self.bn2(self.conv2(out)) + self.downsample(x))
+        out = self.relu1(self.bn1(self.conv1(x)))
+        return self.relu2(self.bn2(self.conv2(out)) + self.downsample(x))
 
 
 class Bottleneck(nn.Module):
@@ -38,11 +38,12 @@ class Bottleneck(nn.Module):
         self.conv3 = nn.Conv2d(planes, cout, 1, bias=False)
         self.bn3 = nn.BatchNorm2d(cout)
         self.downsample = _shortcut(cin, cout, stride)
+        self.relu1, self.relu2, self.relu3 = nn.ReLU(), nn.ReLU(), nn.ReLU()
 
     def forward(self, x):
-        out = F.relu(self.bn1(self.conv1(x)))
-        out = F.relu(self.bn2(self.conv2(out)))
-        return F.relu(self.bn3(self.conv3(out)) + self.downsample(x))
+        out = self.relu1(self.bn1(self.conv1(x)))
+        out = self.relu2(self.bn2(self.conv2(out)))
+        return self.relu3(self.bn3(self.conv3(out)) + self.downsample(x))
 
 
 def _shortcut(cin: int, cout: int, stride: int) -> nn.Module:
@@ -61,6 +62,7 @@ class ImageNetResNet(nn.Module):
         c0 = ch(64, width)
         self.conv1 = nn.Conv2d(in_channels, c0, 7, 2, 3, bias=False)
         self.bn1 = nn.BatchNorm2d(c0)
+        self.relu = nn.ReLU()
         self.maxpool = nn.MaxPool2d(3, 2, 1)
         stages, cin = [], c0
         for i, n in enumerate(counts):
@@ -71,10 +73,11 @@ class ImageNetResNet(nn.Module):
                 cin = planes * block.expansion
             stages.append(nn.Sequential(*blocks))
         self.layer1, self.layer2, self.layer3, self.layer4 = stages
+        self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(cin, num_classes)
         init_weights(self)
 
     def forward(self, x):
-        x = self.maxpool(F.relu(self.bn1(self.conv1(x))))
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
-        return self.fc(F.adaptive_avg_pool2d(x, 1).flatten(1))
+        return self.fc(self.pool(x).flatten(1))

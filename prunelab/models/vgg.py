@@ -29,7 +29,7 @@ class VGG(nn.Module):
             else:
                 c = ch(v, width)
                 layers += [nn.Conv2d(cin, c, 3, padding=1, bias=False), nn.BatchNorm2d(c),
-                           nn.ReLU(inplace=True)]
+                           nn.ReLU()]
                 cin = c
         self.features = nn.Sequential(*layers)
         self.pool = nn.AdaptiveAvgPool2d(1)
