@@ -104,7 +104,10 @@ def prune(ref: str, criterion: str = "l1", ratio: float | None = None,
 
     model, spec = load(ref, weights=weights, dataset=dataset, data_dir=data_dir)
     data = data_for(spec, dataset, data_dir) if (evaluate or _needs_data(criterion)) else None
-    crit = make_criterion(criterion, **(criterion_options or {}))
+    try:
+        crit = make_criterion(criterion, **(criterion_options or {}))
+    except TypeError as e:
+        raise PrunelabError(f"criterion {criterion} does not take these options ({e})") from None
     res = _prune(model, crit, ratio=ratio, keep=keep, input_shape=spec.input_shape, data=data,
                  num_classes=spec.num_classes, round_to=round_to)
     pspec = ModelSpec(**{**spec.__dict__, "provenance": {

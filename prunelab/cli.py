@@ -141,8 +141,17 @@ def cmd_prune(args):
 
     if (args.ratio is None) == (args.keep is None):
         raise PrunelabError("give exactly one of --ratio or --keep")
-    opts = json.loads(args.criterion_options) if args.criterion_options else None
-    r = api.prune(args.model, args.criterion, ratio=args.ratio, keep=args.keep, out=args.out,
+    from .sweep import parse_criterion
+
+    name, opts = parse_criterion(args.criterion)
+    if args.criterion_options:
+        try:
+            opts.update(json.loads(args.criterion_options))
+        except json.JSONDecodeError:
+            raise PrunelabError("--criterion-options must be a JSON object") from None
+    if args.no_compensation:
+        opts["compensation"] = "none"
+    r = api.prune(args.model, name, ratio=args.ratio, keep=args.keep, out=args.out,
                   round_to=args.round_to, dataset=args.dataset, data_dir=args.data_dir,
                   batch_size=args.batch_size, threads=args.threads, repeats=args.repeats,
                   criterion_options=opts, weights=args.weights)
@@ -158,6 +167,57 @@ def cmd_prune(args):
                ["model", "top-1", "MACs", "params", "latency ms"], rows,
                _lat_note(o) + (f"\nsaved to {o['out']}" if o["out"] else ""))
     _emit(args, r, table)
+
+
+def _floats(s: str) -> list[float]:
+    out = []
+    for p in s.split(","):
+        out.append(_ratio(p.strip()))
+    return out
+
+
+def cmd_criteria_evaluate(args):
+    from . import api
+    from .sweep import SweepConfig, layer_sweep, uniform_sweep
+
+    model, spec = api.load(args.model, weights=args.weights, dataset=args.dataset,
+                           data_dir=args.data_dir)
+    data = api.data_for(spec, args.dataset, args.data_dir)
+    crits = [c.strip() for c in args.criteria.split(",") if c.strip()]
+    if args.no_compensation:
+        crits = [c + ":compensation=none" if c.split(":")[0] in ("fp-omp", "lrf") else c
+                 for c in crits]
+    cfg = SweepConfig(recal_batches=args.recal_batches, val_images=args.val_images,
+                      seed=args.seed)
+    if args.per_layer:
+        rows = []
+        for c in crits:
+            rows += layer_sweep(model, spec, data, c, args.ratios, cfg)
+    else:
+        rows = uniform_sweep(model, spec, data, crits, args.ratios, cfg)
+    if args.out:
+        from .io import atomic_write_text
+
+        atomic_write_text(args.out, json.dumps(rows, indent=1))
+
+    def table(rows):
+        base = rows[0]["base_top1"] if rows else 0
+        cols = (["criterion", "layer", "ratio", "val top-1", "drop", "MACs"] if args.per_layer
+                else ["criterion", "ratio", "val top-1", "vs base", "MACs kept", "score s"])
+        out = []
+        for r in rows:
+            if args.per_layer:
+                out.append([r["criterion"], r["layer"], f"{r['ratio']:.2f}",
+                            f"{100 * r['top1']:.2f}%", f"{100 * r['drop']:+.2f}",
+                            f"{r['macs'] / 1e6:.1f} M"])
+            else:
+                out.append([r["criterion"], f"{r['ratio']:.2f}", f"{100 * r['top1']:.2f}%",
+                            f"{100 * (r['top1'] - base):+.2f}", f"{100 * r['macs_kept']:.1f}%",
+                            f"{r['seconds']:.2f}"])
+        _table(f"{spec.name}: prune, recalibrate BN ({args.recal_batches} batches), validation "
+               f"top-1 (unpruned {100 * base:.2f}%)", cols, out,
+               "no fine-tuning; 'score s' = seconds the criterion took to score every filter")
+    _emit(args, rows, table)
 
 
 def cmd_train(args):
@@ -218,6 +278,30 @@ def build_parser() -> argparse.ArgumentParser:
     c = csub.add_parser("list", help="list registered criteria")
     c.add_argument("--json", action="store_true")
     c.set_defaults(fn=cmd_list, kind="criteria")
+    from .sweep import uniform_sweep
+
+    c = csub.add_parser("evaluate", help=_doc(uniform_sweep),
+                        description="For each criterion and ratio: prune (uniformly, or one layer "
+                        "at a time with --per-layer), recalibrate BN, report validation top-1 and "
+                        "the seconds the criterion took to score all filters.")
+    c.add_argument("model", help="shipped model name, model folder, or path/file.py:factory")
+    c.add_argument("--criteria", required=True,
+                   help="comma-separated criteria; options as name:key=value, e.g. "
+                        "fp-omp:compensation=sandwich")
+    c.add_argument("--ratios", type=_floats, default=[0.1, 0.3, 0.5],
+                   help="comma-separated pruning ratios (default 0.1,0.3,0.5)")
+    c.add_argument("--per-layer", action="store_true", help="prune one layer at a time")
+    c.add_argument("--no-compensation", action="store_true",
+                   help="fp-omp / lrf without weight compensation (the ablation)")
+    c.add_argument("--recal-batches", type=int, default=20, help="BN recalibration batches")
+    c.add_argument("--val-images", type=int, default=None, help="limit the validation images")
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--out", help="also write the JSON rows to this file")
+    c.add_argument("--dataset")
+    c.add_argument("--data-dir")
+    c.add_argument("--weights")
+    c.add_argument("--json", action="store_true")
+    c.set_defaults(fn=cmd_criteria_evaluate)
 
     s = sub.add_parser("eval", help=_doc(api.measure), description=_doc(api.measure))
     s.add_argument("model", help="shipped model name, model folder, or path/file.py:factory")
@@ -226,8 +310,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("prune", help=_doc(api.prune), description=_doc(api.prune))
     s.add_argument("model", help="shipped model name, model folder, or path/file.py:factory")
-    s.add_argument("--criterion", default="l1", choices=CRITERIA.names(), metavar="NAME",
-                   help=f"filter criterion: {', '.join(CRITERIA.names())} (default l1)")
+    s.add_argument("--criterion", default="l1", metavar="NAME[:key=value...]",
+                   help=f"filter criterion: {', '.join(CRITERIA.names())} (default l1); options "
+                        "as name:key=value")
+    s.add_argument("--no-compensation", action="store_true",
+                   help="fp-omp / lrf without weight compensation")
     s.add_argument("--criterion-options", help='JSON object of criterion options, e.g. {"seed": 1}')
     s.add_argument("--ratio", type=_ratio, help="fraction of each layer's filters to remove")
     s.add_argument("--keep", type=_keep, help="per-layer keep counts: layer=N,... or file.json")

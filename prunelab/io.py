@@ -116,9 +116,13 @@ def load_factory(ref: str):
 
 def layer_widths(model: nn.Module) -> dict[str, dict[str, int]]:
     """Shapes of every conv / BN / linear layer: the part of a pruned model that differs."""
+    from .models._common import Sandwich
+
     out: dict[str, dict[str, int]] = {}
     for name, m in model.named_modules():
-        if isinstance(m, nn.Conv2d):
+        if isinstance(m, Sandwich):
+            out[name] = {"sandwich": 1}
+        elif isinstance(m, nn.Conv2d):
             out[name] = {"in": m.in_channels, "out": m.out_channels, "groups": m.groups}
         elif isinstance(m, nn.modules.batchnorm._BatchNorm):
             out[name] = {"features": m.num_features}
@@ -129,8 +133,23 @@ def layer_widths(model: nn.Module) -> dict[str, dict[str, int]]:
 
 def apply_widths(model: nn.Module, layers: dict[str, dict[str, int]]) -> None:
     """Resize layers in place to the recorded widths (weights are then loaded over them)."""
+    from .models._common import Sandwich
+
+    for name, w in layers.items():  # structural edits first: convs replaced by a Sandwich
+        if w.get("sandwich"):
+            try:
+                conv = model.get_submodule(name)
+            except AttributeError:
+                conv = None
+            if not isinstance(conv, nn.Conv2d):
+                raise PrunelabError(f"model.json puts a sandwich at {name!r}, which is not a conv "
+                                    "in the architecture; the folder does not match it")
+            mix = nn.Conv2d(conv.out_channels, conv.out_channels, 1, bias=False)
+            model.set_submodule(name, Sandwich(conv, mix))
     mods = dict(model.named_modules())
     for name, w in layers.items():
+        if w.get("sandwich"):
+            continue
         m = mods.get(name)
         if m is None:
             raise PrunelabError(f"model.json names layer {name!r} that the architecture lacks; "

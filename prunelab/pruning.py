@@ -40,7 +40,8 @@ def build_graph(model: nn.Module, input_shape: Sequence[int]):
 
     model.eval()
     try:
-        return tp.DependencyGraph().build_dependency(
+        with torch.enable_grad():  # tracing follows autograd, even if the caller disabled it
+            return tp.DependencyGraph().build_dependency(
             model, example_inputs=torch.zeros(1, *input_shape), verbose=False)
     except Exception as e:  # tracing runs arbitrary user forward() code
         raise PrunelabError(
@@ -84,6 +85,21 @@ def prunable_groups(model: nn.Module, input_shape: Sequence[int], num_classes: i
     return DG, groups
 
 
+def score_groups(model: nn.Module, crit: Criterion, groups: list[GroupInfo], data=None
+                 ) -> tuple[dict[str, torch.Tensor], float]:
+    """Score every channel of every group; returns the scores and the seconds it took."""
+    t0 = time.perf_counter()
+    crit.prepare(model, groups, data)
+    scores = {}
+    for g in groups:
+        s = crit.score(g).detach().float()
+        if s.shape != (g.width,) or not torch.isfinite(s).all():
+            raise RuntimeError(f"criterion {crit.name} gave bad scores for {g.name}: "
+                               f"{tuple(s.shape)}")
+        scores[g.name] = s
+    return scores, time.perf_counter() - t0
+
+
 def align(keep: int, width: int, round_to: int = 1) -> int:
     """Round a keep count to a multiple of ``round_to`` within [min(round_to, width), width]."""
     if round_to > 1:
@@ -123,17 +139,20 @@ class PruneResult:
 def prune(model: nn.Module, criterion: str | Criterion = "l1", ratio: float | None = None,
           keep: dict[str, int] | None = None, input_shape: Sequence[int] = (3, 32, 32),
           data=None, num_classes: int | None = None, round_to: int = 1, inplace: bool = False,
-          ignored: Sequence[nn.Module] = ()) -> PruneResult:
+          ignored: Sequence[nn.Module] = (), scores: dict[str, torch.Tensor] | None = None
+          ) -> PruneResult:
     """Prune ``model`` with one ``ratio`` for every group or exact per-group ``keep`` counts.
 
     ``keep`` maps group names (see :func:`prunable_groups`) to the number of channels to keep;
     groups it does not name stay whole.  ``data`` (a :class:`prunelab.data.Splits`) is required by
-    data-driven criteria.  The input model is left untouched unless ``inplace``.
+    data-driven criteria.  ``scores`` (from :func:`score_groups` on the same model) skips scoring,
+    so one scoring serves many pruning ratios.  The input model is left untouched unless
+    ``inplace``.
     """
     if (ratio is None) == (keep is None):
         raise PrunelabError("give either a pruning ratio or per-layer keep counts, not both")
     crit = make_criterion(criterion) if isinstance(criterion, str) else criterion
-    if crit.needs_data and data is None:
+    if crit.needs_data and data is None and scores is None:
         raise PrunelabError(f"criterion {crit.name} needs calibration data; pass a dataset")
     net = model if inplace else copy.deepcopy(model)
     net.eval()
@@ -154,28 +173,26 @@ def prune(model: nn.Module, criterion: str | Criterion = "l1", ratio: float | No
                 raise PrunelabError(f"keep count {k} for layer {name!r} must be between 1 and "
                                     f"its width {w}")
             plan[name] = align(k, w, round_to)
-    t0 = time.perf_counter()
-    crit.prepare(net, groups, data)
+    if scores is None:
+        scores, seconds = score_groups(net, crit, groups, data)
+    else:  # the criterion that produced them (its compensation hooks read the unpruned weights)
+        seconds = 0.0
     removed: dict[str, list[int]] = {}
     for g in groups:
         k = plan.get(g.name, g.width)
-        if k >= g.width:
-            continue
-        s = crit.score(g)
-        if s.shape != (g.width,) or not torch.isfinite(s).all():
-            raise RuntimeError(f"criterion {crit.name} gave bad scores for {g.name}: {s.shape}")
-        # stable sort: ties broken by channel index, so equal scores prune deterministically
-        order = torch.sort(s, stable=True).indices
-        removed[g.name] = sorted(order[: g.width - k].tolist())
-    seconds = time.perf_counter() - t0
+        if k < g.width:
+            # stable sort: ties broken by channel index, so equal scores prune deterministically
+            order = torch.sort(scores[g.name], stable=True).indices
+            removed[g.name] = sorted(order[: g.width - k].tolist())
     if hasattr(crit, "before_prune"):
-        crit.before_prune(net, groups, removed)
-    for g in groups:
-        if g.name in removed:
-            root = g.group[0].dep
-            DG.get_pruning_group(root.target.module, root.handler, removed[g.name]).prune()
-    if hasattr(crit, "after_prune"):
-        crit.after_prune(net, groups, removed)
+        crit.before_prune(net, groups, removed, tuple(input_shape))
+    # a criterion may own the structural change (FP-OMP's sandwich); otherwise torch-pruning
+    # removes each group's channels
+    if not (hasattr(crit, "apply") and crit.apply(net, groups, removed)):
+        for g in groups:
+            if g.name in removed:
+                root = g.group[0].dep
+                DG.get_pruning_group(root.target.module, root.handler, removed[g.name]).prune()
     macs1, params1 = macs_params(net, input_shape)
     return PruneResult(net, {g.name: plan.get(g.name, g.width) for g in groups},
                        {g.name: g.width for g in groups}, crit.name, seconds, macs0, macs1,

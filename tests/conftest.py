@@ -88,15 +88,31 @@ class TinyVGG(nn.Module):
 
 
 def tiny_resnet(in_channels=1, num_classes=4):
-    from prunelab.models import build
+    """ResNet-8 at half width: three residual blocks, a downsampling 1x1 shortcut per stage."""
+    from prunelab.models.resnet_cifar import CifarResNet
 
-    return build("resnet20", in_channels=in_channels, num_classes=num_classes, width=0.5)
+    return CifarResNet(8, in_channels, num_classes, width=0.5)
+
+
+class TinyMobileNet(nn.Module):
+    """MobileNetV2-like: inverted residuals with depthwise convs, ReLU6, a linear bottleneck and a
+    residual add."""
+
+    def __init__(self, in_channels=1, num_classes=4):
+        super().__init__()
+        from prunelab.models.mobilenetv2 import InvertedResidual, conv_bn
+
+        self.features = nn.Sequential(conv_bn(in_channels, 8, 3, 2), InvertedResidual(8, 8, 1, 2),
+                                      InvertedResidual(8, 16, 2, 2), conv_bn(16, 32, 1, 1))
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(32, num_classes)
+
+    def forward(self, x):
+        return self.classifier(self.pool(self.features(x)).flatten(1))
 
 
 def tiny_mobilenet(in_channels=1, num_classes=4):
-    from prunelab.models import build
-
-    return build("mobilenetv2", in_channels=in_channels, num_classes=num_classes, width=0.25)
+    return TinyMobileNet(in_channels, num_classes)
 
 
 TINY_MODELS = {"vgg": TinyVGG, "resnet": tiny_resnet, "mobilenet": tiny_mobilenet}

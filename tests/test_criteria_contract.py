@@ -13,9 +13,14 @@ from prunelab.pruning import prunable_groups, prune
 SHAPE = (1, 32, 32)
 
 
+def _make(name, seed=1):
+    small = {"num_images": 24, "batch_size": 12} if CRITERIA.get(name).meta.get("needs_data") else {}
+    return make_criterion(name, seed=seed, **small)
+
+
 @pytest.mark.parametrize("name", CRITERIA.names())
 def test_criterion_contract(name, tiny_model, tiny_data):
-    crit = make_criterion(name, seed=1)
+    crit = _make(name)
     net = copy.deepcopy(tiny_model)
     _, groups = prunable_groups(net, SHAPE, num_classes=4)
     crit.prepare(net, groups, tiny_data)
@@ -25,14 +30,14 @@ def test_criterion_contract(name, tiny_model, tiny_data):
         assert s.shape == (g.width,), (g.name, s.shape)
         assert torch.isfinite(s).all()
     # same seed, same scores (fresh criterion object, fresh model copy)
-    crit2 = make_criterion(name, seed=1)
+    crit2 = _make(name)
     net2 = copy.deepcopy(tiny_model)
     _, groups2 = prunable_groups(net2, SHAPE, num_classes=4)
     crit2.prepare(net2, groups2, tiny_data)
     for g in groups2:
         assert torch.allclose(crit2.score(g), scores[g.name])
 
-    res = prune(tiny_model, make_criterion(name, seed=1), ratio=0.4, input_shape=SHAPE,
+    res = prune(tiny_model, _make(name), ratio=0.4, input_shape=SHAPE,
                 data=tiny_data, num_classes=4)
     assert res.macs_after < res.macs_before and res.params_after < res.params_before
     with torch.no_grad():

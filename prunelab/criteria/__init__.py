@@ -25,7 +25,7 @@ from .base import Criterion, GroupInfo  # noqa: F401
 
 CRITERIA = Registry("criterion", hint="(see `prunelab criteria list`)")
 
-from . import magnitude  # noqa: E402,F401  (register built-in criteria)
+from . import activation, magnitude, omp, xai  # noqa: E402,F401  (register built-in criteria)
 
 
 def make_criterion(name: str, **options) -> Criterion:

@@ -1,6 +1,14 @@
 import torch.nn as nn
 
 
+class Add(nn.Module):
+    """A residual addition as a module, so attribution rules (LRP's epsilon rule for sums) can
+    attach to it; ``a + b`` written inline is invisible to module hooks."""
+
+    def forward(self, a, b):
+        return a + b
+
+
 def ch(c: int, width: float, divisor: int = 1) -> int:
     """Channel count ``c`` scaled by a width multiplier, at least 1 (rounded to ``divisor``)."""
     v = max(divisor, int(round(c * width / divisor)) * divisor)
@@ -19,3 +27,17 @@ def init_weights(model: nn.Module) -> None:
         elif isinstance(m, nn.Linear):
             nn.init.normal_(m.weight, 0, 0.01)
             nn.init.zeros_(m.bias)
+
+
+class Sandwich(nn.Module):
+    """A pruned conv followed by the 1x1 conv that maps its kept channels back to the original
+    ones (the FP-OMP / LRF "identity 1x1" structure).  The 1x1 starts as identity on the kept
+    channels plus the least-squares coefficients of the removed ones, so compensation is exact
+    and linear before the BN that follows."""
+
+    def __init__(self, conv: nn.Conv2d, mix: nn.Conv2d):
+        super().__init__()
+        self.conv, self.mix = conv, mix
+
+    def forward(self, x):
+        return self.mix(self.conv(x))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch.nn as nn
 
-from ._common import ch, init_weights
+from ._common import Add, ch, init_weights
 
 # t (expansion), c (channels), n (repeats), s (first stride)
 SETTINGS = [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1),
@@ -17,7 +17,7 @@ SETTINGS = [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 
 
 def conv_bn(cin, cout, k, stride, groups=1):
     return nn.Sequential(nn.Conv2d(cin, cout, k, stride, k // 2, groups=groups, bias=False),
-                         nn.BatchNorm2d(cout), nn.ReLU6(inplace=True))
+                         nn.BatchNorm2d(cout), nn.ReLU6())
 
 
 class InvertedResidual(nn.Module):
@@ -29,9 +29,10 @@ class InvertedResidual(nn.Module):
                    nn.Conv2d(hidden, cout, 1, bias=False), nn.BatchNorm2d(cout)]
         self.conv = nn.Sequential(*layers)
         self.use_res = stride == 1 and cin == cout
+        self.add = Add() if self.use_res else None
 
     def forward(self, x):
-        return x + self.conv(x) if self.use_res else self.conv(x)
+        return self.add(x, self.conv(x)) if self.use_res else self.conv(x)
 
 
 class MobileNetV2(nn.Module):

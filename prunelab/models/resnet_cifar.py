@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch.nn as nn
 
-from ._common import ch, init_weights
+from ._common import Add, ch, init_weights
 
 
 class BasicBlock(nn.Module):
@@ -20,7 +20,8 @@ class BasicBlock(nn.Module):
         self.bn2 = nn.BatchNorm2d(cout)
         # one ReLU module per use: attribution rules (DeepLIFT, LRP) attach to modules
         self.relu1, self.relu2 = nn.ReLU(), nn.ReLU()
-        self.shortcut = nn.Sequential()
+        self.add = Add()
+        self.shortcut = None  # identity; no leaf module, so attribution sees a plain skip
         if stride != 1 or cin != cout:
             self.shortcut = nn.Sequential(
                 nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout)
@@ -29,7 +30,7 @@ class BasicBlock(nn.Module):
     def forward(self, x):
         out = self.relu1(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
-        return self.relu2(out + self.shortcut(x))
+        return self.relu2(self.add(out, x if self.shortcut is None else self.shortcut(x)))
 
 
 class CifarResNet(nn.Module):

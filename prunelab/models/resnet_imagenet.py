@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import torch.nn as nn
 
-from ._common import ch, init_weights
+from ._common import Add, ch, init_weights
 
 
-class Basic(nn.Module):
+class _Skip:
+    def _skip(self, x):
+        return x if self.downsample is None else self.downsample(x)
+
+
+
+class Basic(_Skip, nn.Module):
     expansion = 1
 
     def __init__(self, cin: int, planes: int, stride: int):
@@ -18,14 +24,15 @@ class Basic(nn.Module):
         self.conv2 = nn.Conv2d(planes, cout, 3, 1, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(cout)
         self.downsample = _shortcut(cin, cout, stride)
+        self.add = Add()
         self.relu1, self.relu2 = nn.ReLU(), nn.ReLU()
 
     def forward(self, x):
         out = self.relu1(self.bn1(self.conv1(x)))
-        return self.relu2(self.bn2(self.conv2(out)) + self.downsample(x))
+        return self.relu2(self.add(self.bn2(self.conv2(out)), self._skip(x)))
 
 
-class Bottleneck(nn.Module):
+class Bottleneck(_Skip, nn.Module):
     expansion = 4
 
     def __init__(self, cin: int, planes: int, stride: int):
@@ -38,17 +45,18 @@ class Bottleneck(nn.Module):
         self.conv3 = nn.Conv2d(planes, cout, 1, bias=False)
         self.bn3 = nn.BatchNorm2d(cout)
         self.downsample = _shortcut(cin, cout, stride)
+        self.add = Add()
         self.relu1, self.relu2, self.relu3 = nn.ReLU(), nn.ReLU(), nn.ReLU()
 
     def forward(self, x):
         out = self.relu1(self.bn1(self.conv1(x)))
         out = self.relu2(self.bn2(self.conv2(out)))
-        return self.relu3(self.bn3(self.conv3(out)) + self.downsample(x))
+        return self.relu3(self.add(self.bn3(self.conv3(out)), self._skip(x)))
 
 
-def _shortcut(cin: int, cout: int, stride: int) -> nn.Module:
+def _shortcut(cin: int, cout: int, stride: int) -> nn.Module | None:
     if stride == 1 and cin == cout:
-        return nn.Sequential()
+        return None
     return nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
 
 
