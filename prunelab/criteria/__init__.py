@@ -7,9 +7,12 @@ How a *group* is scored (the same rule for every criterion): a group couples cha
 several layers (in a ResNet stage the stem, every block's second conv and the shortcut share one
 channel set).  Each *producer* layer of the group (a conv / linear whose output channels the group
 removes) gets a per-channel score from the criterion, and the group score of a channel is the
-``reduction`` (default ``sum``) of its producers' scores.  BN layers and consumers (layers whose
-*input* channels go) are scored only by criteria that say so (``bn-scale`` scores the BN after
-each producer).
+``reduction`` (default ``sum``) of its producers' scores.  Scale-free scores (weight norms: ``l1``,
+``l2``) are first divided by their layer's mean, so that no coupled layer dominates through its
+fan-in or the BN behind it (Torch-Pruning's group normalisation); attributions and loss-based
+scores are in common units (contribution to the logit / loss) and are summed as they are.  BN
+layers and consumers (layers whose *input* channels go) are scored only by criteria that say so
+(``bn-scale`` sums |gamma| over the group's BN layers; ``lrf`` weighs by the consumers' weights).
 
     >>> from prunelab.criteria import CRITERIA, make_criterion
     >>> sorted(CRITERIA.names())[:3]

@@ -29,6 +29,10 @@ class Criterion:
     name = "base"
     needs_data = False
     reductions = ("sum", "mean", "max")
+    #: scale-free scores (weight norms) are divided by their layer's mean before the group
+    #: reduction, so no coupled layer dominates through its fan-in or its BN; attribution and
+    #: loss-based scores share units across layers and are reduced as they are
+    normalize = False
 
     def __init__(self, reduction: str = "sum", seed: int = 0):
         if reduction not in self.reductions:
@@ -48,6 +52,8 @@ class Criterion:
         per_layer = [self.layer_scores(n, self.modules[n], group).detach().float().reshape(-1)
                      for n in group.producers]
         per_layer = [s for s in per_layer if s.numel() == group.width]
+        if self.normalize:
+            per_layer = [s / s.mean().clamp_min(1e-12) for s in per_layer]
         if not per_layer:
             raise PrunelabError(f"criterion {self.name} cannot score group {group.name}")
         stacked = torch.stack(per_layer)

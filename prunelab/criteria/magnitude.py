@@ -13,6 +13,7 @@ from .base import Criterion, GroupInfo
 
 class Magnitude(Criterion):
     p = 1
+    normalize = True
 
     def layer_scores(self, name: str, module: nn.Module, group: GroupInfo) -> torch.Tensor:
         w = module.weight.detach()
