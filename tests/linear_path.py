@@ -14,20 +14,6 @@ def redundant_conv():
     return conv
 
 
-def test_somp_and_lrf_keep_a_spanning_set():
-    F = redundant_conv().weight.data.reshape(8, -1)
-    Fn = F / F.norm(dim=1, keepdim=True)
-    first4 = somp_order(Fn, ridge=1e-6, limit=4)
-    # the first four chosen span the space: every filter is reproduced from them
-    A = F[first4]
-    lam = torch.linalg.lstsq(A.T, F.T).solution.T
-    assert torch.allclose(lam @ A, F, atol=1e-4)
-    removed_first = lrf_removal_order(F, torch.ones(8))[:4]
-    keep = sorted(set(range(8)) - set(removed_first))
-    lam = torch.linalg.lstsq(F[keep].T, F.T).solution.T
-    assert torch.allclose(lam @ F[keep], F, atol=1e-4)
-
-
 class LinearPath(nn.Module):
     """conv -> BN -> conv: a linear path, where fold compensation must be exact."""
 

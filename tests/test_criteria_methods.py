@@ -1,6 +1,5 @@
 """Method-specific checks: each criterion computes what its paper says."""
 
-import copy
 
 import pytest
 import torch
@@ -60,6 +59,20 @@ def test_integrated_gradients_is_complete_on_a_chain(tiny_data):
     for name, c in cond.items():
         total = c.sum(dim=(1, 2, 3))
         assert torch.allclose(total, gap, rtol=0.05, atol=0.05 * gap.abs().max()), name
+
+
+def test_somp_and_lrf_keep_a_spanning_set():
+    F = redundant_conv().weight.data.reshape(8, -1)
+    Fn = F / F.norm(dim=1, keepdim=True)
+    first4 = somp_order(Fn, ridge=1e-6, limit=4)
+    # the first four chosen span the space: every filter is reproduced from them
+    A = F[first4]
+    lam = torch.linalg.lstsq(A.T, F.T).solution.T
+    assert torch.allclose(lam @ A, F, atol=1e-4)
+    removed_first = lrf_removal_order(F, torch.ones(8))[:4]
+    keep = sorted(set(range(8)) - set(removed_first))
+    lam = torch.linalg.lstsq(F[keep].T, F.T).solution.T
+    assert torch.allclose(lam @ F[keep], F, atol=1e-4)
 
 
 @pytest.mark.parametrize("mode", ["fold", "sandwich"])

@@ -12,25 +12,42 @@ import torch.nn.functional as F
 from ..errors import PrunelabError
 from . import CRITERIA
 from .base import Criterion, GroupInfo
-from .calib import calibration_batches, capture, following_norms
+from .calib import Calibrated, calibration_batches, capture, following_norms
 
 
-class _Activations(Criterion):
-    needs_data = True
+class _Activations(Calibrated):
+    """Accumulate a per-channel statistic of each producer's emitted activation over the
+    calibration set; subclasses say how one batch contributes (:meth:`batch_stat`)."""
 
-    def __init__(self, num_images: int = 256, batch_size: int = 64, reduction: str = "sum",
-                 seed: int = 0):
-        super().__init__(reduction, seed)
-        if num_images < 1 or batch_size < 1:
-            raise PrunelabError("num_images and batch_size must be at least 1")
-        self.num_images, self.batch_size = num_images, batch_size
+    grads = False
 
     def prepare(self, model, groups, data=None):
         super().prepare(model, groups, data)
         producers = sorted({n for g in groups for n in g.producers})
         bn = following_norms(model, tuple(data.train_x.shape[1:]), producers)
-        self._where = {p: bn.get(p, p) for p in producers}
-        self._scores = self.collect(model, data, producers)
+        where = {p: bn.get(p, p) for p in producers}
+        taps = sorted(set(where.values()))
+        was = model.training
+        model.eval()
+        totals = {t: 0.0 for t in taps}
+        count = 0
+        with torch.set_grad_enabled(self.grads), capture(model, taps, self.grads) as (acts, gs):
+            for x, y in calibration_batches(data, self.num_images, self.batch_size):
+                model.zero_grad(set_to_none=True)
+                logits = model(x)
+                if self.grads:
+                    F.cross_entropy(logits, y, reduction="sum").backward()
+                for t in taps:
+                    totals[t] = totals[t] + self.batch_stat(acts[t][-1],
+                                                            gs[t][-1] if self.grads else None)
+                    acts[t].clear(), gs[t].clear()
+                count += len(y)
+        model.zero_grad(set_to_none=True)
+        model.train(was)
+        self._scores = {p: totals[where[p]] / count for p in producers}
+
+    def batch_stat(self, act: torch.Tensor, grad: torch.Tensor | None) -> torch.Tensor:
+        raise NotImplementedError
 
     def layer_scores(self, name, module, group: GroupInfo):
         return self._scores[name]
@@ -39,28 +56,12 @@ class _Activations(Criterion):
 @CRITERIA.register("taylor", description="first-order Taylor |mean(activation x gradient)| of "
                    "the loss (Molchanov et al. 2017)", needs_data=True)
 class Taylor(_Activations):
-    name = "taylor"
+    name, grads = "taylor", True
 
-    def collect(self, model, data, producers):
-        was = model.training
-        model.eval()
-        taps = sorted(set(self._where.values()))
-        totals = {t: 0.0 for t in taps}
-        count = 0
-        with capture(model, taps, grads=True) as (acts, gs):
-            for x, y in calibration_batches(data, self.num_images, self.batch_size):
-                model.zero_grad(set_to_none=True)
-                F.cross_entropy(model(x), y, reduction="sum").backward()
-                for t in taps:
-                    a, g = acts[t][-1], gs[t][-1]
-                    prod = a * g
-                    per = prod.mean(dim=(2, 3)) if prod.dim() == 4 else prod
-                    totals[t] = totals[t] + per.abs().sum(0)
-                    acts[t].clear(), gs[t].clear()
-                count += len(y)
-        model.zero_grad(set_to_none=True)
-        model.train(was)
-        return {p: totals[self._where[p]] / count for p in producers}
+    def batch_stat(self, act, grad):
+        prod = act * grad
+        per = prod.mean(dim=(2, 3)) if prod.dim() == 4 else prod
+        return per.abs().sum(0)
 
 
 @CRITERIA.register("hrank", description="average rank of each channel's feature maps after ReLU "
@@ -71,27 +72,11 @@ class HRank(_Activations):
     def __init__(self, num_images: int = 128, **kw):
         super().__init__(num_images=num_images, **kw)
 
-    @torch.no_grad()
-    def collect(self, model, data, producers):
-        was = model.training
-        model.eval()
-        taps = sorted(set(self._where.values()))
-        totals = {t: 0.0 for t in taps}
-        count = 0
-        with capture(model, taps) as (acts, _):
-            for x, _y in calibration_batches(data, self.num_images, self.batch_size):
-                model(x)
-                for t in taps:
-                    a = acts[t][-1].relu()
-                    if a.dim() == 4:
-                        r = torch.linalg.matrix_rank(a.float()).float()  # (batch, channels)
-                    else:
-                        r = (a != 0).float()
-                    totals[t] = totals[t] + r.sum(0)
-                    acts[t].clear()
-                count += len(x)
-        model.train(was)
-        return {p: totals[self._where[p]] / count for p in producers}
+    def batch_stat(self, act, grad):
+        a = act.relu()
+        if a.dim() == 4:
+            return torch.linalg.matrix_rank(a.float()).float().sum(0)  # (batch, ch) ranks
+        return (a != 0).float().sum(0)
 
 
 @CRITERIA.register("bn-scale", description="|gamma| of the BN layers in the group (Network "

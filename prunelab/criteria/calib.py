@@ -9,6 +9,20 @@ import torch
 import torch.nn as nn
 
 from ..errors import PrunelabError
+from .base import Criterion
+
+
+class Calibrated(Criterion):
+    """A criterion that reads ``num_images`` training images (in batches of ``batch_size``)."""
+
+    needs_data = True
+
+    def __init__(self, num_images: int = 256, batch_size: int = 64, reduction: str = "sum",
+                 seed: int = 0):
+        super().__init__(reduction, seed)
+        if num_images < 1 or batch_size < 1:
+            raise PrunelabError("num_images and batch_size must be at least 1")
+        self.num_images, self.batch_size = num_images, batch_size
 
 
 def calibration_batches(data, n: int, batch_size: int = 64):

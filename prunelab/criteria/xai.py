@@ -21,8 +21,8 @@ import torch.nn as nn
 
 from ..errors import PrunelabError
 from . import CRITERIA
-from .base import Criterion, GroupInfo
-from .calib import calibration_batches, capture, check_rule_support
+from .base import GroupInfo
+from .calib import Calibrated, calibration_batches, capture, check_rule_support
 
 
 def _captum():
@@ -32,17 +32,8 @@ def _captum():
         raise PrunelabError("XAI criteria need captum; pip install 'prunelab[xai]'") from None
 
 
-class Attribution(Criterion):
+class Attribution(Calibrated):
     """Base: accumulate per-channel |attribution| over the calibration set."""
-
-    needs_data = True
-
-    def __init__(self, num_images: int = 256, batch_size: int = 64, reduction: str = "sum",
-                 seed: int = 0):
-        super().__init__(reduction, seed)
-        if num_images < 1 or batch_size < 1:
-            raise PrunelabError("num_images and batch_size must be at least 1")
-        self.num_images, self.batch_size = num_images, batch_size
 
     def prepare(self, model, groups, data=None):
         _captum()
