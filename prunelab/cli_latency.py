@@ -13,6 +13,12 @@ def _cfg(args):
                         precision=args.precision)
 
 
+def _lut(args):
+    from .latency.lut import LutConfig
+
+    return LutConfig(args.sweep, args.nodes, repeats=args.lut_repeats)
+
+
 def _say():
     from .ui import log
 
@@ -46,7 +52,7 @@ def cmd_build(args):
     from .cli import _table
     from .latency import api
 
-    r = api.build(args.model, _cfg(args), args.cache_dir, args.calibrate, _say())
+    r = api.build(args.model, _cfg(args), args.cache_dir, args.calibrate, _say(), _lut(args))
     _emit(args, r, lambda o: _table(
         f"lookup table of {o['model']}", ["signature", "step in", "step out", "grid"],
         [[t["signature"], str(t["step_in"]), str(t["step_out"]),
@@ -61,7 +67,7 @@ def cmd_validate(args):
     from .latency import api
 
     r = api.validate(args.model, _cfg(args), args.samples, args.seed, args.cache_dir,
-                     args.calibrate, _say())
+                     args.calibrate, _say(), _lut(args))
     if args.json and not args.rows:
         r = {k: v for k, v in r.items() if k != "rows"}
     _emit(args, r, lambda o: _table(
@@ -97,7 +103,7 @@ def cmd_steps(args):
     from .cli import _table
     from .latency import api
 
-    r = api.steps(args.model, _cfg(args), args.cache_dir, _say())
+    r = api.steps(args.model, _cfg(args), args.cache_dir, _say(), args.calibrate, _lut(args))
 
     def short(ws):
         return ",".join(map(str, ws)) if len(ws) <= 12 else (
@@ -154,9 +160,15 @@ def register(sub) -> None:
         c.add_argument("model", help="shipped model name or model folder")
         _target_opts(c)
         c.set_defaults(fn=fn)
-        if name in ("build", "validate"):
+        if name in ("build", "validate", "steps"):
             c.add_argument("--calibrate", type=int, default=6,
                            help="pruned variants measured to calibrate the overhead (default 6)")
+            c.add_argument("--sweep", type=int, default=40,
+                           help="widths swept one by one below each full width (default 40)")
+            c.add_argument("--nodes", type=int, default=7, help="table grid nodes per axis "
+                           "(default 7)")
+            c.add_argument("--lut-repeats", type=int, default=20,
+                           help="timed runs per table point (default 20)")
         if name == "validate":
             c.add_argument("--samples", type=int, default=50, help="random widths (default 50)")
             c.add_argument("--seed", type=int, default=0)

@@ -13,6 +13,7 @@ from typing import Callable
 from ..errors import PrunelabError
 from ..targets import TargetConfig, make_target, target_table
 from .cache import Cache
+from .lut import LutConfig
 from .measure import Protocol, compare, measure
 from .predictor import (MODEL_PROTOCOL, ModelMeter, build_predictor, mape, sample_keeps,
                         spearman)
@@ -40,7 +41,7 @@ def _setup(ref: str, cfg: TargetConfig, cache_dir: str | None):
 
 
 def build(ref: str, cfg: TargetConfig, cache_dir: str | None = None, calibrate: int = 6,
-          say: Say | None = None) -> dict:
+          say: Say | None = None, lut: LutConfig = LutConfig()) -> dict:
     """Measure the per-layer lookup table of a model on a target and calibrate its predictor.
 
     Cached under the device fingerprint: a second call (or another model with the same layer
@@ -48,7 +49,7 @@ def build(ref: str, cfg: TargetConfig, cache_dir: str | None = None, calibrate: 
     """
     model, spec, target, cache = _setup(ref, cfg, cache_dir)
     t0 = time.perf_counter()
-    pred, info = build_predictor(model, spec, target, cache, calibrate, progress=say)
+    pred, info = build_predictor(model, spec, target, cache, calibrate, progress=say, lut_cfg=lut)
     tables = [{"signature": t.sig, "step_in": t.step_in, "step_out": t.step_out,
                "nodes_in": t.nodes_in, "nodes_out": t.nodes_out,
                "sweep_out": t.sweep_out, "sweep_in": t.sweep_in}
@@ -60,7 +61,8 @@ def build(ref: str, cfg: TargetConfig, cache_dir: str | None = None, calibrate: 
 
 
 def validate(ref: str, cfg: TargetConfig, samples: int = 50, seed: int = 0,
-             cache_dir: str | None = None, calibrate: int = 6, say: Say | None = None) -> dict:
+             cache_dir: str | None = None, calibrate: int = 6, say: Say | None = None,
+             lut: LutConfig = LutConfig()) -> dict:
     """Predicted vs measured latency on random per-layer widths: MAPE and Spearman correlation.
 
     Widths come from ``seed`` (the calibration uses its own), each sample is pruned for real,
@@ -71,8 +73,11 @@ def validate(ref: str, cfg: TargetConfig, samples: int = 50, seed: int = 0,
     say = say or (lambda s: None)
     model, spec, target, cache = _setup(ref, cfg, cache_dir)
     t0 = time.perf_counter()
-    pred, info = build_predictor(model, spec, target, cache, calibrate, progress=say)
-    meter = ModelMeter(target, cache, model, spec)
+    pred, info = build_predictor(model, spec, target, cache, calibrate, progress=say, lut_cfg=lut)
+    from ..pruning import prunable_groups
+
+    _, groups = prunable_groups(model, spec.input_shape, spec.num_classes)
+    meter = ModelMeter(target, cache, model, spec, groups, pred.units)
     rows = []
     for i, keep in enumerate(sample_keeps(pred.widths, samples, seed)):
         say(f"sample {i + 1}/{samples}")
@@ -85,19 +90,20 @@ def validate(ref: str, cfg: TargetConfig, samples: int = 50, seed: int = 0,
     return {"model": spec.name, "target": cfg.target, "samples": samples, "mape": mape(meas, prd),
             "spearman": spearman(meas, prd), "batch_size": cfg.batch_size,
             "threads": cfg.threads, "precision": cfg.precision, "seed": seed,
-            "median_rel_iqr": noise, "measured_range_ms": [min(meas), max(meas)],
+            "median_rel_iqr": noise, "resized_equals_pruned": meter.exact, "measured_range_ms": [min(meas), max(meas)],
             "protocol": MODEL_PROTOCOL.to_json(), "fingerprint": cache.id,
             "lut_seconds": info["lut_seconds"], "lut_points_measured": info["lut_points_measured"],
+            "lut": lut.to_json(),
             "calibration": {"points": calibrate + 1, "scale": pred.scale,
                             "overhead_ms": pred.overhead_ms},
             "seconds": time.perf_counter() - t0, "rows": rows}
 
 
-def steps(ref: str, cfg: TargetConfig, cache_dir: str | None = None, say: Say | None = None
-          ) -> dict:
+def steps(ref: str, cfg: TargetConfig, cache_dir: str | None = None, say: Say | None = None,
+          calibrate: int = 6, lut: LutConfig = LutConfig()) -> dict:
     """Per pruning group: the channel step at which latency changes and the useful widths."""
     model, spec, target, cache = _setup(ref, cfg, cache_dir)
-    pred, _ = build_predictor(model, spec, target, cache, progress=say)
+    pred, _ = build_predictor(model, spec, target, cache, calibrate, progress=say, lut_cfg=lut)
     out = []
     for g, w in pred.widths.items():
         curve = pred.group_curve(g)

@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import bisect
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Callable, Sequence
 
+from ..errors import PrunelabError
 from .cache import Cache
 from .measure import LUT_PROTOCOL, Protocol, time_runners
 from .steps import ceil_to, detect_step
@@ -26,6 +27,28 @@ from .units import Unit, unit_module
 
 SWEEP = 40
 NODES = 7
+
+
+@dataclass(frozen=True)
+class LutConfig:
+    """How densely a table is sampled and how long each point is timed (part of cache keys)."""
+
+    sweep: int = SWEEP        # widths swept one by one below each full width
+    nodes: int = NODES        # grid nodes per axis
+    warmup: int = LUT_PROTOCOL.warmup
+    repeats: int = LUT_PROTOCOL.repeats
+
+    def __post_init__(self):
+        if self.sweep < 4 or self.nodes < 2:
+            raise PrunelabError("a table needs --sweep >= 4 and --nodes >= 2 (defaults 40 and 7)")
+        Protocol(self.warmup, self.repeats)
+
+    @property
+    def protocol(self) -> Protocol:
+        return Protocol(self.warmup, self.repeats)
+
+    def to_json(self) -> dict:
+        return asdict(self)
 
 
 @dataclass
@@ -163,12 +186,12 @@ def build_table(u: Unit, meter: Callable[[Unit, int, int], float], sweep: int = 
     return t
 
 
-def build_lut(target, units: Sequence[Unit], cache: Cache, protocol: Protocol = LUT_PROTOCOL,
-              progress: Callable[[int, int, str], None] | None = None, sweep: int = SWEEP,
-              nodes: int = NODES) -> LUT:
+def build_lut(target, units: Sequence[Unit], cache: Cache, cfg: LutConfig = LutConfig(),
+              progress: Callable[[int, int, str], None] | None = None) -> LUT:
     """Measure (or read from the cache) the tables for every signature among ``units``."""
     t0 = time.perf_counter()
-    meter = PointMeter(target, cache, protocol)
+    meter = PointMeter(target, cache, cfg.protocol)
+    sweep, nodes = cfg.sweep, cfg.nodes
     temps = signature_templates(units)
     tables = {}
     try:

@@ -27,7 +27,7 @@ import torch.nn as nn
 from ..errors import PrunelabError
 from ..io import layer_widths
 from .cache import Cache
-from .lut import LUT, build_lut
+from .lut import LUT, LutConfig, build_lut
 from .measure import Protocol, measure
 from .units import Unit, extract_units, unit_shapes
 
@@ -102,28 +102,75 @@ def model_key(model: nn.Module, arch: dict, input_shape: Sequence[int]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
-class ModelMeter:
-    """Measures whole (pruned) models on the target through the cache."""
+def pruned_layers(units: Sequence[Unit], groups, keep: dict[str, int]) -> dict[str, dict]:
+    """The conv / BN / linear shapes that pruning ``keep`` produces (see :func:`unit_shapes`)."""
+    widths = {g.name: g.width for g in groups}
+    layers: dict[str, dict] = {}
+    for u, (ci, co) in zip(units, unit_shapes(units, widths, keep)):
+        layers[u.name] = ({"in": ci, "out": co} if u.kind == "linear" else
+                          {"in": ci, "out": co, "groups": co if u.kind == "dwconv" else 1})
+    for g in groups:
+        for n in g.norms:
+            layers[n] = {"features": keep.get(g.name, g.width)}
+    return layers
 
-    def __init__(self, target, cache: Cache, model: nn.Module, spec, groups_graph=None,
+
+def resized_copy(model: nn.Module, layers: dict[str, dict], seed: int = 0) -> nn.Module:
+    """A copy of ``model`` with every layer resized to ``layers`` and random weights: the same
+    network structure pruning gives, in milliseconds instead of seconds (latency does not depend
+    on which channels were kept)."""
+    import torch
+
+    from ..io import apply_widths
+
+    m = copy.deepcopy(model)
+    apply_widths(m, layers)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in m.parameters():  # new_empty leaves garbage (NaN, denormals): fill it
+            p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+    return m.eval()
+
+
+class ModelMeter:
+    """Measures whole (pruned) models on the target through the cache.
+
+    A pruned variant is built by :func:`resized_copy`; on first use it is checked against a real
+    :func:`prunelab.pruning.prune` of the same widths (``check``) and real pruning is used instead
+    should they ever differ.
+    """
+
+    def __init__(self, target, cache: Cache, model: nn.Module, spec, groups, units,
                  protocol: Protocol = MODEL_PROTOCOL):
         self.target, self.cache, self.model, self.spec = target, cache, model, spec
-        self.protocol = protocol
+        self.groups, self.units, self.protocol = groups, units, protocol
+        self.base_key = model_key(model, spec.arch, spec.input_shape)
+        self.exact: bool | None = None
 
     def pruned(self, keep: dict[str, int]) -> nn.Module:
         from ..pruning import prune
 
         if not keep:
-            return copy.deepcopy(self.model)
+            return self.model
+        if self.exact is None:
+            real = prune(self.model, "l1", keep=keep, input_shape=self.spec.input_shape,
+                         num_classes=self.spec.num_classes).model
+            fast = resized_copy(self.model, pruned_layers(self.units, self.groups, keep))
+            self.exact = layer_widths(real) == layer_widths(fast)
+            return real
+        if self.exact:
+            return resized_copy(self.model, pruned_layers(self.units, self.groups, keep))
         return prune(self.model, "l1", keep=keep, input_shape=self.spec.input_shape,
                      num_classes=self.spec.num_classes).model
 
     def __call__(self, keep: dict[str, int]) -> dict:
-        m = self.pruned(keep)
-        key = (f"{model_key(m, self.spec.arch, self.spec.input_shape)}|"
+        full = {g.name: g.width for g in self.groups}
+        eff = {k: v for k, v in keep.items() if v != full.get(k)}
+        key = (f"{self.base_key}|{json.dumps(eff, sort_keys=True)}|"
                f"{self.protocol.warmup},{self.protocol.repeats}")
         hit = self.cache.get("models", key)
         if hit is None:
+            m = self.pruned(eff)
             t = measure(self.target, [m], self.spec.input_shape, self.protocol)[0]
             hit = {"median_ms": t.median_ms, "iqr_ms": t.iqr_ms, "repeats": t.repeats}
             self.cache.put("models", key, hit)
@@ -132,8 +179,8 @@ class ModelMeter:
 
 
 def build_predictor(model: nn.Module, spec, target, cache: Cache, calibrate: int = 6,
-                    seed: int = 1_000, progress: Callable[[str], None] | None = None
-                    ) -> tuple[Predictor, dict]:
+                    seed: int = 1_000, progress: Callable[[str], None] | None = None,
+                    lut_cfg: LutConfig = LutConfig()) -> tuple[Predictor, dict]:
     """Build (or load from the cache) the LUT-based predictor of ``model`` on ``target``.
 
     Calibration uses the unpruned model and ``calibrate`` random pruned variants drawn from
@@ -145,23 +192,24 @@ def build_predictor(model: nn.Module, spec, target, cache: Cache, calibrate: int
     _, groups = prunable_groups(model, spec.input_shape, spec.num_classes)
     widths = {g.name: g.width for g in groups}
     units = extract_units(model, spec.input_shape, groups)
-    pkey = f"{model_key(model, spec.arch, spec.input_shape)}|cal{calibrate}|seed{seed}"
+    pkey = (f"{model_key(model, spec.arch, spec.input_shape)}|cal{calibrate}|seed{seed}|"
+            + json.dumps(lut_cfg.to_json(), sort_keys=True))
     hit = cache.get("predictors", pkey)
     if hit is not None:
         say("predictor read from the cache")
         return Predictor.from_json(hit["predictor"]), hit["info"]
     t0 = time.perf_counter()
-    lut = build_lut(target, units, cache,
+    lut = build_lut(target, units, cache, lut_cfg,
                     progress=lambda i, n, s: say(f"table {i}/{n}: {s}") if i < n else None)
     lut_s = time.perf_counter() - t0
     pred = Predictor(units, widths, lut)
-    meter = ModelMeter(target, cache, model, spec)
+    meter = ModelMeter(target, cache, model, spec, groups, units)
     rows = []
     for i, keep in enumerate([{}] + sample_keeps(widths, calibrate, seed)):
         say(f"calibration {i + 1}/{calibrate + 1}")
         rows.append({"raw_ms": pred.raw_ms(keep), "measured_ms": meter(keep)["median_ms"]})
     pred.fit(rows)
-    info = {"lut_seconds": lut_s, "lut_points_measured": lut.measured,
+    info = {"lut_seconds": lut_s, "lut_points_measured": lut.measured, "lut": lut_cfg.to_json(),
             "calibration_seconds": time.perf_counter() - t0 - lut_s,
             "signatures": len(lut.tables), "units": len(units), "groups": len(widths)}
     cache.put("predictors", pkey, {"predictor": pred.to_json(), "info": info})
