@@ -163,10 +163,10 @@ def register(sub) -> None:
         if name in ("build", "validate", "steps"):
             c.add_argument("--calibrate", type=int, default=6,
                            help="pruned variants measured to calibrate the overhead (default 6)")
-            c.add_argument("--sweep", type=int, default=40,
-                           help="widths swept one by one below each full width (default 40)")
-            c.add_argument("--nodes", type=int, default=7, help="table grid nodes per axis "
-                           "(default 7)")
+            c.add_argument("--sweep", type=int, default=256,
+                           help="at most this many widths per axis sweep (default 256)")
+            c.add_argument("--nodes", type=int, default=6, help="table grid nodes per axis "
+                           "(default 6)")
             c.add_argument("--lut-repeats", type=int, default=20,
                            help="timed runs per table point (default 20)")
         if name == "validate":

@@ -7,9 +7,10 @@ import pytest
 import torch
 
 from prunelab.latency.cache import Cache
-from prunelab.latency.lut import PointMeter, Table, build_table, grid_nodes
+from prunelab.latency.lut import (LutConfig, PointMeter, Table, build_table, grid_nodes,
+                                  sweep_widths)
 from prunelab.latency.measure import Protocol
-from prunelab.latency.steps import ceil_to, detect_step, useful_widths
+from prunelab.latency.steps import detect_step, step_of, useful_widths
 from prunelab.latency.units import Unit, extract_units, unit_module, unit_shapes
 from prunelab.pruning import prunable_groups, prune
 from prunelab.targets import TargetConfig, make_target
@@ -67,22 +68,34 @@ def test_steps_on_staircases_and_smooth_curves():
     # an unaligned width slower than the aligned one above it is not useful
     curve = {28: 1.0, 29: 1.3, 30: 1.3, 31: 1.3, 32: 1.2, 33: 2.0}
     assert useful_widths(curve) == [28, 32, 33]
-    assert ceil_to(17, 8, 64) == 24 and ceil_to(63, 8, 60) == 60 and ceil_to(5, 1, 9) == 5
-    assert grid_nodes(64, 8, 5) == [8, 24, 40, 48, 64] or grid_nodes(64, 8, 5)[-1] == 64
-    assert all(n % 8 == 0 for n in grid_nodes(64, 8, 5))
+    assert useful_widths(stairs16) == [32, 48, 60] and step_of([16, 32, 48, 60]) == 16
+    assert grid_nodes(64, 8, 5)[-1] == 64 and all(n % 8 == 0 for n in grid_nodes(64, 8, 5))
+    assert sweep_widths(10, 256) == list(range(1, 11))
+    assert sweep_widths(512, 256) == [1, *range(2, 513, 2)]
 
 
-def test_table_interpolates_between_nodes_after_rounding_up():
-    u = Unit("x", "conv", 32, 64, cin_group="a", cout_group="b")
-    t = Table(u.sig, u, True, True, step_in=8, step_out=16, nodes_in=[8, 32],
-              nodes_out=[16, 64], grid=[[1.0, 3.0], [2.0, 6.0]])
-    assert t.lookup(8, 16) == 1.0 and t.lookup(32, 64) == 6.0
-    assert t.lookup(3, 10) == 1.0                       # below the first node: clamp
-    assert t.lookup(9, 16) == t.lookup(16, 16)           # rounded up to the step of 8
-    assert t.lookup(16, 20) == t.lookup(16, 32)          # ... and of 16
-    # (20, 40) -> (24, 48): two thirds of the way between the nodes on both axes
-    top, bot = 1.0 / 3 + 3.0 * 2 / 3, 2.0 / 3 + 6.0 * 2 / 3
-    assert t.lookup(20, 40) == pytest.approx(top / 3 + bot * 2 / 3)
+def _table(fn, cin=32, cout=64, nodes_in=(8, 32), nodes_out=(16, 64)):
+    u = Unit("x", "conv", cin, cout, cin_group="a", cout_group="b")
+    s_in = {c: fn(c, cout) for c in range(1, cin + 1)}
+    s_out = {c: fn(cin, c) for c in range(1, cout + 1)}
+    grid = [[fn(ci, co) for co in nodes_out] for ci in nodes_in]
+    return Table(u.sig, u, True, True, s_in, s_out, list(nodes_in), list(nodes_out), grid)
+
+
+def test_table_is_exact_on_sweeps_and_nodes_and_keeps_staircases():
+    # a conv-like cost: bilinear in the channels, output channels padded to blocks of 16,
+    # unaligned input channels 30% slower
+    def cost(ci, co):
+        return 0.01 + 1e-4 * ci * (16 * -(-co // 16)) * (1.0 if ci % 4 == 0 else 1.3)
+
+    t = _table(cost)
+    for ci, co in [(32, 64), (8, 16), (32, 17), (13, 64), (8, 64), (32, 16)]:
+        assert t.lookup(ci, co) == pytest.approx(cost(ci, co), rel=1e-9), (ci, co)
+    # off the sweeps: the staircase and the alignment penalty are both kept
+    assert t.lookup(20, 33) == pytest.approx(t.lookup(20, 48), rel=0.02)
+    assert t.lookup(23, 40) > t.lookup(24, 40)
+    errs = [abs(t.lookup(ci, co) / cost(ci, co) - 1) for ci in range(1, 33) for co in range(1, 65)]
+    assert max(errs) < 0.1 and sum(errs) / len(errs) < 0.02
     assert Table.from_json(t.to_json()).lookup(20, 40) == t.lookup(20, 40)
 
 
@@ -92,15 +105,19 @@ def test_a_real_table_on_torch_cpu(tmp_path):
     meter = PointMeter(target, cache, Protocol(warmup=1, repeats=3))
     u = Unit("x", "conv", 6, 12, 3, 1, 1, 6, 6, bn=True, act="relu", cin_group="a",
              cout_group="b")
-    t = build_table(u, meter, sweep=12, nodes=4)
+    cfg = LutConfig(sweep=12, nodes=4, warmup=1, repeats=3)
+    t = build_table(u, meter, cfg)
     assert sorted(t.sweep_out) == list(range(1, 13)) and sorted(t.sweep_in) == list(range(1, 7))
     assert t.nodes_out[-1] == 12 and t.nodes_in[-1] == 6 and len(t.nodes_out) <= 4
     assert all(n % t.step_out == 0 or n == 12 for n in t.nodes_out)
     for i, ci in enumerate(t.nodes_in):        # at the nodes the table returns what was measured
         for j, co in enumerate(t.nodes_out):
-            assert t.lookup(ci, co) == t.grid[i][j] == meter(u, ci, co)
+            assert t.lookup(ci, co) == pytest.approx(t.grid[i][j]) and \
+                t.grid[i][j] == meter(u, ci, co)
+    for co, ms in t.sweep_out.items():         # ... and along the sweeps
+        assert t.lookup(6, co) == pytest.approx(ms)
     n = meter.measured
-    build_table(u, meter, sweep=12, nodes=4)      # everything again from the cache
+    build_table(u, meter, cfg)                  # everything again from the cache
     assert meter.measured == n
 
 

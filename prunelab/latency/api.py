@@ -17,7 +17,7 @@ from .lut import LutConfig
 from .measure import Protocol, compare, measure
 from .predictor import (MODEL_PROTOCOL, ModelMeter, build_predictor, mape, sample_keeps,
                         spearman)
-from .steps import detect_step, useful_widths
+from .steps import step_of, useful_widths
 
 Say = Callable[[str], None]
 
@@ -101,14 +101,15 @@ def validate(ref: str, cfg: TargetConfig, samples: int = 50, seed: int = 0,
 
 def steps(ref: str, cfg: TargetConfig, cache_dir: str | None = None, say: Say | None = None,
           calibrate: int = 6, lut: LutConfig = LutConfig()) -> dict:
-    """Per pruning group: the channel step at which latency changes and the useful widths."""
+    """Per pruning group: the widths worth trying (each faster than every wider one) and the
+    channel step between them, read from the lookup table with the other groups whole."""
     model, spec, target, cache = _setup(ref, cfg, cache_dir)
     pred, _ = build_predictor(model, spec, target, cache, calibrate, progress=say, lut_cfg=lut)
     out = []
     for g, w in pred.widths.items():
         curve = pred.group_curve(g)
-        out.append({"group": g, "width": w, "step": detect_step(curve, tol=0.002),
-                    "useful_widths": useful_widths(curve, rel=1e-4),
+        useful = useful_widths(curve, rel=0.01)
+        out.append({"group": g, "width": w, "step": step_of(useful), "useful_widths": useful,
                     "ms_full": curve[w], "ms_min": curve[1]})
     return {"model": spec.name, "target": cfg.target, **cfg.to_json(), "groups": out}
 

@@ -45,15 +45,23 @@ def detect_step(curve: dict[int, float], tol: float = 0.03) -> int:
 
 
 def useful_widths(curve: dict[int, float], rel: float = 0.0) -> list[int]:
-    """Widths that are faster than every wider width by more than ``rel`` (the stair tops)."""
+    """Widths faster than every wider width by more than ``rel`` of the curve's span (the stair
+    tops); the full width is always one."""
+    span = (max(curve.values()) - min(curve.values())) or 1.0
     out, best = [], math.inf
     for c in sorted(curve, reverse=True):
-        if curve[c] < best * (1 - rel):
+        if curve[c] < best - rel * span:
             out.append(c)
-            best = curve[c]
         best = min(best, curve[c])
-    # the full width is always a choice
     return sorted(set(out) | {max(curve)})
+
+
+def step_of(widths: list[int]) -> int:
+    """The most common gap between consecutive useful widths (the larger one on ties)."""
+    gaps = [b - a for a, b in zip(widths, widths[1:])]
+    if not gaps:
+        return 1
+    return max(set(gaps), key=lambda g: (gaps.count(g), g))
 
 
 def ceil_to(c: int, step: int, cmax: int) -> int:
