@@ -110,3 +110,13 @@ def test_targets_command_and_lean_parser():
                        capture_output=True, text=True)
     names = {t["name"]: t for t in json.loads(r.stdout)}
     assert names["onnxruntime-cpu"]["available"] and "torch-cuda" in names
+
+
+def test_compare_interleaves_and_gives_a_verdict(built, capsys):
+    folder, _ = built
+    r = _run(capsys, "latency", "compare", folder, folder, "--target", "torch-cpu", "--repeats",
+             "5", "--json")
+    a, b = r["models"]
+    assert a["latency"]["repeats"] == b["latency"]["repeats"] == 5
+    assert a["vs_first"]["speedup"] == 1.0 and a["vs_first"]["verdict"] == "within noise"
+    assert b["vs_first"]["verdict"] in ("within noise", "a faster", "b faster")
