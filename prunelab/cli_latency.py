@@ -20,9 +20,14 @@ def _lut(args):
 
 
 def _say():
-    from .ui import log
+    """Progress on one self-overwriting stderr line when it is a terminal; silent otherwise."""
+    import sys
 
-    return lambda s: log(f"[dim]{s}[/dim]")
+    from .ui import quiet
+
+    if quiet() or not sys.stderr.isatty():
+        return lambda s: None
+    return lambda s: sys.stderr.write(f"\r{s[:100]}\x1b[K") and sys.stderr.flush()
 
 
 def _emit(args, obj, table):
