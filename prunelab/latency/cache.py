@@ -26,7 +26,7 @@ from pathlib import Path
 
 from ..io import atomic_write_text
 
-FORMAT = 1
+FORMAT = 2  # bumped whenever what a record means changes; older files are ignored
 ISA_FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512_vnni",
              "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "neon", "asimd", "sve")
 

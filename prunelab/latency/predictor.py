@@ -196,8 +196,10 @@ def build_predictor(model: nn.Module, spec, target, cache: Cache, calibrate: int
             + json.dumps(lut_cfg.to_json(), sort_keys=True))
     hit = cache.get("predictors", pkey)
     if hit is not None:
-        say("predictor read from the cache")
-        return Predictor.from_json(hit["predictor"]), hit["info"]
+        try:
+            return Predictor.from_json(hit["predictor"]), hit["info"]
+        except (KeyError, TypeError, ValueError, IndexError):
+            pass  # a record this version cannot read: build it again
     t0 = time.perf_counter()
     lut = build_lut(target, units, cache, lut_cfg,
                     progress=lambda i, n, s: say(f"table {i}/{n}: {s}") if i < n else None)
