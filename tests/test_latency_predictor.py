@@ -120,3 +120,23 @@ def test_compare_interleaves_and_gives_a_verdict(built, capsys):
     assert a["latency"]["repeats"] == b["latency"]["repeats"] == 5
     assert a["vs_first"]["speedup"] == 1.0 and a["vs_first"]["verdict"] == "within noise"
     assert b["vs_first"]["verdict"] in ("within noise", "a faster", "b faster")
+
+
+@pytest.mark.slow
+def test_predictor_tracks_onnxruntime_on_a_full_resnet20(tmp_path):
+    """The real thing at small scale: default table, 12 random pruned ResNet-20s on ONNX Runtime.
+    Loose bounds (the machine may be busy); the README reports the full 50-sample figures."""
+    import torch
+
+    from prunelab.io import ModelSpec, save_model
+    from prunelab.latency import api
+    from prunelab.models import build
+    from prunelab.targets import TargetConfig
+
+    torch.manual_seed(0)
+    folder = save_model(build("resnet20", in_channels=1, num_classes=10),
+                        ModelSpec.for_zoo("resnet20", 1, 10), tmp_path / "r20")
+    r = api.validate(str(folder), TargetConfig("onnxruntime-cpu"), samples=12,
+                     cache_dir=str(tmp_path / "cache"))
+    assert r["resized_equals_pruned"] is True
+    assert r["mape"] < 0.15 and r["spearman"] > 0.8, (r["mape"], r["spearman"])
