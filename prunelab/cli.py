@@ -345,6 +345,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--opset", type=int, default=17)
     s.add_argument("--json", action="store_true")
     s.set_defaults(fn=cmd_export)
+    from .cli_latency import register as _reg_latency
+    _reg_latency(sub)
     return p
 
 

@@ -18,6 +18,6 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
-.venv/bin/python -m pip install -q -c constraints.txt -e ".[dev,onnx,images]" 2>&1 \
+.venv/bin/python -m pip install -q -c constraints.txt -e ".[dev,onnx,openvino,images,xai]" 2>&1 \
   | grep -v -E "^WARNING: (Location|Skipping)" || true
 .venv/bin/python -c "import prunelab, torch; print(f'prunelab {prunelab.__version__} ready (torch {torch.__version__})')"

@@ -1,0 +1,39 @@
+"""Copy the latency tables from bench/results/ into README.md between their markers
+(``<!-- latency-validate -->`` ... ``<!-- /latency-validate -->`` and the same for
+``step-example``), so the README quotes exactly what the bench scripts wrote.
+
+    python bench/to_readme.py
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from prunelab.io import atomic_write_text
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+
+
+def splice(text: str, marker: str, body: str) -> str:
+    pat = re.compile(rf"(<!-- {marker} -->\n).*?(<!-- /{marker} -->)", re.S)
+    if not pat.search(text):
+        raise SystemExit(f"README.md has no <!-- {marker} --> ... <!-- /{marker} --> block")
+    return pat.sub(lambda m: m.group(1) + body.rstrip() + "\n" + m.group(2), text)
+
+
+def main() -> None:
+    readme = ROOT / "README.md"
+    text = readme.read_text()
+    val = RESULTS / "latency_validate.md"
+    if val.exists():
+        text = splice(text, "latency-validate", val.read_text())
+    steps = sorted(RESULTS.glob("step_example_*.md"))
+    if steps:
+        text = splice(text, "step-example", "\n".join(p.read_text() for p in steps))
+    atomic_write_text(readme, text)
+
+
+if __name__ == "__main__":
+    main()

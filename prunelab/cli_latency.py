@@ -1,0 +1,189 @@
+"""``prunelab targets`` and ``prunelab latency build|validate|profile|steps|compare``: a thin layer
+over :mod:`prunelab.latency.api` (each command's help is the docstring of its call)."""
+
+from __future__ import annotations
+
+import json
+
+
+def _cfg(args):
+    from .targets import TargetConfig
+
+    return TargetConfig(args.target, batch_size=args.batch_size, threads=args.threads,
+                        precision=args.precision)
+
+
+def _lut(args):
+    from .latency.lut import LutConfig
+
+    return LutConfig(args.sweep, args.nodes, repeats=args.lut_repeats)
+
+
+def _say():
+    """Progress on one self-overwriting stderr line when it is a terminal; silent otherwise."""
+    import sys
+
+    from .ui import quiet
+
+    if quiet() or not sys.stderr.isatty():
+        return lambda s: None
+    return lambda s: sys.stderr.write(f"\r{s[:100]}\x1b[K") and sys.stderr.flush()
+
+
+def _emit(args, obj, table):
+    if args.json:
+        print(json.dumps(obj, indent=1, default=str))
+    else:
+        table(obj)
+
+
+def _note(o) -> str:
+    return f"{o['target']}, batch {o['batch_size']}, {o['threads']} threads, {o['precision']}"
+
+
+def cmd_targets(args):
+    from .cli import _table
+    from .latency import api
+
+    rows = api.targets()
+    _emit(args, rows, lambda o: _table("latency targets", ["name", "runtime", "device",
+                                                           "available", "description / fix"],
+                                       [[r["name"], r["runtime"], r["device"],
+                                         "yes" if r["available"] else "no",
+                                         r["reason"] or r["description"]] for r in o]))
+
+
+def cmd_build(args):
+    from .cli import _table
+    from .latency import api
+
+    r = api.build(args.model, _cfg(args), args.cache_dir, args.calibrate, _say(), _lut(args))
+    _emit(args, r, lambda o: _table(
+        f"lookup table of {o['model']}", ["signature", "step in", "step out", "grid"],
+        [[t["signature"], str(t["step_in"]), str(t["step_out"]),
+          f"{len(t['nodes_in'])}x{len(t['nodes_out'])}"] for t in o["tables"]],
+        f"{_note(o)}; {o['lut_points_measured']} points measured in {o['lut_seconds']:.0f} s "
+        f"(cache {o['cache']}); calibrated ms = {o['scale']:.3f} x sum + "
+        f"{o['overhead_ms']:.3f}; unpruned predicted {o['predicted_ms']:.3f} ms"))
+
+
+def cmd_validate(args):
+    from .cli import _table
+    from .latency import api
+
+    r = api.validate(args.model, _cfg(args), args.samples, args.seed, args.cache_dir,
+                     args.calibrate, _say(), _lut(args))
+    if args.json and not args.rows:
+        r = {k: v for k, v in r.items() if k != "rows"}
+    _emit(args, r, lambda o: _table(
+        f"predicted vs measured latency of {o['model']} ({o['samples']} random widths)",
+        ["target", "MAPE", "Spearman", "measured range ms", "median noise (IQR)"],
+        [[o["target"], f"{100 * o['mape']:.1f}%", f"{o['spearman']:.3f}",
+          f"{o['measured_range_ms'][0]:.3f} - {o['measured_range_ms'][1]:.3f}",
+          f"{100 * o['median_rel_iqr']:.1f}%"]],
+        f"{_note(o)}; table built in {o['lut_seconds']:.0f} s ({o['lut_points_measured']} new "
+        f"points); fingerprint {o['fingerprint']}"))
+
+
+def cmd_profile(args):
+    from .cli import _table
+    from .latency import api
+    from .latency.measure import Protocol
+
+    r = api.profile(args.model, _cfg(args), args.cache_dir, Protocol(repeats=args.repeats),
+                    args.plot, _say())
+    rows = [[x["layer"], x["kind"], f"{x['cin']}->{x['cout']}", f"{x['k']}/{x['stride']}",
+             f"{x['hw'][0]}x{x['hw'][1]}", x["fused"], f"{x['macs'] / 1e6:.2f}",
+             f"{x['ms']:.4f}", f"{100 * x['share']:.1f}%"] for x in r["layers"]]
+    rows.append(["(other)", "", "", "", "", "", "", f"{r['other_ms']:.4f}", ""])
+    _emit(args, r, lambda o: _table(
+        f"{o['model']} on {o['target']}: where the time goes",
+        ["layer", "kind", "channels", "k/s", "input", "fused", "MMACs", "ms alone", "share"], rows,
+        f"{_note(o)}; whole model {o['latency_ms']:.3f} ms (IQR {o['latency']['iqr_ms']:.3f}), "
+        f"{o['macs'] / 1e6:.1f} M MACs; layers alone sum to {o['layers_sum_ms']:.3f} ms"
+        + (f"; chart {o['plot']}" if o.get("plot") else "")))
+
+
+def cmd_steps(args):
+    from .cli import _table
+    from .latency import api
+
+    r = api.steps(args.model, _cfg(args), args.cache_dir, _say(), args.calibrate, _lut(args))
+
+    def short(ws):
+        return ",".join(map(str, ws)) if len(ws) <= 12 else (
+            ",".join(map(str, ws[:5])) + ",...," + ",".join(map(str, ws[-3:])))
+    _emit(args, r, lambda o: _table(
+        f"hardware step sizes of {o['model']}", ["group", "width", "step", "useful widths"],
+        [[g["group"], str(g["width"]), str(g["step"]), short(g["useful_widths"])]
+         for g in o["groups"]], _note(o)))
+
+
+def cmd_compare(args):
+    from .cli import _table
+    from .latency import api
+    from .latency.measure import Protocol
+
+    r = api.compare_models(args.models, _cfg(args), Protocol(repeats=args.repeats))
+    _emit(args, r, lambda o: _table(
+        "interleaved latency", ["model", "MMACs", "median ms", "IQR ms", "vs first"],
+        [[m["model"], f"{m['macs'] / 1e6:.2f}", f"{m['latency_ms']:.4f}",
+          f"{m['latency']['iqr_ms']:.4f}",
+          f"{m['vs_first']['speedup']:.3f}x ({m['vs_first']['verdict']})"]
+         for m in o["models"]], _note(o)))
+
+
+def _target_opts(p):
+    from .targets import TARGETS
+
+    p.add_argument("--target", default="torch-cpu", choices=TARGETS.names(), metavar="T",
+                   help=f"{', '.join(TARGETS.names())} (default torch-cpu)")
+    p.add_argument("--batch-size", type=int, default=1, help="batch size (default 1)")
+    p.add_argument("--threads", type=int, default=1, help="runtime threads (default 1)")
+    p.add_argument("--precision", default="fp32", help="fp32 (fp16/int8 reserved)")
+    p.add_argument("--cache-dir", help="measurement cache (default $PRUNELAB_CACHE or "
+                   "~/.cache/prunelab)")
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+
+
+def register(sub) -> None:
+    """Add ``targets`` and ``latency`` to the main parser's subcommands."""
+    from .cli import _doc, _Parser
+    from .latency import api
+
+    s = sub.add_parser("targets", help=_doc(api.targets), description=_doc(api.targets))
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(fn=cmd_targets)
+
+    s = sub.add_parser("latency", help="latency on the target runtime: lookup tables, validation, "
+                       "profiles, step sizes")
+    lsub = s.add_subparsers(dest="lcmd", required=True, parser_class=_Parser)
+    for name, fn, call in (("build", cmd_build, api.build), ("validate", cmd_validate,
+                                                             api.validate),
+                           ("profile", cmd_profile, api.profile), ("steps", cmd_steps, api.steps)):
+        c = lsub.add_parser(name, help=_doc(call), description=_doc(call))
+        c.add_argument("model", help="shipped model name or model folder")
+        _target_opts(c)
+        c.set_defaults(fn=fn)
+        if name in ("build", "validate", "steps"):
+            c.add_argument("--calibrate", type=int, default=6,
+                           help="pruned variants measured to calibrate the overhead (default 6)")
+            c.add_argument("--sweep", type=int, default=256,
+                           help="at most this many widths per axis sweep (default 256)")
+            c.add_argument("--nodes", type=int, default=6, help="table grid nodes per axis "
+                           "(default 6)")
+            c.add_argument("--lut-repeats", type=int, default=20,
+                           help="timed runs per table point (default 20)")
+        if name == "validate":
+            c.add_argument("--samples", type=int, default=50, help="random widths (default 50)")
+            c.add_argument("--seed", type=int, default=0)
+            c.add_argument("--rows", action="store_true", help="with --json: every sample too")
+        if name == "profile":
+            c.add_argument("--plot", metavar="F.png", help="write a bar chart of the layers")
+            c.add_argument("--repeats", type=int, default=50, help="whole-model timed runs")
+    c = lsub.add_parser("compare", help=_doc(api.compare_models),
+                        description=_doc(api.compare_models))
+    c.add_argument("models", nargs="+", help="two or more shipped models or model folders")
+    _target_opts(c)
+    c.add_argument("--repeats", type=int, default=50, help="timed runs per model (default 50)")
+    c.set_defaults(fn=cmd_compare)

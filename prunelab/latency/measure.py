@@ -1,0 +1,74 @@
+"""The measuring protocol on any target: warm-up, many repetitions, median and IQR, fixed
+threads; several models are timed interleaved (A, B, A, B, ...) so load drifts hit them alike.
+
+:func:`compare` says whether a difference between two timings stands out of the noise: the
+figures are trusted only when the inter-quartile ranges do not overlap.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Sequence
+
+import torch.nn as nn
+
+from ..errors import PrunelabError
+from ..metrics import Timing, _quartiles, time_callables
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """How many untimed warm-up rounds and timed rounds (and at least how many seconds)."""
+
+    warmup: int = 10
+    repeats: int = 50
+    min_seconds: float = 0.0
+
+    def __post_init__(self):
+        if self.warmup < 0 or self.repeats < 3 or self.min_seconds < 0:
+            raise PrunelabError("the protocol needs warmup >= 0 and repeats >= 3 (a median and "
+                                "quartiles need several runs); e.g. --repeats 50")
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+LUT_PROTOCOL = Protocol(warmup=5, repeats=20, min_seconds=0.0)
+
+
+def time_runners(target, runners: Sequence, protocol: Protocol = Protocol()) -> list[Timing]:
+    """Time ready runners (see :meth:`Target.runner`) interleaved; one Timing per runner."""
+    with target.scope():
+        samples = time_callables(list(runners), protocol.repeats, protocol.warmup,
+                                 protocol.min_seconds)
+    out = []
+    for s in samples:
+        q1, med, q3 = _quartiles(s)
+        out.append(Timing(target.name, target.cfg.batch_size, target.cfg.threads, len(s),
+                          protocol.warmup, med, q3 - q1, s))
+    return out
+
+
+def measure(target, models: Sequence[nn.Module], input_shape: Sequence[int],
+            protocol: Protocol = Protocol()) -> list[Timing]:
+    """Latency of one or more models on ``target`` (interleaved when several)."""
+    with target.scope():
+        runners = [target.runner(m, target.inputs([input_shape])) for m in models]
+    return time_runners(target, runners, protocol)
+
+
+def compare(a: Timing, b: Timing) -> dict:
+    """How ``b`` relates to ``a``: speed-up, and whether the IQRs are apart (a trustworthy
+    difference) or overlap (within the noise of this machine)."""
+    a_lo, a_hi = _iqr_bounds(a)
+    b_lo, b_hi = _iqr_bounds(b)
+    apart = b_hi < a_lo or a_hi < b_lo
+    return {"speedup": a.median_ms / b.median_ms, "apart": apart,
+            "noise_a": a.iqr_ms / a.median_ms, "noise_b": b.iqr_ms / b.median_ms,
+            "verdict": ("b faster" if b.median_ms < a.median_ms else "a faster") if apart
+            else "within noise"}
+
+
+def _iqr_bounds(t: Timing) -> tuple[float, float]:
+    q1, _, q3 = _quartiles(t.samples_ms)
+    return q1, q3

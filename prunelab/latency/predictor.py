@@ -1,0 +1,248 @@
+"""Whole-model latency from the lookup table: the sum of the units' table latencies, scaled and
+offset by a per-model calibration (``ms = scale * sum + overhead``) fitted on a few measured
+pruned variants.  The overhead holds what the units leave out (pooling, the classifier's
+reshape, the runtime's per-call cost) and the scale the difference between a unit timed alone and
+inside a network (caches, fused boundaries).
+
+    >>> from prunelab.latency.predictor import spearman, mape
+    >>> spearman([1, 2, 3, 4], [10, 20, 40, 30])
+    0.8
+    >>> round(mape([1.0, 2.0], [1.1, 1.8]), 3)
+    0.1
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import random
+import statistics
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import torch.nn as nn
+
+from ..errors import PrunelabError
+from ..io import layer_widths
+from .cache import Cache
+from .lut import LUT, LutConfig, build_lut
+from .measure import Protocol, measure
+from .units import Unit, extract_units, unit_shapes
+
+MODEL_PROTOCOL = Protocol(warmup=10, repeats=30)
+
+
+@dataclass
+class Predictor:
+    units: list[Unit]
+    widths: dict[str, int]          # group name -> full width
+    lut: LUT
+    scale: float = 1.0
+    overhead_ms: float = 0.0
+    calibration: list[dict] = field(default_factory=list)
+
+    def unit_ms(self, keep: dict[str, int] | None = None) -> list[float]:
+        shapes = unit_shapes(self.units, self.widths, keep or {})
+        return [self.lut.unit_ms(u, ci, co) for u, (ci, co) in zip(self.units, shapes)]
+
+    def raw_ms(self, keep: dict[str, int] | None = None) -> float:
+        return sum(self.unit_ms(keep))
+
+    def predict(self, keep: dict[str, int] | None = None) -> float:
+        """Predicted whole-model latency (ms per batch) with groups pruned to ``keep``."""
+        return self.scale * self.raw_ms(keep) + self.overhead_ms
+
+    def group_curve(self, group: str, base: dict[str, int] | None = None) -> dict[int, float]:
+        """Predicted latency for every width of one group, the others as in ``base``."""
+        base = dict(base or {})
+        return {w: self.predict({**base, group: w}) for w in range(1, self.widths[group] + 1)}
+
+    def fit(self, rows: Sequence[dict]) -> None:
+        """Least squares of measured on raw sums (scale clamped to [0.5, 2]); overhead only
+        when the calibration points do not spread."""
+        xs = [r["raw_ms"] for r in rows]
+        ys = [r["measured_ms"] for r in rows]
+        self.calibration = list(rows)
+        if len(rows) >= 3 and statistics.pstdev(xs) > 1e-3 * statistics.mean(xs):
+            mx, my = statistics.mean(xs), statistics.mean(ys)
+            a = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
+            self.scale = min(2.0, max(0.5, a))
+        else:
+            self.scale = 1.0
+        self.overhead_ms = statistics.mean(y - self.scale * x for x, y in zip(xs, ys))
+
+    def to_json(self) -> dict:
+        return {"units": [u.to_json() for u in self.units], "widths": self.widths,
+                "lut": self.lut.to_json(), "scale": self.scale, "overhead_ms": self.overhead_ms,
+                "calibration": self.calibration}
+
+    @classmethod
+    def from_json(cls, d: dict) -> "Predictor":
+        return cls([Unit(**u) for u in d["units"]], d["widths"], LUT.from_json(d["lut"]),
+                   d["scale"], d["overhead_ms"], d["calibration"])
+
+
+def sample_keeps(widths: dict[str, int], n: int, seed: int, lo: float = 0.3) -> list[dict]:
+    """Random per-group widths: a model-wide level f ~ U(lo, 1), each group f x U(0.75, 1.25)
+    clipped to [1, width], so samples span light to heavy pruning with uneven layers."""
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        f = rng.uniform(lo, 1.0)
+        out.append({g: max(1, min(w, round(w * f * rng.uniform(0.75, 1.25))))
+                    for g, w in widths.items()})
+    return out
+
+
+def model_key(model: nn.Module, arch: dict, input_shape: Sequence[int]) -> str:
+    blob = json.dumps({"arch": arch, "input": list(input_shape), "layers": layer_widths(model)},
+                      sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+
+def pruned_layers(units: Sequence[Unit], groups, keep: dict[str, int]) -> dict[str, dict]:
+    """The conv / BN / linear shapes that pruning ``keep`` produces (see :func:`unit_shapes`)."""
+    widths = {g.name: g.width for g in groups}
+    layers: dict[str, dict] = {}
+    for u, (ci, co) in zip(units, unit_shapes(units, widths, keep)):
+        layers[u.name] = ({"in": ci, "out": co} if u.kind == "linear" else
+                          {"in": ci, "out": co, "groups": co if u.kind == "dwconv" else 1})
+    for g in groups:
+        for n in g.norms:
+            layers[n] = {"features": keep.get(g.name, g.width)}
+    return layers
+
+
+def resized_copy(model: nn.Module, layers: dict[str, dict], seed: int = 0) -> nn.Module:
+    """A copy of ``model`` with every layer resized to ``layers`` and random weights: the same
+    network structure pruning gives, in milliseconds instead of seconds (latency does not depend
+    on which channels were kept)."""
+    import torch
+
+    from ..io import apply_widths
+
+    m = copy.deepcopy(model)
+    apply_widths(m, layers)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in m.parameters():  # new_empty leaves garbage (NaN, denormals): fill it
+            p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+    return m.eval()
+
+
+class ModelMeter:
+    """Measures whole (pruned) models on the target through the cache.
+
+    A pruned variant is built by :func:`resized_copy`; on first use it is checked against a real
+    :func:`prunelab.pruning.prune` of the same widths (``check``) and real pruning is used instead
+    should they ever differ.
+    """
+
+    def __init__(self, target, cache: Cache, model: nn.Module, spec, groups, units,
+                 protocol: Protocol = MODEL_PROTOCOL):
+        self.target, self.cache, self.model, self.spec = target, cache, model, spec
+        self.groups, self.units, self.protocol = groups, units, protocol
+        self.base_key = model_key(model, spec.arch, spec.input_shape)
+        self.exact: bool | None = None
+
+    def pruned(self, keep: dict[str, int]) -> nn.Module:
+        from ..pruning import prune
+
+        if not keep:
+            return self.model
+        if self.exact is None:
+            real = prune(self.model, "l1", keep=keep, input_shape=self.spec.input_shape,
+                         num_classes=self.spec.num_classes).model
+            fast = resized_copy(self.model, pruned_layers(self.units, self.groups, keep))
+            self.exact = layer_widths(real) == layer_widths(fast)
+            return real
+        if self.exact:
+            return resized_copy(self.model, pruned_layers(self.units, self.groups, keep))
+        return prune(self.model, "l1", keep=keep, input_shape=self.spec.input_shape,
+                     num_classes=self.spec.num_classes).model
+
+    def __call__(self, keep: dict[str, int]) -> dict:
+        full = {g.name: g.width for g in self.groups}
+        eff = {k: v for k, v in keep.items() if v != full.get(k)}
+        key = (f"{self.base_key}|{json.dumps(eff, sort_keys=True)}|"
+               f"{self.protocol.warmup},{self.protocol.repeats}")
+        hit = self.cache.get("models", key)
+        if hit is None:
+            m = self.pruned(eff)
+            t = measure(self.target, [m], self.spec.input_shape, self.protocol)[0]
+            hit = {"median_ms": t.median_ms, "iqr_ms": t.iqr_ms, "repeats": t.repeats}
+            self.cache.put("models", key, hit)
+            self.cache.flush()
+        return hit
+
+
+def build_predictor(model: nn.Module, spec, target, cache: Cache, calibrate: int = 6,
+                    seed: int = 1_000, progress: Callable[[str], None] | None = None,
+                    lut_cfg: LutConfig = LutConfig()) -> tuple[Predictor, dict]:
+    """Build (or load from the cache) the LUT-based predictor of ``model`` on ``target``.
+
+    Calibration uses the unpruned model and ``calibrate`` random pruned variants drawn from
+    ``seed`` (validation draws from other seeds, so it never scores on its own calibration).
+    """
+    from ..pruning import prunable_groups
+
+    say = progress or (lambda s: None)
+    _, groups = prunable_groups(model, spec.input_shape, spec.num_classes)
+    widths = {g.name: g.width for g in groups}
+    units = extract_units(model, spec.input_shape, groups)
+    pkey = (f"{model_key(model, spec.arch, spec.input_shape)}|cal{calibrate}|seed{seed}|"
+            + json.dumps(lut_cfg.to_json(), sort_keys=True))
+    hit = cache.get("predictors", pkey)
+    if hit is not None:
+        try:
+            return Predictor.from_json(hit["predictor"]), hit["info"]
+        except (KeyError, TypeError, ValueError, IndexError):
+            pass  # a record this version cannot read: build it again
+    t0 = time.perf_counter()
+    lut = build_lut(target, units, cache, lut_cfg,
+                    progress=lambda i, n, s: say(f"table {i}/{n}: {s}") if i < n else None)
+    lut_s = time.perf_counter() - t0
+    pred = Predictor(units, widths, lut)
+    meter = ModelMeter(target, cache, model, spec, groups, units)
+    rows = []
+    for i, keep in enumerate([{}] + sample_keeps(widths, calibrate, seed)):
+        say(f"calibration {i + 1}/{calibrate + 1}")
+        rows.append({"raw_ms": pred.raw_ms(keep), "measured_ms": meter(keep)["median_ms"]})
+    pred.fit(rows)
+    info = {"lut_seconds": lut_s, "lut_points_measured": lut.measured, "lut": lut_cfg.to_json(),
+            "calibration_seconds": time.perf_counter() - t0 - lut_s,
+            "signatures": len(lut.tables), "units": len(units), "groups": len(widths)}
+    cache.put("predictors", pkey, {"predictor": pred.to_json(), "info": info})
+    cache.flush()
+    return pred, info
+
+
+def spearman(a: Sequence[float], b: Sequence[float]) -> float:
+    """Spearman rank correlation (average ranks for ties)."""
+    def ranks(xs):
+        order = sorted(range(len(xs)), key=lambda i: xs[i])
+        r = [0.0] * len(xs)
+        i = 0
+        while i < len(order):
+            j = i
+            while j + 1 < len(order) and xs[order[j + 1]] == xs[order[i]]:
+                j += 1
+            for k in range(i, j + 1):
+                r[order[k]] = (i + j) / 2
+            i = j + 1
+        return r
+
+    if len(a) < 2:
+        raise PrunelabError("a rank correlation needs at least 2 samples; use --samples 10 or more")
+    ra, rb = ranks(list(a)), ranks(list(b))
+    ma, mb = statistics.mean(ra), statistics.mean(rb)
+    cov = sum((x - ma) * (y - mb) for x, y in zip(ra, rb))
+    den = (sum((x - ma) ** 2 for x in ra) * sum((y - mb) ** 2 for y in rb)) ** 0.5
+    return cov / den if den else 0.0
+
+
+def mape(measured: Sequence[float], predicted: Sequence[float]) -> float:
+    """Mean absolute percentage error, as a fraction."""
+    return statistics.mean(abs(p - m) / m for m, p in zip(measured, predicted))

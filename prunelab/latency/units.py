@@ -1,0 +1,245 @@
+"""A model as a list of *units*: each conv / linear layer with the BN, activation and residual add
+that the runtimes fuse into it, at the spatial size it sees.
+
+Units sharing a :attr:`Unit.sig` (kind, kernel, stride, padding, spatial size, fused ops, which
+channel axes pruning can change) share one lookup table.  :func:`unit_shapes` turns per-group keep
+counts (the allocation vocabulary of :mod:`prunelab.pruning`) into each unit's channel counts
+without pruning anything, so a prediction costs microseconds.
+"""
+
+from __future__ import annotations
+
+import operator
+from dataclasses import asdict, dataclass
+from typing import Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+ACTS = {nn.ReLU: "relu", nn.ReLU6: "relu6", F.relu: "relu", torch.relu: "relu", F.relu6: "relu6"}
+ADDS = (operator.add, operator.iadd, torch.add)
+
+
+@dataclass(frozen=True)
+class Unit:
+    name: str
+    kind: str            # "conv" | "dwconv" | "linear"
+    cin: int
+    cout: int
+    k: int = 1
+    stride: int = 1
+    pad: int = 0
+    h: int = 1
+    w: int = 1
+    bias: bool = False
+    bn: bool = False
+    add: bool = False
+    act: str = ""        # "", "relu", "relu6" (after the add when there is one)
+    cin_group: str | None = None   # the pruning group that sets the input channels
+    cout_group: str | None = None  # ... and the output channels
+
+    @property
+    def sig(self) -> str:
+        """Table key: everything but the channel counts of the axes pruning can change."""
+        ci = "*" if self.cin_group else self.cin
+        co = "*" if self.cout_group else self.cout
+        if self.kind == "dwconv":
+            ci = co = "*" if (self.cin_group or self.cout_group) else self.cout
+        return (f"{self.kind}:k{self.k}s{self.stride}p{self.pad}:{self.h}x{self.w}:in{ci}:out{co}"
+                f":{'b' if self.bias else ''}{'n' if self.bn else ''}{'a' if self.add else ''}"
+                f"{self.act}")
+
+    def macs(self, cin: int | None = None, cout: int | None = None) -> int:
+        cin, cout = cin or self.cin, cout or self.cout
+        if self.kind == "linear":
+            return cin * cout
+        ho, wo = self.out_hw
+        per = self.k * self.k * (1 if self.kind == "dwconv" else cin)
+        return per * cout * ho * wo
+
+    @property
+    def out_hw(self) -> tuple[int, int]:
+        if self.kind == "linear":
+            return 1, 1
+        f = lambda n: (n + 2 * self.pad - self.k) // self.stride + 1  # noqa: E731
+        return f(self.h), f(self.w)
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def _module_of(gm, node):
+    return gm.get_submodule(node.target) if node.op == "call_module" else None
+
+
+def _act(gm, node) -> str:
+    if node.op == "call_module":
+        return ACTS.get(type(_module_of(gm, node)), "")
+    if node.op == "call_function":
+        return ACTS.get(node.target, "")
+    if node.op == "call_method" and node.target in ("relu", "relu_"):
+        return "relu"
+    return ""
+
+
+def _is_add(node) -> bool:
+    return ((node.op == "call_function" and node.target in ADDS)
+            or (node.op == "call_method" and node.target in ("add", "add_")))
+
+
+def _fusions(model: nn.Module) -> dict[str, dict]:
+    """Per conv/linear name: the BN / add / activation that follow it (torch.fx graph walk)."""
+    import torch.fx as fx
+
+    try:
+        gm = fx.symbolic_trace(model)
+    except Exception:  # untraceable user code: units without fusions, the calibration absorbs it
+        return {}
+    out, claimed = {}, set()
+    for node in gm.graph.nodes:
+        m = _module_of(gm, node)
+        if not isinstance(m, (nn.Conv2d, nn.Linear)):
+            continue
+        f = {"bn": False, "add": False, "act": ""}
+        cur = node
+
+        def only_user(n):
+            us = list(n.users)
+            return us[0] if len(us) == 1 else None
+
+        nxt = only_user(cur)
+        if nxt is not None and isinstance(_module_of(gm, nxt), nn.modules.batchnorm._BatchNorm):
+            f["bn"], cur = True, nxt
+            nxt = only_user(cur)
+        if nxt is not None and _is_add(nxt) and nxt not in claimed:
+            f["add"], cur = True, nxt
+            claimed.add(nxt)
+            nxt = only_user(cur)
+        if nxt is not None and _act(gm, nxt):
+            f["act"] = _act(gm, nxt)
+        out[node.target] = f
+    return out
+
+
+def extract_units(model: nn.Module, input_shape: Sequence[int], groups=()) -> list[Unit]:
+    """The model's units in execution order; ``groups`` (from ``prunable_groups``) says which
+    channel axes each unit's pruning group controls."""
+    sizes: dict[str, tuple[int, int]] = {}
+    hooks = []
+    names = {m: n for n, m in model.named_modules()}
+    for m in model.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            def hook(mod, inp, _out, n=names[m]):
+                x = inp[0]
+                sizes.setdefault(n, tuple(x.shape[-2:]) if x.dim() == 4 else (1, 1))
+            hooks.append(m.register_forward_hook(hook))
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, *input_shape))
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was)
+    fus = _fusions(model)
+    out_group, in_group = _axis_groups(model, groups)
+    units = []
+    for n in sizes:  # hook order = execution order
+        m = model.get_submodule(n)
+        f = fus.get(n, {"bn": False, "add": False, "act": ""})
+        if isinstance(m, nn.Linear):
+            units.append(Unit(n, "linear", m.in_features, m.out_features, bias=m.bias is not None,
+                              act=f["act"], add=f["add"], cin_group=in_group.get(n),
+                              cout_group=out_group.get(n)))
+            continue
+        dw = m.groups > 1 and m.groups == m.in_channels == m.out_channels
+        if m.groups > 1 and not dw:
+            raise NotImplementedError(f"{n}: grouped (non-depthwise) convs are not modelled yet")
+        cg, og = in_group.get(n), out_group.get(n)
+        if dw:
+            cg = og = og or cg
+        h, w = sizes[n]
+        units.append(Unit(n, "dwconv" if dw else "conv", m.in_channels, m.out_channels,
+                          m.kernel_size[0], m.stride[0], m.padding[0] if isinstance(m.padding, tuple)
+                          else 0, h, w, m.bias is not None, f["bn"], f["add"], f["act"], cg, og))
+    return units
+
+
+def _axis_groups(model: nn.Module, groups) -> tuple[dict[str, str], dict[str, str]]:
+    """Which group sets each layer's output and input channels (read from torch-pruning's own
+    dependencies, so a layer that is both, e.g. inside a residual chain, gets both)."""
+    names = {m: n for n, m in model.named_modules()}
+    out_group, in_group = {}, {}
+    for g in groups:
+        deps = getattr(g, "group", None) or ()
+        for item in deps:
+            dep = item[0] if isinstance(item, tuple) else item.dep
+            n = names.get(dep.target.module)
+            h = getattr(dep.handler, "__name__", "")
+            if n is None or not isinstance(dep.target.module, (nn.Conv2d, nn.Linear)):
+                continue
+            if h == "prune_out_channels":
+                out_group.setdefault(n, g.name)
+            elif h == "prune_in_channels":
+                in_group.setdefault(n, g.name)
+        for p in g.producers:
+            out_group.setdefault(p, g.name)
+        for c in g.consumers:
+            in_group.setdefault(c, g.name)
+    return out_group, in_group
+
+
+def unit_shapes(units: Sequence[Unit], widths: dict[str, int], keep: dict[str, int]
+                ) -> list[tuple[int, int]]:
+    """(cin, cout) of every unit after pruning each group to ``keep`` (others stay whole)."""
+    out = []
+    for u in units:
+        ci, co = u.cin, u.cout
+        if u.cout_group:
+            co = keep.get(u.cout_group, widths[u.cout_group])
+        if u.cin_group:
+            k = keep.get(u.cin_group, widths[u.cin_group])
+            ci = max(1, round(u.cin * k / widths[u.cin_group]))  # linear after flatten: ratio
+        if u.kind == "dwconv":
+            ci = co
+        out.append((ci, co))
+    return out
+
+
+class _Block(nn.Module):
+    def __init__(self, u: Unit, cin: int, cout: int):
+        super().__init__()
+        if u.kind == "linear":
+            self.op = nn.Linear(cin, cout, bias=u.bias)
+        else:
+            g = cout if u.kind == "dwconv" else 1
+            self.op = nn.Conv2d(cout if g > 1 else cin, cout, u.k, u.stride, u.pad, groups=g,
+                                bias=u.bias)
+        self.bn = nn.BatchNorm2d(cout) if u.bn else None
+        self.act = {"relu": nn.ReLU(), "relu6": nn.ReLU6()}.get(u.act)
+        self.add = u.add
+
+    def forward(self, x, *res):
+        y = self.op(x)
+        if self.bn is not None:
+            y = self.bn(y)
+        if self.add:
+            y = y + res[0]
+        return self.act(y) if self.act is not None else y
+
+
+def unit_module(u: Unit, cin: int, cout: int, seed: int = 0):
+    """A stand-alone module for ``u`` at (cin, cout) and its input shapes (without batch)."""
+    torch.manual_seed(seed)
+    m = _Block(u, cin, cout).eval()
+    if u.bn:
+        m.bn.running_var.uniform_(0.5, 1.5)
+    if u.kind == "linear":
+        shapes = [(cin,)] + ([(cout,)] if u.add else [])
+    else:
+        ho, wo = u.out_hw
+        shapes = [(cout if u.kind == "dwconv" else cin, u.h, u.w)] + (
+            [(cout, ho, wo)] if u.add else [])
+    return m, shapes

@@ -1,0 +1,83 @@
+"""Targets: the runtimes whose measured latency prunelab optimises.
+
+A target is a registered :class:`~prunelab.targets.base.Target` class (``prunelab targets`` lists
+them and whether each is usable here).  A :class:`TargetConfig` fixes everything that changes a
+latency figure besides the model: the target, batch size, thread count and precision.
+
+    >>> from prunelab.targets import TARGETS, TargetConfig
+    >>> TARGETS.names()
+    ['onnxruntime-cpu', 'onnxruntime-cuda', 'openvino-cpu', 'torch-cpu', 'torch-cuda']
+    >>> TargetConfig("onnxruntime-cpu", batch_size=1, threads=2).to_json()
+    {'target': 'onnxruntime-cpu', 'batch_size': 1, 'threads': 2, 'precision': 'fp32'}
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from ..errors import PrunelabError
+from ..registry import Registry
+from .base import Target
+
+TARGETS = Registry("target", hint="(see `prunelab targets`)")
+
+from . import onnxruntime, openvino, torch  # noqa: E402,F401  (register built-in targets)
+
+PRECISIONS = ("fp32", "fp16", "int8")
+
+
+@dataclass(frozen=True)
+class TargetConfig:
+    """Where and how latency is measured; part of every cache key.
+
+    ``threads`` is fixed (default 1, the most repeatable figure on a shared machine); set it to
+    what you deploy with.  Only ``fp32`` is implemented; ``fp16``/``int8`` are reserved names so
+    configs and caches already carry the field.
+    """
+
+    target: str
+    batch_size: int = 1
+    threads: int = 1
+    precision: str = "fp32"
+
+    def __post_init__(self):
+        entry = TARGETS.get(self.target)
+        for k in ("batch_size", "threads"):
+            v = getattr(self, k)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise PrunelabError(f"{k} must be a positive integer, got {v!r}; e.g. --{k.replace('_', '-')} 1")
+        if self.precision not in PRECISIONS:
+            raise PrunelabError(f"unknown precision {self.precision!r}; choose one of "
+                                f"{', '.join(PRECISIONS)}")
+        if self.precision not in entry.meta.get("precisions", ("fp32",)):
+            raise PrunelabError(f"target {self.target} does not support {self.precision} yet; "
+                                "use --precision fp32")
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, d: dict) -> "TargetConfig":
+        return cls(**{k: d[k] for k in ("target", "batch_size", "threads", "precision") if k in d})
+
+
+def make_target(cfg: TargetConfig | str, **kw) -> Target:
+    """A ready target for ``cfg``; a one-line error (with the fix) when it is unusable here."""
+    if isinstance(cfg, str):
+        cfg = TargetConfig(cfg, **kw)
+    cls = TARGETS.get(cfg.target).fn
+    why = cls.unavailable()
+    if why:
+        raise PrunelabError(f"target {cfg.target} is not available here: {why}")
+    return cls(cfg)
+
+
+def target_table() -> list[dict]:
+    """Every registered target with its metadata and whether it is usable on this machine."""
+    rows = []
+    for e in TARGETS.entries():
+        why = e.fn.unavailable()
+        rows.append({"name": e.name, "description": e.description, "available": not why,
+                     "reason": why or "", **{k: list(v) if isinstance(v, tuple) else v
+                                             for k, v in e.meta.items()}})
+    return rows

@@ -1,0 +1,65 @@
+"""What every target provides: availability, a fingerprint and a way to run a module.
+
+A target turns a PyTorch module (and example inputs) into a zero-argument *runner* that executes
+one batch on the real runtime; the measuring protocol (:mod:`prunelab.latency.measure`) only ever
+times runners, so all targets are measured the same way.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+from contextlib import nullcontext
+from typing import Callable, Sequence
+
+import torch
+import torch.nn as nn
+
+Runner = Callable[[], object]
+
+
+class Target:
+    """Base class; subclasses set ``name``, ``runtime`` and ``device`` and implement ``runner``."""
+
+    name = "?"
+    runtime = "?"
+    device = "cpu"
+    packages: tuple[str, ...] = ()
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+
+    @classmethod
+    def unavailable(cls) -> str | None:
+        """``None`` when usable here, else why not and how to fix it (one line)."""
+        return None
+
+    def versions(self) -> dict[str, str]:
+        """Versions of the libraries that execute the model (they change its speed)."""
+        out = {"torch": torch.__version__}
+        for p in self.packages:
+            try:
+                out[p] = importlib.metadata.version(p)
+            except importlib.metadata.PackageNotFoundError:
+                out[p] = "missing"
+        return out
+
+    def device_info(self) -> dict:
+        from ..latency.cache import cpu_info
+
+        return cpu_info()
+
+    def fingerprint(self) -> dict:
+        """Everything that makes a measured figure valid: machine, runtime, versions, config."""
+        return {"target": self.name, "device": self.device_info(), "versions": self.versions(),
+                **{k: v for k, v in self.cfg.to_json().items() if k != "target"}}
+
+    def scope(self):
+        """A context held while timing (e.g. torch's global thread count)."""
+        return nullcontext()
+
+    def inputs(self, shapes: Sequence[Sequence[int]], seed: int = 0) -> list[torch.Tensor]:
+        g = torch.Generator().manual_seed(seed)
+        return [torch.randn(self.cfg.batch_size, *s, generator=g) for s in shapes]
+
+    def runner(self, module: nn.Module, inputs: Sequence[torch.Tensor]) -> Runner:
+        raise NotImplementedError

@@ -1,0 +1,93 @@
+"""ONNX Runtime targets: the model exported to ONNX, run by an InferenceSession with all graph
+optimisations (so Conv+BN+ReLU/Add fusions happen as in deployment) and fixed intra-op threads."""
+
+from __future__ import annotations
+
+import importlib.util
+
+from . import TARGETS
+from ._onnx import to_onnx
+from .base import Target
+
+
+def _ort():
+    from ..errors import PrunelabError
+
+    try:
+        import onnxruntime
+    except ImportError:
+        raise PrunelabError("onnxruntime targets need ONNX Runtime; pip install 'prunelab[onnx]'") \
+            from None
+    return onnxruntime
+
+
+@TARGETS.register("onnxruntime-cpu", description="ONNX Runtime, CPU execution provider (fp32)",
+                  runtime="onnxruntime", device="cpu", extra="onnx", precisions=("fp32",))
+class OrtCPU(Target):
+    name, runtime, device = "onnxruntime-cpu", "onnxruntime", "cpu"
+    packages = ("onnxruntime", "onnx")
+    provider = "CPUExecutionProvider"
+
+    @classmethod
+    def unavailable(cls):
+        for mod in ("onnxruntime", "onnx"):
+            if importlib.util.find_spec(mod) is None:
+                return f"{cls.name} needs {mod}; pip install 'prunelab[onnx]'"
+        return None
+
+    def session(self, model_bytes: bytes):
+        ort = _ort()
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = self.cfg.threads
+        so.inter_op_num_threads = 1
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.log_severity_level = 3
+        return ort.InferenceSession(model_bytes, so, providers=[self.provider])
+
+    def runner(self, module, inputs):
+        sess = self.session(to_onnx(module, inputs))
+        feed = {f"in{i}": x.numpy() for i, x in enumerate(inputs)}
+        return lambda: sess.run(None, feed)
+
+
+@TARGETS.register("onnxruntime-cuda", description="ONNX Runtime, CUDA execution provider (fp32)",
+                  runtime="onnxruntime", device="cuda", extra="onnx (onnxruntime-gpu)",
+                  precisions=("fp32",))
+class OrtCUDA(OrtCPU):
+    name, runtime, device = "onnxruntime-cuda", "onnxruntime", "cuda"
+    packages = ("onnxruntime-gpu", "onnx")
+    provider = "CUDAExecutionProvider"
+
+    @classmethod
+    def unavailable(cls):
+        why = OrtCPU.unavailable()
+        if why:
+            return why
+        import onnxruntime  # only when asked whether it is usable; not at `import prunelab`
+
+        if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+            return ("ONNX Runtime has no CUDAExecutionProvider here; on a GPU machine pip install "
+                    "onnxruntime-gpu")
+        return None
+
+    def device_info(self) -> dict:
+        from .torch import TorchCUDA
+
+        return TorchCUDA.device_info(self) if TorchCUDA.unavailable() is None else {"gpu": "?"}
+
+    def runner(self, module, inputs):
+        # IO binding keeps input and output on the GPU, so the figure is the model, not copies
+        sess = self.session(to_onnx(module, inputs))
+        ort = _ort()
+        binding = sess.io_binding()
+        for i, x in enumerate(inputs):
+            binding.bind_ortvalue_input(f"in{i}", ort.OrtValue.ortvalue_from_numpy(x.numpy(),
+                                                                                     "cuda", 0))
+        binding.bind_output("out", "cuda")
+
+        def run():
+            sess.run_with_iobinding(binding)
+            binding.synchronize_outputs()
+
+        return run

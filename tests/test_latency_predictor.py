@@ -1,0 +1,142 @@
+"""The predictor: calibration fit, metrics, sampling, and small real end-to-end runs of
+`prunelab latency build|validate|profile|steps` on ONNX Runtime."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from prunelab.cli import main
+from prunelab.latency.predictor import Predictor, mape, sample_keeps, spearman
+from prunelab.latency.lut import LUT
+
+ort = pytest.importorskip("onnxruntime")
+
+
+def test_fit_recovers_scale_and_overhead():
+    p = Predictor([], {}, LUT({}))
+    p.fit([{"raw_ms": x, "measured_ms": 1.5 * x + 0.2} for x in (1.0, 2.0, 3.0, 4.0)])
+    assert p.scale == pytest.approx(1.5) and p.overhead_ms == pytest.approx(0.2)
+    p.fit([{"raw_ms": 2.0, "measured_ms": 2.5}])
+    assert p.scale == 1.0 and p.overhead_ms == pytest.approx(0.5)
+
+
+def test_metrics():
+    assert spearman([1, 2, 3], [3, 2, 1]) == pytest.approx(-1)
+    assert spearman([1, 2, 2, 3], [1, 2, 2, 3]) == pytest.approx(1)
+    assert mape([2.0, 4.0], [2.2, 3.6]) == pytest.approx(0.1)
+
+
+def test_samples_are_seeded_and_in_range():
+    w = {"a": 16, "b": 64}
+    s = sample_keeps(w, 20, seed=3)
+    assert s == sample_keeps(w, 20, seed=3) and s != sample_keeps(w, 20, seed=4)
+    assert all(1 <= k[g] <= w[g] for k in s for g in w)
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """A tiny ResNet (width 0.5) folder and a cache holding its ONNX Runtime table."""
+    import torch
+
+    from prunelab.io import ModelSpec, save_model
+    from prunelab.models import build
+
+    d = tmp_path_factory.mktemp("lat")
+    torch.manual_seed(0)
+    m = build("resnet20", in_channels=1, num_classes=4, width=0.5)
+    folder = save_model(m, ModelSpec.for_zoo("resnet20", 1, 4, 0.5), d / "tiny")
+    return str(folder), str(d / "cache")
+
+
+QUICK = ["--sweep", "6", "--nodes", "3", "--lut-repeats", "5", "--calibrate", "2"]
+
+
+def _run(capsys, *argv):
+    argv = list(argv)
+    if argv[1] in ("validate", "build", "steps"):
+        argv += QUICK
+    assert main(argv) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_validate_json_contract(built, capsys):
+    folder, cache = built
+    r = _run(capsys, "latency", "validate", folder, "--target", "onnxruntime-cpu", "--samples",
+             "5", "--cache-dir", cache, "--json")
+    assert r["target"] == "onnxruntime-cpu" and r["samples"] == 5
+    assert 0 <= r["mape"] < 5 and -1 <= r["spearman"] <= 1
+    assert (r["batch_size"], r["threads"]) == (1, 1) and "rows" not in r
+    assert r["resized_equals_pruned"] is True  # the timed variants are what pruning makes
+    # second run: the table and the measured models come from the cache
+    again = _run(capsys, "latency", "validate", folder, "--target", "onnxruntime-cpu",
+                 "--samples", "5", "--cache-dir", cache, "--json")
+    assert again["mape"] == r["mape"] and again["lut_seconds"] == r["lut_seconds"]
+
+
+def test_build_steps_and_profile(built, capsys, tmp_path):
+    folder, cache = built
+    b = _run(capsys, "latency", "build", folder, "--target", "onnxruntime-cpu", "--cache-dir",
+             cache, "--json")
+    assert b["signatures"] == len(b["tables"]) and b["predicted_ms"] > 0
+    s = _run(capsys, "latency", "steps", folder, "--target", "onnxruntime-cpu", "--cache-dir",
+             cache, "--json")
+    for g in s["groups"]:
+        assert g["step"] >= 1 and g["useful_widths"] == sorted(g["useful_widths"])
+        assert g["useful_widths"][-1] == g["width"]
+    png = tmp_path / "p.png"
+    p = _run(capsys, "latency", "profile", folder, "--target", "onnxruntime-cpu", "--cache-dir",
+             cache, "--repeats", "5", "--plot", str(png), "--json")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert len(p["layers"]) == 22 and p["macs"] > sum(x["macs"] for x in p["layers"]) * 0.9
+    assert p["other_ms"] == pytest.approx(p["latency_ms"] - p["layers_sum_ms"])
+
+
+def test_cli_errors_are_one_line(built, capsys):
+    folder, cache = built
+    assert main(["latency", "validate", folder, "--threads", "0", "--cache-dir", cache]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "threads" in err
+
+
+def test_targets_command_and_lean_parser():
+    code = ("import sys; from prunelab.cli import build_parser; build_parser(); "
+            "bad=[m for m in ('onnxruntime','openvino','onnx') if m in sys.modules]; "
+            "assert not bad, bad")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    r = subprocess.run([sys.executable, "-m", "prunelab.cli", "targets", "--json"],
+                       capture_output=True, text=True)
+    names = {t["name"]: t for t in json.loads(r.stdout)}
+    assert names["onnxruntime-cpu"]["available"] and "torch-cuda" in names
+
+
+def test_compare_interleaves_and_gives_a_verdict(built, capsys):
+    folder, _ = built
+    r = _run(capsys, "latency", "compare", folder, folder, "--target", "torch-cpu", "--repeats",
+             "5", "--json")
+    a, b = r["models"]
+    assert a["latency"]["repeats"] == b["latency"]["repeats"] == 5
+    assert a["vs_first"]["speedup"] == 1.0 and a["vs_first"]["verdict"] == "within noise"
+    assert b["vs_first"]["verdict"] in ("within noise", "a faster", "b faster")
+
+
+@pytest.mark.slow
+def test_predictor_tracks_onnxruntime_on_a_full_resnet20(tmp_path):
+    """The real thing at small scale: default table, 12 random pruned ResNet-20s on ONNX Runtime.
+    Loose bounds (the machine may be busy); the README reports the full 50-sample figures."""
+    import torch
+
+    from prunelab.io import ModelSpec, save_model
+    from prunelab.latency import api
+    from prunelab.models import build
+    from prunelab.targets import TargetConfig
+
+    torch.manual_seed(0)
+    folder = save_model(build("resnet20", in_channels=1, num_classes=10),
+                        ModelSpec.for_zoo("resnet20", 1, 10), tmp_path / "r20")
+    r = api.validate(str(folder), TargetConfig("onnxruntime-cpu"), samples=12,
+                     cache_dir=str(tmp_path / "cache"))
+    assert r["resized_equals_pruned"] is True
+    assert r["mape"] < 0.15 and r["spearman"] > 0.8, (r["mape"], r["spearman"])

@@ -1,0 +1,88 @@
+"""The measuring protocol: warm-up, interleaving, median/IQR, the noise verdict; the cache keying."""
+
+import json
+
+import pytest
+import torch.nn as nn
+
+from prunelab.errors import PrunelabError
+from prunelab.latency.cache import Cache
+from prunelab.latency.lut import PointMeter
+from prunelab.latency.measure import Protocol, compare, measure, time_runners
+from prunelab.latency.units import Unit
+from prunelab.metrics import Timing
+from prunelab.targets import TargetConfig, make_target
+
+
+def test_runs_are_interleaved_after_warmup():
+    calls = []
+    runners = [lambda: calls.append("a"), lambda: calls.append("b")]
+    t = make_target(TargetConfig("torch-cpu"))
+    ts = time_runners(t, runners, Protocol(warmup=3, repeats=7))
+    assert calls == ["a", "b"] * 10
+    for x in ts:
+        assert x.repeats == 7 and x.warmup == 3 and len(x.samples_ms) == 7
+        assert min(x.samples_ms) <= x.median_ms <= max(x.samples_ms) and x.iqr_ms >= 0
+        assert (x.runtime, x.threads, x.batch_size) == ("torch-cpu", 1, 1)
+
+
+def test_protocol_validates():
+    with pytest.raises(PrunelabError, match="repeats"):
+        Protocol(repeats=1)
+    assert json.loads(json.dumps(Protocol().to_json()))["repeats"] == 50
+
+
+@pytest.mark.parametrize("name", ["torch-cpu", "onnxruntime-cpu"])
+def test_measure_two_models_on_a_real_runtime(name):
+    pytest.importorskip("onnxruntime")
+    a, b = nn.Conv2d(1, 4, 3), nn.Conv2d(1, 16, 3)
+    ts = measure(make_target(TargetConfig(name, batch_size=2)), [a, b], (1, 12, 12),
+                 Protocol(warmup=2, repeats=5))
+    assert [t.runtime for t in ts] == [name, name]
+    assert all(t.batch_size == 2 and t.repeats == 5 and t.median_ms > 0 for t in ts)
+
+
+def _timing(samples):
+    s = sorted(samples)
+    return Timing("x", 1, 1, len(s), 0, s[len(s) // 2], 0.0, s)
+
+
+def test_compare_trusts_only_separated_iqrs():
+    slow = _timing([10, 10.5, 11, 11.5, 12])
+    fast = _timing([5, 5.2, 5.4, 5.6, 5.8])
+    close = _timing([10.8, 11.2, 11.4, 11.6, 12.2])
+    c = compare(slow, fast)
+    assert c["apart"] and c["verdict"] == "b faster" and c["speedup"] == pytest.approx(11 / 5.4)
+    assert compare(slow, close)["verdict"] == "within noise"
+
+
+UNIT = Unit("c", "conv", 4, 8, 3, 1, 1, 8, 8, bn=True, act="relu", cin_group="g0",
+            cout_group="g1")
+
+
+def test_cache_reuses_only_under_the_same_fingerprint(tmp_path):
+    t1 = make_target(TargetConfig("torch-cpu", threads=1))
+    m = PointMeter(t1, Cache(t1.fingerprint(), tmp_path), Protocol(warmup=1, repeats=3))
+    first = m(UNIT, 4, 8)
+    assert m.measured == 1
+    m.cache.flush()
+    again = PointMeter(t1, Cache(t1.fingerprint(), tmp_path), Protocol(warmup=1, repeats=3))
+    assert again(UNIT, 4, 8) == first and again.measured == 0
+    t2 = make_target(TargetConfig("torch-cpu", threads=2))
+    other = PointMeter(t2, Cache(t2.fingerprint(), tmp_path), Protocol(warmup=1, repeats=3))
+    other(UNIT, 4, 8)
+    assert other.measured == 1  # never reused across fingerprints
+    bs = make_target(TargetConfig("torch-cpu", batch_size=2))
+    assert Cache(bs.fingerprint(), tmp_path).get("units", next(iter(
+        m.cache._table("units")))) is None
+
+
+def test_cache_ignores_a_folder_holding_another_fingerprint(tmp_path):
+    fp = {"cpu": "A", "threads": 1}
+    c = Cache(fp, tmp_path)
+    c.put("units", "k", {"median_ms": 1.0})
+    c.flush()
+    (c.dir / "fingerprint.json").write_text(json.dumps({"cpu": "B", "threads": 1}))
+    assert Cache(fp, tmp_path).get("units", "k") is None
+    (c.dir / "units.json").write_text("{not json")
+    assert Cache({"cpu": "B", "threads": 1}, tmp_path).get("units", "k") is None
