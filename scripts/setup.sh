@@ -18,6 +18,11 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
-.venv/bin/python -m pip install -q -c constraints.txt -e ".[dev,onnx,openvino,images,xai]" 2>&1 \
-  | grep -v -E "^WARNING: (Location|Skipping)" || true
+# pip's chatter (build-backend notices, local index warnings) goes to a log shown only on failure
+if ! .venv/bin/python -m pip install -q -c constraints.txt -e ".[dev,onnx,openvino,images,xai]" \
+    > .venv/pip-install.log 2>&1; then
+  tail -n 30 .venv/pip-install.log >&2
+  echo "set-up failed: pip could not install prunelab (full log: .venv/pip-install.log)" >&2
+  exit 1
+fi
 .venv/bin/python -c "import prunelab, torch; print(f'prunelab {prunelab.__version__} ready (torch {torch.__version__})')"
