@@ -1,6 +1,7 @@
-"""Copy the latency tables from bench/results/ into README.md between their markers
+"""Copy the benchmark tables from bench/results/ into README.md between their markers
 (``<!-- latency-validate -->`` ... ``<!-- /latency-validate -->`` and the same for
-``step-example``), so the README quotes exactly what the bench scripts wrote.
+``step-example`` and ``criteria-tables``), so the README quotes exactly what the bench scripts
+wrote.
 
     python bench/to_readme.py
 """
@@ -32,6 +33,9 @@ def main() -> None:
     steps = sorted(RESULTS.glob("step_example_*.md"))
     if steps:
         text = splice(text, "step-example", "\n".join(p.read_text() for p in steps))
+    crit = sorted(RESULTS.glob("criteria-*.md"))
+    if crit:
+        text = splice(text, "criteria-tables", "\n".join(p.read_text() for p in crit))
     atomic_write_text(readme, text)
 
 
