@@ -143,7 +143,10 @@ def cmd_prune(args):
         raise PrunelabError("give exactly one of --ratio or --keep")
     from .sweep import parse_criterion
 
+    from .criteria import CRITERIA
+
     name, opts = parse_criterion(args.criterion)
+    CRITERIA.get(name)  # an unknown name fails before any model or data is loaded
     if args.criterion_options:
         try:
             opts.update(json.loads(args.criterion_options))
