@@ -94,28 +94,38 @@ def prune(ref: str, criterion: str = "l1", ratio: float | None = None,
           keep: dict[str, int] | None = None, out: str | None = None, round_to: int = 1,
           dataset: str | None = None, data_dir: str | None = None, batch_size: int = 1,
           threads: int | None = None, repeats: int = 50, criterion_options: dict | None = None,
-          evaluate: bool = True, weights: str | None = None) -> dict:
+          evaluate: bool = True, weights: str | None = None, recal_batches: int = 20) -> dict:
     """Prune a model, save it (when ``out``), and report before/after top-1, MACs, params, latency.
 
-    No fine-tuning happens here: the figures show what the criterion alone leaves.
+    No fine-tuning happens here: the figures show what the criterion alone leaves, after BN
+    statistics are re-estimated on ``recal_batches`` training batches (0 = keep the old ones;
+    weights are never updated).
     """
     from .criteria import make_criterion
     from .pruning import prune as _prune
 
     model, spec = load(ref, weights=weights, dataset=dataset, data_dir=data_dir)
-    data = data_for(spec, dataset, data_dir) if (evaluate or _needs_data(criterion)) else None
+    if recal_batches < 0:
+        raise PrunelabError("--recal-batches must be >= 0")
+    need = evaluate or recal_batches > 0 or _needs_data(criterion)
+    data = data_for(spec, dataset, data_dir) if need else None
     try:
         crit = make_criterion(criterion, **(criterion_options or {}))
     except TypeError as e:
         raise PrunelabError(f"criterion {criterion} does not take these options ({e})") from None
     res = _prune(model, crit, ratio=ratio, keep=keep, input_shape=spec.input_shape, data=data,
                  num_classes=spec.num_classes, round_to=round_to)
+    if recal_batches:
+        from .train import recalibrate_bn
+
+        recalibrate_bn(res.model, data.batches("train", 128, shuffle=True), recal_batches)
     pspec = ModelSpec(**{**spec.__dict__, "provenance": {
         "name": Path(out).name if out else f"{spec.name}-pruned",
         "parent": spec.name, "parent_provenance": {k: v for k, v in spec.provenance.items()
                                                    if k in ("name", "trained")},
         "pruned": {"criterion": criterion, "criterion_options": criterion_options or {},
                    "ratio": ratio, "round_to": round_to, "keep": res.keep,
+                   "bn_recalibration_batches": recal_batches,
                    "widths_before": res.widths_before},
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "prunelab": _version()}})
     pspec.layers = {}
@@ -125,6 +135,7 @@ def prune(ref: str, criterion: str = "l1", ratio: float | None = None,
                    threads, repeats)
     result = {**rows[1], "base": rows[0], "criterion": criterion, "ratio": ratio,
               "keep": res.keep, "score_seconds": res.score_seconds,
+              "bn_recalibration_batches": recal_batches,
               "out": str(Path(out).resolve()) if out else None}
     result["macs_removed"] = 1 - result["macs"] / result["base"]["macs"]
     result["measured_speedup"] = result["base"]["latency_ms"] / result["latency_ms"]

@@ -157,7 +157,8 @@ def cmd_prune(args):
     r = api.prune(args.model, name, ratio=args.ratio, keep=args.keep, out=args.out,
                   round_to=args.round_to, dataset=args.dataset, data_dir=args.data_dir,
                   batch_size=args.batch_size, threads=args.threads, repeats=args.repeats,
-                  criterion_options=opts, weights=args.weights)
+                  criterion_options=opts, weights=args.weights,
+                  recal_batches=args.recal_batches)
 
     def table(o):
         b = o["base"]
@@ -166,7 +167,9 @@ def cmd_prune(args):
                      f"-{100 * o['macs_removed']:.1f}%",
                      f"-{100 * (1 - o['params'] / b['params']):.1f}%",
                      f"{o['measured_speedup']:.2f}x faster"])
-        _table("before / after pruning (no fine-tuning; test split)",
+        recal = (f"BN recalibrated on {o['bn_recalibration_batches']} training batches"
+                 if o["bn_recalibration_batches"] else "BN statistics unchanged")
+        _table(f"before / after pruning (no fine-tuning, {recal}; test split)",
                ["model", "top-1", "MACs", "params", "latency ms"], rows,
                _lat_note(o) + (f"\nsaved to {o['out']}" if o["out"] else ""))
     _emit(args, r, table)
@@ -323,6 +326,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--keep", type=_keep, help="per-layer keep counts: layer=N,... or file.json")
     s.add_argument("--round-to", type=int, default=1, help="align kept widths to this multiple")
     s.add_argument("--out", help="write the pruned model folder here")
+    s.add_argument("--recal-batches", type=int, default=20,
+                   help="re-estimate BN statistics on this many training batches (0: off)")
     _common_measure(s)
     s.set_defaults(fn=cmd_prune)
 
