@@ -62,20 +62,12 @@ def measure(model: nn.Module, spec: ModelSpec, data: Splits | None = None, batch
     Returns the ``--json`` contract keys: ``model``, ``top1``, ``macs``, ``params``,
     ``latency_ms`` and ``latency`` (runtime, batch size, threads, repeats).
     """
-    macs, params = macs_params(model, spec.input_shape)
-    out = {"model": spec.name, "macs": macs, "params": params}
-    if data is not None:
-        out["top1"] = _top1(model, data.batches(split, 500))
-        out["split"] = split
-    t = torch_cpu_latency([model], spec.input_shape, batch_size, threads, repeats, warmup)[0]
-    out["latency_ms"] = t.median_ms
-    out["latency"] = t.to_json()
-    return out
+    return compare([model], [spec], data, batch_size, threads, repeats, warmup, split)[0]
 
 
 def compare(models: Sequence[nn.Module], specs: Sequence[ModelSpec], data: Splits | None,
             batch_size: int = 1, threads: int | None = None, repeats: int = 50,
-            warmup: int = 10) -> list[dict]:
+            warmup: int = 10, split: str = "test") -> list[dict]:
     """Like :func:`measure` for several models, with their latency runs interleaved."""
     times = torch_cpu_latency(models, specs[0].input_shape, batch_size, threads, repeats, warmup)
     rows = []
@@ -83,8 +75,8 @@ def compare(models: Sequence[nn.Module], specs: Sequence[ModelSpec], data: Split
         macs, params = macs_params(m, s.input_shape)
         row = {"model": s.name, "macs": macs, "params": params}
         if data is not None:
-            row["top1"] = _top1(m, data.batches("test", 500))
-            row["split"] = "test"
+            row["top1"] = _top1(m, data.batches(split, 500))
+            row["split"] = split
         row.update(latency_ms=t.median_ms, latency=t.to_json())
         rows.append(row)
     return rows

@@ -109,9 +109,6 @@ class Compensating(Criterion):
             raise PrunelabError("ridge must be >= 0")
         self.compensation, self.ridge = compensation, ridge
 
-    def prepare(self, model, groups, data=None):
-        super().prepare(model, groups, data)
-
     # scores: rank -> higher = kept longer
     def score(self, group: GroupInfo) -> torch.Tensor:
         order = self.keep_order(group)  # most important first
