@@ -111,16 +111,10 @@ def prune(ref: str, criterion: str = "l1", ratio: float | None = None,
         from .train import recalibrate_bn
 
         recalibrate_bn(res.model, data.batches("train", 128, shuffle=True), recal_batches)
-    pspec = ModelSpec(**{**spec.__dict__, "provenance": {
-        "name": Path(out).name if out else f"{spec.name}-pruned",
-        "parent": spec.name, "parent_provenance": {k: v for k, v in spec.provenance.items()
-                                                   if k in ("name", "trained")},
-        "pruned": {"criterion": criterion, "criterion_options": criterion_options or {},
-                   "ratio": ratio, "round_to": round_to, "keep": res.keep,
-                   "bn_recalibration_batches": recal_batches,
-                   "widths_before": res.widths_before},
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "prunelab": _version()}})
-    pspec.layers = {}
+    pspec = pruned_spec(spec, Path(out).name if out else f"{spec.name}-pruned", ref, {
+        "criterion": criterion, "criterion_options": criterion_options or {}, "ratio": ratio,
+        "round_to": round_to, "keep": res.keep, "bn_recalibration_batches": recal_batches,
+        "widths_before": res.widths_before})
     if out:
         save_model(res.model, pspec, out)
     rows = compare([model, res.model], [spec, pspec], data if evaluate else None, batch_size,
@@ -132,6 +126,21 @@ def prune(ref: str, criterion: str = "l1", ratio: float | None = None,
     result["macs_removed"] = 1 - result["macs"] / result["base"]["macs"]
     result["measured_speedup"] = result["base"]["latency_ms"] / result["latency_ms"]
     return result
+
+
+def pruned_spec(spec: ModelSpec, name: str, parent_ref: str, pruned: dict) -> ModelSpec:
+    """The spec of a model pruned from ``spec``: its provenance names the parent (as the user
+    referred to it, so a fine-tune can find its teacher) and what was done to it."""
+    pspec = ModelSpec(**{**spec.__dict__, "provenance": {
+        "name": name, "parent": spec.name,
+        "parent_ref": str(Path(parent_ref).resolve()) if Path(parent_ref).is_dir() else
+        str(parent_ref),
+        "parent_provenance": {k: v for k, v in spec.provenance.items()
+                              if k in ("name", "trained")},
+        "pruned": pruned, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "prunelab": _version()}})
+    pspec.layers = {}
+    return pspec
 
 
 def _needs_data(criterion: str) -> bool:

@@ -355,6 +355,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_export)
     from .cli_latency import register as _reg_latency
     _reg_latency(sub)
+    from .cli_search import register as _reg_search
+    _reg_search(sub)
     return p
 
 

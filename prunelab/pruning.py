@@ -139,15 +139,16 @@ class PruneResult:
 def prune(model: nn.Module, criterion: str | Criterion = "l1", ratio: float | None = None,
           keep: dict[str, int] | None = None, input_shape: Sequence[int] = (3, 32, 32),
           data=None, num_classes: int | None = None, round_to: int = 1, inplace: bool = False,
-          ignored: Sequence[nn.Module] = (), scores: dict[str, torch.Tensor] | None = None
-          ) -> PruneResult:
+          ignored: Sequence[nn.Module] = (), scores: dict[str, torch.Tensor] | None = None,
+          count: bool = True) -> PruneResult:
     """Prune ``model`` with one ``ratio`` for every group or exact per-group ``keep`` counts.
 
     ``keep`` maps group names (see :func:`prunable_groups`) to the number of channels to keep;
     groups it does not name stay whole.  ``data`` (a :class:`prunelab.data.Splits`) is required by
     data-driven criteria.  ``scores`` (from :func:`score_groups` on the same model) skips scoring,
     so one scoring serves many pruning ratios.  The input model is left untouched unless
-    ``inplace``.
+    ``inplace``.  ``count=False`` skips counting MACs/params (reported as 0), for callers that
+    prune many candidates and count only some.
     """
     if (ratio is None) == (keep is None):
         raise PrunelabError("give either a pruning ratio or per-layer keep counts, not both")
@@ -157,7 +158,7 @@ def prune(model: nn.Module, criterion: str | Criterion = "l1", ratio: float | No
     net = model if inplace else copy.deepcopy(model)
     net.eval()
     DG, groups = prunable_groups(net, input_shape, num_classes, ignored)
-    macs0, params0 = macs_params(net, input_shape)
+    macs0, params0 = macs_params(net, input_shape) if count else (0, 0)
     by_name = {g.name: g for g in groups}
     if keep is None:
         plan = keep_from_ratio(groups, ratio, round_to)
@@ -193,7 +194,7 @@ def prune(model: nn.Module, criterion: str | Criterion = "l1", ratio: float | No
             if g.name in removed:
                 root = g.group[0].dep
                 DG.get_pruning_group(root.target.module, root.handler, removed[g.name]).prune()
-    macs1, params1 = macs_params(net, input_shape)
+    macs1, params1 = macs_params(net, input_shape) if count else (0, 0)
     return PruneResult(net, {g.name: plan.get(g.name, g.width) for g in groups},
                        {g.name: g.width for g in groups}, crit.name, seconds, macs0, macs1,
                        params0, params1, removed)

@@ -60,6 +60,12 @@ class SweepConfig:
             raise PrunelabError("recal_batches must be >= 0 and val_images >= 1")
 
 
+def layer_keep(width: int, ratio: float) -> int:
+    """Channels kept when one group is pruned alone by ``ratio`` (the per-layer sweep's grid,
+    shared with the CIE and NSGA-II sensitivity searches)."""
+    return max(1, round(width * (1 - ratio)))
+
+
 def _val_top1(model: nn.Module, data, cfg: SweepConfig) -> float:
     if cfg.recal_batches:
         recalibrate_bn(model, data.batches("train", cfg.recal_batch_size, shuffle=True,
@@ -119,7 +125,7 @@ def layer_sweep(model: nn.Module, spec, data, criterion: str, ratios: Sequence[f
         task = bar.add_task(f"per-layer {criterion}", total=len(groups_run) * len(ratios), info="")
         for g in groups_run:
             for r in ratios:
-                keep = max(1, round(g.width * (1 - r)))
+                keep = layer_keep(g.width, r)
                 bar.update(task, info=f"{g.name} @ {r}")
                 res, top1 = _point(model, spec, data, crit, scores, {g.name: keep}, None, cfg)
                 rows.append({"criterion": criterion, "layer": g.name, "width": g.width,

@@ -1,0 +1,20 @@
+"""Per-layer allocation searches: how many filters each layer keeps, under the user's budget.
+
+Every method runs on one driver (:mod:`prunelab.search.driver`): a cached, logged, resumable
+``evaluate(widths)``, the budget, the latency predictor of the target and the criterion's scores.
+
+    >>> from prunelab.search import SEARCHES
+    >>> SEARCHES.names()
+    ['nsga2', 'cie', 'omp-search', 'abc', 'uniform', 'global']
+"""
+
+from ..registry import Registry
+
+SEARCHES = Registry("search method", "see `prunelab search --help`")
+
+from . import methods  # noqa: E402,F401  (registers the methods)
+from .budget import Budget  # noqa: E402
+from .driver import SearchConfig  # noqa: E402
+from .run import run_search  # noqa: E402
+
+__all__ = ["SEARCHES", "Budget", "SearchConfig", "run_search"]

@@ -1,0 +1,404 @@
+"""The search methods.  Each is ``fn(ctx: Search)``: it evaluates candidates through the driver
+(which caches, logs and resumes) and may set ``ctx.finalists`` (the points the final choice is
+made from; by default every evaluated candidate).  Options come from ``--option name=value``;
+where a paper is silent the default is ours and says so below.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import PrunelabError
+from . import SEARCHES
+from .driver import Search
+
+
+# -- shared pieces ---------------------------------------------------------------------------
+def _ratios(ctx: Search, name: str, default: list[float]) -> list[float]:
+    v = ctx.option(name, default, list)
+    if isinstance(v, str):
+        v = json.loads(v)
+    rs = sorted(float(r) for r in v)
+    if not rs or not all(0 < r < 1 for r in rs):
+        raise PrunelabError(f"option {name} must be a list of ratios in (0, 1), e.g. [0.25,0.5]")
+    return rs
+
+
+def budget_value(ctx: Search, keep: dict[str, int]) -> float:
+    """The budgeted quantity of a candidate (predicted latency, MACs or params)."""
+    if ctx.budget.kind == "latency":
+        return ctx.predict(keep)
+    return ctx.cost(keep)[ctx.budget.kind]
+
+
+def bisect(ctx: Search, make_keep, lo: float, hi: float, limit: float | None = None,
+           iters: int = 40, tol: float = 0.01) -> tuple[float, dict[str, int]]:
+    """Smallest x in [lo, hi] whose ``make_keep(x)`` meets the budget (cost falls with x); stops
+    once the cost is within ``tol`` under the limit.  Returns hi's candidate if none meets it."""
+    limit = ctx.limit() if limit is None else limit
+    best = (hi, make_keep(hi))
+    if budget_value(ctx, best[1]) > limit:
+        return best
+    for _ in range(iters):
+        mid = (lo + hi) / 2
+        keep = make_keep(mid)
+        v = budget_value(ctx, keep)
+        if v <= limit:
+            hi, best = mid, (mid, keep)
+            if v >= limit * (1 - tol):
+                break
+        else:
+            lo = mid
+    return best
+
+
+def layer_sweep(ctx: Search, ratios: list[float], phase: str) -> dict[str, dict[float, float]]:
+    """Prune each group alone at each ratio (the rest whole): accuracy drop per (group, ratio).
+    The keep count is :func:`prunelab.sweep.layer_keep`, as in ``prunelab criteria evaluate
+    --per-layer``."""
+    from ..sweep import layer_keep
+
+    ctx.phase = phase
+    drops: dict[str, dict[float, float]] = {}
+    for g, w in ctx.widths.items():
+        drops[g] = {}
+        for r in ratios:
+            p = ctx.evaluate({g: layer_keep(w, r)})
+            drops[g][r] = ctx.base["top1"] - p["top1"]
+    return drops
+
+
+def _min_keep(w: int, max_ratio: float) -> int:
+    return max(1, math.ceil(w * (1 - max_ratio)))
+
+
+# -- seed A: NSGA-II over hardware steps -------------------------------------------------------
+@SEARCHES.register("nsga2", "multi-objective NSGA-II (pymoo) on predicted target latency and "
+                   "validation error, genes on the target's useful widths, ranges from a "
+                   "sensitivity analysis (seed A)", criterion="deeplift",
+                   options=("pop", "gens", "sens_ratios", "sens_drop", "max_ratio",
+                            "max_options", "step"))
+def nsga2(ctx: Search) -> None:
+    """Options: pop (20), gens (12), sens_ratios ([0.5, 0.8]), sens_drop (0.1: the largest sweep
+    ratio costing at most this much validation top-1 bounds a group's pruning; 0.25 if none),
+    max_ratio (0.9), max_options (16 widths per group), step (0 = the target's useful widths,
+    N = multiples of N)."""
+    try:
+        from pymoo.algorithms.moo.nsga2 import NSGA2
+        from pymoo.core.evaluator import Evaluator
+        from pymoo.core.problem import Problem
+        from pymoo.operators.crossover.sbx import SBX
+        from pymoo.operators.mutation.pm import PM
+        from pymoo.operators.repair.rounding import RoundingRepair
+        from pymoo.problems.static import StaticProblem
+    except ImportError:
+        raise PrunelabError("nsga2 needs pymoo; pip install 'prunelab[search]'") from None
+    pop, gens = ctx.option("pop", 20), ctx.option("gens", 12)
+    max_ratio, drop_tol = ctx.option("max_ratio", 0.9), ctx.option("sens_drop", 0.1)
+    max_opts, step = ctx.option("max_options", 16), ctx.option("step", 0)
+    if pop < 4 or gens < 1 or not 0 < max_ratio < 1 or max_opts < 2 or step < 0:
+        raise PrunelabError("nsga2 needs pop >= 4, gens >= 1, max_ratio in (0, 1), "
+                            "max_options >= 2, step >= 0")
+    sens = _ratios(ctx, "sens_ratios", [0.5, 0.8])
+    ctx.plan(len(ctx.widths) * len(sens) + pop * (gens + 1))
+    drops = layer_sweep(ctx, sens, "sensitivity")
+    options = {}
+    for g, w in ctx.widths.items():
+        ok = [r for r in sens if drops[g][r] <= drop_tol]
+        rmax = min(max_ratio, max(ok) if ok else 0.25)
+        options[g] = _widths_on_steps(ctx, g, w, _min_keep(w, rmax), step, max_opts)
+    ctx.space = {g: o for g, o in options.items()}
+    names = list(ctx.widths)
+    xu = np.array([len(options[g]) - 1 for g in names])
+    limit, slack = ctx.limit(), (0.1 if ctx.budget.kind == "latency" else 0.0)
+
+    def keep_of(x) -> dict[str, int]:
+        return {g: options[g][int(i)] for g, i in zip(names, x)}
+
+    # initial population: the unpruned model, uniform levels, then random genomes
+    rs = np.random.default_rng(ctx.seed)
+    X0 = [np.zeros(len(names), dtype=int)]
+    for f in np.linspace(0.25, 1.0, max(1, pop // 4)):
+        X0.append(np.round(f * xu).astype(int))
+    while len(X0) < pop:
+        X0.append(rs.integers(0, xu + 1))
+    problem = Problem(n_var=len(names), n_obj=2, n_ieq_constr=1, xl=np.zeros(len(names)),
+                      xu=np.maximum(xu, 1e-9), vtype=int)
+    algo = NSGA2(pop_size=pop, sampling=np.array(X0[:pop]),
+                 crossover=SBX(prob=0.9, eta=15, vtype=float, repair=RoundingRepair()),
+                 mutation=PM(eta=20, vtype=float, repair=RoundingRepair()),
+                 eliminate_duplicates=True)
+    algo.setup(problem, termination=("n_gen", gens + 1), seed=ctx.seed, verbose=False)
+    ctx.phase = "search"
+    for gen in range(gens + 1):
+        ctx.phase = f"generation {gen}/{gens}"
+        P = algo.ask()
+        X = np.clip(np.round(P.get("X")).astype(int), 0, xu)
+        F, G = [], []
+        for x in X:
+            p = ctx.evaluate(keep_of(x), phase="search")
+            F.append([p["latency_ms"], 1.0 - p["top1"]])
+            G.append([budget_value(ctx, p["keep"]) / limit - (1 + slack)])
+        Evaluator().eval(StaticProblem(problem, F=np.array(F), G=np.array(G)), P)
+        algo.tell(infills=P)
+
+
+def _widths_on_steps(ctx: Search, g: str, w: int, lo: int, step: int, max_opts: int) -> list[int]:
+    """The widths a search tries for one group, widest first: the target's useful widths (each
+    faster than every wider one, from the lookup table) or multiples of ``step``, at least
+    ``lo``, at most ``max_opts`` of them (evenly thinned)."""
+    from ..latency.steps import useful_widths
+
+    if step:
+        ws = sorted({w} | {c for c in range(w - step, 0, -step)}, reverse=True)
+    else:
+        ws = sorted(useful_widths(ctx.predictor.group_curve(g), rel=0.01), reverse=True)
+    ws = [c for c in ws if c >= lo] or [w]
+    if len(ws) > max_opts:
+        idx = sorted({round(i * (len(ws) - 1) / (max_opts - 1)) for i in range(max_opts)})
+        ws = [ws[i] for i in idx]
+    return ws
+
+
+# -- seed B: CIE -----------------------------------------------------------------------------
+@SEARCHES.register("cie", "cross-layer importance evaluation: per-layer grid sweep, contribution "
+                   "matrix, bisection on the accuracy tolerance until the budget is met (seed B)",
+                   criterion="l1", options=("ratios", "front"))
+def cie(ctx: Search) -> None:
+    """Options: ratios ([0.2, 0.4, 0.6, 0.8], the sweep grid), front (4: extra structures at
+    0.7/0.85/1.15/1.3 x the budget, evaluated for the Pareto plot)."""
+    ratios = _ratios(ctx, "ratios", [0.2, 0.4, 0.6, 0.8])
+    extra = ctx.option("front", 4)
+    ctx.plan(len(ctx.widths) * len(ratios) + 1 + extra)
+    drops = layer_sweep(ctx, ratios, "sweep")
+    # contribution matrix D[layer, ratio] with its monotone envelope
+    # (+ a tie-break of 1e-4 per unit ratio, so layers whose sampled drops tie, e.g. all at
+    # zero, are pruned at the same pace instead of all at once: the budget curve stays smooth)
+    env = {}
+    for g in ctx.widths:
+        e, m = [], 0.0
+        for j, r in enumerate(ratios):
+            m = max(m, drops[g][r]) + 1e-4 * (r - (ratios[j - 1] if j else 0.0))
+            e.append(m)
+        env[g] = e
+    ctx.contribution = {"ratios": ratios, "drop": drops, "envelope": env}
+
+    def ratio_at(g: str, t: float) -> float:
+        e, prev_r, prev_e = env[g], 0.0, 0.0
+        for r, d in zip(ratios, e):
+            if d > t:
+                return prev_r if d <= prev_e else prev_r + (t - prev_e) / (d - prev_e) * (r - prev_r)
+            prev_r, prev_e = r, d
+        return ratios[-1]
+
+    def keep_at(t: float) -> dict[str, int]:
+        return {g: max(1, round(w * (1 - ratio_at(g, t)))) for g, w in ctx.widths.items()}
+
+    hi = max(max(e) for e in env.values()) + 1e-6
+    ctx.phase = "bisection"
+    t, keep = bisect(ctx, keep_at, 0.0, hi)
+    chosen = ctx.evaluate(keep, phase="search")
+    v = budget_value(ctx, keep)
+    ctx.info.update(tolerance=t, keep=chosen["keep"], contribution=ctx.contribution,
+                    budget_value=v, budget_limit=ctx.limit(),
+                    fraction_of_unpruned=v / ctx.base[ctx.budget.key])
+    finals = [chosen]
+    for f in [0.7, 0.85, 1.15, 1.3][:extra]:
+        _, k = bisect(ctx, keep_at, 0.0, hi, limit=ctx.limit() * f)
+        finals.append(ctx.evaluate(k, phase="front"))
+    ctx.finalists = finals
+
+
+# -- seed C: FP-OMP Search -------------------------------------------------------------------
+@SEARCHES.register("omp-search", "greedy FP-OMP Search: trial-remove k filters from every layer, "
+                   "keep the cheapest in accuracy, optional short fine-tune, repeat (seed C)",
+                   criterion="fp-omp", options=("k", "finetune_batches", "max_steps"))
+def omp_search(ctx: Search) -> None:
+    """Options: k (0 = one eighth of each layer's width; the paper's 5 suits 64-512 wide layers),
+    finetune_batches (0: SGD steps on the accepted model after each step, which then becomes
+    the base of the next step), max_steps (200)."""
+    from ..io import load_model, save_model
+
+    k_opt, ft, max_steps = ctx.option("k", 0), ctx.option("finetune_batches", 0), \
+        ctx.option("max_steps", 200)
+    if k_opt < 0 or ft < 0 or max_steps < 1:
+        raise PrunelabError("omp-search needs k >= 0, finetune_batches >= 0, max_steps >= 1")
+    if ft and getattr(ctx.crit, "compensation", None) == "sandwich":
+        raise PrunelabError("omp-search with finetune_batches cannot re-prune sandwiched layers; "
+                            "use fp-omp:compensation=fold")
+    ks = {g: k_opt or max(1, w // 8) for g, w in ctx.widths.items()}
+    keep, context, finals = dict(ctx.widths), "", []
+    ctx.plan(len(ctx.widths) * 10)
+    for step in range(max_steps):
+        cost = ctx.cost(keep, context)
+        if ctx.budget.met(cost, ctx.base):
+            break
+        ctx.phase = f"step {step + 1}"
+        trials = []
+        for g in ctx.widths:
+            if keep[g] - ks[g] >= 1:
+                cand = {**keep, g: keep[g] - ks[g]}
+                p = ctx.evaluate(cand, context=context)
+                gain = cost["macs"] - ctx.cost(cand, context)["macs"]
+                trials.append((p["top1"], gain, g, cand, p))
+        if not trials:
+            break
+        _, _, g, keep, p = max(trials, key=lambda t: (t[0], t[1]))
+        finals.append(p)
+        if ft:
+            name = f"ft{step + 1}"
+            folder = ctx.out / "steps" / name
+            if (folder / "model.json").exists():
+                net, _ = load_model(folder)
+            else:
+                from .driver import _short_train
+
+                net, _ = ctx.build(p["keep"], context)
+                _short_train(net, ctx.data, ft, ctx.seed + step)
+                spec = type(ctx.spec)(**{**ctx.spec.__dict__, "provenance": {"step": step + 1}})
+                save_model(net, spec, folder)
+            ctx.add_context(name, net)
+            context = name
+    ctx.finalists = finals[-min(len(finals), 2 * ctx.cfg.measure_front):] or None
+
+
+# -- ABCPruner baseline ----------------------------------------------------------------------
+@SEARCHES.register("abc", "ABCPruner's artificial bee colony over per-layer keep fractions in "
+                   "tenths; fitness = validation top-1 after optional short training "
+                   "(the baseline seed A compares against)", criterion="l1",
+                   options=("food", "cycles", "limit", "alpha", "train_batches"))
+def abc(ctx: Search) -> None:
+    """Options: food (10), cycles (20; the paper's 50 takes hours on 2 cores), limit (5),
+    alpha (1.0: genes 1..alpha*10), train_batches (0 = BN recalibration only; the paper trains
+    2 epochs).  The budget enters as feasibility: a candidate over it ranks below every one
+    under it (ABCPruner itself has no cost term)."""
+    food, cycles = ctx.option("food", 10), ctx.option("cycles", 20)
+    limit, alpha, tb = ctx.option("limit", 5), ctx.option("alpha", 1.0), \
+        ctx.option("train_batches", 0)
+    amax = int(round(alpha * 10))
+    if food < 2 or cycles < 1 or limit < 1 or not 1 <= amax <= 10 or tb < 0:
+        raise PrunelabError("abc needs food >= 2, cycles >= 1, limit >= 1, alpha in [0.1, 1], "
+                            "train_batches >= 0")
+    names, rng = list(ctx.widths), ctx.rng
+    ctx.plan(food * (1 + 2 * cycles))
+
+    def keep_of(x) -> dict[str, int]:
+        return {g: max(1, round(ctx.widths[g] * c / 10)) for g, c in zip(names, x)}
+
+    def fitness(x) -> float:
+        p = ctx.evaluate(keep_of(x), phase="search", train_batches=tb)
+        return p["top1"] if p["feasible"] else -ctx.budget.excess(p, ctx.base)
+
+    def neighbour(i: int) -> list[int]:
+        k = rng.choice([j for j in range(food) if j != i])
+        v = list(xs[i])
+        for j in rng.sample(range(len(names)), min(2, len(names))):
+            v[j] = int(min(amax, max(1, round(v[j] + rng.uniform(-1, 1) * (v[j] - xs[k][j])))))
+        return v
+
+    def try_move(i: int) -> None:
+        v = neighbour(i)
+        fv = fitness(v)
+        if fv > fit[i]:
+            xs[i], fit[i], trial[i] = v, fv, 0
+        else:
+            trial[i] += 1
+
+    ctx.phase = "initial"
+    xs = [[rng.randint(1, amax) for _ in names] for _ in range(food)]
+    fit = [fitness(x) for x in xs]
+    trial = [0] * food
+    for c in range(cycles):
+        ctx.phase = f"cycle {c + 1}/{cycles}"
+        for i in range(food):                       # employed bees
+            try_move(i)
+        top = max(fit)
+        pos = [max(f, 0.0) for f in fit]
+        prob = [0.9 * f / top + 0.1 if top > 0 else 1.0 for f in pos]
+        i = n = 0
+        while n < food:                             # onlooker bees
+            if rng.random() < prob[i]:
+                try_move(i)
+                n += 1
+            i = (i + 1) % food
+        worst = max(range(food), key=lambda j: trial[j])
+        if trial[worst] > limit:                    # scout bee
+            xs[worst] = [rng.randint(1, amax) for _ in names]
+            fit[worst], trial[worst] = fitness(xs[worst]), 0
+
+
+# -- simple baselines ------------------------------------------------------------------------
+def _front_levels(ctx: Search, make_keep, hi: float, n: int) -> None:
+    ctx.phase = "front"
+    for f in np.linspace(0.1, 0.9, n):
+        ctx.evaluate(make_keep(float(f) * hi), phase="front")
+
+
+@SEARCHES.register("uniform", "the same ratio for every layer, bisected to meet the budget "
+                   "(aligned to round_to)", criterion="l1", options=("round_to", "front"))
+def uniform(ctx: Search) -> None:
+    """Options: round_to (1), front (5 extra ratios from 0.1 to 0.9 for the Pareto plot)."""
+    from ..pruning import align
+
+    rt, n = ctx.option("round_to", 1), ctx.option("front", 5)
+    if rt < 1 or n < 0:
+        raise PrunelabError("uniform needs round_to >= 1 and front >= 0")
+    ctx.plan(1 + n)
+
+    def keep_at(r: float) -> dict[str, int]:
+        return {g: align(round(w * (1 - r)), w, rt) for g, w in ctx.widths.items()}
+
+    ctx.phase = "bisection"
+    r, keep = bisect(ctx, keep_at, 0.0, 0.95)
+    ctx.evaluate(keep, phase="search")
+    _front_levels(ctx, keep_at, 1.0, n)
+
+
+@SEARCHES.register("global", "Torch-Pruning's global ranking: normalised scores compared across "
+                   "layers, one threshold bisected to meet the budget (isomorphic=true ranks "
+                   "within structurally identical groups only)", criterion="l1",
+                   options=("isomorphic", "max_ratio", "round_to", "front"))
+def global_(ctx: Search) -> None:
+    """Options: isomorphic (false), max_ratio (0.9 per group), round_to (1), front (5)."""
+    from ..pruning import align
+
+    iso, max_ratio = ctx.option("isomorphic", False, bool), ctx.option("max_ratio", 0.9)
+    rt, n = ctx.option("round_to", 1), ctx.option("front", 5)
+    if not 0 < max_ratio < 1 or rt < 1 or n < 0:
+        raise PrunelabError("global needs max_ratio in (0, 1), round_to >= 1, front >= 0")
+    ctx.plan(1 + n)
+    norm = {g: s / (s.abs().mean() + 1e-12) for g, s in ctx.scores.items()}
+    clusters: dict[str, list[str]] = {}
+    for gi in ctx.groups:
+        clusters.setdefault(_signature(ctx, gi) if iso else "all", []).append(gi.name)
+    pooled = {c: torch.sort(torch.cat([norm[g] for g in gs])).values for c, gs in clusters.items()}
+
+    def keep_at(q: float) -> dict[str, int]:
+        keep = {}
+        for c, gs in clusters.items():
+            s = pooled[c]
+            thr = s[min(len(s) - 1, int(q * len(s)))] if q > 0 else -math.inf
+            for g in gs:
+                w = ctx.widths[g]
+                k = int((norm[g] >= thr).sum()) if q > 0 else w
+                keep[g] = align(max(k, _min_keep(w, max_ratio)), w, rt)
+        return keep
+
+    ctx.phase = "bisection"
+    q, keep = bisect(ctx, keep_at, 0.0, 0.999)
+    ctx.evaluate(keep, phase="search")
+    _front_levels(ctx, keep_at, 1.0, n)
+
+
+def _signature(ctx: Search, gi) -> str:
+    mods = dict(ctx.model.named_modules())
+    parts = []
+    for n in gi.producers + gi.consumers:
+        m = mods[n]
+        parts.append(f"{type(m).__name__}{tuple(getattr(m, 'weight').shape)}")
+    return "|".join(sorted(parts))

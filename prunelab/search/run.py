@@ -1,0 +1,235 @@
+"""``run_search``: set up (or resume) a search folder, run the method, measure the front, choose,
+save.  See :mod:`prunelab.search.driver` for the folder's contents."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+from ..errors import PrunelabError
+from ..io import atomic_write_text
+from ..ui import log, progress
+from .budget import Budget
+from .driver import Search, SearchConfig, nondominated
+
+RESULT = "result.json"
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def _prepare_folder(out: Path, config: dict) -> dict | None:
+    """Check ``out`` holds nothing or a search with the same config; returns its state."""
+    if out.exists() and not out.is_dir():
+        raise PrunelabError(f"--out {out} is a file; give a folder for the search")
+    if out.is_dir() and any(out.iterdir()):
+        old = _read_json(out / "config.json")
+        if old is None:
+            raise PrunelabError(f"--out {out} exists and is not a search folder; choose a new one")
+        if old != config:
+            diff = sorted(k for k in set(old) | set(config) if old.get(k) != config.get(k))
+            raise PrunelabError(f"{out} holds a search with other settings ({', '.join(diff)}); "
+                                "rerun with the same options to resume, or use another --out")
+        return _read_json(out / "state.json") or {}
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "config.json", json.dumps(config, indent=1, sort_keys=True))
+    return None
+
+
+def _write_state(out: Path, ctx: Search | None, status: str, **extra) -> None:
+    state = {"status": status, "updated": time.strftime("%Y-%m-%dT%H:%M:%S"), **extra}
+    if ctx is not None:
+        state.update(evaluations=len(ctx.log.rows), seconds=ctx.seconds(), phase=ctx.phase)
+    atomic_write_text(out / "state.json", json.dumps(state, indent=1))
+
+
+def _predictor(model, spec, target, out: Path, cache_dir):
+    from ..latency.cache import Cache
+    from ..latency.predictor import Predictor, build_predictor
+
+    saved = _read_json(out / "predictor.json")
+    if saved is not None:
+        return Predictor.from_json(saved)
+    log(f"building the latency table of {spec.name} on {target.name} (cached per device)")
+    pred, _ = build_predictor(model, spec, target, Cache(target.fingerprint(), cache_dir))
+    atomic_write_text(out / "predictor.json", json.dumps(pred.to_json()))
+    return pred
+
+
+def run_search(ref: str, cfg: SearchConfig, out: str | Path, cache_dir: str | None = None,
+               dataset: str | None = None, data_dir: str | None = None) -> dict:
+    """Run (or resume) one search on model ``ref``; returns the ``result.json`` object."""
+    from ..api import data_for, load
+    from ..sweep import build_criterion
+    from ..targets import make_target
+    from . import SEARCHES
+
+    entry = SEARCHES.get(cfg.method)
+    unknown = sorted(set(cfg.options) - set(entry.meta["options"]))
+    if unknown:
+        raise PrunelabError(f"method {cfg.method} has no option {unknown[0]!r}; it takes: "
+                            f"{', '.join(entry.meta['options'])}")
+    crit_spec = cfg.criterion or entry.meta["criterion"]
+    budget = Budget.parse(cfg.budget)
+    out = Path(out)
+    config = {**cfg.to_json(), "criterion": crit_spec, "model": str(ref),
+              "dataset": dataset}
+    target = make_target(cfg.target)
+    model, spec = load(ref)
+    data = data_for(spec, dataset, data_dir)
+    crit = build_criterion(crit_spec, seed=cfg.seed)
+    fresh = not out.exists()
+    state = _prepare_folder(out, config)
+    if state and state.get("status") == "done" and (out / RESULT).exists():
+        log(f"{out} holds a finished search; showing its result")
+        return {**json.loads((out / RESULT).read_text()), "resumed": True}
+    if state:
+        log(f"resuming the search in {out} ({state.get('evaluations', 0)} evaluations logged)")
+    ctx = None
+    try:
+        predictor = _predictor(model, spec, target, out, cache_dir)
+        ctx = Search(model, spec, data, cfg, out, crit, predictor, target,
+                     seconds_before=(state or {}).get("seconds", 0.0))
+        ctx.finalists = None
+        _write_state(out, ctx, "running")
+        with progress() as bar:
+            ctx._bar = bar
+            ctx._task = bar.add_task(f"{cfg.method} search", total=None, info="")
+            entry.fn(ctx)
+            ctx._bar = None
+        searched = ctx.seconds()
+        ctx.phase = "measure"
+        _write_state(out, ctx, "measuring")
+        result = _finish(ctx, ref, budget, crit_spec)
+    except KeyboardInterrupt:
+        if ctx is not None:
+            _write_state(out, ctx, "interrupted")
+            ctx.log.close()
+        raise PrunelabError("search interrupted; run the same command again to resume") \
+            from None
+    except PrunelabError:
+        if ctx is not None:
+            ctx.log.close()
+        if fresh and (ctx is None or len(ctx.log.rows) <= 1):
+            shutil.rmtree(out, ignore_errors=True)  # bad settings found at once: leave nothing
+        raise
+    ctx.log.close()
+    result["search_seconds"] = searched
+    result["seconds"] = ctx.seconds()
+    atomic_write_text(out / RESULT, json.dumps(result, indent=1))
+    _write_state(out, ctx, "done")
+    return result
+
+
+def _point_json(p: dict, keep: bool = True) -> dict:
+    d = {k: p[k] for k in ("top1", "latency_ms", "macs", "params") if k in p}
+    for k in ("predicted_ms", "latency_iqr_ms", "val_top1_subset"):
+        if k in p:
+            d[k] = p[k]
+    if keep:
+        d["keep"] = p["keep"]
+    return d
+
+
+def _to_measure(ctx: Search, pool: list[dict], n: int) -> list[dict]:
+    """The front points worth measuring: those near and under the budget first (best top-1),
+    then others spread along the front; the best budget-feasible point is always in."""
+    front = nondominated(pool)
+    feasible = sorted((p for p in pool if ctx.feasible(p)), key=lambda p: -p["top1"])
+    chosen: list[dict] = feasible[:1]
+    slack = 0.15 if ctx.budget.kind == "latency" else 0.0
+    near = [p for p in front if ctx.feasible(p, slack)]
+    near.sort(key=lambda p: -p["top1"])
+    for p in near:
+        if len(chosen) >= max(1, n // 2):
+            break
+        if p not in chosen:
+            chosen.append(p)
+    rest = [p for p in front if p not in chosen]
+    k = n - len(chosen)
+    if k > 0 and rest:
+        idx = sorted({round(i * (len(rest) - 1) / max(1, k - 1)) for i in range(min(k, len(rest)))})
+        chosen += [rest[i] for i in idx]
+    return chosen
+
+
+def _build(ctx: Search, p: dict):
+    name, _, train = p["context"].partition("|train")
+    return ctx.build(p["keep"], name, int(train or 0))[0]
+
+
+def _finish(ctx: Search, ref: str, budget: Budget, crit_spec: str) -> dict:
+    """Measure the front on the target, choose the budget point, save model, front and plot."""
+    from ..api import pruned_spec
+    from ..io import save_model
+    from ..latency.measure import Protocol, compare, measure
+    from ..train import evaluate as top1_of
+
+    pool = ctx.finalists if ctx.finalists is not None else \
+        [r for r in ctx.cache.values() if r["phase"] != "base"]
+    if not pool:
+        raise PrunelabError("the search evaluated no pruned candidate; loosen the budget or "
+                            "check the method's options")
+    pts = _to_measure(ctx, pool, ctx.cfg.measure_front)
+    log(f"measuring {len(pts)} front points on {ctx.target.name}, interleaved with the "
+        "unpruned model")
+    models = [_build(ctx, p) for p in pts]
+    shape = ctx.spec.input_shape
+    times = measure(ctx.target, [ctx.model] + models, shape, Protocol(warmup=10, repeats=30))
+    base = {**ctx.base, "predicted_ms": ctx.base["latency_ms"], "latency_ms": times[0].median_ms}
+    measured = [{**p, "predicted_ms": p["latency_ms"], "latency_ms": t.median_ms,
+                 "latency_iqr_ms": t.iqr_ms} for p, t in zip(pts, times[1:])]
+    ok = [p for p in measured if budget.met(p, base)]
+    if ok:
+        best = max(ok, key=lambda p: (p["top1"], -p["latency_ms"]))
+    else:
+        best = min(measured, key=lambda p: budget.excess(p, base))
+        log(f"no measured point meets budget {budget}; keeping the closest "
+            f"({budget.key} {best[budget.key]:.4g} vs limit {budget.limit(base):.4g})")
+    net = models[pts.index(next(p for p in pts if p["key"] == best["key"]
+                                and p["context"] == best["context"]))]
+    # confirm on a longer interleaved run: the speed-up and whether it is above the noise
+    conf = measure(ctx.target, [ctx.model, net], shape, Protocol(warmup=20, repeats=100))
+    cmp = compare(conf[0], conf[1])
+    base_full = top1_of(ctx.model, ctx.data.batches("val", 500))  # as shipped
+    best_full = top1_of(net, ctx.data.batches("val", 500))
+    chosen = {**_point_json(best), "val_top1_subset": best["top1"], "top1": best_full,
+              "latency_ms": conf[1].median_ms, "latency": conf[1].to_json(),
+              "measured_speedup": cmp["speedup"], "speedup_verdict": cmp["verdict"],
+              "noise": {"base": cmp["noise_a"], "chosen": cmp["noise_b"]},
+              "budget_met": budget.met({**best, "latency_ms": conf[1].median_ms},
+                                       {**base, "latency_ms": conf[0].median_ms}),
+              "path": str((ctx.out / "model").resolve())}
+    base_out = {**_point_json(base, keep=False), "val_top1_subset": base["top1"],
+                "top1": base_full, "latency_ms": conf[0].median_ms}
+    pspec = pruned_spec(ctx.spec, f"{ctx.spec.name}-{ctx.cfg.method}", ref, {
+        "criterion": crit_spec, "method": ctx.cfg.method, "budget": str(budget),
+        "keep": {**ctx.widths, **best["keep"]}, "widths_before": ctx.widths,
+        "bn_recalibration_batches": ctx.cfg.recal_batches, "search": str(ctx.out.resolve())})
+    save_model(net, pspec, ctx.out / "model")
+    front = nondominated(measured)
+    res = {"method": ctx.cfg.method, "criterion": crit_spec, "target": ctx.cfg.target.target,
+           "target_config": ctx.cfg.target.to_json(), "budget": str(budget),
+           "budget_limit": budget.limit({**base, "latency_ms": conf[0].median_ms}),
+           "model": ctx.spec.name, "seed": ctx.seed, "evaluations": len(ctx.log.rows),
+           "replayed": ctx.replayed, "score_seconds": ctx.score_seconds,
+           "pareto": [_point_json(p) for p in front],
+           "measured": [_point_json(p) for p in measured],
+           "base": base_out, "chosen": chosen, "method_info": ctx.info,
+           "out": str(ctx.out.resolve())}
+    atomic_write_text(ctx.out / "pareto.json", json.dumps(
+        {"base": base_out, "chosen": chosen, "pareto": res["pareto"],
+         "measured": res["measured"]}, indent=1))
+    from .plot import pareto_plot
+
+    res["plot"] = pareto_plot(ctx.out / "pareto.png", [r for r in ctx.cache.values()],
+                              measured, front, base_out, chosen,
+                              f"{ctx.spec.name}: {ctx.cfg.method} + {crit_spec}, "
+                              f"{ctx.cfg.target.target}, budget {budget}")
+    return res

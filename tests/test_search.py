@@ -1,0 +1,205 @@
+"""Allocation searches: the driver's contract for every method, resume after a kill,
+determinism, budgets and one-line errors.  Tiny model, tiny data, torch-cpu target."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from prunelab.errors import PrunelabError
+from prunelab.io import ModelSpec, load_model, save_model
+from prunelab.search import SEARCHES, Budget, SearchConfig, run_search
+from prunelab.targets import TargetConfig
+
+SMALL = {
+    "nsga2": {"pop": 6, "gens": 2, "sens_ratios": [0.5], "max_options": 4},
+    "cie": {"ratios": [0.3, 0.6], "front": 1},
+    "omp-search": {"k": 4},
+    "abc": {"food": 3, "cycles": 2},
+    "uniform": {"front": 2},
+    "global": {"front": 2, "isomorphic": True},
+}
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory, tiny_data):
+    from prunelab.models import build
+
+    torch.manual_seed(0)
+    m = build("resnet20", in_channels=1, num_classes=tiny_data.num_classes, width=0.25).eval()
+    spec = ModelSpec.for_zoo("resnet20", 1, tiny_data.num_classes, 0.25, 32, tiny_data.mean,
+                             tiny_data.std, "mnist-idx")
+    return save_model(m, spec, tmp_path_factory.mktemp("m") / "tiny")
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("latcache"))
+
+
+def _run(method, model_dir, cache_dir, idx_dir, out, budget="macs=0.6", seed=0, **opts):
+    cfg = SearchConfig(method, None, TargetConfig("torch-cpu"), budget, seed, recal_batches=1,
+                       val_images=0, measure_front=3, options={**SMALL[method], **opts})
+    return run_search(str(model_dir), cfg, out, cache_dir, "mnist-idx", str(idx_dir))
+
+
+def test_methods_registered():
+    assert SEARCHES.names() == ["abc", "cie", "global", "nsga2", "omp-search", "uniform"]
+
+
+@pytest.mark.parametrize("method", sorted(SMALL))
+def test_search_contract(method, model_dir, cache_dir, idx_dir, tmp_path):
+    out = tmp_path / method
+    r = _run(method, model_dir, cache_dir, idx_dir, out)
+    # the --json contract
+    for k in ("method", "criterion", "target", "budget", "evaluations", "seconds", "pareto",
+              "chosen"):
+        assert k in r, k
+    assert r["method"] == method and r["target"] == "torch-cpu" and r["budget"] == "macs=0.6"
+    assert r["criterion"] == SEARCHES.get(method).meta["criterion"]
+    for p in r["pareto"]:
+        assert {"top1", "latency_ms", "macs"} <= set(p)
+    lat = [p["latency_ms"] for p in r["pareto"]]
+    top = [p["top1"] for p in r["pareto"]]
+    assert lat == sorted(lat) and top == sorted(top)  # a front: slower only if more accurate
+    c = r["chosen"]
+    for k in ("top1", "latency_ms", "macs", "params", "measured_speedup", "path"):
+        assert k in c, k
+    # the budget is exact for MACs: a chosen point that claims it must be under it
+    assert c["budget_met"] == (c["macs"] <= 0.6 * r["base"]["macs"])
+    assert c["macs"] < r["base"]["macs"]
+    # the run folder
+    rows = [json.loads(line) for line in (out / "evaluations.jsonl").read_text().splitlines()]
+    assert len(rows) == r["evaluations"] >= 2
+    keys = [(x["context"], x["key"]) for x in rows]
+    assert len(keys) == len(set(keys)), "an evaluation was repeated"
+    assert all(x["phase"] != "base" for x in rows[1:]) and rows[0]["phase"] == "base"
+    assert json.loads((out / "config.json").read_text())["method"] == method
+    assert json.loads((out / "state.json").read_text())["status"] == "done"
+    assert (out / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    front = json.loads((out / "pareto.json").read_text())
+    assert front["chosen"]["macs"] == c["macs"]
+    net, spec = load_model(c["path"])
+    assert spec.provenance["pruned"]["method"] == method
+    kept = spec.provenance["pruned"]["keep"]
+    assert kept == c["keep"]
+    mods = dict(net.named_modules())
+    assert all(mods[g].out_channels == k for g, k in kept.items())
+    assert not list(Path(c["path"]).glob("*.pt*"))
+    # a rerun of a finished search answers from the folder
+    again = _run(method, model_dir, cache_dir, idx_dir, out)
+    assert again["resumed"] and again["chosen"]["keep"] == c["keep"]
+
+
+def test_same_seed_same_search(model_dir, cache_dir, idx_dir, tmp_path):
+    a = _run("nsga2", model_dir, cache_dir, idx_dir, tmp_path / "a", seed=3)
+    b = _run("nsga2", model_dir, cache_dir, idx_dir, tmp_path / "b", seed=3)
+    keys = [[json.loads(x)["key"] for x in (tmp_path / d / "evaluations.jsonl").open()]
+            for d in "ab"]
+    assert keys[0] == keys[1]
+    assert a["chosen"]["keep"] == b["chosen"]["keep"]
+    c = _run("nsga2", model_dir, cache_dir, idx_dir, tmp_path / "c", seed=4)
+    other = [json.loads(x)["key"] for x in (tmp_path / "c" / "evaluations.jsonl").open()]
+    assert other != keys[0], "the seed does not reach the search"
+    assert c["evaluations"] > 2
+
+
+def _cli(args, env=None):
+    e = {**os.environ, "PRUNELAB_QUIET": "1", **(env or {})}
+    return subprocess.run([sys.executable, "-m", "prunelab.cli", *args], capture_output=True,
+                          text=True, env=e)
+
+
+@pytest.mark.parametrize("method", ["abc", "nsga2"])
+def test_killed_search_resumes(method, model_dir, cache_dir, idx_dir, tmp_path):
+    opts = [a for k, v in SMALL[method].items() for a in ("--option", f"{k}={json.dumps(v)}")]
+    args = ["search", str(model_dir), "--method", method, "--budget", "macs=0.6", "--dataset",
+            "mnist-idx", "--data-dir", str(idx_dir), "--recal-batches", "1", "--val-images", "0",
+            "--measure-front", "3", "--cache-dir", cache_dir, "--json", *opts]
+    whole = _cli([*args, "--out", str(tmp_path / "whole")])
+    assert whole.returncode == 0, whole.stderr
+    full = json.loads(whole.stdout)
+    # killed (SIGKILL, no clean-up) after 5 logged evaluations, then the same command again
+    out = str(tmp_path / "killed")
+    killed = _cli([*args, "--out", out], env={"PRUNELAB_KILL_AFTER_EVALS": "5"})
+    assert killed.returncode == -9
+    logged = (Path(out) / "evaluations.jsonl").read_text().splitlines()
+    assert len(logged) == 5
+    state = json.loads((Path(out) / "state.json").read_text())
+    assert state["status"] == "running"
+    resumed = _cli([*args, "--out", out])
+    assert resumed.returncode == 0, resumed.stderr
+    r = json.loads(resumed.stdout)
+    rows = [json.loads(x) for x in (Path(out) / "evaluations.jsonl").read_text().splitlines()]
+    assert rows[:5] == [json.loads(x) for x in logged], "logged evaluations were rewritten"
+    keys = [(x["context"], x["key"]) for x in rows]
+    assert len(keys) == len(set(keys)), "an evaluation ran twice"
+    assert r["evaluations"] == full["evaluations"] == len(rows)
+    assert r["replayed"] >= 5
+    assert r["chosen"]["keep"] == full["chosen"]["keep"]
+
+
+def test_torn_log_line_is_dropped(model_dir, cache_dir, idx_dir, tmp_path):
+    out = tmp_path / "torn"
+    first = _run("uniform", model_dir, cache_dir, idx_dir, out)
+    log = out / "evaluations.jsonl"
+    lines = log.read_text().splitlines()
+    (out / "state.json").write_text(json.dumps({"status": "running"}))
+    log.write_text("\n".join(lines[:2]) + "\n" + lines[2][: len(lines[2]) // 2])
+    again = _run("uniform", model_dir, cache_dir, idx_dir, out)
+    assert again["evaluations"] == first["evaluations"]
+    assert [json.loads(x) for x in log.read_text().splitlines()][:2] == \
+        [json.loads(x) for x in lines[:2]]
+
+
+def test_budget_parsing():
+    assert Budget.parse("latency=3.2ms").limit({"latency_ms": 9.0}) == 3.2
+    assert Budget.parse("params=0.3").limit({"params": 1000}) == 300
+    b = Budget.parse("speedup=2")
+    assert b.met({"latency_ms": 2.4}, {"latency_ms": 5.0})
+    assert not b.met({"latency_ms": 2.6}, {"latency_ms": 5.0})
+    for bad in ["macs=1.5", "speedup=0.5", "latency=-1ms", "flops=0.5", "macs=0.5ms", "2x"]:
+        with pytest.raises(PrunelabError):
+            Budget.parse(bad)
+
+
+def test_cie_meets_macs_target_within_one_percent(model_dir, cache_dir, idx_dir, tmp_path):
+    r = _run("cie", model_dir, cache_dir, idx_dir, tmp_path / "cie", budget="macs=0.55",
+             ratios=[0.5, 0.9], front=0)
+    info = r["method_info"]
+    assert 0.55 * 0.99 <= info["fraction_of_unpruned"] <= 0.55, info["fraction_of_unpruned"]
+    assert r["chosen"]["keep"] == info["keep"]
+    assert r["chosen"]["macs"] == info["budget_value"]
+    assert set(info["contribution"]["drop"]) == set(info["keep"])
+
+
+def test_search_errors(model_dir, cache_dir, idx_dir, tmp_path):
+    base = ["search", str(model_dir), "--dataset", "mnist-idx", "--data-dir", str(idx_dir),
+            "--cache-dir", cache_dir]
+    cases = [
+        (["--method", "nsga3", "--budget", "macs=0.5", "--out", str(tmp_path / "x")],
+         "did you mean 'nsga2'"),
+        (["--method", "uniform", "--budget", "macs=2", "--out", str(tmp_path / "x")],
+         "fraction kept"),
+        (["--method", "uniform", "--budget", "macs=0.5", "--option", "pop=3",
+          "--out", str(tmp_path / "y")], "no option 'pop'"),
+        (["--method", "uniform", "--budget", "macs=0.5", "--target", "tpu",
+          "--out", str(tmp_path / "x")], "unknown target"),
+    ]
+    for args, msg in cases:
+        r = _cli([*base, *args])
+        assert r.returncode == 2, r.stderr
+        assert msg in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+        assert "Traceback" not in r.stderr
+    assert not (tmp_path / "x").exists()
+    # the same folder with other settings is refused, with the way out
+    out = tmp_path / "s"
+    _run("uniform", model_dir, cache_dir, idx_dir, out)
+    r = _cli([*base, "--method", "uniform", "--budget", "macs=0.4", "--out", str(out),
+              "--recal-batches", "1", "--val-images", "0", "--measure-front", "3",
+              "--option", "front=2"])
+    assert r.returncode == 2 and "other settings (budget)" in r.stderr, r.stderr
