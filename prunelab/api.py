@@ -220,7 +220,7 @@ def finetune(ref: str, epochs: int, out: str, teacher: str | None = "parent",
     parent when it can be found (a shipped name or an existing folder), else trains without one;
     a model reference distils from that model; ``None`` turns distillation off.  BN statistics are
     re-estimated on ``recal_batches`` training batches first; the epoch with the best validation
-    top-1 is kept; test top-1 is computed once, at the end.  Resumable: an interrupted run leaves
+    top-1 is kept (epoch 0, the starting weights, when none beats them); test top-1 is computed once, at the end.  Resumable: an interrupted run leaves
     ``OUT.ckpt/`` and the same command continues from it.
     """
     if not 0 <= kd_weight <= 1:
@@ -274,6 +274,7 @@ def finetune(ref: str, epochs: int, out: str, teacher: str | None = "parent",
     res = fit(model, data, cfg, checkpoint=ckpt, teacher=tmodel, kd_temperature=kd_temperature,
               kd_weight=kd_weight if tmodel is not None else 0.0, desc=f"finetune {spec.name}",
               keep_best=True, recal_batches=recal_batches, recal_end=recal_end, extra=extra)
+    recal_val = res.start_val_top1 if recal_batches else None
     after = (res.final_recal["val_top1"] if res.final_recal and res.final_recal["kept"]
              else res.best_val_top1)
     top1 = _top1(model, data.batches("test", 500))
@@ -288,7 +289,7 @@ def finetune(ref: str, epochs: int, out: str, teacher: str | None = "parent",
         "teacher": tinfo, "kd_weight": kd_weight if tmodel is not None else 0.0,
         "kd_temperature": kd_temperature, "bn_recalibration_batches": recal_batches,
         "final_bn_recalibration": res.final_recal, "dataset": data.name,
-        "before_val_top1": before, "recal_val_top1": res.recal_val_top1,
+        "before_val_top1": before, "recal_val_top1": recal_val,
         "best_epoch": res.best_epoch, "val_top1": after, "test_top1": top1,
         "history": res.history, "seconds": seconds, "command": command,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "prunelab": _version(),
@@ -303,7 +304,8 @@ def finetune(ref: str, epochs: int, out: str, teacher: str | None = "parent",
             "epochs": cfg.epochs, "lr": cfg.lr, "batch_size": cfg.batch_size, "seed": cfg.seed,
             "teacher": tinfo, "kd_weight": finetuned["kd_weight"],
             "kd_temperature": kd_temperature, "bn_recalibration_batches": recal_batches,
-            "before_val_top1": before, "recal_val_top1": res.recal_val_top1,
+            "final_bn_recalibration": res.final_recal,
+            "before_val_top1": before, "recal_val_top1": recal_val,
             "after_val_top1": after, "best_epoch": res.best_epoch, "test_top1": top1,
             "top1": top1, "macs": macs, "params": params, "seconds": seconds,
             "history": res.history}

@@ -261,16 +261,19 @@ def cmd_finetune(args):
         if o["recal_val_top1"] is not None:
             rows.append(["", f"BN re-estimated ({o['bn_recalibration_batches']} batches)",
                          pct(o["recal_val_top1"]), "-"])
-        rows.append([o["model"], f"fine-tuned, best epoch {o['best_epoch']}/{o['epochs']}",
+        end = " + BN re-estimated" if (o["final_bn_recalibration"] or {}).get("kept") else ""
+        stage = (f"best epoch {o['best_epoch']}/{o['epochs']}" if o["best_epoch"] else
+                 f"no epoch of {o['epochs']} beat the start")
+        rows.append([o["model"], stage + end,
                      pct(o["after_val_top1"]), pct(o["test_top1"])])
         rows.append(["change", "", f"{100 * (o['after_val_top1'] - o['before_val_top1']):+.2f} "
                      "pts", ""])
         t = o["teacher"]
-        kd = (f"distilled from {t['model']} (val {pct(t['val_top1'])}, weight {o['kd_weight']}, "
-              f"T {o['kd_temperature']})" if t else "no distillation")
+        kd = (f"distilled from {t['model']} (val top-1 {pct(t['val_top1'])}), weight "
+              f"{o['kd_weight']}, temperature {o['kd_temperature']}" if t else "no distillation")
         _table("before / after fine-tuning", ["model", "stage", "val top-1", "test top-1"], rows,
-               f"{o['epochs']} epochs, lr {o['lr']}, {kd}, {o['seconds']:.0f}s; test top-1 "
-               f"measured once, at the end\nsaved to {o['out']}")
+               f"{o['epochs']} epochs, lr {o['lr']}, {o['seconds']:.0f}s\n{kd}\n"
+               f"test top-1 measured once, at the end\nsaved to {o['out']}")
     _emit(args, r, table)
 
 

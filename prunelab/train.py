@@ -128,9 +128,9 @@ class FitResult:
     """What :func:`fit` did: the per-epoch history and, with ``keep_best``, which epoch it kept."""
 
     history: list[dict]
-    best_epoch: int | None = None  # epoch whose weights the model holds at the end
+    best_epoch: int | None = None  # epoch whose weights the model holds (0: the start)
     best_val_top1: float | None = None
-    recal_val_top1: float | None = None  # val top-1 after the BN recalibration before epoch 1
+    start_val_top1: float | None = None  # val top-1 before epoch 1 (after BN recalibration)
     final_recal: dict | None = None  # the optional end-of-training BN recalibration
 
 
@@ -160,8 +160,9 @@ def fit(model: nn.Module, data: Splits, cfg: TrainConfig, checkpoint: str | Path
     """:func:`train` plus what fine-tuning needs.
 
     ``keep_best``: after the last epoch the model gets back the weights of the epoch with the
-    highest validation top-1 (the first such epoch on a tie); those weights are also kept in the
-    checkpoint folder, so a resumed run keeps the same best.  ``recal_batches`` > 0 re-estimates
+    highest validation top-1 (the first such epoch on a tie); the starting weights compete as
+    epoch 0 and lose ties, so the result is never worse on validation than what came in.  The
+    best weights are also kept in the checkpoint folder, so a resumed run keeps the same best.  ``recal_batches`` > 0 re-estimates
     the BN statistics on that many training batches before the first epoch (a pruned model's are
     stale); ``recal_end`` does it again at the end and keeps it only if validation top-1 does not
     drop.  ``extra`` is stored in the checkpoint and must match for a resume.  ``on_epoch(epoch,
@@ -194,14 +195,19 @@ def fit(model: nn.Module, data: Splits, cfg: TrainConfig, checkpoint: str | Path
     if ckpt and (ckpt / "state.json").exists():
         start, history, best, info = _load_ckpt(ckpt, model, opt, cfg, extra)
         result.history = history
-        result.recal_val_top1 = info.get("recal_val_top1")
+        result.start_val_top1 = info.get("start_val_top1")
         log(f"resuming {desc} from {ckpt} at epoch {start}/{cfg.epochs}")
-    elif recal_batches:
-        recalibrate_bn(model, data.batches("train", cfg.batch_size, shuffle=True, seed=cfg.seed),
-                       recal_batches)
-        result.recal_val_top1 = evaluate(model, val)
-        log(f"{desc}: BN statistics re-estimated on {recal_batches} training batches, "
-            f"val top-1 {result.recal_val_top1:.4f}")
+    else:
+        if recal_batches:
+            recalibrate_bn(model, data.batches("train", cfg.batch_size, shuffle=True,
+                                               seed=cfg.seed), recal_batches)
+        if recal_batches or keep_best:
+            result.start_val_top1 = evaluate(model, val)
+        if recal_batches:
+            log(f"{desc}: BN statistics re-estimated on {recal_batches} training batches, "
+                f"val top-1 {result.start_val_top1:.4f}")
+        if keep_best:
+            best = {"epoch": 0, "val_top1": result.start_val_top1, "state": _state_copy(model)}
     fmt = torch.channels_last if use_bf16 else torch.contiguous_format
     model.to(memory_format=fmt)
     if teacher is not None:
@@ -241,13 +247,14 @@ def fit(model: nn.Module, data: Splits, cfg: TrainConfig, checkpoint: str | Path
                             "seconds": time.perf_counter() - t0})
             log(f"{desc} epoch {epoch + 1}/{cfg.epochs}: loss {loss_sum / seen:.4f} "
                 f"val top-1 {acc:.4f} ({history[-1]['seconds']:.0f}s)")
-            if keep_best and (best is None or acc > best["val_top1"]):
+            if keep_best and (acc > best["val_top1"] or
+                              (acc == best["val_top1"] and best["epoch"] == 0)):
                 best = {"epoch": epoch + 1, "val_top1": acc, "state": _state_copy(model)}
             if ckpt:
                 _save_ckpt(ckpt, model, opt, epoch + 1, history, cfg, extra,
                            best if keep_best else None,
-                           {"recal_val_top1": result.recal_val_top1}
-                           if result.recal_val_top1 is not None else None)
+                           {"start_val_top1": result.start_val_top1}
+                           if result.start_val_top1 is not None else None)
             if on_epoch is not None:
                 on_epoch(epoch + 1, model, history[-1])
     model.to(memory_format=torch.contiguous_format)
@@ -256,7 +263,9 @@ def fit(model: nn.Module, data: Splits, cfg: TrainConfig, checkpoint: str | Path
     if keep_best and best is not None:
         model.load_state_dict(best["state"])
         result.best_epoch, result.best_val_top1 = best["epoch"], best["val_top1"]
-        if best["epoch"] != len(history):
+        if best["epoch"] == 0:
+            log(f"{desc}: no epoch beat the starting weights on validation; keeping those")
+        elif best["epoch"] != len(history):
             log(f"{desc}: keeping epoch {best['epoch']} (best val top-1 {best['val_top1']:.4f})")
     if recal_end and recal_batches:
         before = result.best_val_top1 if keep_best else history[-1]["val_top1"]
