@@ -261,9 +261,9 @@ def cmd_finetune(args):
         if o["recal_val_top1"] is not None:
             rows.append(["", f"BN re-estimated ({o['bn_recalibration_batches']} batches)",
                          pct(o["recal_val_top1"]), "-"])
-        end = " + BN re-estimated" if (o["final_bn_recalibration"] or {}).get("kept") else ""
+        end = ", BN re-estimated" if (o["final_bn_recalibration"] or {}).get("kept") else ""
         stage = (f"best epoch {o['best_epoch']}/{o['epochs']}" if o["best_epoch"] else
-                 f"no epoch of {o['epochs']} beat the start")
+                 "start kept (no epoch beat it)")
         rows.append([o["model"], stage + end,
                      pct(o["after_val_top1"]), pct(o["test_top1"])])
         rows.append(["change", "", f"{100 * (o['after_val_top1'] - o['before_val_top1']):+.2f} "
