@@ -23,7 +23,8 @@ from .data import Splits, load_dataset
 from .errors import PrunelabError
 from .io import ModelSpec, load_model, load_user_model, save_model
 from .metrics import macs_params, torch_cpu_latency
-from .train import TrainConfig, discard_checkpoint, evaluate as _top1, train as _train
+from .train import TrainConfig, discard_checkpoint, evaluate as _top1, fit as _fit
+from .train import train as _train
 
 
 def load(ref: str, weights: str | None = None, dataset: str | None = None,
@@ -113,8 +114,9 @@ def prune(ref: str, criterion: str = "l1", ratio: float | None = None,
         recalibrate_bn(res.model, data.batches("train", 128, shuffle=True), recal_batches)
     pspec = ModelSpec(**{**spec.__dict__, "provenance": {
         "name": Path(out).name if out else f"{spec.name}-pruned",
-        "parent": spec.name, "parent_ref": _ref_of(ref), "parent_provenance": {k: v for k, v in spec.provenance.items()
-                                                   if k in ("name", "trained")},
+        "parent": spec.name, "parent_ref": _ref_of(ref),
+        "parent_provenance": {k: v for k, v in spec.provenance.items()
+                              if k in ("name", "trained")},
         "pruned": {"criterion": criterion, "criterion_options": criterion_options or {},
                    "ratio": ratio, "round_to": round_to, "keep": res.keep,
                    "bn_recalibration_batches": recal_batches,
@@ -219,9 +221,11 @@ def finetune(ref: str, epochs: int, out: str, teacher: str | None = "parent",
     ``teacher``: ``"parent"`` (default) distils from the model recorded as the pruned model's
     parent when it can be found (a shipped name or an existing folder), else trains without one;
     a model reference distils from that model; ``None`` turns distillation off.  BN statistics are
-    re-estimated on ``recal_batches`` training batches first; the epoch with the best validation
-    top-1 is kept (epoch 0, the starting weights, when none beats them); test top-1 is computed once, at the end.  Resumable: an interrupted run leaves
-    ``OUT.ckpt/`` and the same command continues from it.
+    re-estimated on ``recal_batches`` training batches first (and, with ``recal_end``, again at
+    the end when that does not lower validation top-1); the epoch with the best validation top-1
+    is kept (epoch 0, the starting weights, when none beats them); test top-1 is computed once, at
+    the end.  Resumable: an interrupted run leaves ``OUT.ckpt/`` and the same command continues
+    from it (other options refuse that checkpoint).
     """
     if not 0 <= kd_weight <= 1:
         raise PrunelabError("--kd-weight must be between 0 and 1")
@@ -269,11 +273,9 @@ def finetune(ref: str, epochs: int, out: str, teacher: str | None = "parent",
              "kd_weight": kd_weight if tmodel is not None else 0.0,
              "kd_temperature": kd_temperature, "recal_end": recal_end}
     t0 = time.perf_counter()
-    from .train import fit
-
-    res = fit(model, data, cfg, checkpoint=ckpt, teacher=tmodel, kd_temperature=kd_temperature,
-              kd_weight=kd_weight if tmodel is not None else 0.0, desc=f"finetune {spec.name}",
-              keep_best=True, recal_batches=recal_batches, recal_end=recal_end, extra=extra)
+    res = _fit(model, data, cfg, checkpoint=ckpt, teacher=tmodel, kd_temperature=kd_temperature,
+               kd_weight=kd_weight if tmodel is not None else 0.0, desc=f"finetune {spec.name}",
+               keep_best=True, recal_batches=recal_batches, recal_end=recal_end, extra=extra)
     recal_val = res.start_val_top1 if recal_batches else None
     after = (res.final_recal["val_top1"] if res.final_recal and res.final_recal["kept"]
              else res.best_val_top1)
@@ -291,7 +293,8 @@ def finetune(ref: str, epochs: int, out: str, teacher: str | None = "parent",
         "final_bn_recalibration": res.final_recal, "dataset": data.name,
         "before_val_top1": before, "recal_val_top1": recal_val,
         "best_epoch": res.best_epoch, "val_top1": after, "test_top1": top1,
-        "history": res.history, "seconds": seconds, "command": command,
+        "history": res.history, "seconds": seconds,
+        "train_seconds": sum(h["seconds"] for h in res.history), "command": command,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "prunelab": _version(),
         "torch": torch.__version__, "threads": torch.get_num_threads()}
     if "finetuned" in prov:

@@ -162,11 +162,12 @@ def fit(model: nn.Module, data: Splits, cfg: TrainConfig, checkpoint: str | Path
     ``keep_best``: after the last epoch the model gets back the weights of the epoch with the
     highest validation top-1 (the first such epoch on a tie); the starting weights compete as
     epoch 0 and lose ties, so the result is never worse on validation than what came in.  The
-    best weights are also kept in the checkpoint folder, so a resumed run keeps the same best.  ``recal_batches`` > 0 re-estimates
-    the BN statistics on that many training batches before the first epoch (a pruned model's are
-    stale); ``recal_end`` does it again at the end and keeps it only if validation top-1 does not
-    drop.  ``extra`` is stored in the checkpoint and must match for a resume.  ``on_epoch(epoch,
-    model, row)`` is called after each epoch's checkpoint is written.
+    best weights are also kept in the checkpoint folder, so a resumed run keeps the same best.
+    ``recal_batches`` > 0 re-estimates the BN statistics on that many training batches before the
+    first epoch (a pruned model's are stale); ``recal_end`` does it again at the end and keeps it
+    only if validation top-1 does not drop.  ``extra`` is stored in the checkpoint and must match
+    for a resume.  ``on_epoch(epoch, model, row)`` is called after each epoch's checkpoint is
+    written.
     """
     if recal_batches < 0:
         raise PrunelabError("--recal-batches must be >= 0")
