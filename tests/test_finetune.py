@@ -232,3 +232,16 @@ def test_cli_bad_options(pruned, tmp_path):
     assert_user_error(code, err, "not allowed with")
     code, _, err = run("finetune", pruned, "--epochs", "1")
     assert_user_error(code, err, "--out")
+
+
+def test_parent_that_cannot_be_found_means_no_distillation(pruned, idx_dir, tmp_path):
+    import shutil
+
+    moved = tmp_path / "elsewhere" / "pruned"
+    shutil.copytree(pruned, moved)
+    mj = moved / "model.json"
+    d = json.loads(mj.read_text())
+    d["provenance"].update(parent="gone", parent_ref=str(tmp_path / "gone"))
+    mj.write_text(json.dumps(d))
+    r = api.finetune(str(moved), 1, str(tmp_path / "ft"), data_dir=str(idx_dir), **FAST)
+    assert r["teacher"] is None and r["kd_weight"] == 0.0
