@@ -23,7 +23,8 @@ from .data import Splits, load_dataset
 from .errors import PrunelabError
 from .io import ModelSpec, load_model, load_user_model, save_model
 from .metrics import macs_params, torch_cpu_latency
-from .train import TrainConfig, discard_checkpoint, evaluate as _top1, train as _train
+from .train import TrainConfig, discard_checkpoint, evaluate as _top1, fit as _fit
+from .train import train as _train
 
 
 def load(ref: str, weights: str | None = None, dataset: str | None = None,
@@ -133,8 +134,7 @@ def pruned_spec(spec: ModelSpec, name: str, parent_ref: str, pruned: dict) -> Mo
     referred to it, so a fine-tune can find its teacher) and what was done to it."""
     pspec = ModelSpec(**{**spec.__dict__, "provenance": {
         "name": name, "parent": spec.name,
-        "parent_ref": str(Path(parent_ref).resolve()) if Path(parent_ref).is_dir() else
-        str(parent_ref),
+        "parent_ref": _ref_of(parent_ref),
         "parent_provenance": {k: v for k, v in spec.provenance.items()
                               if k in ("name", "trained")},
         "pruned": pruned, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
@@ -190,6 +190,135 @@ def train(arch: str, out: str, dataset: str = "fmnist", data_dir: str | None = N
     return {"model": spec.name, "out": str(Path(out).resolve()), "top1": top1,
             "val_top1": hist[-1]["val_top1"] if hist else None,
             "seconds": time.perf_counter() - t0, "epochs": cfg.epochs}
+
+
+def _ref_of(ref: str) -> str:
+    """How to find a model again: a folder's absolute path, else the ref as given."""
+    p = Path(str(ref))
+    return str(p.resolve()) if p.is_dir() else str(ref)
+
+
+def _parent_teacher(spec: ModelSpec, folder: Path | None) -> str | None:
+    """The unpruned model a pruned one came from, when it can still be found."""
+    from .io import resolve
+
+    prov = spec.provenance
+    cands = [prov.get("parent_ref"), prov.get("parent")]
+    if folder is not None and prov.get("parent"):
+        cands.append(str(folder.parent / prov["parent"]))  # a sibling folder
+    for c in cands:
+        if not c:
+            continue
+        try:
+            return str(resolve(c))
+        except PrunelabError:
+            continue
+    return None
+
+
+def finetune(ref: str, epochs: int, out: str, teacher: str | None = "parent",
+             kd_temperature: float = 4.0, kd_weight: float = 0.5, lr: float = 0.01,
+             batch_size: int = 128, seed: int = 0, weight_decay: float = 5e-4,
+             dataset: str | None = None, data_dir: str | None = None,
+             recal_batches: int = 20, recal_end: bool = True, precision: str = "auto",
+             threads: int | None = None, weights: str | None = None,
+             command: str | None = None) -> dict:
+    """Fine-tune a (pruned) model with SGD + cosine and optional distillation from the unpruned one.
+
+    ``teacher``: ``"parent"`` (default) distils from the model recorded as the pruned model's
+    parent when it can be found (a shipped name or an existing folder), else trains without one;
+    a model reference distils from that model; ``None`` turns distillation off.  BN statistics are
+    re-estimated on ``recal_batches`` training batches first (and, with ``recal_end``, again at
+    the end when that does not lower validation top-1); the epoch with the best validation top-1
+    is kept (epoch 0, the starting weights, when none beats them); test top-1 is computed once, at
+    the end.  Resumable: an interrupted run leaves ``OUT.ckpt/`` and the same command continues
+    from it (other options refuse that checkpoint).
+    """
+    if not 0 <= kd_weight <= 1:
+        raise PrunelabError("--kd-weight must be between 0 and 1")
+    if not kd_temperature > 0:
+        raise PrunelabError("--kd-temperature must be positive")
+    if not out:
+        raise PrunelabError("--out is required: the folder to write the fine-tuned model to")
+    cfg = TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
+                      weight_decay=weight_decay, precision=precision, threads=threads)
+    if recal_batches < 0:
+        raise PrunelabError("--recal-batches must be >= 0")
+    model, spec = load(ref, weights=weights, dataset=dataset, data_dir=data_dir)
+    folder = Path(str(ref)) if Path(str(ref)).is_dir() else None
+    teacher_ref = None
+    if teacher == "parent":
+        teacher_ref = _parent_teacher(spec, folder)
+        if teacher_ref is None and spec.provenance.get("parent"):
+            from .ui import log
+
+            log(f"parent {spec.provenance['parent']!r} of {spec.name} not found; fine-tuning "
+                "without distillation (pass --teacher to name it)")
+    elif teacher:
+        teacher_ref = teacher
+    if kd_weight == 0:
+        teacher_ref = None
+    tmodel = tspec = None
+    if teacher_ref is not None:
+        tmodel, tspec = load(teacher_ref)
+        if list(tspec.input_shape) != list(spec.input_shape) or \
+                tspec.num_classes != spec.num_classes:
+            raise PrunelabError(
+                f"teacher {tspec.name} (input {tuple(tspec.input_shape)}, {tspec.num_classes} "
+                f"classes) does not match {spec.name} (input {tuple(spec.input_shape)}, "
+                f"{spec.num_classes} classes); pass the unpruned model with --teacher or use "
+                "--no-teacher")
+        for p in tmodel.parameters():
+            p.requires_grad_(False)
+    data = data_for(spec, dataset, data_dir)
+    val = data.batches("val", 500)
+    before = _top1(model, val)
+    teacher_val = _top1(tmodel, val) if tmodel is not None else None
+    ckpt = f"{str(out).rstrip('/')}.ckpt"
+    teacher_id = _ref_of(teacher_ref) if teacher_ref is not None else None
+    extra = {"model": _ref_of(ref), "teacher": teacher_id,
+             "kd_weight": kd_weight if tmodel is not None else 0.0,
+             "kd_temperature": kd_temperature, "recal_end": recal_end}
+    t0 = time.perf_counter()
+    res = _fit(model, data, cfg, checkpoint=ckpt, teacher=tmodel, kd_temperature=kd_temperature,
+               kd_weight=kd_weight if tmodel is not None else 0.0, desc=f"finetune {spec.name}",
+               keep_best=True, recal_batches=recal_batches, recal_end=recal_end, extra=extra)
+    recal_val = res.start_val_top1 if recal_batches else None
+    after = (res.final_recal["val_top1"] if res.final_recal and res.final_recal["kept"]
+             else res.best_val_top1)
+    top1 = _top1(model, data.batches("test", 500))
+    seconds = time.perf_counter() - t0
+    macs, params = macs_params(model, spec.input_shape)
+    tinfo = ({"model": tspec.name, "ref": teacher_id, "val_top1": teacher_val}
+             if tmodel is not None else None)
+    prov = dict(spec.provenance)
+    name = Path(out).name
+    finetuned = {
+        "from": spec.name, "from_ref": _ref_of(ref), "config": dataclasses.asdict(cfg),
+        "teacher": tinfo, "kd_weight": kd_weight if tmodel is not None else 0.0,
+        "kd_temperature": kd_temperature, "bn_recalibration_batches": recal_batches,
+        "final_bn_recalibration": res.final_recal, "dataset": data.name,
+        "before_val_top1": before, "recal_val_top1": recal_val,
+        "best_epoch": res.best_epoch, "val_top1": after, "test_top1": top1,
+        "history": res.history, "seconds": seconds,
+        "train_seconds": sum(h["seconds"] for h in res.history), "command": command,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "prunelab": _version(),
+        "torch": torch.__version__, "threads": torch.get_num_threads()}
+    if "finetuned" in prov:
+        finetuned["previous"] = prov["finetuned"]
+    prov.update(name=name, finetuned=finetuned)
+    fspec = ModelSpec(**{**spec.__dict__, "provenance": prov})
+    save_model(model, fspec, out)
+    discard_checkpoint(ckpt)
+    return {"model": name, "from": spec.name, "out": str(Path(out).resolve()),
+            "epochs": cfg.epochs, "lr": cfg.lr, "batch_size": cfg.batch_size, "seed": cfg.seed,
+            "teacher": tinfo, "kd_weight": finetuned["kd_weight"],
+            "kd_temperature": kd_temperature, "bn_recalibration_batches": recal_batches,
+            "final_bn_recalibration": res.final_recal,
+            "before_val_top1": before, "recal_val_top1": recal_val,
+            "after_val_top1": after, "best_epoch": res.best_epoch, "test_top1": top1,
+            "top1": top1, "macs": macs, "params": params, "seconds": seconds,
+            "history": res.history}
 
 
 def export_onnx(ref: str, path: str, batch_size: int = 1, opset: int = 17) -> dict:

@@ -242,6 +242,41 @@ def cmd_train(args):
                                     f"saved to {o['out']}"))
 
 
+def cmd_finetune(args):
+    from . import api
+
+    command = "prunelab " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("prunelab") else None
+    r = api.finetune(args.model, args.epochs, args.out,
+                     teacher=None if args.no_teacher else args.teacher,
+                     kd_temperature=args.kd_temperature, kd_weight=args.kd_weight, lr=args.lr,
+                     batch_size=args.batch_size, seed=args.seed, weight_decay=args.weight_decay,
+                     dataset=args.dataset, data_dir=args.data_dir,
+                     recal_batches=args.recal_batches, recal_end=not args.no_final_recal,
+                     precision=args.precision, threads=args.threads, weights=args.weights,
+                     command=command)
+
+    def table(o):
+        pct = lambda v: "-" if v is None else f"{100 * v:.2f}%"  # noqa: E731
+        rows = [[o["from"], "as loaded", pct(o["before_val_top1"]), "-"]]
+        if o["recal_val_top1"] is not None:
+            rows.append(["", f"BN re-estimated ({o['bn_recalibration_batches']} batches)",
+                         pct(o["recal_val_top1"]), "-"])
+        end = ", BN re-estimated" if (o["final_bn_recalibration"] or {}).get("kept") else ""
+        stage = (f"best epoch {o['best_epoch']}/{o['epochs']}" if o["best_epoch"] else
+                 "start kept (no epoch beat it)")
+        rows.append([o["model"], stage + end,
+                     pct(o["after_val_top1"]), pct(o["test_top1"])])
+        rows.append(["change", "", f"{100 * (o['after_val_top1'] - o['before_val_top1']):+.2f} "
+                     "pts", ""])
+        t = o["teacher"]
+        kd = (f"distilled from {t['model']} (val top-1 {pct(t['val_top1'])}), weight "
+              f"{o['kd_weight']}, temperature {o['kd_temperature']}" if t else "no distillation")
+        _table("before / after fine-tuning", ["model", "stage", "val top-1", "test top-1"], rows,
+               f"{o['epochs']} epochs, lr {o['lr']}, {o['seconds']:.0f}s\n{kd}\n"
+               f"test top-1 measured once, at the end\nsaved to {o['out']}")
+    _emit(args, r, table)
+
+
 def cmd_export(args):
     from . import api
 
@@ -346,6 +381,33 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--threads", type=int)
     s.add_argument("--json", action="store_true")
     s.set_defaults(fn=cmd_train)
+
+    s = sub.add_parser("finetune", help=_doc(api.finetune), description=_doc(api.finetune))
+    s.add_argument("model", help="pruned model folder, shipped model name, or path/file.py:factory")
+    s.add_argument("--epochs", type=int, required=True)
+    s.add_argument("--out", required=True, help="model folder to write")
+    g = s.add_mutually_exclusive_group()
+    g.add_argument("--teacher", default="parent", metavar="BASE",
+                   help="model to distil from (default: the pruned model's parent when found)")
+    g.add_argument("--no-teacher", action="store_true", help="no knowledge distillation")
+    s.add_argument("--kd-weight", type=float, default=0.5,
+                   help="share of the distillation term in the loss, 0-1 (default 0.5)")
+    s.add_argument("--kd-temperature", type=float, default=4.0, help="softmax temperature (4)")
+    s.add_argument("--lr", type=float, default=0.01, help="peak learning rate (default 0.01)")
+    s.add_argument("--weight-decay", type=float, default=5e-4)
+    s.add_argument("--batch-size", type=int, default=128)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--recal-batches", type=int, default=20,
+                   help="re-estimate BN statistics on this many training batches first (0: off)")
+    s.add_argument("--no-final-recal", action="store_true",
+                   help="skip the BN re-estimation after the last epoch")
+    s.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
+    s.add_argument("--threads", type=int)
+    s.add_argument("--dataset", help="dataset name (default: the one the model was trained on)")
+    s.add_argument("--data-dir", help="folder with the dataset files")
+    s.add_argument("--weights", help="weights for a path/file.py:factory model")
+    s.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    s.set_defaults(fn=cmd_finetune)
 
     s = sub.add_parser("export", help=_doc(api.export_onnx), description=_doc(api.export_onnx))
     s.add_argument("model")

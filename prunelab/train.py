@@ -18,6 +18,7 @@ import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.nn as nn
@@ -73,7 +74,9 @@ def evaluate(model: nn.Module, batches, max_batches: int | None = None) -> float
     return correct / max(total, 1)
 
 
-def _save_ckpt(ckpt: Path, model, opt, epoch: int, history, cfg: TrainConfig) -> None:
+def _save_ckpt(ckpt: Path, model, opt, epoch: int, history, cfg: TrainConfig,
+               extra: dict | None = None, best: dict | None = None,
+               info: dict | None = None) -> None:
     from safetensors.torch import save_file
 
     from .io import atomic_dir
@@ -84,26 +87,55 @@ def _save_ckpt(ckpt: Path, model, opt, epoch: int, history, cfg: TrainConfig) ->
             buf = opt.state.get(p, {}).get("momentum_buffer")
             if buf is not None:
                 tensors[f"opt.{i}.{j}"] = buf.contiguous()
+    meta = {"epoch": epoch, "history": history, "config": asdict(cfg)}
+    if extra:
+        meta["extra"] = extra
+    if info:
+        meta["info"] = info
     with atomic_dir(ckpt) as tmp:
         save_file(tensors, str(tmp / "state.safetensors"))
-        (tmp / "state.json").write_text(json.dumps(
-            {"epoch": epoch, "history": history, "config": asdict(cfg)}, indent=1))
+        if best is not None:  # the best epoch's weights survive an interruption too
+            save_file(best["state"], str(tmp / "best.safetensors"))
+            meta["best"] = {k: v for k, v in best.items() if k != "state"}
+        (tmp / "state.json").write_text(json.dumps(meta, indent=1))
 
 
-def _load_ckpt(ckpt: Path, model, opt, cfg: TrainConfig):
+def _load_ckpt(ckpt: Path, model, opt, cfg: TrainConfig, extra: dict | None = None):
     from safetensors.torch import load_file
 
     meta = json.loads((ckpt / "state.json").read_text())
-    if meta["config"] != asdict(cfg):
+    if meta["config"] != asdict(cfg) or meta.get("extra", {}) != (extra or {}):
         raise PrunelabError(f"checkpoint {ckpt} was made with other settings; delete it or rerun "
                             "with the same options")
     t = load_file(str(ckpt / "state.safetensors"))
-    model.load_state_dict({k[6:]: v for k, v in t.items() if k.startswith("model.")})
+    try:
+        model.load_state_dict({k[6:]: v for k, v in t.items() if k.startswith("model.")})
+    except RuntimeError:
+        raise PrunelabError(f"checkpoint {ckpt} belongs to another model; delete it or rerun "
+                            "with the same model") from None
     for i, group in enumerate(opt.param_groups):
         for j, p in enumerate(group["params"]):
             if f"opt.{i}.{j}" in t:
                 opt.state[p]["momentum_buffer"] = t[f"opt.{i}.{j}"]
-    return meta["epoch"], meta["history"]
+    best = None
+    if "best" in meta and (ckpt / "best.safetensors").exists():
+        best = {**meta["best"], "state": load_file(str(ckpt / "best.safetensors"))}
+    return meta["epoch"], meta["history"], best, meta.get("info", {})
+
+
+@dataclass
+class FitResult:
+    """What :func:`fit` did: the per-epoch history and, with ``keep_best``, which epoch it kept."""
+
+    history: list[dict]
+    best_epoch: int | None = None  # epoch whose weights the model holds (0: the start)
+    best_val_top1: float | None = None
+    start_val_top1: float | None = None  # val top-1 before epoch 1 (after BN recalibration)
+    final_recal: dict | None = None  # the optional end-of-training BN recalibration
+
+
+def _state_copy(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
 
 
 def train(model: nn.Module, data: Splits, cfg: TrainConfig, checkpoint: str | Path | None = None,
@@ -114,8 +146,31 @@ def train(model: nn.Module, data: Splits, cfg: TrainConfig, checkpoint: str | Pa
     ``checkpoint`` (a folder) makes training resumable: it is written after every epoch and an
     interrupted run given the same folder and settings continues from the last finished epoch.
     With a ``teacher`` and ``kd_weight > 0`` the loss adds knowledge distillation
-    (KL divergence at ``kd_temperature``, Hinton et al.).
+    (KL divergence at ``kd_temperature``, Hinton et al.).  The model keeps the last epoch's
+    weights; :func:`fit` can keep the best epoch's instead.
     """
+    return fit(model, data, cfg, checkpoint, teacher, kd_temperature, kd_weight, desc).history
+
+
+def fit(model: nn.Module, data: Splits, cfg: TrainConfig, checkpoint: str | Path | None = None,
+        teacher: nn.Module | None = None, kd_temperature: float = 4.0, kd_weight: float = 0.0,
+        desc: str = "train", keep_best: bool = False, recal_batches: int = 0,
+        recal_end: bool = False, extra: dict | None = None,
+        on_epoch: Callable[[int, nn.Module, dict], None] | None = None) -> FitResult:
+    """:func:`train` plus what fine-tuning needs.
+
+    ``keep_best``: after the last epoch the model gets back the weights of the epoch with the
+    highest validation top-1 (the first such epoch on a tie); the starting weights compete as
+    epoch 0 and lose ties, so the result is never worse on validation than what came in.  The
+    best weights are also kept in the checkpoint folder, so a resumed run keeps the same best.
+    ``recal_batches`` > 0 re-estimates the BN statistics on that many training batches before the
+    first epoch (a pruned model's are stale); ``recal_end`` does it again at the end and keeps it
+    only if validation top-1 does not drop.  ``extra`` is stored in the checkpoint and must match
+    for a resume.  ``on_epoch(epoch, model, row)`` is called after each epoch's checkpoint is
+    written.
+    """
+    if recal_batches < 0:
+        raise PrunelabError("--recal-batches must be >= 0")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
@@ -130,15 +185,35 @@ def train(model: nn.Module, data: Splits, cfg: TrainConfig, checkpoint: str | Pa
     val = data.batches("val", 500)
     steps_per_epoch = len(batches)
     total = cfg.epochs * steps_per_epoch
-    start, history = 0, []
+    start, history, best = 0, [], None
+    extra = dict(extra or {})
+    if keep_best:
+        extra["keep_best"] = True
+    if recal_batches:
+        extra["recal_batches"] = recal_batches
     ckpt = Path(checkpoint) if checkpoint else None
+    result = FitResult(history)
     if ckpt and (ckpt / "state.json").exists():
-        start, history = _load_ckpt(ckpt, model, opt, cfg)
+        start, history, best, info = _load_ckpt(ckpt, model, opt, cfg, extra)
+        result.history = history
+        result.start_val_top1 = info.get("start_val_top1")
         log(f"resuming {desc} from {ckpt} at epoch {start}/{cfg.epochs}")
+    else:
+        if recal_batches:
+            recalibrate_bn(model, data.batches("train", cfg.batch_size, shuffle=True,
+                                               seed=cfg.seed), recal_batches)
+        if recal_batches or keep_best:
+            result.start_val_top1 = evaluate(model, val)
+        if recal_batches:
+            log(f"{desc}: BN statistics re-estimated on {recal_batches} training batches, "
+                f"val top-1 {result.start_val_top1:.4f}")
+        if keep_best:
+            best = {"epoch": 0, "val_top1": result.start_val_top1, "state": _state_copy(model)}
     fmt = torch.channels_last if use_bf16 else torch.contiguous_format
     model.to(memory_format=fmt)
     if teacher is not None:
         teacher.eval()
+        teacher.to(memory_format=fmt)
     with progress(transient=False) as bar:
         task = bar.add_task(desc, total=total, completed=start * steps_per_epoch, info="")
         for epoch in range(start, cfg.epochs):
@@ -173,11 +248,37 @@ def train(model: nn.Module, data: Splits, cfg: TrainConfig, checkpoint: str | Pa
                             "seconds": time.perf_counter() - t0})
             log(f"{desc} epoch {epoch + 1}/{cfg.epochs}: loss {loss_sum / seen:.4f} "
                 f"val top-1 {acc:.4f} ({history[-1]['seconds']:.0f}s)")
+            if keep_best and (acc > best["val_top1"] or
+                              (acc == best["val_top1"] and best["epoch"] == 0)):
+                best = {"epoch": epoch + 1, "val_top1": acc, "state": _state_copy(model)}
             if ckpt:
-                _save_ckpt(ckpt, model, opt, epoch + 1, history, cfg)
+                _save_ckpt(ckpt, model, opt, epoch + 1, history, cfg, extra,
+                           best if keep_best else None,
+                           {"start_val_top1": result.start_val_top1}
+                           if result.start_val_top1 is not None else None)
+            if on_epoch is not None:
+                on_epoch(epoch + 1, model, history[-1])
     model.to(memory_format=torch.contiguous_format)
+    if teacher is not None:
+        teacher.to(memory_format=torch.contiguous_format)
+    if keep_best and best is not None:
+        model.load_state_dict(best["state"])
+        result.best_epoch, result.best_val_top1 = best["epoch"], best["val_top1"]
+        if best["epoch"] == 0:
+            log(f"{desc}: no epoch beat the starting weights on validation; keeping those")
+        elif best["epoch"] != len(history):
+            log(f"{desc}: keeping epoch {best['epoch']} (best val top-1 {best['val_top1']:.4f})")
+    if recal_end and recal_batches:
+        before = result.best_val_top1 if keep_best else history[-1]["val_top1"]
+        kept = _state_copy(model)
+        recalibrate_bn(model, data.batches("train", cfg.batch_size, shuffle=True,
+                                           seed=cfg.seed + 1), recal_batches)
+        acc = evaluate(model, val)
+        if acc < before:
+            model.load_state_dict(kept)
+        result.final_recal = {"batches": recal_batches, "val_top1": acc, "kept": acc >= before}
     model.eval()
-    return history
+    return result
 
 
 def discard_checkpoint(checkpoint: str | Path | None) -> None:
