@@ -1,6 +1,6 @@
 """Copy the benchmark tables from bench/results/ into README.md between their markers
 (``<!-- latency-validate -->`` ... ``<!-- /latency-validate -->`` and the same for
-``step-example`` and ``criteria-tables``), so the README quotes exactly what the bench scripts
+``step-example``, ``criteria-tables`` and ``search-tables``), so the README quotes exactly what the bench scripts
 wrote.
 
     python bench/to_readme.py
@@ -36,6 +36,10 @@ def main() -> None:
     crit = sorted(RESULTS.glob("criteria-*.md"))
     if crit:
         text = splice(text, "criteria-tables", "\n".join(p.read_text() for p in crit))
+    searches = [RESULTS / f"search-{s}.md" for s in ("resnet20", "ort-speedup", "resnet56")]
+    searches = [p for p in searches if p.exists()]
+    if searches:
+        text = splice(text, "search-tables", "\n".join(p.read_text() for p in searches))
     atomic_write_text(readme, text)
 
 

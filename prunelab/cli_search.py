@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 
-from .errors import PrunelabError
 
 
 def _option(s: str) -> tuple[str, object]:

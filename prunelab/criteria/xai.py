@@ -15,6 +15,7 @@ what captum's ``LayerDeepLift`` returns layer by layer (a test checks the equali
 from __future__ import annotations
 
 import copy
+import warnings
 
 import torch
 import torch.nn as nn
@@ -46,7 +47,10 @@ class Attribution(Calibrated):
         totals = {n: None for n in names}
         count = 0
         for x, y in calibration_batches(data, self.num_images, self.batch_size):
-            for n, a in self.attribute(net, names, x, y).items():
+            with warnings.catch_warnings():  # captum's notes on hooks and input grads are ours
+                warnings.filterwarnings("ignore", category=UserWarning, module=r"captum\.")
+                attributions = self.attribute(net, names, x, y)
+            for n, a in attributions.items():
                 s = a.detach().abs().sum(dim=(2, 3)) if a.dim() == 4 else a.detach().abs()
                 s = s.sum(0)
                 totals[n] = s if totals[n] is None else totals[n] + s

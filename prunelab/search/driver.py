@@ -35,9 +35,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import PrunelabError
-from ..io import atomic_write_text
 from ..targets import TargetConfig
-from ..ui import log, progress
 from .budget import Budget
 
 LOG = "evaluations.jsonl"
@@ -136,6 +134,8 @@ class Search:
         self._costs: dict[tuple, dict] = {}
         self._bar = self._task = None
         self.info: dict = {}  # what a method wants kept in result.json ("method_info")
+        self.on_eval: Callable[[], None] | None = None  # after each new logged evaluation
+        self.layout = _fast_layout(model, spec.input_shape)
         self.base = self.evaluate({}, phase="base")
 
     # -- options ---------------------------------------------------------------------------
@@ -192,9 +192,26 @@ class Search:
         if train_batches:
             _short_train(net, self.data, train_batches, self.seed)
         if self.cfg.recal_batches:
-            recalibrate_bn(net, self.data.batches("train", 128, shuffle=True, seed=self.seed),
+            net.to(memory_format=self.layout)
+            recalibrate_bn(net, self.batches("train", 128, shuffle=True, seed=self.seed),
                            self.cfg.recal_batches)
+            net.to(memory_format=torch.contiguous_format)
         return net, res
+
+    def batches(self, split: str, batch_size: int, **kw):
+        """Data batches in the layout candidates run fastest in (channels-last when the model
+        takes it: about 1.5-2x faster fp32 convolutions on CPU, same precision)."""
+        for x, y in self.data.batches(split, batch_size, **kw):
+            yield x.contiguous(memory_format=self.layout), y
+
+    def top1(self, net: nn.Module, images: int | None) -> float:
+        from ..train import evaluate
+
+        net.to(memory_format=self.layout)
+        try:
+            return evaluate(net, self.batches("val", 500, limit=images or None))
+        finally:
+            net.to(memory_format=torch.contiguous_format)
 
     def cost(self, keep: dict[str, int], context: str = "") -> dict:
         """MACs, parameters and predicted latency of a candidate, without evaluating accuracy."""
@@ -223,8 +240,6 @@ class Search:
     def evaluate(self, keep: dict[str, int], phase: str | None = None, context: str = "",
                  train_batches: int = 0) -> dict:
         """Validation top-1, predicted latency, MACs and params of one candidate (cached)."""
-        from ..train import evaluate as top1_of
-
         keep = self.normalize(keep, context)
         ctx = context + (f"|train{train_batches}" if train_batches else "")
         key = (ctx, widths_key(self.context_widths(context), keep))
@@ -235,7 +250,7 @@ class Search:
             return hit
         t0 = time.perf_counter()
         net, res = self.build(keep, context, train_batches)
-        top1 = top1_of(net, self.data.batches("val", 500, limit=self.cfg.val_images or None))
+        top1 = self.top1(net, self.cfg.val_images)
         from ..metrics import macs_params
 
         macs, params = macs_params(net, self.spec.input_shape)
@@ -248,6 +263,8 @@ class Search:
         self.log.append(row)
         self.cache[key] = row
         self._advance(row)
+        if self.on_eval is not None:
+            self.on_eval()
         _fault_injection(len(self.log.rows))
         return row
 
@@ -287,6 +304,18 @@ def _short_train(net: nn.Module, data, batches: int, seed: int, lr: float = 0.01
         F.cross_entropy(net(x), y).backward()
         opt.step()
     net.eval()
+
+
+def _fast_layout(model: nn.Module, input_shape) -> torch.memory_format:
+    """channels-last when the model runs on it (a user forward() that calls ``.view`` on a
+    feature map does not), else the usual contiguous layout."""
+    net = copy.deepcopy(model).eval().to(memory_format=torch.channels_last)
+    try:
+        with torch.no_grad():
+            net(torch.zeros(2, *input_shape).contiguous(memory_format=torch.channels_last))
+        return torch.channels_last
+    except RuntimeError:
+        return torch.contiguous_format
 
 
 def _fault_injection(n: int) -> None:

@@ -97,7 +97,8 @@ def run_search(ref: str, cfg: SearchConfig, out: str | Path, cache_dir: str | No
         ctx = Search(model, spec, data, cfg, out, crit, predictor, target,
                      seconds_before=(state or {}).get("seconds", 0.0))
         ctx.finalists = None
-        _write_state(out, ctx, "running")
+        ctx.on_eval = lambda: _write_state(out, ctx, "running")
+        ctx.on_eval()
         with progress() as bar:
             ctx._bar = bar
             ctx._task = bar.add_task(f"{cfg.method} search", total=None, info="")
@@ -169,7 +170,6 @@ def _finish(ctx: Search, ref: str, budget: Budget, crit_spec: str) -> dict:
     from ..api import pruned_spec
     from ..io import save_model
     from ..latency.measure import Protocol, compare, measure
-    from ..train import evaluate as top1_of
 
     pool = ctx.finalists if ctx.finalists is not None else \
         [r for r in ctx.cache.values() if r["phase"] != "base"]
@@ -197,8 +197,8 @@ def _finish(ctx: Search, ref: str, budget: Budget, crit_spec: str) -> dict:
     # confirm on a longer interleaved run: the speed-up and whether it is above the noise
     conf = measure(ctx.target, [ctx.model, net], shape, Protocol(warmup=20, repeats=100))
     cmp = compare(conf[0], conf[1])
-    base_full = top1_of(ctx.model, ctx.data.batches("val", 500))  # as shipped
-    best_full = top1_of(net, ctx.data.batches("val", 500))
+    base_full = ctx.top1(ctx.model, None)  # as shipped (no BN re-estimation)
+    best_full = ctx.top1(net, None)
     chosen = {**_point_json(best), "val_top1_subset": best["top1"], "top1": best_full,
               "latency_ms": conf[1].median_ms, "latency": conf[1].to_json(),
               "measured_speedup": cmp["speedup"], "speedup_verdict": cmp["verdict"],
