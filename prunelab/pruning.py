@@ -57,10 +57,12 @@ def prunable_groups(model: nn.Module, input_shape: Sequence[int], num_classes: i
     names = {m: n for n, m in model.named_modules()}
     ignored = list(ignored)
     if num_classes is not None:
-        ignored += [m for m in model.modules()
-                    if isinstance(m, nn.Linear) and m.out_features == num_classes]
-        ignored += [m for m in model.modules()
-                    if isinstance(m, nn.Conv2d) and m.out_channels == num_classes]
+        # the classifier: the last layer with num_classes outputs (only the last: a pruned
+        # hidden conv may happen to have num_classes channels too)
+        heads = [m for m in model.modules()
+                 if (isinstance(m, nn.Linear) and m.out_features == num_classes)
+                 or (isinstance(m, nn.Conv2d) and m.out_channels == num_classes)]
+        ignored += heads[-1:]
     groups: list[GroupInfo] = []
     for g in DG.get_all_groups(ignored_layers=ignored, root_module_types=(nn.Conv2d, nn.Linear)):
         prod, cons, norms = [], [], []

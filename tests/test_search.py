@@ -95,6 +95,22 @@ def test_search_contract(method, model_dir, cache_dir, idx_dir, tmp_path):
     assert again["resumed"] and again["chosen"]["keep"] == c["keep"]
 
 
+def test_omp_search_with_finetune_steps(model_dir, cache_dir, idx_dir, tmp_path):
+    """Each accepted step is briefly trained and becomes the base of the next: the steps' models
+    are saved (a resume reloads them) and the chosen model is one of the trained ones."""
+    out = tmp_path / "ompft"
+    r = _run("omp-search", model_dir, cache_dir, idx_dir, out, finetune_batches=1)
+    steps = sorted(p.name for p in (out / "steps").iterdir())
+    assert steps and all((out / "steps" / s / "model.safetensors").exists() for s in steps)
+    rows = [json.loads(x) for x in (out / "evaluations.jsonl").read_text().splitlines()]
+    assert {x["context"] for x in rows} >= {"", "ft1"}
+    assert r["chosen"]["macs"] < r["base"]["macs"]
+    again = run_search(str(model_dir), SearchConfig.from_json(
+        {k: v for k, v in json.loads((out / "config.json").read_text()).items()
+         if k not in ("model", "dataset")}), out, cache_dir, "mnist-idx", str(idx_dir))
+    assert again["chosen"]["keep"] == r["chosen"]["keep"]
+
+
 def test_same_seed_same_search(model_dir, cache_dir, idx_dir, tmp_path):
     a = _run("nsga2", model_dir, cache_dir, idx_dir, tmp_path / "a", seed=3)
     b = _run("nsga2", model_dir, cache_dir, idx_dir, tmp_path / "b", seed=3)

@@ -125,6 +125,7 @@ class Search:
         self.widths = {g.name: g.width for g in self.groups}
         self.scores, self.score_seconds = score_groups(model, crit, self.groups, data)
         self.contexts: dict[str, tuple[nn.Module, dict]] = {"": (model, self.scores)}
+        self._context_widths: dict[str, dict[str, int]] = {}
         self.log = EvalLog(out / LOG)
         self.cache = {(r.get("context", ""), r["key"]): r for r in self.log.rows}
         self.replayed = 0
@@ -177,7 +178,7 @@ class Search:
         _, groups = prunable_groups(model, self.spec.input_shape, self.spec.num_classes)
         scores, _ = score_groups(model, self.crit, groups, self.data)
         self.contexts[name] = (model, scores)
-        self.__dict__.setdefault("_context_widths", {})[name] = {g.name: g.width for g in groups}
+        self._context_widths[name] = {g.name: g.width for g in groups}
 
     def build(self, keep: dict[str, int], context: str = "", train_batches: int = 0
               ) -> tuple[nn.Module, object]:
