@@ -179,6 +179,12 @@ def tiny_pipeline(model_dir, idx_dir, cache_dir, method="uniform", options=None,
 
 
 @pytest.fixture(scope="session")
+def pipeline_config():
+    """:func:`tiny_pipeline`, for test modules (they cannot import conftest)."""
+    return tiny_pipeline
+
+
+@pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory, tiny_resnet_dir, idx_dir, session_cache_dir):
     """A finished tiny pipeline run folder (uniform + l1, one fine-tune epoch)."""
     from prunelab.pipeline import run_pipeline
