@@ -62,7 +62,8 @@ def cmd_compare(args):
         rows = [[r["run"], r["method"], r["criterion"], r["target"],
                  f"{_pct(r['top1'])} ({r['split']})", f"{r['macs'] / 1e6:.2f} M",
                  f"{r['params'] / 1e6:.3f} M", f"{r['latency_ms']:.3f}",
-                 f"{r['speedup']:.2f}x{'' if r['speedup_verdict'] != 'within noise' else ' (noise)'}",
+                 f"{r['speedup']:.2f}x" + (" (noise)" if r["speedup_verdict"] == "within noise"
+                                           else ""),
                  f"{r['search_seconds']:.0f}", f"{r['finetune_seconds']:.0f}"]
                 for r in o["runs"]]
         _table("runs compared", ["run", "method", "criterion", "target", "top-1", "MACs",

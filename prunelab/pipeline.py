@@ -44,9 +44,9 @@ rerun must match it), ``environment.json`` (library versions, device fingerprint
     >>> cfg.search.budget, cfg.target.name, cfg.finetune.epochs
     ('macs=0.5', 'torch-cpu', 1)
     >>> load_config({"model": {"ref": "resnet20.fmnist"}, "search": {"method": "uniform",
-    ...              "bugdet": "macs=0.5"}})
+    ...              "bugdet": "macs=0.5"}})  # doctest: +ELLIPSIS
     Traceback (most recent call last):
-    prunelab.errors.PrunelabError: config section [search] has no key 'bugdet'; it takes: method, criterion, budget, recal_batches, val_images, measure_front, options
+    prunelab.errors.PrunelabError: config section [search] has no key 'bugdet'; it takes: ...
 """
 
 from __future__ import annotations

@@ -487,7 +487,7 @@ def compare(run_dirs: list[str | os.PathLike], plot: str | os.PathLike | None = 
                         xytext=(4, 4), textcoords="offset points")
         for (t, split), (lat, top) in bases.items():
             ax.scatter([lat], [100 * top], marker="*", s=160, c="#dd8452", zorder=5,
-                       label=f"unpruned ({t})")
+                       label=f"unpruned ({t}, {split} split)")
         ax.set_xlabel("latency measured on the target (ms per batch)")
         splits = {r["split"] for r in rows}
         ax.set_ylabel("top-1 (%), " + (" / ".join(sorted(splits))) + " split")
