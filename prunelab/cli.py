@@ -419,6 +419,8 @@ def build_parser() -> argparse.ArgumentParser:
     _reg_latency(sub)
     from .cli_search import register as _reg_search
     _reg_search(sub)
+    from .cli_pipeline import register as _reg_pipeline
+    _reg_pipeline(sub)
     return p
 
 

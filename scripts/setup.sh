@@ -13,13 +13,24 @@ if [ ! -d /usr/share/datasets/fashion-mnist ] && command -v apt-get >/dev/null 2
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq dataset-fashion-mnist >/dev/null
 fi
 
+# headless Chromium: the report test opens report.html in it (skipped when there is none)
+if ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/null 2>&1 \
+    && command -v apt-get >/dev/null 2>&1; then
+  SUDO=""
+  if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+  echo "installing chromium (headless, for the report test)..." >&2
+  $SUDO apt-get update -qq >/dev/null
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium >/dev/null || \
+    echo "chromium could not be installed; the report rendering test will be skipped" >&2
+fi
+
 PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
 # pip's chatter (build-backend notices, local index warnings) goes to a log shown only on failure
-if ! .venv/bin/python -m pip install -q -c constraints.txt -e ".[dev,onnx,openvino,images,xai,search]" \
+if ! .venv/bin/python -m pip install -q -c constraints.txt -e ".[dev,onnx,openvino,images,xai,search,report]" \
     > .venv/pip-install.log 2>&1; then
   tail -n 30 .venv/pip-install.log >&2
   echo "set-up failed: pip could not install prunelab (full log: .venv/pip-install.log)" >&2

@@ -140,3 +140,55 @@ def saved_tiny(tmp_path, tiny_data):
     spec = ModelSpec.for_zoo("resnet20", 1, tiny_data.num_classes, 0.5, 32, tiny_data.mean,
                              tiny_data.std, "mnist-idx")
     return save_model(m, spec, tmp_path / "tiny")
+
+
+# --- a tiny model folder, a shared latency cache and a finished tiny pipeline run -------------
+
+@pytest.fixture(scope="session")
+def tiny_resnet_dir(tmp_path_factory, tiny_data):
+    """A zoo ResNet-20 at width 0.25 saved as a model folder (untrained)."""
+    from prunelab.models import build
+
+    torch.manual_seed(0)
+    m = build("resnet20", in_channels=1, num_classes=tiny_data.num_classes, width=0.25).eval()
+    spec = ModelSpec.for_zoo("resnet20", 1, tiny_data.num_classes, 0.25, 32, tiny_data.mean,
+                             tiny_data.std, "mnist-idx")
+    return save_model(m, spec, tmp_path_factory.mktemp("m") / "tiny")
+
+
+@pytest.fixture(scope="session")
+def session_cache_dir(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("latcache-session"))
+
+
+def tiny_pipeline(model_dir, idx_dir, cache_dir, method="uniform", options=None, **over):
+    """A pipeline config (dict) small enough for a test: a few evaluations, one short epoch."""
+    cfg = {
+        "run": {"seed": 0},
+        "model": {"ref": str(model_dir), "dataset": "mnist-idx", "data_dir": str(idx_dir)},
+        "search": {"method": method, "budget": "macs=0.6", "recal_batches": 1, "val_images": 0,
+                   "measure_front": 2, "options": options if options is not None else
+                   {"front": 1}},
+        "target": {"name": "torch-cpu", "cache_dir": str(cache_dir)},
+        "finetune": {"epochs": 1, "batch_size": 64, "recal_batches": 1},
+        "verify": {"warmup": 1, "repeats": 5},
+    }
+    for k, v in over.items():
+        cfg[k] = {**cfg.get(k, {}), **v}
+    return cfg
+
+
+@pytest.fixture(scope="session")
+def pipeline_config():
+    """:func:`tiny_pipeline`, for test modules (they cannot import conftest)."""
+    return tiny_pipeline
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, tiny_resnet_dir, idx_dir, session_cache_dir):
+    """A finished tiny pipeline run folder (uniform + l1, one fine-tune epoch)."""
+    from prunelab.pipeline import run_pipeline
+
+    out = tmp_path_factory.mktemp("runs") / "uniform"
+    run_pipeline(tiny_pipeline(tiny_resnet_dir, idx_dir, session_cache_dir), out)
+    return out

@@ -1,0 +1,515 @@
+"""One call from "my trained model" to "a faster model I can deploy, and the evidence".
+
+A pipeline is a TOML file (or the same as a dict) with six sections; every key is optional
+except ``[model] ref`` and ``[search] method``:
+
+.. code-block:: toml
+
+    [run]                       # out: run folder (default runs/<config name>); seed: all stages
+    out = "runs/quick"
+    seed = 0
+    [model]                     # ref: shipped name or model folder; dataset/data_dir: overrides
+    ref = "resnet20.fmnist"
+    [search]                    # see `prunelab search --help`; options as in --option
+    method = "nsga2"
+    criterion = "deeplift"
+    budget = "speedup=1.5"
+    recal_batches = 6
+    val_images = 1000
+    measure_front = 12
+    [search.options]
+    pop = 12
+    [target]                    # where latency is measured (search and verification)
+    name = "onnxruntime-cpu"
+    batch_size = 1
+    threads = 1
+    [finetune]                  # epochs = 0 skips fine-tuning
+    epochs = 2
+    teacher = "parent"          # "parent" (the unpruned model), a model ref, or "none"
+    kd_weight = 0.5
+    [verify]                    # the interleaved latency run of unpruned vs final
+    warmup = 20
+    repeats = 200
+
+Stages: ``search`` (:func:`prunelab.search.run_search` into ``RUN/search/``), ``finetune``
+(:func:`prunelab.api.finetune` into ``RUN/finetuned/``) and ``verify`` (test top-1 of the
+unpruned, searched and final models, their latency measured interleaved on the target, MACs and
+parameters, into ``verify.json``).  Each stage is skipped when finished and resumed when
+interrupted (the search from its log, fine-tuning from ``finetuned.ckpt/``).  The run folder
+also keeps ``config.toml`` (the file as given), ``config.json`` (resolved, defaults filled in; a
+rerun must match it), ``environment.json`` (library versions, device fingerprint, seeds) and
+``summary.json`` (what ``prunelab report`` and ``prunelab compare`` read).
+
+    >>> cfg = load_config({"model": {"ref": "resnet20.fmnist"}, "search": {"method": "uniform"}})
+    >>> cfg.search.budget, cfg.target.name, cfg.finetune.epochs
+    ('macs=0.5', 'torch-cpu', 1)
+    >>> load_config({"model": {"ref": "resnet20.fmnist"}, "search": {"method": "uniform",
+    ...              "bugdet": "macs=0.5"}})  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    prunelab.errors.PrunelabError: config section [search] has no key 'bugdet'; it takes: ...
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from .errors import PrunelabError
+from .io import atomic_write_text
+from .ui import log
+
+# ----------------------------------------------------------------------------- the config
+
+
+@dataclass(frozen=True)
+class RunSection:
+    out: str | None = None
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class ModelSection:
+    ref: str = ""
+    dataset: str | None = None
+    data_dir: str | None = None
+
+
+@dataclass(frozen=True)
+class SearchSection:
+    method: str = ""
+    criterion: str | None = None
+    budget: str = "macs=0.5"
+    recal_batches: int = 6
+    val_images: int = 1000
+    measure_front: int = 12
+    options: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TargetSection:
+    name: str = "torch-cpu"
+    batch_size: int = 1
+    threads: int = 1
+    precision: str = "fp32"
+    cache_dir: str | None = None
+
+
+@dataclass(frozen=True)
+class FinetuneSection:
+    epochs: int = 1
+    teacher: str = "parent"
+    kd_weight: float = 0.5
+    kd_temperature: float = 4.0
+    lr: float = 0.01
+    batch_size: int = 128
+    weight_decay: float = 5e-4
+    recal_batches: int = 20
+    recal_end: bool = True
+    precision: str = "auto"
+    threads: int | None = None
+
+
+@dataclass(frozen=True)
+class VerifySection:
+    warmup: int = 20
+    repeats: int = 200
+
+
+SECTIONS = {"run": RunSection, "model": ModelSection, "search": SearchSection,
+            "target": TargetSection, "finetune": FinetuneSection, "verify": VerifySection}
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """A validated pipeline config: one frozen section object per TOML table."""
+
+    run: RunSection
+    model: ModelSection
+    search: SearchSection
+    target: TargetSection
+    finetune: FinetuneSection
+    verify: VerifySection
+    name: str = "run"
+
+    def to_json(self) -> dict:
+        return {s: dataclasses.asdict(getattr(self, s)) for s in SECTIONS}
+
+    def target_config(self):
+        from .targets import TargetConfig
+
+        t = self.target
+        return TargetConfig(t.name, batch_size=t.batch_size, threads=t.threads,
+                            precision=t.precision)
+
+    def search_config(self):
+        from .search import SearchConfig
+
+        s = self.search
+        return SearchConfig(s.method, s.criterion, self.target_config(), s.budget, self.run.seed,
+                            s.recal_batches, s.val_images, s.measure_front, dict(s.options))
+
+
+def _type_ok(value: Any, typ: str) -> bool:
+    kinds = {"int": int, "float": (int, float), "str": str, "bool": bool, "dict": dict}
+    for t in (x.strip() for x in typ.split("|")):
+        if t == "None":
+            continue
+        if t != "bool" and isinstance(value, bool):
+            continue
+        if isinstance(value, kinds[t]):
+            return True
+    return False
+
+
+def _section(name: str, raw: Any):
+    cls = SECTIONS[name]
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise PrunelabError(f"config [{name}] must be a table of keys, e.g. [{name}] on its own "
+                            "line followed by key = value lines")
+    known = [f.name for f in fields(cls)]
+    for k, v in raw.items():
+        if k not in known:
+            raise PrunelabError(f"config section [{name}] has no key {k!r}; it takes: "
+                                f"{', '.join(known)}")
+        typ = next(f.type for f in fields(cls) if f.name == k)
+        if not _type_ok(v, typ):
+            want = typ.replace(" | None", "").replace("dict", "table").replace("str", "string")
+            raise PrunelabError(f"config [{name}] {k} = {v!r} should be a {want}")
+    return cls(**{k: (float(v) if "float" in next(f.type for f in fields(cls) if f.name == k)
+                      and isinstance(v, int) else v) for k, v in raw.items()})
+
+
+def read_toml(path: str | os.PathLike) -> dict:
+    """A TOML file as a dict; a one-line error when it is missing or malformed."""
+    import tomllib
+
+    p = Path(path)
+    if not p.is_file():
+        raise PrunelabError(f"config file {str(p)!r} not found; pass a TOML file such as "
+                            "examples/quick.toml")
+    try:
+        return tomllib.loads(p.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise PrunelabError(f"cannot read {p} as TOML: {e}") from None
+
+
+def load_config(src: str | os.PathLike | dict, name: str | None = None) -> PipelineConfig:
+    """Read and validate a pipeline config (a TOML path or a dict); checks every name against the
+    registries (method, criterion, target, model) so that a mistake fails before any work."""
+    if isinstance(src, dict):
+        raw, name = src, name or "run"
+    else:
+        raw, name = read_toml(src), name or Path(src).stem
+    unknown = sorted(set(raw) - set(SECTIONS))
+    if unknown:
+        raise PrunelabError(f"config has no section [{unknown[0]}]; sections are: "
+                            f"{', '.join('[' + s + ']' for s in SECTIONS)}")
+    secs = {s: _section(s, raw.get(s)) for s in SECTIONS}
+    cfg = PipelineConfig(**secs, name=name)
+    _check(cfg)
+    return cfg
+
+
+def _check(cfg: PipelineConfig) -> None:
+    from .io import resolve
+    from .search import SEARCHES, Budget
+
+    if not cfg.model.ref:
+        raise PrunelabError("config [model] needs ref = a shipped model name "
+                            "(e.g. \"resnet20.fmnist\") or a model folder")
+    if ":" in cfg.model.ref and ".py" in cfg.model.ref:
+        raise PrunelabError("config [model] ref must be a shipped model or a model folder; save "
+                            "your own model first (prunelab train or prunelab.io.save_model)")
+    resolve(cfg.model.ref)
+    if cfg.model.dataset:
+        from .data import DATASETS
+
+        DATASETS.get(cfg.model.dataset)
+    if not cfg.search.method:
+        raise PrunelabError("config [search] needs method = one of "
+                            f"{', '.join(SEARCHES.names())}")
+    entry = SEARCHES.get(cfg.search.method)
+    bad = sorted(set(cfg.search.options) - set(entry.meta["options"]))
+    if bad:
+        raise PrunelabError(f"config [search.options] {bad[0]!r} is not an option of "
+                            f"{cfg.search.method}; it takes: {', '.join(entry.meta['options'])}")
+    if cfg.search.criterion:
+        from .criteria import CRITERIA
+        from .sweep import parse_criterion
+
+        CRITERIA.get(parse_criterion(cfg.search.criterion)[0])
+    Budget.parse(cfg.search.budget)
+    cfg.search_config()  # target name, batch size, threads, precision, search numbers
+    f = cfg.finetune
+    if f.epochs < 0:
+        raise PrunelabError("config [finetune] epochs must be >= 0 (0 skips fine-tuning)")
+    if not 0 <= f.kd_weight <= 1 or not f.kd_temperature > 0:
+        raise PrunelabError("config [finetune] needs kd_weight in [0, 1] and kd_temperature > 0")
+    if not f.lr > 0 or f.batch_size < 1 or f.recal_batches < 0 or f.weight_decay < 0:
+        raise PrunelabError("config [finetune] needs lr > 0, batch_size >= 1, recal_batches >= 0 "
+                            "and weight_decay >= 0")
+    if f.precision not in ("auto", "fp32", "bf16"):
+        raise PrunelabError("config [finetune] precision must be auto, fp32 or bf16")
+    if f.teacher not in ("parent", "none"):
+        resolve(f.teacher)
+    from .latency.measure import Protocol
+
+    try:
+        Protocol(cfg.verify.warmup, cfg.verify.repeats)
+    except PrunelabError:
+        raise PrunelabError("config [verify] needs warmup >= 0 and repeats >= 3 (e.g. "
+                            "repeats = 200)") from None
+
+
+def to_toml(d: dict) -> str:
+    """A resolved config dict as TOML (scalars, lists and one level of sub-tables)."""
+    def val(v):
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, (int, float)):
+            return repr(v)
+        if isinstance(v, str):
+            return json.dumps(v)
+        if isinstance(v, (list, tuple)):
+            return "[" + ", ".join(val(x) for x in v) + "]"
+        raise TypeError(f"cannot write {v!r} as TOML")
+
+    lines = []
+    for sec, body in d.items():
+        lines.append(f"[{sec}]")
+        subs = {}
+        for k, v in body.items():
+            if v is None:
+                continue
+            if isinstance(v, dict):
+                subs[k] = v
+            else:
+                lines.append(f"{k} = {val(v)}")
+        for k, sub in subs.items():
+            lines.append(f"[{sec}.{k}]")
+            lines += [f"{kk} = {val(vv)}" for kk, vv in sub.items()]
+        lines.append("")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+def _read(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def environment(cfg: PipelineConfig) -> dict:
+    """Library versions, the target's device fingerprint and the seeds of a run."""
+    import importlib.metadata as md
+    import platform
+
+    from . import __version__
+    from .api import environment as env
+    from .targets import make_target
+
+    libs = {}
+    for p in ("torch", "torch-pruning", "numpy", "onnx", "onnxruntime", "openvino", "captum",
+              "pymoo", "matplotlib"):
+        try:
+            libs[p] = md.version(p)
+        except md.PackageNotFoundError:
+            libs[p] = None
+    return {"prunelab": __version__, "python": platform.python_version(), "libraries": libs,
+            "host": env(), "target_fingerprint": make_target(cfg.target_config()).fingerprint(),
+            "seeds": {"run": cfg.run.seed, "search": cfg.run.seed, "finetune": cfg.run.seed,
+                      "verify_inputs": 0},
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+
+
+def _prepare(out: Path, cfg: PipelineConfig, text: str) -> bool:
+    """Create the run folder or check it holds this very run; True when it is new."""
+    resolved = cfg.to_json()
+    if out.exists() and not out.is_dir():
+        raise PrunelabError(f"run folder {out} is a file; give another --out")
+    if out.is_dir() and any(out.iterdir()):
+        old = _read(out / "config.json")
+        if old is None:
+            raise PrunelabError(f"{out} exists and is not a prunelab run folder; choose another "
+                                "--out")
+        if old != resolved:
+            diff = sorted(f"[{s}] {k}" for s in set(old) | set(resolved)
+                          for k in set(old.get(s, {})) | set(resolved.get(s, {}))
+                          if old.get(s, {}).get(k) != resolved.get(s, {}).get(k))
+            raise PrunelabError(f"{out} holds a run with other settings ({', '.join(diff)}); "
+                                "rerun with the same config to resume, or use another --out")
+        return False
+    env = environment(cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "config.toml", text)
+    atomic_write_text(out / "config.json", json.dumps(resolved, indent=1))
+    atomic_write_text(out / "environment.json", json.dumps(env, indent=1))
+    return True
+
+
+def _note_session(out: Path, cfg: PipelineConfig) -> None:
+    """A resumed run records each later session and whether the device fingerprint changed."""
+    env = _read(out / "environment.json") or {}
+    now = environment(cfg)
+    same = now["target_fingerprint"] == env.get("target_fingerprint")
+    if not same:
+        log("warning: the device fingerprint differs from the run's first session; latency "
+            "figures of the two sessions are not comparable (see environment.json)")
+    env.setdefault("sessions", []).append({"resumed": now["created"], "same_fingerprint": same,
+                                           **({} if same else {"target_fingerprint":
+                                                               now["target_fingerprint"]})})
+    atomic_write_text(out / "environment.json", json.dumps(env, indent=1))
+
+
+def _stage_search(cfg: PipelineConfig, out: Path) -> dict:
+    from .search import run_search
+
+    log(f"[1/3] search: {cfg.search.method} on {cfg.model.ref}, budget {cfg.search.budget}, "
+        f"target {cfg.target.name}")
+    return run_search(cfg.model.ref, cfg.search_config(), out / "search", cfg.target.cache_dir,
+                      cfg.model.dataset, cfg.model.data_dir)
+
+
+def _stage_finetune(cfg: PipelineConfig, out: Path, searched: str) -> dict | None:
+    from .api import finetune
+
+    f = cfg.finetune
+    done = _read(out / "finetune.json")
+    if done is not None:
+        log(f"[2/3] fine-tune: done earlier ({out / 'finetuned'})")
+        return {**done, "resumed": True}
+    if f.epochs == 0:
+        log("[2/3] fine-tune: skipped (epochs = 0)")
+        return None
+    log(f"[2/3] fine-tune: {f.epochs} epoch(s), teacher {f.teacher}")
+    teacher = None if f.teacher == "none" else f.teacher
+    r = finetune(searched, f.epochs, str(out / "finetuned"), teacher=teacher,
+                 kd_temperature=f.kd_temperature, kd_weight=f.kd_weight, lr=f.lr,
+                 batch_size=f.batch_size, seed=cfg.run.seed, weight_decay=f.weight_decay,
+                 dataset=cfg.model.dataset, data_dir=cfg.model.data_dir,
+                 recal_batches=f.recal_batches, recal_end=f.recal_end, precision=f.precision,
+                 threads=f.threads, command=f"prunelab run ({out})")
+    atomic_write_text(out / "finetune.json", json.dumps(r, indent=1))
+    return r
+
+
+def _verdict(v: str, pruned: str = "pruned") -> str:
+    """:func:`prunelab.latency.measure.compare`'s a/b verdict in the run's words."""
+    return {"a faster": "unpruned faster", "b faster": f"{pruned} faster"}.get(v, v)
+
+
+def _stage_verify(cfg: PipelineConfig, out: Path, searched: str, final: str) -> dict:
+    from .api import data_for, load
+    from .latency.measure import Protocol, compare, measure
+    from .metrics import macs_params
+    from .targets import make_target
+    from .train import evaluate
+
+    done = _read(out / "verify.json")
+    if done is not None:
+        log("[3/3] verify: done earlier")
+        return done
+    t0 = time.perf_counter()
+    log(f"[3/3] verify: test top-1 and latency on {cfg.target.name} "
+        f"({cfg.verify.repeats} interleaved runs after {cfg.verify.warmup} warm-up)")
+    refs = {"unpruned": cfg.model.ref, "searched": searched, "final": final}
+    loaded = {k: load(r) for k, r in refs.items()}
+    data = data_for(loaded["unpruned"][1], cfg.model.dataset, cfg.model.data_dir)
+    rows = {}
+    for k, (m, spec) in loaded.items():
+        macs, params = macs_params(m, spec.input_shape)
+        rows[k] = {"model": spec.name, "ref": str(refs[k]),
+                   "test_top1": evaluate(m, data.batches("test", 500)),
+                   "val_top1": evaluate(m, data.batches("val", 500)),
+                   "macs": macs, "params": params}
+    target = make_target(cfg.target_config())
+    shape = loaded["unpruned"][1].input_shape
+    order = ["unpruned", "searched", "final"]
+    times = measure(target, [loaded[k][0] for k in order], shape,
+                    Protocol(cfg.verify.warmup, cfg.verify.repeats))
+    for k, t in zip(order, times):
+        rows[k].update(latency_ms=t.median_ms, latency_iqr_ms=t.iqr_ms, latency=t.to_json())
+    cmp = compare(times[0], times[2])
+    res = {"rows": rows, "order": order, "target": cfg.target.name,
+           "target_config": cfg.target_config().to_json(),
+           "protocol": {"warmup": cfg.verify.warmup, "repeats": cfg.verify.repeats,
+                        "interleaved": True},
+           "speedup": cmp["speedup"], "speedup_verdict": _verdict(cmp["verdict"], "final"),
+           "noise": {"unpruned": cmp["noise_a"], "final": cmp["noise_b"]},
+           "macs_kept": rows["final"]["macs"] / rows["unpruned"]["macs"],
+           "params_kept": rows["final"]["params"] / rows["unpruned"]["params"],
+           "top1_change": rows["final"]["test_top1"] - rows["unpruned"]["test_top1"],
+           "dataset": data.name, "seconds": time.perf_counter() - t0}
+    atomic_write_text(out / "verify.json", json.dumps(res, indent=1))
+    return res
+
+
+def run_pipeline(config: str | os.PathLike | dict, out: str | os.PathLike | None = None) -> dict:
+    """Search, fine-tune and verify in one call; returns the run's ``summary.json`` object.
+
+    ``config`` is a TOML path or the same content as a dict (see the module docstring); ``out``
+    overrides ``[run] out``.  Rerun with the same config and folder to resume: finished stages
+    are skipped, an interrupted one continues.
+    """
+    cfg = load_config(config)
+    if isinstance(config, dict):
+        text = to_toml(config)
+    else:
+        text = Path(config).read_text(encoding="utf-8")
+    out = Path(out or cfg.run.out or Path("runs") / cfg.name)
+    t0 = time.perf_counter()
+    fresh = _prepare(out, cfg, text)
+    if not fresh:
+        if (out / "summary.json").exists():
+            log(f"{out} holds a finished run; showing its summary")
+            return {**json.loads((out / "summary.json").read_text()), "resumed": True}
+        log(f"resuming the run in {out}")
+        _note_session(out, cfg)
+    stage = "search"
+    try:
+        sr = _stage_search(cfg, out)
+        searched = sr["chosen"]["path"]
+        stage = "finetune"
+        fr = _stage_finetune(cfg, out, searched)
+        final = fr["out"] if fr else searched
+        stage = "verify"
+        vr = _stage_verify(cfg, out, searched, final)
+    except KeyboardInterrupt:
+        raise PrunelabError(f"run interrupted during {stage}; run the same command again to "
+                            "resume") from None
+    except PrunelabError:
+        if fresh and not (out / "search").exists():  # failed before any work was kept
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+    prev = _read(out / "timing.json") or {"sessions": []}
+    prev["sessions"].append(time.perf_counter() - t0)
+    atomic_write_text(out / "timing.json", json.dumps(prev))
+    summary = {
+        "name": cfg.name, "out": str(out.resolve()), "model": cfg.model.ref,
+        "method": sr["method"], "criterion": sr["criterion"], "budget": sr["budget"],
+        "budget_met": sr["chosen"]["budget_met"], "target": cfg.target.name,
+        "target_config": cfg.target_config().to_json(), "seed": cfg.run.seed,
+        "evaluations": sr["evaluations"],
+        "search_seconds": sr["search_seconds"], "search_total_seconds": sr["seconds"],
+        "finetune_seconds": fr["seconds"] if fr else 0.0,
+        "finetune_epochs": fr["epochs"] if fr else 0,
+        "best_epoch": fr["best_epoch"] if fr else None,
+        "teacher": (fr["teacher"] or {}).get("model") if fr else None,
+        "verify_seconds": vr["seconds"], "wall_seconds": sum(prev["sessions"]),
+        "rows": vr["rows"], "speedup": vr["speedup"], "speedup_verdict": vr["speedup_verdict"],
+        "macs_kept": vr["macs_kept"], "params_kept": vr["params_kept"],
+        "top1_change": vr["top1_change"], "dataset": vr["dataset"],
+        "protocol": vr["protocol"], "final_model": final, "searched_model": searched}
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=1))
+    return summary
