@@ -22,6 +22,46 @@ def test_fit_recovers_scale_and_overhead():
     assert p.scale == 1.0 and p.overhead_ms == pytest.approx(0.5)
 
 
+def _rows(f, n=24, seed=0):
+    """Calibration rows whose per-class sums vary independently, measured as ``f(parts)``."""
+    import random
+
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        parts = {"conv": rng.uniform(0.5, 2.0), "conv+add": rng.uniform(0.2, 1.5),
+                 "linear": 0.01}
+        rows.append({"raw_ms": sum(parts.values()), "parts": parts, "measured_ms": f(parts)})
+    return rows
+
+
+def test_fit_per_class_coefficients_when_they_predict_clearly_better():
+    p = Predictor([], {}, LUT({}))
+    p.fit(_rows(lambda q: 1.5 * q["conv"] + 0.7 * q["conv+add"] + 1.5 * q["linear"] + 0.1))
+    assert p.fit_info["kind"] == "classes"
+    assert p.coefs["conv"] == pytest.approx(1.5, rel=1e-3)
+    assert p.coefs["conv+add"] == pytest.approx(0.7, rel=1e-3)
+    assert "linear" not in p.coefs and p.scale == pytest.approx(1.5, rel=1e-3)  # tiny class
+    assert p.overhead_ms == pytest.approx(0.1, abs=1e-3)
+    assert p._combine({"conv": 1.0, "conv+add": 1.0, "linear": 0.0}) == pytest.approx(2.2, 1e-3)
+    # one scale explains it: the simpler fit is kept
+    p.fit(_rows(lambda q: 1.2 * sum(q.values()) - 0.05))
+    assert p.fit_info["kind"] == "scale" and p.coefs == {}
+    assert p.scale == pytest.approx(1.2) and p.overhead_ms == pytest.approx(-0.05)
+
+
+def test_fit_leaves_out_a_calibration_point_hit_by_load():
+    rows = _rows(lambda q: 1.2 * sum(q.values()) + 0.1)
+    rows[3]["measured_ms"] *= 2.5             # a burst of load on a shared machine
+    p = Predictor([], {}, LUT({}))
+    p.fit(rows)
+    assert [r["outlier"] for r in p.calibration].count(True) == 1
+    assert p.calibration[3]["outlier"] and p.fit_info["outliers"] == 1
+    assert p.scale == pytest.approx(1.2) and p.overhead_ms == pytest.approx(0.1)
+    back = Predictor.from_json(p.to_json())
+    assert (back.scale, back.coefs, back.fit_info) == (p.scale, p.coefs, p.fit_info)
+
+
 def test_metrics():
     assert spearman([1, 2, 3], [3, 2, 1]) == pytest.approx(-1)
     assert spearman([1, 2, 2, 3], [1, 2, 2, 3]) == pytest.approx(1)
