@@ -44,7 +44,7 @@ from .units import Unit, extract_units, unit_shapes
 MODEL_PROTOCOL = Protocol(warmup=10, repeats=30)
 CALIBRATE = 24          # pruned variants measured per model to fit the calibration
 CLASS_GAIN = 0.15       # per-class coefficients must cut the leave-one-out error by this much
-PREDICTOR_VERSION = 3   # part of the predictor cache key: bump when a stored figure changes meaning
+PREDICTOR_VERSION = 4   # part of the predictor cache key: bump when a stored figure changes meaning
 
 
 def unit_class(u: Unit) -> str:
@@ -165,15 +165,21 @@ class Predictor:
 
 
 def _fit_scale(rows: Sequence[dict]) -> tuple[float, float, dict]:
+    """``measured ~ scale * raw + overhead`` by least squares on relative errors (each row
+    weighted by 1/measured, as MAPE weighs them), scale clamped to [0.5, 2]."""
     xs = [r["raw_ms"] for r in rows]
     ys = [r["measured_ms"] for r in rows]
+    ws = [1.0 / y ** 2 for y in ys]
+    sw = sum(ws)
+    mx = sum(w * x for w, x in zip(ws, xs)) / sw
+    my = sum(w * y for w, y in zip(ws, ys)) / sw
+    sxx = sum(w * (x - mx) ** 2 for w, x in zip(ws, xs))
     if len(rows) >= 3 and statistics.pstdev(xs) > 1e-3 * statistics.mean(xs):
-        mx, my = statistics.mean(xs), statistics.mean(ys)
-        a = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
+        a = sum(w * (x - mx) * (y - my) for w, x, y in zip(ws, xs, ys)) / sxx
         scale = min(2.0, max(0.5, a))
     else:
         scale = 1.0
-    return scale, statistics.mean(y - scale * x for x, y in zip(xs, ys)), {}
+    return scale, my - scale * mx, {}
 
 
 def _classes(rows: Sequence[dict]) -> list[str]:
