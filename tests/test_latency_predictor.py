@@ -180,3 +180,39 @@ def test_predictor_tracks_onnxruntime_on_a_full_resnet20(tmp_path):
                      cache_dir=str(tmp_path / "cache"))
     assert r["resized_equals_pruned"] is True
     assert r["mape"] < 0.15 and r["spearman"] > 0.8, (r["mape"], r["spearman"])
+
+
+def test_a_model_timing_taken_during_a_load_burst_is_taken_again(tmp_path, monkeypatch):
+    """Real model and target; the timings are scripted: a noisy one (IQR 40% of the median) is
+    measured again and the steadiest kept, in the cache."""
+    import torch
+
+    from prunelab.io import ModelSpec
+    from prunelab.latency import predictor as P
+    from prunelab.latency.cache import Cache
+    from prunelab.metrics import Timing
+    from prunelab.models import build
+    from prunelab.pruning import prunable_groups
+    from prunelab.targets import TargetConfig, make_target
+
+    torch.manual_seed(0)
+    model = build("resnet20", in_channels=1, num_classes=4, width=0.5).eval()
+    spec = ModelSpec.for_zoo("resnet20", 1, 4, 0.5)
+    _, groups = prunable_groups(model, spec.input_shape, spec.num_classes)
+    target = make_target(TargetConfig("torch-cpu"))
+    cache = Cache(target.fingerprint(), tmp_path)
+    script = iter([(2.0, 0.8), (1.1, 0.05), (9.0, 0.0)])
+    calls = []
+
+    def fake(target, models, shape, protocol):
+        calls.append(len(models))
+        med, iqr = next(script)
+        return [Timing(target.name, 1, 1, 3, 0, med, iqr, [med] * 3)]
+
+    monkeypatch.setattr(P, "measure", fake)
+    meter = P.ModelMeter(target, cache, model, spec, groups, P.extract_units(
+        model, spec.input_shape, groups))
+    keep = {groups[0].name: 2}
+    hit = meter(keep)
+    assert (hit["median_ms"], hit["attempts"], len(calls)) == (1.1, 2, 2)
+    assert meter(keep) == hit and len(calls) == 2      # from the cache
