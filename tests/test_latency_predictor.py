@@ -1,6 +1,7 @@
 """The predictor: calibration fit, metrics, sampling, and small real end-to-end runs of
 `prunelab latency build|validate|profile|steps` on ONNX Runtime."""
 
+import itertools
 import json
 import subprocess
 import sys
@@ -210,9 +211,43 @@ def test_a_model_timing_taken_during_a_load_burst_is_taken_again(tmp_path, monke
         return [Timing(target.name, 1, 1, 3, 0, med, iqr, [med] * 3)]
 
     monkeypatch.setattr(P, "measure", fake)
+    monkeypatch.setattr(P, "RETRY_PAUSE_S", 0.0)
+    probe = itertools.repeat(1.0)
     meter = P.ModelMeter(target, cache, model, spec, groups, P.extract_units(
         model, spec.input_shape, groups))
+    meter._ref_ms = lambda: next(probe)
+    meter._ref_base = 1.0
     keep = {groups[0].name: 2}
     hit = meter(keep)
     assert (hit["median_ms"], hit["attempts"], len(calls)) == (1.1, 2, 2)
     assert meter(keep) == hit and len(calls) == 2      # from the cache
+
+
+def test_a_model_timing_taken_while_the_core_is_slowed_is_taken_again(tmp_path, monkeypatch):
+    """The unpruned model, timed for real just before and after, is the probe: a try during
+    which it runs 1.5x slower than its best is taken again."""
+    import torch
+
+    from prunelab.io import ModelSpec
+    from prunelab.latency import predictor as P
+    from prunelab.latency.cache import Cache
+    from prunelab.metrics import Timing
+    from prunelab.models import build
+    from prunelab.pruning import prunable_groups
+    from prunelab.targets import TargetConfig, make_target
+
+    torch.manual_seed(0)
+    model = build("resnet20", in_channels=1, num_classes=4, width=0.5).eval()
+    spec = ModelSpec.for_zoo("resnet20", 1, 4, 0.5)
+    _, groups = prunable_groups(model, spec.input_shape, spec.num_classes)
+    target = make_target(TargetConfig("torch-cpu"))
+    meter = P.ModelMeter(target, Cache(target.fingerprint(), tmp_path), model, spec, groups,
+                         P.extract_units(model, spec.input_shape, groups))
+    real = meter._ref_ms()                            # a real timing of the unpruned model
+    assert 0 < real == meter._ref_base
+    probe = itertools.chain([1.5 * real, 1.5 * real], itertools.repeat(real))
+    meter._ref_ms = lambda: next(probe)
+    monkeypatch.setattr(P, "RETRY_PAUSE_S", 0.0)
+    hit = meter({groups[0].name: 2})                  # the pruned model is timed for real
+    assert hit["attempts"] >= 2 and hit["reference_slowdown"] == pytest.approx(1.0)
+    assert hit["median_ms"] > 0
