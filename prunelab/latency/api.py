@@ -83,7 +83,9 @@ def validate(ref: str, cfg: TargetConfig, samples: int = 50, seed: int = 0,
         say(f"sample {i + 1}/{samples}")
         m = meter(keep)
         rows.append({"keep": keep, "predicted_ms": pred.predict(keep),
-                     "measured_ms": m["median_ms"], "iqr_ms": m["iqr_ms"]})
+                     "measured_ms": m["median_ms"], "iqr_ms": m["iqr_ms"],
+                     "attempts": m.get("attempts", 1),
+                     "reference_slowdown": m.get("reference_slowdown")})
     meas = [r["measured_ms"] for r in rows]
     prd = [r["predicted_ms"] for r in rows]
     noise = sorted(r["iqr_ms"] / r["measured_ms"] for r in rows)[len(rows) // 2]
