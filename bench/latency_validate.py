@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import shutil
 import sys
@@ -43,12 +44,15 @@ def main() -> None:
             cache = tempfile.mkdtemp(prefix="prunelab-bench-")
             try:
                 t0 = time.perf_counter()
+                load0 = os.getloadavg()[0]
                 r = api.validate(model, TargetConfig(target, args.batch_size, args.threads),
                                  samples=args.samples, cache_dir=cache)
                 r["wall_seconds"] = time.perf_counter() - t0
+                r["loadavg_1min"] = [load0, os.getloadavg()[0]]  # other users of the cores
             finally:
                 shutil.rmtree(cache, ignore_errors=True)
             r["model_ref"] = model
+            r["command"] = "bench/latency_validate.py " + " ".join(sys.argv[1:])
             results = [x for x in results
                        if (x["model_ref"], x["target"]) != (model, target)] + [r]
             print(f"{model:>18} {target:>16}: MAPE {100 * r['mape']:.1f}%  Spearman "
@@ -63,8 +67,9 @@ def _write(args, results) -> None:
     atomic_write_text(args.out + ".json", json.dumps({"environment": env,
                                                       "results": results}, indent=1))
     lines = ["| model | target | batch | threads | samples | MAPE | Spearman | measured range (ms) "
-             "| median noise (IQR/median) | table build (s) | points | calibration (scale, "
-             "overhead ms) |", "|" + "---|" * 12]
+             "| median noise (IQR/median) | table build (s) | points | calibration (fit: "
+             "scale or per-class coefficients, overhead ms; points) | load (1-min avg, start/end) |",
+             "|" + "---|" * 13]
     for r in results:
         lo, hi = r["measured_range_ms"]
         c = r["calibration"]
@@ -72,12 +77,28 @@ def _write(args, results) -> None:
                      f"{r['samples']} | {100 * r['mape']:.1f}% | {r['spearman']:.3f} | "
                      f"{lo:.3f} - {hi:.3f} | {100 * r['median_rel_iqr']:.1f}% | "
                      f"{r['lut_seconds']:.0f} | {r['lut_points_measured']} | "
-                     f"{c['scale']:.3f}, {c['overhead_ms']:+.3f} |")
+                     f"{_calib(c)} | {_load(r)} |")
     lines.append("")
     lines.append(f"CPU: {env['cpu']} ({env['usable_cores']} usable cores, ISA "
                  f"{' '.join(env['isa'])}); protocol per sample: 10 warm-up + 30 timed runs, "
-                 f"median; table points: 5 warm-up + 20 timed runs. `{env['command']}`")
+                 f"median; table points: 5 warm-up + 20 timed runs. Commands: "
+                 + "; ".join(f"`{c}`" for c in dict.fromkeys(r.get("command", env["command"])
+                                                           for r in results)))
     atomic_write_text(args.out + ".md", "\n".join(lines) + "\n")
+
+
+def _load(r: dict) -> str:
+    lo = r.get("loadavg_1min")
+    return f"{lo[0]:.1f} / {lo[1]:.1f}" if lo else "?"
+
+
+def _calib(c: dict) -> str:
+    if c.get("coefs"):
+        w = " ".join(f"{k} {v:.3f}" for k, v in c["coefs"].items())
+    else:
+        w = f"scale {c['scale']:.3f}"
+    out = f" ({c['outliers']} left out)" if c.get("outliers") else ""
+    return f"{w}, {c['overhead_ms']:+.3f}; {c.get('points', '?')}{out}"
 
 
 if __name__ == "__main__":

@@ -63,8 +63,14 @@ def cmd_build(args):
         [[t["signature"], str(t["step_in"]), str(t["step_out"]),
           f"{len(t['nodes_in'])}x{len(t['nodes_out'])}"] for t in o["tables"]],
         f"{_note(o)}; {o['lut_points_measured']} points measured in {o['lut_seconds']:.0f} s "
-        f"(cache {o['cache']}); calibrated ms = {o['scale']:.3f} x sum + "
-        f"{o['overhead_ms']:.3f}; unpruned predicted {o['predicted_ms']:.3f} ms"))
+        f"(cache {o['cache']}); calibrated ms = {_calib(o)} + {o['overhead_ms']:.3f}; "
+        f"unpruned predicted {o['predicted_ms']:.3f} ms"))
+
+
+def _calib(o) -> str:
+    if o.get("coefs"):
+        return " + ".join(f"{v:.3f} x {k}" for k, v in o["coefs"].items())
+    return f"{o['scale']:.3f} x sum"
 
 
 def cmd_validate(args):
@@ -166,8 +172,9 @@ def register(sub) -> None:
         _target_opts(c)
         c.set_defaults(fn=fn)
         if name in ("build", "validate", "steps"):
-            c.add_argument("--calibrate", type=int, default=6,
-                           help="pruned variants measured to calibrate the overhead (default 6)")
+            c.add_argument("--calibrate", type=int, default=api.CALIBRATE,
+                           help="random pruned variants measured to calibrate the predictor "
+                                f"(default {api.CALIBRATE})")
             c.add_argument("--sweep", type=int, default=256,
                            help="at most this many widths per axis sweep (default 256)")
             c.add_argument("--nodes", type=int, default=6, help="table grid nodes per axis "

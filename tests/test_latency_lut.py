@@ -135,3 +135,25 @@ def test_resized_copy_has_the_structure_of_real_pruning(name):
     assert layer_widths(fast) == layer_widths(real)
     out = fast(torch.randn(2, 1, 32, 32))
     assert out.shape == (2, 4) and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("target_name", ["torch-cpu", "onnxruntime-cpu"])
+def test_tables_answer_net_of_the_per_call_cost(tmp_path, target_name):
+    """A trivial graph on the unit's input is timed on the real runtime; lookups subtract it
+    (capped at half the fastest point, so a noisy call figure cannot eat the units)."""
+    if target_name == "onnxruntime-cpu":
+        pytest.importorskip("onnxruntime")
+    target = make_target(TargetConfig(target_name))
+    cache = Cache(target.fingerprint(), tmp_path)
+    meter = PointMeter(target, cache, Protocol(warmup=1, repeats=3))
+    u = Unit("x", "conv", 8, 8, 3, 1, 1, 8, 8, bn=True, add=True, act="relu", cin_group="a",
+             cout_group="a")
+    call = meter.call_ms(u)
+    assert call > 0 and meter.measured == 1
+    assert meter.call_ms(u) == call and meter.measured == 1       # cached
+    t = build_table(u, meter, LutConfig(sweep=8, nodes=3, warmup=1, repeats=3), call)
+    points = [*t.sweep_in.values(), *t.sweep_out.values()]
+    assert 0 < t.call_ms <= min(call, 0.5 * min(points))
+    for ci, co in ((8, 8), (3, 5), (1, 1)):
+        assert t.lookup(ci, co) == pytest.approx(t.standalone(ci, co) - t.call_ms)
+    assert Table.from_json(t.to_json()).lookup(5, 7) == t.lookup(5, 7)

@@ -1,6 +1,7 @@
 """The predictor: calibration fit, metrics, sampling, and small real end-to-end runs of
 `prunelab latency build|validate|profile|steps` on ONNX Runtime."""
 
+import itertools
 import json
 import subprocess
 import sys
@@ -20,6 +21,46 @@ def test_fit_recovers_scale_and_overhead():
     assert p.scale == pytest.approx(1.5) and p.overhead_ms == pytest.approx(0.2)
     p.fit([{"raw_ms": 2.0, "measured_ms": 2.5}])
     assert p.scale == 1.0 and p.overhead_ms == pytest.approx(0.5)
+
+
+def _rows(f, n=24, seed=0):
+    """Calibration rows whose per-class sums vary independently, measured as ``f(parts)``."""
+    import random
+
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        parts = {"conv": rng.uniform(0.5, 2.0), "conv+add": rng.uniform(0.2, 1.5),
+                 "linear": 0.01}
+        rows.append({"raw_ms": sum(parts.values()), "parts": parts, "measured_ms": f(parts)})
+    return rows
+
+
+def test_fit_per_class_coefficients_when_they_predict_clearly_better():
+    p = Predictor([], {}, LUT({}))
+    p.fit(_rows(lambda q: 1.5 * q["conv"] + 0.7 * q["conv+add"] + 1.5 * q["linear"] + 0.1))
+    assert p.fit_info["kind"] == "classes"
+    assert p.coefs["conv"] == pytest.approx(1.5, rel=1e-3)
+    assert p.coefs["conv+add"] == pytest.approx(0.7, rel=1e-3)
+    assert "linear" not in p.coefs and p.scale == pytest.approx(1.5, rel=1e-3)  # tiny class
+    assert p.overhead_ms == pytest.approx(0.1, abs=1e-3)
+    assert p._combine({"conv": 1.0, "conv+add": 1.0, "linear": 0.0}) == pytest.approx(2.2, 1e-3)
+    # one scale explains it: the simpler fit is kept
+    p.fit(_rows(lambda q: 1.2 * sum(q.values()) - 0.05))
+    assert p.fit_info["kind"] == "scale" and p.coefs == {}
+    assert p.scale == pytest.approx(1.2) and p.overhead_ms == pytest.approx(-0.05)
+
+
+def test_fit_leaves_out_a_calibration_point_hit_by_load():
+    rows = _rows(lambda q: 1.2 * sum(q.values()) + 0.1)
+    rows[3]["measured_ms"] *= 2.5             # a burst of load on a shared machine
+    p = Predictor([], {}, LUT({}))
+    p.fit(rows)
+    assert [r["outlier"] for r in p.calibration].count(True) == 1
+    assert p.calibration[3]["outlier"] and p.fit_info["outliers"] == 1
+    assert p.scale == pytest.approx(1.2) and p.overhead_ms == pytest.approx(0.1)
+    back = Predictor.from_json(p.to_json())
+    assert (back.scale, back.coefs, back.fit_info) == (p.scale, p.coefs, p.fit_info)
 
 
 def test_metrics():
@@ -140,3 +181,73 @@ def test_predictor_tracks_onnxruntime_on_a_full_resnet20(tmp_path):
                      cache_dir=str(tmp_path / "cache"))
     assert r["resized_equals_pruned"] is True
     assert r["mape"] < 0.15 and r["spearman"] > 0.8, (r["mape"], r["spearman"])
+
+
+def test_a_model_timing_taken_during_a_load_burst_is_taken_again(tmp_path, monkeypatch):
+    """Real model and target; the timings are scripted: a noisy one (IQR 40% of the median) is
+    measured again and the steadiest kept, in the cache."""
+    import torch
+
+    from prunelab.io import ModelSpec
+    from prunelab.latency import predictor as P
+    from prunelab.latency.cache import Cache
+    from prunelab.metrics import Timing
+    from prunelab.models import build
+    from prunelab.pruning import prunable_groups
+    from prunelab.targets import TargetConfig, make_target
+
+    torch.manual_seed(0)
+    model = build("resnet20", in_channels=1, num_classes=4, width=0.5).eval()
+    spec = ModelSpec.for_zoo("resnet20", 1, 4, 0.5)
+    _, groups = prunable_groups(model, spec.input_shape, spec.num_classes)
+    target = make_target(TargetConfig("torch-cpu"))
+    cache = Cache(target.fingerprint(), tmp_path)
+    script = iter([(2.0, 0.8), (1.1, 0.05), (9.0, 0.0)])
+    calls = []
+
+    def fake(target, models, shape, protocol):
+        calls.append(len(models))
+        med, iqr = next(script)
+        return [Timing(target.name, 1, 1, 3, 0, med, iqr, [med] * 3)]
+
+    monkeypatch.setattr(P, "measure", fake)
+    monkeypatch.setattr(P, "RETRY_PAUSE_S", 0.0)
+    probe = itertools.repeat(1.0)
+    meter = P.ModelMeter(target, cache, model, spec, groups, P.extract_units(
+        model, spec.input_shape, groups))
+    meter._ref_ms = lambda: next(probe)
+    meter._ref_base = 1.0
+    keep = {groups[0].name: 2}
+    hit = meter(keep)
+    assert (hit["median_ms"], hit["attempts"], len(calls)) == (1.1, 2, 2)
+    assert meter(keep) == hit and len(calls) == 2      # from the cache
+
+
+def test_a_model_timing_taken_while_the_core_is_slowed_is_taken_again(tmp_path, monkeypatch):
+    """The unpruned model, timed for real just before and after, is the probe: a try during
+    which it runs 1.5x slower than its best is taken again."""
+    import torch
+
+    from prunelab.io import ModelSpec
+    from prunelab.latency import predictor as P
+    from prunelab.latency.cache import Cache
+    from prunelab.metrics import Timing
+    from prunelab.models import build
+    from prunelab.pruning import prunable_groups
+    from prunelab.targets import TargetConfig, make_target
+
+    torch.manual_seed(0)
+    model = build("resnet20", in_channels=1, num_classes=4, width=0.5).eval()
+    spec = ModelSpec.for_zoo("resnet20", 1, 4, 0.5)
+    _, groups = prunable_groups(model, spec.input_shape, spec.num_classes)
+    target = make_target(TargetConfig("torch-cpu"))
+    meter = P.ModelMeter(target, Cache(target.fingerprint(), tmp_path), model, spec, groups,
+                         P.extract_units(model, spec.input_shape, groups))
+    real = meter._ref_ms()                            # a real timing of the unpruned model
+    assert 0 < real == meter._ref_base
+    probe = itertools.chain([1.5 * real, 1.5 * real], itertools.repeat(real))
+    meter._ref_ms = lambda: next(probe)
+    monkeypatch.setattr(P, "RETRY_PAUSE_S", 0.0)
+    hit = meter({groups[0].name: 2})                  # the pruned model is timed for real
+    assert hit["attempts"] >= 2 and hit["reference_slowdown"] == pytest.approx(1.0)
+    assert hit["median_ms"] > 0

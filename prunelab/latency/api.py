@@ -1,7 +1,7 @@
 """Library calls behind ``prunelab targets`` and ``prunelab latency ...`` (one call per command).
 
     >>> from prunelab.latency import api                                     # doctest: +SKIP
-    >>> api.validate("resnet56.fmnist", TargetConfig("onnxruntime-cpu"), samples=50)["mape"]
+    >>> api.validate("resnet56.fmnist", TargetConfig("onnxruntime-cpu"), samples=50)["mape"]  # doctest: +SKIP
     0.03...
 """
 
@@ -15,8 +15,8 @@ from ..targets import TargetConfig, make_target, target_table
 from .cache import Cache
 from .lut import LutConfig
 from .measure import Protocol, compare, measure
-from .predictor import (MODEL_PROTOCOL, ModelMeter, build_predictor, mape, sample_keeps,
-                        spearman)
+from .predictor import (CALIBRATE, MODEL_PROTOCOL, ModelMeter, build_predictor, mape,
+                        sample_keeps, spearman)
 from .steps import step_of, useful_widths
 
 Say = Callable[[str], None]
@@ -40,7 +40,7 @@ def _setup(ref: str, cfg: TargetConfig, cache_dir: str | None):
     return model, spec, target, cache
 
 
-def build(ref: str, cfg: TargetConfig, cache_dir: str | None = None, calibrate: int = 6,
+def build(ref: str, cfg: TargetConfig, cache_dir: str | None = None, calibrate: int = CALIBRATE,
           say: Say | None = None, lut: LutConfig = LutConfig()) -> dict:
     """Measure the per-layer lookup table of a model on a target and calibrate its predictor.
 
@@ -56,12 +56,12 @@ def build(ref: str, cfg: TargetConfig, cache_dir: str | None = None, calibrate: 
               for t in pred.lut.tables.values()]
     return {"model": spec.name, "target": cfg.target, **cfg.to_json(), "fingerprint": cache.id,
             "cache": str(cache.dir), "seconds": time.perf_counter() - t0, **info,
-            "scale": pred.scale, "overhead_ms": pred.overhead_ms,
-            "predicted_ms": pred.predict({}), "tables": tables}
+            "scale": pred.scale, "overhead_ms": pred.overhead_ms, "coefs": pred.coefs,
+            "fit": pred.fit_info, "predicted_ms": pred.predict({}), "tables": tables}
 
 
 def validate(ref: str, cfg: TargetConfig, samples: int = 50, seed: int = 0,
-             cache_dir: str | None = None, calibrate: int = 6, say: Say | None = None,
+             cache_dir: str | None = None, calibrate: int = CALIBRATE, say: Say | None = None,
              lut: LutConfig = LutConfig()) -> dict:
     """Predicted vs measured latency on random per-layer widths: MAPE and Spearman correlation.
 
@@ -83,7 +83,9 @@ def validate(ref: str, cfg: TargetConfig, samples: int = 50, seed: int = 0,
         say(f"sample {i + 1}/{samples}")
         m = meter(keep)
         rows.append({"keep": keep, "predicted_ms": pred.predict(keep),
-                     "measured_ms": m["median_ms"], "iqr_ms": m["iqr_ms"]})
+                     "measured_ms": m["median_ms"], "iqr_ms": m["iqr_ms"],
+                     "attempts": m.get("attempts", 1),
+                     "reference_slowdown": m.get("reference_slowdown")})
     meas = [r["measured_ms"] for r in rows]
     prd = [r["predicted_ms"] for r in rows]
     noise = sorted(r["iqr_ms"] / r["measured_ms"] for r in rows)[len(rows) // 2]
@@ -95,12 +97,13 @@ def validate(ref: str, cfg: TargetConfig, samples: int = 50, seed: int = 0,
             "lut_seconds": info["lut_seconds"], "lut_points_measured": info["lut_points_measured"],
             "lut": lut.to_json(),
             "calibration": {"points": calibrate + 1, "scale": pred.scale,
-                            "overhead_ms": pred.overhead_ms},
+                            "overhead_ms": pred.overhead_ms, "fit": pred.fit_info.get("kind"),
+                            "coefs": pred.coefs, "outliers": pred.fit_info.get("outliers", 0)},
             "seconds": time.perf_counter() - t0, "rows": rows}
 
 
 def steps(ref: str, cfg: TargetConfig, cache_dir: str | None = None, say: Say | None = None,
-          calibrate: int = 6, lut: LutConfig = LutConfig()) -> dict:
+          calibrate: int = CALIBRATE, lut: LutConfig = LutConfig()) -> dict:
     """Per pruning group: the widths worth trying (each faster than every wider one) and the
     channel step between them, read from the lookup table with the other groups whole."""
     model, spec, target, cache = _setup(ref, cfg, cache_dir)

@@ -16,7 +16,10 @@ axis, staircase and all), plus the grid's residual, interpolated bilinearly betw
 
 Every point is one stand-alone module (conv + BN + activation/add, as the runtime fuses them)
 timed with a short protocol and cached under the device fingerprint, so a second model with the
-same layer shapes costs nothing.
+same layer shapes costs nothing.  A stand-alone run also pays the runtime's per-call cost (an ONNX
+Runtime session call, an OpenVINO infer request, a Python module call: several microseconds,
+paid once per model inside a network but once per unit here); each table therefore also times a
+trivial graph (one ReLU) on the unit's input shape and :meth:`Table.lookup` answers net of it.
 """
 
 from __future__ import annotations
@@ -87,6 +90,7 @@ class Table:
     grid: list[list[float]] = field(default_factory=list)   # [in node][out node] ms
     step_in: int = 1
     step_out: int = 1
+    call_ms: float = 0.0            # per-call cost of a trivial graph on the same input
 
     def __post_init__(self):
         self._prep()
@@ -114,7 +118,13 @@ class Table:
                      * (_interp1(self.sweep_in, self._kin, ci) - c0) / (self._full - c0))
 
     def lookup(self, cin: int, cout: int) -> float:
-        """Latency (ms) of this unit at (cin, cout) channels."""
+        """Latency (ms) of this unit at (cin, cout) channels, net of the per-call cost (never
+        below a tenth of the stand-alone figure)."""
+        ms = self.standalone(cin, cout)
+        return max(ms - self.call_ms, 0.1 * ms)
+
+    def standalone(self, cin: int, cout: int) -> float:
+        """Latency (ms) of this unit at (cin, cout) channels as a stand-alone run."""
         if self.unit.kind == "dwconv" or not self.vary_in:
             cin = self.unit.cin
         if not self.vary_out:
@@ -130,14 +140,14 @@ class Table:
         return {"sig": self.sig, "unit": self.unit.to_json(), "vary_in": self.vary_in,
                 "vary_out": self.vary_out, "step_in": self.step_in, "step_out": self.step_out,
                 "nodes_in": self.nodes_in, "nodes_out": self.nodes_out, "grid": self.grid,
-                "sweep_in": self.sweep_in, "sweep_out": self.sweep_out}
+                "sweep_in": self.sweep_in, "sweep_out": self.sweep_out, "call_ms": self.call_ms}
 
     @classmethod
     def from_json(cls, d: dict) -> "Table":
         return cls(d["sig"], Unit(**d["unit"]), d["vary_in"], d["vary_out"],
                    {int(k): v for k, v in d["sweep_in"].items()},
                    {int(k): v for k, v in d["sweep_out"].items()}, d["nodes_in"], d["nodes_out"],
-                   d["grid"], d["step_in"], d["step_out"])
+                   d["grid"], d["step_in"], d["step_out"], d.get("call_ms", 0.0))
 
 
 def _bracket(nodes: Sequence[int], c: float) -> tuple[int, int, float]:
@@ -209,6 +219,22 @@ class PointMeter:
             self._last_flush = time.monotonic()
         return t.median_ms
 
+    def call_ms(self, u: Unit) -> float:
+        """The runtime's per-call cost on ``u``'s input: a one-ReLU graph on the same shape."""
+        _, shapes = unit_module(u, u.cin, u.cout)
+        key = f"call:relu|{list(shapes[0])}|{self.protocol.warmup},{self.protocol.repeats}"
+        hit = self.cache.get("units", key)
+        if hit is not None:
+            return hit["median_ms"]
+        import torch.nn as nn
+
+        with self.target.scope():
+            run = self.target.runner(nn.ReLU().eval(), self.target.inputs(shapes[:1]))
+        t = time_runners(self.target, [run], self.protocol)[0]
+        self.cache.put("units", key, {"median_ms": t.median_ms, "iqr_ms": t.iqr_ms})
+        self.measured += 1
+        return t.median_ms
+
 
 def signature_templates(units: Sequence[Unit]) -> dict[str, Unit]:
     """One template unit per signature, with the largest channel counts seen."""
@@ -220,8 +246,8 @@ def signature_templates(units: Sequence[Unit]) -> dict[str, Unit]:
     return out
 
 
-def build_table(u: Unit, meter: Callable[[Unit, int, int], float], cfg: LutConfig = LutConfig()
-                ) -> Table:
+def build_table(u: Unit, meter: Callable[[Unit, int, int], float], cfg: LutConfig = LutConfig(),
+                call_ms: float = 0.0) -> Table:
     dw = u.kind == "dwconv"
     vary_out = u.cout_group is not None or (dw and u.cin_group is not None)
     vary_in = u.cin_group is not None and not dw
@@ -236,7 +262,10 @@ def build_table(u: Unit, meter: Callable[[Unit, int, int], float], cfg: LutConfi
         grid = [[meter(u, ci, co) for co in n_out] for ci in n_in]
     else:
         n_in, n_out, grid = [u.cin], [u.cout], [[full]]
-    return Table(u.sig, u, vary_in, vary_out, s_in, s_out, n_in, n_out, grid, st_in, st_out)
+    # a call cost timed during a burst of load must not eat the units: at most half the fastest
+    points = [*s_in.values(), *s_out.values(), *(v for row in grid for v in row)]
+    return Table(u.sig, u, vary_in, vary_out, s_in, s_out, n_in, n_out, grid, st_in, st_out,
+                 min(call_ms, 0.5 * min(points)))
 
 
 def build_lut(target, units: Sequence[Unit], cache: Cache, cfg: LutConfig = LutConfig(),
@@ -250,7 +279,7 @@ def build_lut(target, units: Sequence[Unit], cache: Cache, cfg: LutConfig = LutC
         for i, (sig, u) in enumerate(temps.items()):
             if progress:
                 progress(i, len(temps), sig)
-            tables[sig] = build_table(u, meter, cfg)
+            tables[sig] = build_table(u, meter, cfg, meter.call_ms(u))
     finally:
         cache.flush()
     if progress:

@@ -1,8 +1,18 @@
-"""Whole-model latency from the lookup table: the sum of the units' table latencies, scaled and
-offset by a per-model calibration (``ms = scale * sum + overhead``) fitted on a few measured
-pruned variants.  The overhead holds what the units leave out (pooling, the classifier's
-reshape, the runtime's per-call cost) and the scale the difference between a unit timed alone and
-inside a network (caches, fused boundaries).
+"""Whole-model latency from the lookup table: the units' table latencies (net of the runtime's
+per-call cost, see :mod:`.lut`), weighted and offset by a per-model calibration fitted on measured
+pruned variants drawn like the validation samples:
+
+* ``ms = scale * sum + overhead`` (one scale), or
+* ``ms = sum_k coef_k * sum_k + overhead`` with one non-negative coefficient per unit class
+  (conv, conv with a fused residual add, depthwise conv, linear; non-negative least squares),
+
+the second only when it predicts the calibration points clearly better under leave-one-out (on a
+noisy machine the simpler fit wins).  The overhead holds what the
+units leave out (pooling, the classifier's reshape, the whole model's own call) and the weights
+the difference between a unit timed alone and inside a network (layout conversions at the
+boundaries of a stand-alone unit, caches, fused boundaries), which need not be the same for every
+kind of unit.  Calibration points whose residual stands far out of the others (a measurement hit by
+load on a shared machine) are left out of the fit and flagged.
 
     >>> from prunelab.latency.predictor import spearman, mape
     >>> spearman([1, 2, 3, 4], [10, 20, 40, 30])
@@ -28,10 +38,49 @@ from ..errors import PrunelabError
 from ..io import layer_widths
 from .cache import Cache
 from .lut import LUT, LutConfig, build_lut
-from .measure import Protocol, measure
+from .measure import Protocol, measure, time_runners
 from .units import Unit, extract_units, unit_shapes
 
 MODEL_PROTOCOL = Protocol(warmup=10, repeats=30)
+CALIBRATE = 24          # pruned variants measured per model to fit the calibration
+CLASS_GAIN = 0.15       # per-class coefficients must cut the leave-one-out error by this much
+PREDICTOR_VERSION = 4   # part of the predictor cache key: bump when a stored figure changes meaning
+
+
+def unit_class(u: Unit) -> str:
+    """The calibration class of a unit: its kind, and whether a residual add is fused in."""
+    return u.kind + ("+add" if u.add else "")
+
+
+def nnls(a, b, iters: int | None = None):
+    """Non-negative least squares ``min |a x - b|, x >= 0`` (Lawson-Hanson active set).
+
+    >>> [round(float(v), 6) for v in nnls([[1, 0], [0, 1], [1, 1]], [2, -1, 1])]
+    [1.5, 0.0]
+    """
+    import numpy as np
+
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    n = a.shape[1]
+    p = np.zeros(n, bool)
+    x = np.zeros(n)
+    w = a.T @ (b - a @ x)
+    for _ in range(iters or 3 * n + 3):
+        if p.all() or np.where(p, -np.inf, w).max() <= 1e-12:
+            break
+        p[int(np.argmax(np.where(p, -np.inf, w)))] = True
+        while True:
+            z = np.zeros(n)
+            z[p] = np.linalg.lstsq(a[:, p], b, rcond=None)[0]
+            if (z[p] > 0).all():
+                x = z
+                break
+            neg = p & (z <= 0)
+            x = x + np.min(x[neg] / (x[neg] - z[neg])) * (z - x)
+            p &= x > 1e-12
+            x[~p] = 0.0
+        w = a.T @ (b - a @ x)
+    return x
 
 
 @dataclass
@@ -42,6 +91,8 @@ class Predictor:
     scale: float = 1.0
     overhead_ms: float = 0.0
     calibration: list[dict] = field(default_factory=list)
+    coefs: dict[str, float] = field(default_factory=dict)  # per unit class; empty: one scale
+    fit_info: dict = field(default_factory=dict)
 
     def unit_ms(self, keep: dict[str, int] | None = None) -> list[float]:
         shapes = unit_shapes(self.units, self.widths, keep or {})
@@ -50,9 +101,21 @@ class Predictor:
     def raw_ms(self, keep: dict[str, int] | None = None) -> float:
         return sum(self.unit_ms(keep))
 
+    def parts(self, keep: dict[str, int] | None = None) -> dict[str, float]:
+        """Summed table latency per unit class (see :func:`unit_class`)."""
+        out: dict[str, float] = {}
+        for u, ms in zip(self.units, self.unit_ms(keep)):
+            out[unit_class(u)] = out.get(unit_class(u), 0.0) + ms
+        return out
+
+    def _combine(self, parts: dict[str, float]) -> float:
+        if self.coefs:
+            return sum(self.coefs.get(k, self.scale) * v for k, v in parts.items())
+        return self.scale * sum(parts.values())
+
     def predict(self, keep: dict[str, int] | None = None) -> float:
         """Predicted whole-model latency (ms per batch) with groups pruned to ``keep``."""
-        return self.scale * self.raw_ms(keep) + self.overhead_ms
+        return self._combine(self.parts(keep)) + self.overhead_ms
 
     def group_curve(self, group: str, base: dict[str, int] | None = None) -> dict[int, float]:
         """Predicted latency for every width of one group, the others as in ``base``."""
@@ -60,28 +123,122 @@ class Predictor:
         return {w: self.predict({**base, group: w}) for w in range(1, self.widths[group] + 1)}
 
     def fit(self, rows: Sequence[dict]) -> None:
-        """Least squares of measured on raw sums (scale clamped to [0.5, 2]); overhead only
-        when the calibration points do not spread."""
-        xs = [r["raw_ms"] for r in rows]
-        ys = [r["measured_ms"] for r in rows]
-        self.calibration = list(rows)
-        if len(rows) >= 3 and statistics.pstdev(xs) > 1e-3 * statistics.mean(xs):
-            mx, my = statistics.mean(xs), statistics.mean(ys)
-            a = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
-            self.scale = min(2.0, max(0.5, a))
-        else:
-            self.scale = 1.0
-        self.overhead_ms = statistics.mean(y - self.scale * x for x, y in zip(xs, ys))
+        """Fit the calibration on ``rows`` ({"raw_ms", "measured_ms"[, "parts"]}).
+
+        Candidates: one scale (least squares, clamped to [0.5, 2]; only an overhead when the
+        points do not spread) and, when rows carry per-class ``parts`` and there are enough of
+        them, one non-negative coefficient per class, kept only when its leave-one-out error is
+        clearly lower (by ``CLASS_GAIN``) and every coefficient is in [0.5, 2].  Points whose relative residual under the one-scale fit is far out of the
+        others (3 robust sigmas, at least 10%) are left out first (at most a quarter of them)."""
+        rows = [dict(r) for r in rows]
+        for r in rows:
+            r.pop("outlier", None)
+        use = _drop_outliers(rows)
+        for i, r in enumerate(rows):
+            r["outlier"] = i not in use
+        fitted = [rows[i] for i in use]
+        cands = {"scale": _fit_scale}
+        classes = _classes(fitted)
+        if len(classes) > 1 and all("parts" in r for r in fitted) \
+                and len(fitted) >= 3 * (len(classes) + 1):
+            cands["classes"] = lambda rs: _fit_classes(rs, classes)
+        loo = {name: _loo(f, fitted) for name, f in cands.items()}
+        best = "scale"
+        if "classes" in cands and loo["classes"] < (1 - CLASS_GAIN) * loo["scale"]:
+            coefs = cands["classes"](fitted)[2]
+            if all(0.5 <= v <= 2.0 for v in coefs.values()):  # as plausible as one scale
+                best = "classes"
+        self.scale, self.overhead_ms, self.coefs = cands[best](fitted)
+        self.calibration = rows
+        self.fit_info = {"kind": best, "loo_mape": loo, "points": len(rows),
+                         "outliers": len(rows) - len(fitted)}
 
     def to_json(self) -> dict:
         return {"units": [u.to_json() for u in self.units], "widths": self.widths,
                 "lut": self.lut.to_json(), "scale": self.scale, "overhead_ms": self.overhead_ms,
-                "calibration": self.calibration}
+                "calibration": self.calibration, "coefs": self.coefs, "fit": self.fit_info}
 
     @classmethod
     def from_json(cls, d: dict) -> "Predictor":
         return cls([Unit(**u) for u in d["units"]], d["widths"], LUT.from_json(d["lut"]),
-                   d["scale"], d["overhead_ms"], d["calibration"])
+                   d["scale"], d["overhead_ms"], d["calibration"], d["coefs"], d["fit"])
+
+
+def _fit_scale(rows: Sequence[dict]) -> tuple[float, float, dict]:
+    """``measured ~ scale * raw + overhead`` by least squares on relative errors (each row
+    weighted by 1/measured, as MAPE weighs them), scale clamped to [0.5, 2]."""
+    xs = [r["raw_ms"] for r in rows]
+    ys = [r["measured_ms"] for r in rows]
+    ws = [1.0 / y ** 2 for y in ys]
+    sw = sum(ws)
+    mx = sum(w * x for w, x in zip(ws, xs)) / sw
+    my = sum(w * y for w, y in zip(ws, ys)) / sw
+    sxx = sum(w * (x - mx) ** 2 for w, x in zip(ws, xs))
+    if len(rows) >= 3 and statistics.pstdev(xs) > 1e-3 * statistics.mean(xs):
+        a = sum(w * (x - mx) * (y - my) for w, x, y in zip(ws, xs, ys)) / sxx
+        scale = min(2.0, max(0.5, a))
+    else:
+        scale = 1.0
+    return scale, my - scale * mx, {}
+
+
+def _classes(rows: Sequence[dict]) -> list[str]:
+    """The unit classes worth a coefficient of their own: those holding at least 5% of the
+    summed latency (a class of one tiny unit would only proxy for something else)."""
+    tot: dict[str, float] = {}
+    for r in rows:
+        for k, v in r.get("parts", {}).items():
+            tot[k] = tot.get(k, 0.0) + v
+    return sorted(k for k, v in tot.items() if v >= 0.05 * sum(tot.values()))
+
+
+def _fit_classes(rows: Sequence[dict], classes: list[str]) -> tuple[float, float, dict]:
+    """Non-negative per-class coefficients and a free-sign overhead, on relative errors (each
+    row weighted by 1/measured, so small variants count as much as big ones)."""
+    import numpy as np
+
+    main = max(classes, key=lambda k: sum(r["parts"].get(k, 0.0) for r in rows))
+    # small classes (see _classes) go with the main one
+    a = np.array([[r["parts"].get(k, 0.0) + (sum(v for c, v in r["parts"].items()
+                                                   if c not in classes) if k == main else 0.0)
+                   for k in classes] + [1.0, -1.0] for r in rows])
+    y = np.array([r["measured_ms"] for r in rows])
+    x = nnls(a / y[:, None], np.ones(len(rows)))
+    coefs = {k: float(v) for k, v in zip(classes, x)}
+    # the main coefficient stands for every class without its own (see Predictor._combine)
+    return float(coefs[main]), float(x[-2] - x[-1]), coefs
+
+
+def _predict_row(fit: tuple[float, float, dict], r: dict) -> float:
+    scale, over, coefs = fit
+    if coefs:
+        return sum(coefs.get(k, scale) * v for k, v in r["parts"].items()) + over
+    return scale * r["raw_ms"] + over
+
+
+def _loo(fitter, rows: Sequence[dict]) -> float:
+    """Leave-one-out mean relative error of a calibration fitter."""
+    if len(rows) < 3:
+        return 0.0
+    errs = []
+    for i, r in enumerate(rows):
+        f = fitter([x for j, x in enumerate(rows) if j != i])
+        errs.append(abs(_predict_row(f, r) - r["measured_ms"]) / r["measured_ms"])
+    return statistics.mean(errs)
+
+
+def _drop_outliers(rows: Sequence[dict]) -> list[int]:
+    """Indices of the rows to fit on: all but those far out under a one-scale fit."""
+    if len(rows) < 8:
+        return list(range(len(rows)))
+    f = _fit_scale(rows)
+    res = [_predict_row(f, r) / r["measured_ms"] - 1 for r in rows]
+    med = statistics.median(res)
+    mad = statistics.median(abs(x - med) for x in res)
+    lim = max(0.10, 3 * 1.4826 * mad)
+    far = sorted((i for i, x in enumerate(res) if abs(x - med) > lim),
+                 key=lambda i: -abs(res[i] - med))[: len(rows) // 4]
+    return [i for i in range(len(rows)) if i not in far]
 
 
 def sample_keeps(widths: dict[str, int], n: int, seed: int, lo: float = 0.3) -> list[dict]:
@@ -132,8 +289,20 @@ def resized_copy(model: nn.Module, layers: dict[str, dict], seed: int = 0) -> nn
     return m.eval()
 
 
+NOISY, RETRIES = 0.15, 2  # a model timing with IQR/median above NOISY is taken again (load burst)
+SLOWED = 1.15             # ... and one while the unpruned model runs this much slower than its best
+RETRY_PAUSE_S = 1.0
+REF_PROTOCOL = Protocol(warmup=2, repeats=10)
+
+
 class ModelMeter:
     """Measures whole (pruned) models on the target through the cache.
+
+    A timing whose spread (IQR/median) exceeds ``NOISY`` was taken during a burst of load from
+    something else on the machine, and one during which the unpruned model, timed briefly just
+    before and after, ran over ``SLOWED`` times slower than its best so far was taken while the
+    core was slowed (another process on it or its sibling): either is taken again after a pause,
+    up to ``RETRIES`` times, and the cleanest try is kept.
 
     A pruned variant is built by :func:`resized_copy`; on first use it is checked against a real
     :func:`prunelab.pruning.prune` of the same widths (``check``) and real pruning is used instead
@@ -146,6 +315,17 @@ class ModelMeter:
         self.groups, self.units, self.protocol = groups, units, protocol
         self.base_key = model_key(model, spec.arch, spec.input_shape)
         self.exact: bool | None = None
+        self._ref, self._ref_base = None, float("inf")
+
+    def _ref_ms(self) -> float:
+        """A short timing of the unpruned model: the probe of how fast the core runs now."""
+        if self._ref is None:
+            with self.target.scope():
+                self._ref = self.target.runner(self.model,
+                                               self.target.inputs([self.spec.input_shape]))
+        ms = time_runners(self.target, [self._ref], REF_PROTOCOL)[0].median_ms
+        self._ref_base = min(self._ref_base, ms)
+        return ms
 
     def pruned(self, keep: dict[str, int]) -> nn.Module:
         from ..pruning import prune
@@ -167,18 +347,30 @@ class ModelMeter:
         full = {g.name: g.width for g in self.groups}
         eff = {k: v for k, v in keep.items() if v != full.get(k)}
         key = (f"{self.base_key}|{json.dumps(eff, sort_keys=True)}|"
-               f"{self.protocol.warmup},{self.protocol.repeats}")
+               f"{self.protocol.warmup},{self.protocol.repeats}|retry{NOISY},{SLOWED},{RETRIES}")
         hit = self.cache.get("models", key)
         if hit is None:
             m = self.pruned(eff)
-            t = measure(self.target, [m], self.spec.input_shape, self.protocol)[0]
-            hit = {"median_ms": t.median_ms, "iqr_ms": t.iqr_ms, "repeats": t.repeats}
+            best = None
+            for attempt in range(1 + RETRIES):
+                if attempt:
+                    time.sleep(RETRY_PAUSE_S)
+                before = self._ref_ms()
+                t = measure(self.target, [m], self.spec.input_shape, self.protocol)[0]
+                slow = max(before, self._ref_ms()) / self._ref_base
+                bad = max(t.iqr_ms / t.median_ms / NOISY, slow / SLOWED)
+                if best is None or bad < best:
+                    best = bad
+                    hit = {"median_ms": t.median_ms, "iqr_ms": t.iqr_ms, "repeats": t.repeats,
+                           "attempts": attempt + 1, "reference_slowdown": slow}
+                if bad <= 1.0:
+                    break
             self.cache.put("models", key, hit)
             self.cache.flush()
         return hit
 
 
-def build_predictor(model: nn.Module, spec, target, cache: Cache, calibrate: int = 6,
+def build_predictor(model: nn.Module, spec, target, cache: Cache, calibrate: int = CALIBRATE,
                     seed: int = 1_000, progress: Callable[[str], None] | None = None,
                     lut_cfg: LutConfig = LutConfig()) -> tuple[Predictor, dict]:
     """Build (or load from the cache) the LUT-based predictor of ``model`` on ``target``.
@@ -192,7 +384,8 @@ def build_predictor(model: nn.Module, spec, target, cache: Cache, calibrate: int
     _, groups = prunable_groups(model, spec.input_shape, spec.num_classes)
     widths = {g.name: g.width for g in groups}
     units = extract_units(model, spec.input_shape, groups)
-    pkey = (f"{model_key(model, spec.arch, spec.input_shape)}|cal{calibrate}|seed{seed}|"
+    pkey = (f"v{PREDICTOR_VERSION}|{model_key(model, spec.arch, spec.input_shape)}|"
+            f"cal{calibrate}|seed{seed}|"
             + json.dumps(lut_cfg.to_json(), sort_keys=True))
     hit = cache.get("predictors", pkey)
     if hit is not None:
@@ -209,7 +402,9 @@ def build_predictor(model: nn.Module, spec, target, cache: Cache, calibrate: int
     rows = []
     for i, keep in enumerate([{}] + sample_keeps(widths, calibrate, seed)):
         say(f"calibration {i + 1}/{calibrate + 1}")
-        rows.append({"raw_ms": pred.raw_ms(keep), "measured_ms": meter(keep)["median_ms"]})
+        parts = pred.parts(keep)
+        rows.append({"raw_ms": sum(parts.values()), "parts": parts,
+                     "measured_ms": meter(keep)["median_ms"]})
     pred.fit(rows)
     info = {"lut_seconds": lut_s, "lut_points_measured": lut.measured, "lut": lut_cfg.to_json(),
             "calibration_seconds": time.perf_counter() - t0 - lut_s,
