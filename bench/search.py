@@ -44,12 +44,12 @@ def _name(job) -> str:
     return f"{model.split('.')[0]}-{method}{tag}-{target}-{budget.replace('=', '')}"
 
 
-def row(job, r: dict, wall: float) -> dict:
+def row(job, r: dict, _wall: float = 0.0) -> dict:
     c, b = r["chosen"], r["base"]
     return {"run": _name(job), "model": job[0], "method": r["method"] + (
         " (isomorphic)" if job[5].get("isomorphic") else ""), "criterion": r["criterion"],
         "target": r["target"], "budget": r["budget"], "evaluations": r["evaluations"],
-        "search_s": r["search_seconds"], "total_s": r["seconds"], "wall_s": wall,
+        "search_s": r["search_seconds"], "total_s": r["seconds"],
         "base_top1": b["top1"], "top1": c["top1"], "macs_kept": c["macs"] / b["macs"],
         "params_kept": c["params"] / b["params"], "base_ms": b["latency_ms"],
         "latency_ms": c["latency_ms"], "speedup": c["measured_speedup"],
@@ -77,7 +77,6 @@ def main() -> None:
     ap.add_argument("suite", choices=sorted(SUITES))
     ap.add_argument("--only", help="run only the jobs whose run name contains this")
     a = ap.parse_args()
-    rows = []
     for job in SUITES[a.suite]:
         if a.only and a.only not in _name(job):
             continue
@@ -85,8 +84,10 @@ def main() -> None:
         cfg = SearchConfig(method, crit, TargetConfig(target), budget, options=opts)
         t0 = time.perf_counter()
         r = run_search(model, cfg, RUNS / _name(job))
-        rows.append(row(job, r, time.perf_counter() - t0))
-        print(json.dumps(rows[-1]), flush=True)
+        print(json.dumps(row(job, r, time.perf_counter() - t0)), flush=True)
+    # the table holds every finished job of the suite (jobs may run in separate processes)
+    rows = [row(job, json.loads((RUNS / _name(job) / "result.json").read_text()), 0.0)
+            for job in SUITES[a.suite] if (RUNS / _name(job) / "result.json").exists()]
     RESULTS.mkdir(parents=True, exist_ok=True)
     stem = RESULTS / f"search-{a.suite}"
     atomic_write_text(stem.with_suffix(".json"), json.dumps(rows, indent=1))

@@ -185,17 +185,28 @@ def _finish(ctx: Search, ref: str, budget: Budget, crit_spec: str) -> dict:
     base = {**ctx.base, "predicted_ms": ctx.base["latency_ms"], "latency_ms": times[0].median_ms}
     measured = [{**p, "predicted_ms": p["latency_ms"], "latency_ms": t.median_ms,
                  "latency_iqr_ms": t.iqr_ms} for p, t in zip(pts, times[1:])]
-    ok = [p for p in measured if budget.met(p, base)]
-    if ok:
-        best = max(ok, key=lambda p: (p["top1"], -p["latency_ms"]))
-    else:
-        best = min(measured, key=lambda p: budget.excess(p, base))
+    # candidates: the measured points under the budget, best top-1 first; each is confirmed on
+    # a longer interleaved run against the unpruned model, and a latency budget must hold there
+    # too (a point that only met it within the front run's noise gives way to the next)
+    ok = sorted((p for p in measured if budget.met(p, base)),
+                key=lambda p: (-p["top1"], p["latency_ms"]))
+    if not ok:
+        ok = [min(measured, key=lambda p: budget.excess(p, base))]
         log(f"no measured point meets budget {budget}; keeping the closest "
-            f"({budget.key} {best[budget.key]:.4g} vs limit {budget.limit(base):.4g})")
-    net = models[pts.index(next(p for p in pts if p["key"] == best["key"]
-                                and p["context"] == best["context"]))]
-    # confirm on a longer interleaved run: the speed-up and whether it is above the noise
-    conf = measure(ctx.target, [ctx.model, net], shape, Protocol(warmup=20, repeats=100))
+            f"({budget.key} {ok[0][budget.key]:.4g} vs limit {budget.limit(base):.4g})")
+    tried = []
+    for best in ok[:3]:
+        net = models[pts.index(next(p for p in pts if p["key"] == best["key"]
+                                    and p["context"] == best["context"]))]
+        conf = measure(ctx.target, [ctx.model, net], shape, Protocol(warmup=20, repeats=100))
+        met = budget.met({**best, "latency_ms": conf[1].median_ms},
+                         {**base, "latency_ms": conf[0].median_ms})
+        tried.append((met, conf[0].median_ms / conf[1].median_ms, best, net, conf))
+        if met:
+            break
+        log(f"confirmation: {best['latency_ms']:.3f} ms in the front run, "
+            f"{conf[1].median_ms:.3f} ms now: over budget {budget}; trying the next point")
+    met, _, best, net, conf = max(tried, key=lambda t: (t[0], t[1]))
     cmp = compare(conf[0], conf[1])
     base_full = ctx.top1(ctx.model, None)  # as shipped (no BN re-estimation)
     best_full = ctx.top1(net, None)
@@ -203,8 +214,7 @@ def _finish(ctx: Search, ref: str, budget: Budget, crit_spec: str) -> dict:
               "latency_ms": conf[1].median_ms, "latency": conf[1].to_json(),
               "measured_speedup": cmp["speedup"], "speedup_verdict": cmp["verdict"],
               "noise": {"base": cmp["noise_a"], "chosen": cmp["noise_b"]},
-              "budget_met": budget.met({**best, "latency_ms": conf[1].median_ms},
-                                       {**base, "latency_ms": conf[0].median_ms}),
+              "budget_met": met, "confirmations": len(tried),
               "path": str((ctx.out / "model").resolve())}
     base_out = {**_point_json(base, keep=False), "val_top1_subset": base["top1"],
                 "top1": base_full, "latency_ms": conf[0].median_ms}
