@@ -213,6 +213,7 @@ def _finish(ctx: Search, ref: str, budget: Budget, crit_spec: str) -> dict:
     chosen = {**_point_json(best), "val_top1_subset": best["top1"], "top1": best_full,
               "latency_ms": conf[1].median_ms, "latency": conf[1].to_json(),
               "measured_speedup": cmp["speedup"], "speedup_verdict": cmp["verdict"],
+              "speedup_iqr_range": _speedup_range(conf[0], conf[1]),
               "noise": {"base": cmp["noise_a"], "chosen": cmp["noise_b"]},
               "budget_met": met, "confirmations": len(tried),
               "path": str((ctx.out / "model").resolve())}
@@ -243,3 +244,12 @@ def _finish(ctx: Search, ref: str, budget: Budget, crit_spec: str) -> dict:
                               f"{ctx.spec.name}: {ctx.cfg.method} + {crit_spec}, "
                               f"{ctx.cfg.target.target}, budget {budget}")
     return res
+
+
+def _speedup_range(base, chosen) -> list[float]:
+    """The speed-up between the quartiles: unpruned Q1 / chosen Q3 .. unpruned Q3 / chosen Q1."""
+    from ..metrics import _quartiles
+
+    b1, _, b3 = _quartiles(base.samples_ms)
+    c1, _, c3 = _quartiles(chosen.samples_ms)
+    return [b1 / c3, b3 / c1]
