@@ -5,7 +5,7 @@ Every method runs on one driver (:mod:`prunelab.search.driver`): a cached, logge
 
     >>> from prunelab.search import SEARCHES
     >>> SEARCHES.names()
-    ['nsga2', 'cie', 'omp-search', 'abc', 'uniform', 'global']
+    ['abc', 'cie', 'global', 'nsga2', 'omp-search', 'uniform']
 """
 
 from ..registry import Registry
