@@ -8,10 +8,9 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from prunelab.errors import PrunelabError
-from prunelab.io import ModelSpec, load_model, save_model
+from prunelab.io import load_model
 from prunelab.search import SEARCHES, Budget, SearchConfig, run_search
 from prunelab.targets import TargetConfig
 
@@ -25,20 +24,14 @@ SMALL = {
 }
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory, tiny_data):
-    from prunelab.models import build
-
-    torch.manual_seed(0)
-    m = build("resnet20", in_channels=1, num_classes=tiny_data.num_classes, width=0.25).eval()
-    spec = ModelSpec.for_zoo("resnet20", 1, tiny_data.num_classes, 0.25, 32, tiny_data.mean,
-                             tiny_data.std, "mnist-idx")
-    return save_model(m, spec, tmp_path_factory.mktemp("m") / "tiny")
+@pytest.fixture
+def model_dir(tiny_resnet_dir):
+    return tiny_resnet_dir  # conftest's session-wide tiny ResNet-20 folder
 
 
-@pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory):
-    return str(tmp_path_factory.mktemp("latcache"))
+@pytest.fixture
+def cache_dir(session_cache_dir):
+    return session_cache_dir  # one latency table for the search and pipeline tests
 
 
 def _run(method, model_dir, cache_dir, idx_dir, out, budget="macs=0.6", seed=0, **opts):
