@@ -1,7 +1,6 @@
 """The predictor: calibration fit, metrics, sampling, and small real end-to-end runs of
 `prunelab latency build|validate|profile|steps` on ONNX Runtime."""
 
-import itertools
 import json
 import subprocess
 import sys
@@ -184,15 +183,12 @@ def test_predictor_tracks_onnxruntime_on_a_full_resnet20(tmp_path):
     assert r["mape"] < 0.25 and r["spearman"] > 0.5, (r["mape"], r["spearman"])
 
 
-def test_a_model_timing_taken_during_a_load_burst_is_taken_again(tmp_path, monkeypatch):
-    """Real model and target; the timings are scripted: a noisy one (IQR 40% of the median) is
-    measured again and the steadiest kept, in the cache."""
+def _meter(tmp_path):
     import torch
 
     from prunelab.io import ModelSpec
     from prunelab.latency import predictor as P
     from prunelab.latency.cache import Cache
-    from prunelab.metrics import Timing
     from prunelab.models import build
     from prunelab.pruning import prunable_groups
     from prunelab.targets import TargetConfig, make_target
@@ -202,56 +198,49 @@ def test_a_model_timing_taken_during_a_load_burst_is_taken_again(tmp_path, monke
     spec = ModelSpec.for_zoo("resnet20", 1, 4, 0.5)
     _, groups = prunable_groups(model, spec.input_shape, spec.num_classes)
     target = make_target(TargetConfig("torch-cpu"))
-    cache = Cache(target.fingerprint(), tmp_path)
-    script = iter([(2.0, 0.8), (1.1, 0.05), (9.0, 0.0)])
+    return P.ModelMeter(target, Cache(target.fingerprint(), tmp_path), model, spec, groups,
+                        P.extract_units(model, spec.input_shape, groups)), groups
+
+
+def test_a_model_timing_taken_during_a_load_burst_is_taken_again(tmp_path, monkeypatch):
+    """Real model and target; the timings are scripted: a try where the unpruned model's runs
+    spread by 40% of their median is taken again, the steadiest kept, in the cache, and the
+    pruned model's figure is the unpruned one's base figure times their interleaved ratio."""
+    from prunelab.latency import predictor as P
+    from prunelab.metrics import Timing
+
+    script = iter([[(2.0, 0.02)],                     # the unpruned model alone: its base figure
+                   [(3.0, 1.2), (1.0, 0.05)],         # unpruned | pruned, interleaved: noisy
+                   [(2.2, 0.04), (1.1, 0.02)],        # steady: ratio 0.5
+                   [(9.0, 0.0), (9.0, 0.0)]])
     calls = []
 
-    def fake(target, models, shape, protocol):
-        calls.append(len(models))
-        med, iqr = next(script)
-        return [Timing(target.name, 1, 1, 3, 0, med, iqr, [med] * 3)]
+    def fake(target, runners, protocol):
+        calls.append(len(runners))
+        return [Timing(target.name, 1, 1, 3, 0, med, iqr, [med] * 3) for med, iqr in next(script)]
 
-    monkeypatch.setattr(P, "measure", fake)
+    monkeypatch.setattr(P, "time_runners", fake)
     monkeypatch.setattr(P, "RETRY_PAUSE_S", 0.0)
-    probe = itertools.repeat(1.0)
-    meter = P.ModelMeter(target, cache, model, spec, groups, P.extract_units(
-        model, spec.input_shape, groups))
-    meter._ref_ms = lambda: next(probe)
-    meter._ref_base = 1.0
+    meter, groups = _meter(tmp_path)
     keep = {groups[0].name: 2}
     hit = meter(keep)
-    assert (hit["median_ms"], hit["attempts"], len(calls)) == (1.1, 2, 2)
-    assert meter(keep) == hit and len(calls) == 2      # from the cache
+    assert calls == [1, 2, 2] and hit["attempts"] == 2
+    assert hit["median_ms"] == pytest.approx(2.0 * 1.1 / 2.2)
+    assert hit["raw_median_ms"] == 1.1 and hit["reference_slowdown"] == pytest.approx(1.1)
+    assert meter(keep) == hit and meter({})["median_ms"] == 2.0 and len(calls) == 3  # cached
 
 
-def test_a_model_timing_taken_while_the_core_is_slowed_is_taken_again(tmp_path, monkeypatch):
-    """The unpruned model, timed for real just before and after, is the probe: a try during
-    which it runs 1.5x slower than its best is taken again."""
-    import torch
-
-    from prunelab.io import ModelSpec
+def test_a_pruned_model_is_timed_for_real_beside_the_unpruned_one(tmp_path, monkeypatch):
+    """Real timings on torch: the record holds both raw figures of the interleaved run and
+    reports the pruned model at the unpruned model's base figure times their ratio."""
     from prunelab.latency import predictor as P
-    from prunelab.latency.cache import Cache
-    from prunelab.metrics import Timing
-    from prunelab.models import build
-    from prunelab.pruning import prunable_groups
-    from prunelab.targets import TargetConfig, make_target
 
-    torch.manual_seed(0)
-    model = build("resnet20", in_channels=1, num_classes=4, width=0.5).eval()
-    spec = ModelSpec.for_zoo("resnet20", 1, 4, 0.5)
-    _, groups = prunable_groups(model, spec.input_shape, spec.num_classes)
-    target = make_target(TargetConfig("torch-cpu"))
-    meter = P.ModelMeter(target, Cache(target.fingerprint(), tmp_path), model, spec, groups,
-                         P.extract_units(model, spec.input_shape, groups))
-    real = meter._ref_ms()                            # a real timing of the unpruned model
-    assert 0 < real == meter._ref_base
-    probe = itertools.chain([1.5 * real, 1.5 * real], itertools.repeat(real))
-    meter._ref_ms = lambda: next(probe)
-    monkeypatch.setattr(P, "RETRY_PAUSE_S", 0.0)
-    # only the probe decides here: a loaded test machine can make any real timing's spread
-    # large, and the steadiest try (which may be the first) is the one kept
-    monkeypatch.setattr(P, "NOISY", 1e9)
-    hit = meter({groups[0].name: 2})                  # the pruned model is timed for real
-    assert hit["attempts"] >= 2 and hit["reference_slowdown"] == pytest.approx(1.0)
-    assert hit["median_ms"] > 0
+    monkeypatch.setattr(P, "NOISY", 1e9)  # a loaded test machine may spread any real timing
+    meter, groups = _meter(tmp_path)
+    base = meter({})
+    assert base["median_ms"] > 0 and base["reference_slowdown"] == 1.0
+    hit = meter({groups[0].name: 2})
+    assert hit["raw_median_ms"] > 0 and hit["reference_ms"] > 0 and hit["repeats"] == 30
+    assert hit["median_ms"] == pytest.approx(base["median_ms"] * hit["raw_median_ms"]
+                                             / hit["reference_ms"])
+    assert hit["reference_slowdown"] == pytest.approx(hit["reference_ms"] / base["median_ms"])

@@ -38,13 +38,13 @@ from ..errors import PrunelabError
 from ..io import layer_widths
 from .cache import Cache
 from .lut import LUT, LutConfig, build_lut
-from .measure import Protocol, measure, time_runners
+from .measure import Protocol, time_runners
 from .units import Unit, extract_units, unit_shapes
 
 MODEL_PROTOCOL = Protocol(warmup=10, repeats=30)
 CALIBRATE = 24          # pruned variants measured per model to fit the calibration
 CLASS_GAIN = 0.15       # per-class coefficients must cut the leave-one-out error by this much
-PREDICTOR_VERSION = 4   # part of the predictor cache key: bump when a stored figure changes meaning
+PREDICTOR_VERSION = 5   # part of the predictor cache key: bump when a stored figure changes meaning
 
 
 def unit_class(u: Unit) -> str:
@@ -290,19 +290,24 @@ def resized_copy(model: nn.Module, layers: dict[str, dict], seed: int = 0) -> nn
 
 
 NOISY, RETRIES = 0.15, 2  # a model timing with IQR/median above NOISY is taken again (load burst)
-SLOWED = 1.15             # ... and one while the unpruned model runs this much slower than its best
 RETRY_PAUSE_S = 1.0
-REF_PROTOCOL = Protocol(warmup=2, repeats=10)
 
 
 class ModelMeter:
-    """Measures whole (pruned) models on the target through the cache.
+    """Measures whole (pruned) models on the target through the cache, relative to the unpruned
+    model.
 
-    A timing whose spread (IQR/median) exceeds ``NOISY`` was taken during a burst of load from
-    something else on the machine, and one during which the unpruned model, timed briefly just
-    before and after, ran over ``SLOWED`` times slower than its best so far was taken while the
-    core was slowed (another process on it or its sibling): either is taken again after a pause,
-    up to ``RETRIES`` times, and the cleanest try is kept.
+    The unpruned model is timed alone once (its *base* figure).  Every pruned variant is then
+    timed interleaved with the unpruned model (A, B, A, B, ...) and reported as
+    ``base * variant / unpruned``: a shared virtual machine's cores run at different speeds from
+    one minute to the next (the unpruned model, timed again and again through a validation on a
+    machine with a load average below 1, varied by up to 1.6x), and the ratio taken side by side
+    cancels that drift, so the figures of a calibration and of a validation are comparable.  The
+    raw figures are kept in the record (``raw_median_ms``, ``reference_ms``).
+
+    A timing whose spread (IQR/median, of either model) exceeds ``NOISY`` was taken during a burst
+    of load from something else on the machine: it is taken again after a pause, up to
+    ``RETRIES`` times, and the steadiest try is kept.
 
     A pruned variant is built by :func:`resized_copy`; on first use it is checked against a real
     :func:`prunelab.pruning.prune` of the same widths (``check``) and real pruning is used instead
@@ -315,17 +320,11 @@ class ModelMeter:
         self.groups, self.units, self.protocol = groups, units, protocol
         self.base_key = model_key(model, spec.arch, spec.input_shape)
         self.exact: bool | None = None
-        self._ref, self._ref_base = None, float("inf")
+        self._ref = None
 
-    def _ref_ms(self) -> float:
-        """A short timing of the unpruned model: the probe of how fast the core runs now."""
-        if self._ref is None:
-            with self.target.scope():
-                self._ref = self.target.runner(self.model,
-                                               self.target.inputs([self.spec.input_shape]))
-        ms = time_runners(self.target, [self._ref], REF_PROTOCOL)[0].median_ms
-        self._ref_base = min(self._ref_base, ms)
-        return ms
+    def _runner(self, m: nn.Module):
+        with self.target.scope():
+            return self.target.runner(m, self.target.inputs([self.spec.input_shape]))
 
     def pruned(self, keep: dict[str, int]) -> nn.Module:
         from ..pruning import prune
@@ -343,30 +342,45 @@ class ModelMeter:
         return prune(self.model, "l1", keep=keep, input_shape=self.spec.input_shape,
                      num_classes=self.spec.num_classes).model
 
+    def _steadiest(self, runners: list) -> tuple[list, int]:
+        """Time ``runners`` interleaved, again while any spread exceeds NOISY; the steadiest
+        try, and how many tries it took."""
+        best, best_bad, attempt = None, float("inf"), 0
+        for attempt in range(1 + RETRIES):
+            if attempt:
+                time.sleep(RETRY_PAUSE_S)
+            ts = time_runners(self.target, runners, self.protocol)
+            bad = max(t.iqr_ms / t.median_ms for t in ts) / NOISY
+            if bad < best_bad:
+                best, best_bad = ts, bad
+            if bad <= 1.0:
+                break
+        return best, attempt + 1
+
     def __call__(self, keep: dict[str, int]) -> dict:
         full = {g.name: g.width for g in self.groups}
         eff = {k: v for k, v in keep.items() if v != full.get(k)}
         key = (f"{self.base_key}|{json.dumps(eff, sort_keys=True)}|"
-               f"{self.protocol.warmup},{self.protocol.repeats}|retry{NOISY},{SLOWED},{RETRIES}")
+               f"{self.protocol.warmup},{self.protocol.repeats}|relative,retry{NOISY},{RETRIES}")
         hit = self.cache.get("models", key)
-        if hit is None:
-            m = self.pruned(eff)
-            best = None
-            for attempt in range(1 + RETRIES):
-                if attempt:
-                    time.sleep(RETRY_PAUSE_S)
-                before = self._ref_ms()
-                t = measure(self.target, [m], self.spec.input_shape, self.protocol)[0]
-                slow = max(before, self._ref_ms()) / self._ref_base
-                bad = max(t.iqr_ms / t.median_ms / NOISY, slow / SLOWED)
-                if best is None or bad < best:
-                    best = bad
-                    hit = {"median_ms": t.median_ms, "iqr_ms": t.iqr_ms, "repeats": t.repeats,
-                           "attempts": attempt + 1, "reference_slowdown": slow}
-                if bad <= 1.0:
-                    break
-            self.cache.put("models", key, hit)
-            self.cache.flush()
+        if hit is not None:
+            return hit
+        if self._ref is None:
+            self._ref = self._runner(self.model)
+        if not eff:
+            (t,), n = self._steadiest([self._ref])
+            hit = {"median_ms": t.median_ms, "iqr_ms": t.iqr_ms, "repeats": t.repeats,
+                   "attempts": n, "raw_median_ms": t.median_ms, "reference_ms": t.median_ms,
+                   "reference_slowdown": 1.0}
+        else:
+            base = self({})["median_ms"]
+            (ref, t), n = self._steadiest([self._ref, self._runner(self.pruned(eff))])
+            f = base / ref.median_ms
+            hit = {"median_ms": t.median_ms * f, "iqr_ms": t.iqr_ms * f, "repeats": t.repeats,
+                   "attempts": n, "raw_median_ms": t.median_ms, "reference_ms": ref.median_ms,
+                   "reference_slowdown": ref.median_ms / base}
+        self.cache.put("models", key, hit)
+        self.cache.flush()
         return hit
 
 
