@@ -7,7 +7,11 @@ pruned variants drawn like the validation samples:
   (conv, conv with a fused residual add, depthwise conv, linear; non-negative least squares),
 
 the second only when it predicts the calibration points clearly better under leave-one-out (on a
-noisy machine the simpler fit wins).  The overhead holds what the
+noisy machine the simpler fit wins).  On a runtime that picks a blocked tensor layout per conv
+(ONNX Runtime, see :mod:`.layout`) a third candidate subtracts ``reorder_ms`` per thousand tensor
+elements whose layout reorder the network skips and the stand-alone units paid; it is kept when
+its leave-one-out error is lower, and then a third of the calibration variants are drawn on the
+layout's channel multiples, as a search on the target's useful widths picks them.  The overhead holds what the
 units leave out (pooling, the classifier's reshape, the whole model's own call) and the weights
 the difference between a unit timed alone and inside a network (layout conversions at the
 boundaries of a stand-alone unit, caches, fused boundaries), which need not be the same for every
@@ -37,14 +41,15 @@ import torch.nn as nn
 from ..errors import PrunelabError
 from ..io import layer_widths
 from .cache import Cache
+from .layout import elided
 from .lut import LUT, LutConfig, build_lut
 from .measure import Protocol, time_runners
-from .units import Unit, extract_units, unit_shapes
+from .units import Unit, extract_units, unit_links, unit_shapes
 
 MODEL_PROTOCOL = Protocol(warmup=10, repeats=30)
 CALIBRATE = 24          # pruned variants measured per model to fit the calibration
 CLASS_GAIN = 0.15       # per-class coefficients must cut the leave-one-out error by this much
-PREDICTOR_VERSION = 5   # part of the predictor cache key: bump when a stored figure changes meaning
+PREDICTOR_VERSION = 6   # part of the predictor cache key: bump when a stored figure changes meaning
 
 
 def unit_class(u: Unit) -> str:
@@ -93,6 +98,17 @@ class Predictor:
     calibration: list[dict] = field(default_factory=list)
     coefs: dict[str, float] = field(default_factory=dict)  # per unit class; empty: one scale
     fit_info: dict = field(default_factory=dict)
+    links: list = field(default_factory=list)       # see units.unit_links
+    layout: tuple = (0, 0)                          # the target's (block, alignment)
+    reorder_ms: float = 0.0                         # per thousand elided reorder elements
+
+    def elided(self, keep: dict[str, int] | None = None) -> float:
+        """Thousands of tensor elements whose layout reorder the network skips (see
+        :mod:`.layout`)."""
+        if not self.layout[0]:
+            return 0.0
+        shapes = unit_shapes(self.units, self.widths, keep or {})
+        return elided(self.units, shapes, self.links, tuple(self.layout))
 
     def unit_ms(self, keep: dict[str, int] | None = None) -> list[float]:
         shapes = unit_shapes(self.units, self.widths, keep or {})
@@ -115,7 +131,8 @@ class Predictor:
 
     def predict(self, keep: dict[str, int] | None = None) -> float:
         """Predicted whole-model latency (ms per batch) with groups pruned to ``keep``."""
-        return self._combine(self.parts(keep)) + self.overhead_ms
+        ms = self._combine(self.parts(keep)) + self.overhead_ms
+        return ms - self.reorder_ms * self.elided(keep) if self.reorder_ms else ms
 
     def group_curve(self, group: str, base: dict[str, int] | None = None) -> dict[int, float]:
         """Predicted latency for every width of one group, the others as in ``base``."""
@@ -138,6 +155,8 @@ class Predictor:
             r["outlier"] = i not in use
         fitted = [rows[i] for i in use]
         cands = {"scale": _fit_scale}
+        if any(r.get("elided") for r in fitted) and len(fitted) >= 8:
+            cands["layout"] = _fit_layout
         classes = _classes(fitted)
         if len(classes) > 1 and all("parts" in r for r in fitted) \
                 and len(fitted) >= 3 * (len(classes) + 1):
@@ -148,7 +167,9 @@ class Predictor:
             coefs = cands["classes"](fitted)[2]
             if all(0.5 <= v <= 2.0 for v in coefs.values()):  # as plausible as one scale
                 best = "classes"
-        self.scale, self.overhead_ms, self.coefs = cands[best](fitted)
+        if "layout" in cands and loo["layout"] < loo[best]:
+            best = "layout"
+        self.scale, self.overhead_ms, self.coefs, self.reorder_ms = cands[best](fitted)
         self.calibration = rows
         self.fit_info = {"kind": best, "loo_mape": loo, "points": len(rows),
                          "outliers": len(rows) - len(fitted)}
@@ -156,15 +177,20 @@ class Predictor:
     def to_json(self) -> dict:
         return {"units": [u.to_json() for u in self.units], "widths": self.widths,
                 "lut": self.lut.to_json(), "scale": self.scale, "overhead_ms": self.overhead_ms,
-                "calibration": self.calibration, "coefs": self.coefs, "fit": self.fit_info}
+                "calibration": self.calibration, "coefs": self.coefs, "fit": self.fit_info,
+                "links": self.links, "layout": list(self.layout), "reorder_ms": self.reorder_ms}
 
     @classmethod
     def from_json(cls, d: dict) -> "Predictor":
         return cls([Unit(**u) for u in d["units"]], d["widths"], LUT.from_json(d["lut"]),
-                   d["scale"], d["overhead_ms"], d["calibration"], d["coefs"], d["fit"])
+                   d["scale"], d["overhead_ms"], d["calibration"], d["coefs"], d["fit"],
+                   d.get("links", []), tuple(d.get("layout", (0, 0))), d.get("reorder_ms", 0.0))
 
 
-def _fit_scale(rows: Sequence[dict]) -> tuple[float, float, dict]:
+Fit = tuple[float, float, dict, float]   # scale, overhead, per-class coefficients, reorder_ms
+
+
+def _fit_scale(rows: Sequence[dict]) -> Fit:
     """``measured ~ scale * raw + overhead`` by least squares on relative errors (each row
     weighted by 1/measured, as MAPE weighs them), scale clamped to [0.5, 2]."""
     xs = [r["raw_ms"] for r in rows]
@@ -179,7 +205,20 @@ def _fit_scale(rows: Sequence[dict]) -> tuple[float, float, dict]:
         scale = min(2.0, max(0.5, a))
     else:
         scale = 1.0
-    return scale, my - scale * mx, {}
+    return scale, my - scale * mx, {}, 0.0
+
+
+def _fit_layout(rows: Sequence[dict]) -> Fit:
+    """``measured ~ scale * raw - reorder * elided + overhead`` with scale, reorder >= 0 (NNLS on
+    relative errors, as :func:`_fit_classes`); one scale when the layout term does not help."""
+    import numpy as np
+
+    a = np.array([[r["raw_ms"], -r.get("elided", 0.0), 1.0, -1.0] for r in rows])
+    y = np.array([r["measured_ms"] for r in rows])
+    x = nnls(a / y[:, None], np.ones(len(rows)))
+    if not 0.5 <= x[0] <= 2.0:
+        return _fit_scale(rows)
+    return float(x[0]), float(x[2] - x[3]), {}, float(x[1])
 
 
 def _classes(rows: Sequence[dict]) -> list[str]:
@@ -192,7 +231,7 @@ def _classes(rows: Sequence[dict]) -> list[str]:
     return sorted(k for k, v in tot.items() if v >= 0.05 * sum(tot.values()))
 
 
-def _fit_classes(rows: Sequence[dict], classes: list[str]) -> tuple[float, float, dict]:
+def _fit_classes(rows: Sequence[dict], classes: list[str]) -> Fit:
     """Non-negative per-class coefficients and a free-sign overhead, on relative errors (each
     row weighted by 1/measured, so small variants count as much as big ones)."""
     import numpy as np
@@ -206,14 +245,14 @@ def _fit_classes(rows: Sequence[dict], classes: list[str]) -> tuple[float, float
     x = nnls(a / y[:, None], np.ones(len(rows)))
     coefs = {k: float(v) for k, v in zip(classes, x)}
     # the main coefficient stands for every class without its own (see Predictor._combine)
-    return float(coefs[main]), float(x[-2] - x[-1]), coefs
+    return float(coefs[main]), float(x[-2] - x[-1]), coefs, 0.0
 
 
-def _predict_row(fit: tuple[float, float, dict], r: dict) -> float:
-    scale, over, coefs = fit
+def _predict_row(fit: Fit, r: dict) -> float:
+    scale, over, coefs, reorder = fit
     if coefs:
         return sum(coefs.get(k, scale) * v for k, v in r["parts"].items()) + over
-    return scale * r["raw_ms"] + over
+    return scale * r["raw_ms"] + over - reorder * r.get("elided", 0.0)
 
 
 def _loo(fitter, rows: Sequence[dict]) -> float:
@@ -241,15 +280,22 @@ def _drop_outliers(rows: Sequence[dict]) -> list[int]:
     return [i for i in range(len(rows)) if i not in far]
 
 
-def sample_keeps(widths: dict[str, int], n: int, seed: int, lo: float = 0.3) -> list[dict]:
+def sample_keeps(widths: dict[str, int], n: int, seed: int, lo: float = 0.3,
+                 multiple: int = 1) -> list[dict]:
     """Random per-group widths: a model-wide level f ~ U(lo, 1), each group f x U(0.75, 1.25)
-    clipped to [1, width], so samples span light to heavy pruning with uneven layers."""
+    clipped to [1, width], so samples span light to heavy pruning with uneven layers; with
+    ``multiple``, each rounded to a multiple of it (a group narrower than it stays whole)."""
     rng = random.Random(seed)
     out = []
     for _ in range(n):
         f = rng.uniform(lo, 1.0)
-        out.append({g: max(1, min(w, round(w * f * rng.uniform(0.75, 1.25))))
-                    for g, w in widths.items()})
+        keep = {}
+        for g, w in widths.items():
+            k = max(1, min(w, round(w * f * rng.uniform(0.75, 1.25))))
+            if multiple > 1 and w >= multiple:
+                k = min(w - w % multiple, max(multiple, multiple * round(k / multiple)))
+            keep[g] = k
+        out.append(keep)
     return out
 
 
@@ -398,6 +444,7 @@ def build_predictor(model: nn.Module, spec, target, cache: Cache, calibrate: int
     _, groups = prunable_groups(model, spec.input_shape, spec.num_classes)
     widths = {g.name: g.width for g in groups}
     units = extract_units(model, spec.input_shape, groups)
+    layout = tuple(target.blocked_layout())
     pkey = (f"v{PREDICTOR_VERSION}|{model_key(model, spec.arch, spec.input_shape)}|"
             f"cal{calibrate}|seed{seed}|"
             + json.dumps(lut_cfg.to_json(), sort_keys=True))
@@ -411,16 +458,22 @@ def build_predictor(model: nn.Module, spec, target, cache: Cache, calibrate: int
     lut = build_lut(target, units, cache, lut_cfg,
                     progress=lambda i, n, s: say(f"table {i}/{n}: {s}") if i < n else None)
     lut_s = time.perf_counter() - t0
-    pred = Predictor(units, widths, lut)
+    pred = Predictor(units, widths, lut, links=unit_links(model, units) if layout[0] else [],
+                     layout=layout)
     meter = ModelMeter(target, cache, model, spec, groups, units)
     rows = []
-    for i, keep in enumerate([{}] + sample_keeps(widths, calibrate, seed)):
+    keeps = [{}] + sample_keeps(widths, calibrate, seed)
+    if layout[0] and pred.links:  # a third on the layout's multiples (block, alignment)
+        n = calibrate // 3
+        keeps[1 + calibrate - n:] = (sample_keeps(widths, n - n // 2, seed + 1, multiple=layout[0])
+                                     + sample_keeps(widths, n // 2, seed + 2, multiple=layout[1]))
+    for i, keep in enumerate(keeps):
         say(f"calibration {i + 1}/{calibrate + 1}")
         parts = pred.parts(keep)
-        rows.append({"raw_ms": sum(parts.values()), "parts": parts,
+        rows.append({"raw_ms": sum(parts.values()), "parts": parts, "elided": pred.elided(keep),
                      "measured_ms": meter(keep)["median_ms"]})
     pred.fit(rows)
-    info = {"lut_seconds": lut_s, "lut_points_measured": lut.measured, "lut": lut_cfg.to_json(),
+    info = {"layout": list(layout), "lut_seconds": lut_s, "lut_points_measured": lut.measured, "lut": lut_cfg.to_json(),
             "calibration_seconds": time.perf_counter() - t0 - lut_s,
             "signatures": len(lut.tables), "units": len(units), "groups": len(widths)}
     cache.put("predictors", pkey, {"predictor": pred.to_json(), "info": info})

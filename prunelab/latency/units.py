@@ -243,3 +243,65 @@ def unit_module(u: Unit, cin: int, cout: int, seed: int = 0):
         shapes = [(cout if u.kind == "dwconv" else cin, u.h, u.w)] + (
             [(cout, ho, wo)] if u.add else [])
     return m, shapes
+
+
+def unit_links(model: nn.Module, units: Sequence[Unit]) -> list[list[int | None]]:
+    """Per unit, the units producing its input tensors: ``[main, residual]`` (residual only for a
+    unit with a fused add), ``None`` where the tensor comes from the model's input or from
+    something that is not a unit (an unfused op joining two branches).  Pooling, flattening,
+    activations and BN pass a tensor through.  Runtimes that change tensor layouts (ONNX
+    Runtime's blocked NCHWc) decide per edge whether a conversion is needed, and this is the edge
+    list.  Empty when the model cannot be traced."""
+    import torch.fx as fx
+
+    try:
+        gm = fx.symbolic_trace(model)
+    except Exception:
+        return []
+    index = {u.name: i for i, u in enumerate(units)}
+    owner: dict = {}    # fx node -> the unit whose (fused) output it is
+    claimed: dict = {}  # add node -> unit that fused it
+    for node in gm.graph.nodes:
+        if node.op == "call_module" and node.target in index:
+            i = index[node.target]
+            owner[node] = i
+            cur = node
+            while True:  # BN, the claimed add and the activation belong to the unit
+                us = list(cur.users)
+                if len(us) != 1:
+                    break
+                nxt = us[0]
+                m = _module_of(gm, nxt)
+                if isinstance(m, nn.modules.batchnorm._BatchNorm) or _act(gm, nxt):
+                    cur = nxt
+                elif _is_add(nxt) and units[i].add and nxt not in claimed:
+                    claimed[nxt] = i
+                    cur = nxt
+                else:
+                    break
+                owner[cur] = i
+
+    def source(n) -> int | None:
+        seen = 0
+        while n is not None and seen < 1000:
+            seen += 1
+            if not isinstance(n, fx.Node) or n.op == "placeholder":
+                return None
+            if n in owner:
+                return owner[n]
+            if _is_add(n):
+                return None
+            ins = [a for a in n.all_input_nodes]
+            n = ins[0] if ins else None
+        return None
+
+    links: list[list[int | None]] = [[None] for _ in units]
+    for node in gm.graph.nodes:
+        if node.op == "call_module" and node.target in index:
+            i = index[node.target]
+            links[i][0] = source(node.all_input_nodes[0]) if node.all_input_nodes else None
+    for add, i in claimed.items():
+        mine = [a for a in add.all_input_nodes if owner.get(a) == i]
+        other = [a for a in add.all_input_nodes if a not in mine]
+        links[i].append(source(other[0]) if other else None)
+    return links

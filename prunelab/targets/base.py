@@ -53,6 +53,12 @@ class Target:
         return {"target": self.name, "device": self.device_info(), "versions": self.versions(),
                 **{k: v for k, v in self.cfg.to_json().items() if k != "target"}}
 
+    def blocked_layout(self) -> tuple[int, int]:
+        """(channel block, input channel alignment) of the runtime's blocked tensor layout, when
+        it picks one per conv from the channel counts (see :mod:`prunelab.latency.layout`);
+        (0, 0): no such choice."""
+        return 0, 0
+
     def scope(self):
         """A context held while timing (e.g. torch's global thread count)."""
         return nullcontext()

@@ -45,6 +45,42 @@ class OrtCPU(Target):
         so.log_severity_level = 3
         return ort.InferenceSession(model_bytes, so, providers=[self.provider])
 
+    def blocked_layout(self) -> tuple[int, int]:
+        """Asks ONNX Runtime itself: optimise one conv per input width and see which it moves to
+        its blocked NCHWc layout, and which of those need their input reordered.  The block is
+        the narrowest input that is reordered (narrower ones are read as NCHW); the alignment the
+        coarsest of 4, 8, 16 that every blocked wider input is a multiple of.  ONNX Runtime 1.32
+        with AVX-512: (16, 4).  (0, 0) when no conv is blocked on this CPU."""
+        if getattr(self, "_layout", None) is None:
+            self._layout = (0, 0)
+            seen = {c: self._nchwc_ops(c) for c in (8, 12, 16, 20, 24, 32)}
+            reordered = [c for c, ops in seen.items() if "ReorderInput" in ops]
+            if reordered:
+                block = min(reordered)
+                align = next((a for a in (16, 8, 4) if all(c % a == 0 for c in reordered)), 1)
+                self._layout = (block, align)
+        return self._layout
+
+    def _nchwc_ops(self, c: int) -> set[str]:
+        """The NCHWc ops ONNX Runtime puts in an optimised c->c 3x3 conv on this machine."""
+        import os
+        import tempfile
+
+        import onnx
+        import torch.nn as nn
+
+        ort = _ort()
+        with tempfile.TemporaryDirectory() as tmp:
+            so = ort.SessionOptions()
+            so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            so.optimized_model_filepath = os.path.join(tmp, "probe.onnx")
+            so.log_severity_level = 3
+            conv = nn.Conv2d(c, c, 3, padding=1).eval()
+            ort.InferenceSession(to_onnx(conv, [self.inputs([(c, 8, 8)])[0]]), so,
+                                 providers=["CPUExecutionProvider"])
+            return {n.op_type for n in onnx.load(so.optimized_model_filepath).graph.node
+                    if n.domain.endswith("nchwc")}
+
     def runner(self, module, inputs):
         sess = self.session(to_onnx(module, inputs))
         feed = {f"in{i}": x.numpy() for i, x in enumerate(inputs)}

@@ -1,0 +1,119 @@
+"""Blocked layouts on ONNX Runtime: the unit graph, the blocking rule checked against the
+runtime's own optimised graphs, and the elided-reorder count the calibration weighs."""
+
+import collections
+import os
+
+import pytest
+import torch
+import torch.nn as nn
+
+from prunelab.latency.layout import blocked, elided
+from prunelab.latency.predictor import Predictor, sample_keeps
+from prunelab.latency.lut import LUT
+from prunelab.latency.units import Unit, extract_units, unit_links, unit_shapes
+from prunelab.models import build
+from prunelab.pruning import prunable_groups
+
+ort = pytest.importorskip("onnxruntime")
+
+
+def _units(arch, **kw):
+    torch.manual_seed(0)
+    m = build(arch, in_channels=1, num_classes=10, **kw).eval()
+    _, groups = prunable_groups(m, (1, 32, 32), 10)
+    units = extract_units(m, (1, 32, 32), groups)
+    return m, groups, units, unit_links(m, units)
+
+
+def test_unit_links_follow_the_data_flow_of_a_resnet_and_a_vgg():
+    _, _, units, links = _units("resnet20")
+    name = {u.name: i for i, u in enumerate(units)}
+    src = {u.name: [units[j].name if j is not None else None for j in l]
+           for u, l in zip(units, links)}
+    assert src["conv1"] == [None]
+    assert src["layer1.0.conv2"] == ["layer1.0.conv1", "conv1"]          # main, residual
+    assert src["layer1.1.conv1"] == ["layer1.0.conv2"]                   # through add + relu
+    assert src["layer2.0.shortcut.0"] == ["layer1.2.conv2"]
+    assert src["layer2.0.conv2"] == ["layer2.0.conv1", "layer2.0.shortcut.0"]
+    assert src["fc"] == ["layer3.2.conv2"]                               # through pooling
+    assert len(links) == len(units) and name["fc"] == len(units) - 1
+    _, _, units, links = _units("vgg16")
+    assert all(l == [i - 1 if i else None] for i, l in enumerate(links))  # a chain, pools passed
+
+
+def _optimised_ops(module, shape, tmp_path):
+    from prunelab.targets._onnx import to_onnx
+    import onnx
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.optimized_model_filepath = os.path.join(tmp_path, "opt.onnx")
+    so.log_severity_level = 3
+    ort.InferenceSession(to_onnx(module, [torch.randn(1, *shape)]), so,
+                         providers=["CPUExecutionProvider"])
+    return [(n.domain.split(".")[-1], n.op_type) for n in onnx.load(so.optimized_model_filepath)
+            .graph.node]
+
+
+def test_the_blocking_rule_agrees_with_onnx_runtimes_optimised_graph(tmp_path):
+    """For every input width up to 40: the rule says blocked / reads blocked input exactly when
+    ONNX Runtime puts an NCHWc conv / an input reorder in the graph it optimises."""
+    from prunelab.targets import TargetConfig, make_target
+
+    layout = make_target(TargetConfig("onnxruntime-cpu")).blocked_layout()
+    if not layout[0]:
+        pytest.skip("no blocked layout on this CPU")
+    u = Unit("c", "conv", 40, 16, k=3, pad=1, h=8, w=8)
+    for c in range(1, 41):
+        ops = _optimised_ops(nn.Conv2d(c, 16, 3, padding=1).eval(), (c, 8, 8), tmp_path)
+        got = (("nchwc", "Conv") in ops, ("nchwc", "ReorderInput") in ops)
+        assert blocked(u, c, 16, layout) == got, (c, ops)
+
+
+def test_elided_reorders_count_what_the_runtime_leaves_out(tmp_path):
+    """The unpruned ResNet-20 (16/32/64 channels, all blocked) skips every internal reorder;
+    widths of 17 (unaligned, plain NCHW) skip none in their stage.  ONNX Runtime agrees: the
+    optimised unpruned graph has one reorder pair, the unaligned one many more."""
+    m, groups, units, links = _units("resnet20")
+    widths = {g.name: g.width for g in groups}
+    layout = (16, 4)
+    full = elided(units, unit_shapes(units, widths, {}), links, layout)
+    odd = {g: 17 if w == 32 else w for g, w in widths.items()}
+    part = elided(units, unit_shapes(units, widths, odd), links, layout)
+    assert full > part > 0
+    assert elided(units, unit_shapes(units, widths, {}), links, (0, 0)) == 0.0
+    assert elided(units, unit_shapes(units, widths, {}), [], layout) == 0.0
+
+    from prunelab.latency.predictor import pruned_layers, resized_copy
+
+    count = lambda ops: sum(1 for d, o in ops if o.startswith("Reorder"))  # noqa: E731
+    whole = collections.Counter(_optimised_ops(m, (1, 32, 32), tmp_path))
+    uneven = _optimised_ops(resized_copy(m, pruned_layers(units, groups, odd)), (1, 32, 32),
+                            tmp_path)
+    if ("nchwc", "Conv") not in whole:
+        pytest.skip("no blocked layout on this CPU")
+    assert count(whole.elements()) <= 2 < count(uneven)
+
+
+def test_the_layout_fit_recovers_a_reorder_cost_and_keeps_it_only_when_it_helps():
+    rows = []
+    for i, keep in enumerate(sample_keeps({"a": 64, "b": 32}, 24, seed=0)):
+        raw = 0.01 * (keep["a"] + keep["b"])
+        el = (keep["a"] % 16 == 0) * keep["a"] * 0.5 + (i % 3 == 0) * 3.0
+        rows.append({"raw_ms": raw, "elided": el, "measured_ms": 1.2 * raw - 0.02 * el + 0.1})
+    p = Predictor([], {}, LUT({}), layout=(16, 4))
+    p.fit(rows)
+    assert p.fit_info["kind"] == "layout"
+    assert p.reorder_ms == pytest.approx(0.02, rel=1e-3) and p.scale == pytest.approx(1.2)
+    for r in rows:
+        r["measured_ms"] = 1.2 * r["raw_ms"] + 0.1          # no layout effect: one scale
+    p.fit(rows)
+    assert p.fit_info["kind"] == "scale" and p.reorder_ms == 0.0
+
+
+def test_aligned_samples_sit_on_the_multiple():
+    w = {"a": 64, "b": 32, "c": 10}
+    for keep in sample_keeps(w, 30, seed=1, multiple=16):
+        assert keep["a"] % 16 == 0 and keep["b"] % 16 == 0 and 1 <= keep["c"] <= 10
+        assert 16 <= keep["a"] <= 64
