@@ -47,7 +47,7 @@ from .measure import Protocol, time_runners
 from .units import Unit, extract_units, unit_links, unit_shapes
 
 MODEL_PROTOCOL = Protocol(warmup=10, repeats=30)
-CALIBRATE = 24          # pruned variants measured per model to fit the calibration
+CALIBRATE = 40          # pruned variants measured per model to fit the calibration
 CLASS_GAIN = 0.15       # per-class coefficients must cut the leave-one-out error by this much
 PREDICTOR_VERSION = 6   # part of the predictor cache key: bump when a stored figure changes meaning
 
