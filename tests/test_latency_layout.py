@@ -96,20 +96,25 @@ def test_elided_reorders_count_what_the_runtime_leaves_out(tmp_path):
     assert count(whole.elements()) <= 2 < count(uneven)
 
 
-def test_the_layout_fit_recovers_a_reorder_cost_and_keeps_it_only_when_it_helps():
+def test_the_calibration_recovers_reorder_and_weight_costs_and_drops_what_is_not_there():
     rows = []
     for i, keep in enumerate(sample_keeps({"a": 64, "b": 32}, 24, seed=0)):
         raw = 0.01 * (keep["a"] + keep["b"])
         el = (keep["a"] % 16 == 0) * keep["a"] * 0.5 + (i % 3 == 0) * 3.0
-        rows.append({"raw_ms": raw, "elided": el, "measured_ms": 1.2 * raw - 0.02 * el + 0.1})
+        wt = keep["a"] * keep["b"] * 9 / 1e6
+        rows.append({"raw_ms": raw, "elided": el, "weights": wt,
+                     "measured_ms": 0.8 * raw - 0.02 * el + 30.0 * wt + 0.1})
     p = Predictor([], {}, LUT({}), layout=(16, 4))
     p.fit(rows)
-    assert p.fit_info["kind"] == "layout"
-    assert p.reorder_ms == pytest.approx(0.02, rel=1e-3) and p.scale == pytest.approx(1.2)
+    assert p.fit_info["kind"] == "terms"
+    assert p.reorder_ms == pytest.approx(0.02, rel=1e-3) and p.scale == pytest.approx(0.8)
+    assert p.weight_ms == pytest.approx(30.0, rel=1e-3) and p.overhead_ms == pytest.approx(0.1)
     for r in rows:
-        r["measured_ms"] = 1.2 * r["raw_ms"] + 0.1          # no layout effect: one scale
+        r["measured_ms"] = 1.2 * r["raw_ms"] + 0.1          # no layout or weight effect
     p.fit(rows)
-    assert p.fit_info["kind"] == "scale" and p.reorder_ms == 0.0
+    assert p.scale == pytest.approx(1.2) and p.overhead_ms == pytest.approx(0.1)
+    assert p.reorder_ms == pytest.approx(0.0, abs=1e-9) and p.weight_ms == pytest.approx(0.0,
+                                                                                         abs=1e-9)
 
 
 def test_aligned_samples_sit_on_the_multiple():

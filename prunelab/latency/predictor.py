@@ -7,11 +7,18 @@ pruned variants drawn like the validation samples:
   (conv, conv with a fused residual add, depthwise conv, linear; non-negative least squares),
 
 the second only when it predicts the calibration points clearly better under leave-one-out (on a
-noisy machine the simpler fit wins).  On a runtime that picks a blocked tensor layout per conv
-(ONNX Runtime, see :mod:`.layout`) a third candidate subtracts ``reorder_ms`` per thousand tensor
-elements whose layout reorder the network skips and the stand-alone units paid; it is kept when
-its leave-one-out error is lower, and then a third of the calibration variants are drawn on the
-layout's channel multiples, as a search on the target's useful widths picks them.  The overhead holds what the
+noisy machine the simpler fit wins).  A third candidate adds what a unit timed alone, again and
+again, does not pay:
+
+* ``weight_ms`` per million weights: alone, a unit's weights stay in cache from one run to the
+  next; in a network every layer's weights compete for it (VGG-16's 15 M weights do not fit
+  a 32 MB L3), so the weights are read again each inference;
+* minus ``reorder_ms`` per thousand tensor elements whose layout reorder the network skips and the
+  stand-alone units paid, on a runtime that picks a blocked layout per conv (ONNX Runtime, see
+  :mod:`.layout`); a third of the calibration variants are then drawn on the layout's channel
+  multiples, as a search on the target's useful widths picks them.
+
+It is kept unless its leave-one-out error is higher than one scale's.  The overhead holds what the
 units leave out (pooling, the classifier's reshape, the whole model's own call) and the weights
 the difference between a unit timed alone and inside a network (layout conversions at the
 boundaries of a stand-alone unit, caches, fused boundaries), which need not be the same for every
@@ -49,7 +56,7 @@ from .units import Unit, extract_units, unit_links, unit_shapes
 MODEL_PROTOCOL = Protocol(warmup=10, repeats=30)
 CALIBRATE = 40          # pruned variants measured per model to fit the calibration
 CLASS_GAIN = 0.15       # per-class coefficients must cut the leave-one-out error by this much
-PREDICTOR_VERSION = 6   # part of the predictor cache key: bump when a stored figure changes meaning
+PREDICTOR_VERSION = 7   # part of the predictor cache key: bump when a stored figure changes meaning
 
 
 def unit_class(u: Unit) -> str:
@@ -101,6 +108,13 @@ class Predictor:
     links: list = field(default_factory=list)       # see units.unit_links
     layout: tuple = (0, 0)                          # the target's (block, alignment)
     reorder_ms: float = 0.0                         # per thousand elided reorder elements
+    weight_ms: float = 0.0                          # per million weights
+
+    def weights(self, keep: dict[str, int] | None = None) -> float:
+        """Millions of conv / linear weights with groups pruned to ``keep``."""
+        shapes = unit_shapes(self.units, self.widths, keep or {})
+        return sum((1 if u.kind == "dwconv" else ci) * co * u.k * u.k
+                   for u, (ci, co) in zip(self.units, shapes)) / 1e6
 
     def elided(self, keep: dict[str, int] | None = None) -> float:
         """Thousands of tensor elements whose layout reorder the network skips (see
@@ -132,6 +146,8 @@ class Predictor:
     def predict(self, keep: dict[str, int] | None = None) -> float:
         """Predicted whole-model latency (ms per batch) with groups pruned to ``keep``."""
         ms = self._combine(self.parts(keep)) + self.overhead_ms
+        if self.weight_ms:
+            ms += self.weight_ms * self.weights(keep)
         return ms - self.reorder_ms * self.elided(keep) if self.reorder_ms else ms
 
     def group_curve(self, group: str, base: dict[str, int] | None = None) -> dict[int, float]:
@@ -155,8 +171,8 @@ class Predictor:
             r["outlier"] = i not in use
         fitted = [rows[i] for i in use]
         cands = {"scale": _fit_scale}
-        if any(r.get("elided") for r in fitted) and len(fitted) >= 8:
-            cands["layout"] = _fit_layout
+        if len(fitted) >= 8 and any(r.get("elided") or r.get("weights") for r in fitted):
+            cands["terms"] = _fit_terms
         classes = _classes(fitted)
         if len(classes) > 1 and all("parts" in r for r in fitted) \
                 and len(fitted) >= 3 * (len(classes) + 1):
@@ -167,9 +183,10 @@ class Predictor:
             coefs = cands["classes"](fitted)[2]
             if all(0.5 <= v <= 2.0 for v in coefs.values()):  # as plausible as one scale
                 best = "classes"
-        if "layout" in cands and loo["layout"] < loo[best]:
-            best = "layout"
-        self.scale, self.overhead_ms, self.coefs, self.reorder_ms = cands[best](fitted)
+        if "terms" in cands and loo["terms"] <= loo[best]:
+            best = "terms"
+        self.scale, self.overhead_ms, self.coefs, self.reorder_ms, self.weight_ms = \
+            cands[best](fitted)
         self.calibration = rows
         self.fit_info = {"kind": best, "loo_mape": loo, "points": len(rows),
                          "outliers": len(rows) - len(fitted)}
@@ -178,16 +195,18 @@ class Predictor:
         return {"units": [u.to_json() for u in self.units], "widths": self.widths,
                 "lut": self.lut.to_json(), "scale": self.scale, "overhead_ms": self.overhead_ms,
                 "calibration": self.calibration, "coefs": self.coefs, "fit": self.fit_info,
-                "links": self.links, "layout": list(self.layout), "reorder_ms": self.reorder_ms}
+                "links": self.links, "layout": list(self.layout), "reorder_ms": self.reorder_ms,
+                "weight_ms": self.weight_ms}
 
     @classmethod
     def from_json(cls, d: dict) -> "Predictor":
         return cls([Unit(**u) for u in d["units"]], d["widths"], LUT.from_json(d["lut"]),
                    d["scale"], d["overhead_ms"], d["calibration"], d["coefs"], d["fit"],
-                   d.get("links", []), tuple(d.get("layout", (0, 0))), d.get("reorder_ms", 0.0))
+                   d.get("links", []), tuple(d.get("layout", (0, 0))), d.get("reorder_ms", 0.0),
+                   d.get("weight_ms", 0.0))
 
 
-Fit = tuple[float, float, dict, float]   # scale, overhead, per-class coefficients, reorder_ms
+Fit = tuple[float, float, dict, float, float]  # scale, overhead, class coefs, reorder, weight
 
 
 def _fit_scale(rows: Sequence[dict]) -> Fit:
@@ -205,20 +224,22 @@ def _fit_scale(rows: Sequence[dict]) -> Fit:
         scale = min(2.0, max(0.5, a))
     else:
         scale = 1.0
-    return scale, my - scale * mx, {}, 0.0
+    return scale, my - scale * mx, {}, 0.0, 0.0
 
 
-def _fit_layout(rows: Sequence[dict]) -> Fit:
-    """``measured ~ scale * raw - reorder * elided + overhead`` with scale, reorder >= 0 (NNLS on
-    relative errors, as :func:`_fit_classes`); one scale when the layout term does not help."""
+def _fit_terms(rows: Sequence[dict]) -> Fit:
+    """``measured ~ scale * raw + weight * weights - reorder * elided + overhead`` with scale,
+    weight, reorder >= 0 (NNLS on relative errors, as :func:`_fit_classes`); one scale when the
+    table's share comes out implausible (below 0.25 or above 2)."""
     import numpy as np
 
-    a = np.array([[r["raw_ms"], -r.get("elided", 0.0), 1.0, -1.0] for r in rows])
+    a = np.array([[r["raw_ms"], r.get("weights", 0.0), -r.get("elided", 0.0), 1.0, -1.0]
+                  for r in rows])
     y = np.array([r["measured_ms"] for r in rows])
     x = nnls(a / y[:, None], np.ones(len(rows)))
-    if not 0.5 <= x[0] <= 2.0:
+    if not 0.25 <= x[0] <= 2.0:
         return _fit_scale(rows)
-    return float(x[0]), float(x[2] - x[3]), {}, float(x[1])
+    return float(x[0]), float(x[3] - x[4]), {}, float(x[2]), float(x[1])
 
 
 def _classes(rows: Sequence[dict]) -> list[str]:
@@ -245,14 +266,15 @@ def _fit_classes(rows: Sequence[dict], classes: list[str]) -> Fit:
     x = nnls(a / y[:, None], np.ones(len(rows)))
     coefs = {k: float(v) for k, v in zip(classes, x)}
     # the main coefficient stands for every class without its own (see Predictor._combine)
-    return float(coefs[main]), float(x[-2] - x[-1]), coefs, 0.0
+    return float(coefs[main]), float(x[-2] - x[-1]), coefs, 0.0, 0.0
 
 
 def _predict_row(fit: Fit, r: dict) -> float:
-    scale, over, coefs, reorder = fit
+    scale, over, coefs, reorder, weight = fit
     if coefs:
         return sum(coefs.get(k, scale) * v for k, v in r["parts"].items()) + over
-    return scale * r["raw_ms"] + over - reorder * r.get("elided", 0.0)
+    return (scale * r["raw_ms"] + over - reorder * r.get("elided", 0.0)
+            + weight * r.get("weights", 0.0))
 
 
 def _loo(fitter, rows: Sequence[dict]) -> float:
@@ -471,9 +493,10 @@ def build_predictor(model: nn.Module, spec, target, cache: Cache, calibrate: int
         say(f"calibration {i + 1}/{calibrate + 1}")
         parts = pred.parts(keep)
         rows.append({"raw_ms": sum(parts.values()), "parts": parts, "elided": pred.elided(keep),
-                     "measured_ms": meter(keep)["median_ms"]})
+                     "weights": pred.weights(keep), "measured_ms": meter(keep)["median_ms"]})
     pred.fit(rows)
-    info = {"layout": list(layout), "lut_seconds": lut_s, "lut_points_measured": lut.measured, "lut": lut_cfg.to_json(),
+    info = {"layout": list(layout), "lut_seconds": lut_s, "lut_points_measured": lut.measured,
+            "lut": lut_cfg.to_json(),
             "calibration_seconds": time.perf_counter() - t0 - lut_s,
             "signatures": len(lut.tables), "units": len(units), "groups": len(widths)}
     cache.put("predictors", pkey, {"predictor": pred.to_json(), "info": info})
