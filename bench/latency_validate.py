@@ -67,8 +67,9 @@ def _write(args, results) -> None:
     atomic_write_text(args.out + ".json", json.dumps({"environment": env,
                                                       "results": results}, indent=1))
     lines = ["| model | target | batch | threads | samples | MAPE | Spearman | measured range (ms) "
-             "| median noise (IQR/median) | table build (s) | points | calibration (fit: "
-             "scale or per-class coefficients, overhead ms; points) | load (1-min avg, start/end) |",
+             "| median noise (IQR/median) | table build (s) | points | calibration (table scale or "
+             "per-class coefficients, ms per M weights, ms per k elided reorder elements, overhead "
+             "ms; points) | load (1-min avg, start/end) |",
              "|" + "---|" * 13]
     for r in results:
         lo, hi = r["measured_range_ms"]
@@ -97,6 +98,10 @@ def _calib(c: dict) -> str:
         w = " ".join(f"{k} {v:.3f}" for k, v in c["coefs"].items())
     else:
         w = f"scale {c['scale']:.3f}"
+    if c.get("weight_ms_per_m"):
+        w += f", weights {c['weight_ms_per_m']:.3f}"
+    if c.get("reorder_ms_per_k"):
+        w += f", reorders -{c['reorder_ms_per_k']:.5f}"
     out = f" ({c['outliers']} left out)" if c.get("outliers") else ""
     return f"{w}, {c['overhead_ms']:+.3f}; {c.get('points', '?')}{out}"
 

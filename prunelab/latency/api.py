@@ -98,6 +98,8 @@ def validate(ref: str, cfg: TargetConfig, samples: int = 50, seed: int = 0,
             "lut": lut.to_json(),
             "calibration": {"points": calibrate + 1, "scale": pred.scale,
                             "overhead_ms": pred.overhead_ms, "fit": pred.fit_info.get("kind"),
+                            "weight_ms_per_m": pred.weight_ms,
+                            "reorder_ms_per_k": pred.reorder_ms, "layout": list(pred.layout),
                             "coefs": pred.coefs, "outliers": pred.fit_info.get("outliers", 0)},
             "seconds": time.perf_counter() - t0, "rows": rows}
 
