@@ -1,7 +1,7 @@
 """Copy the benchmark tables from bench/results/ into README.md between their markers
 (``<!-- latency-validate -->`` ... ``<!-- /latency-validate -->`` and the same for
-``step-example``, ``criteria-tables`` and ``search-tables``), so the README quotes exactly what the bench scripts
-wrote.
+``step-example``, ``criteria-tables``, ``search-tables`` and ``examples-compare``), so the
+README quotes exactly what the bench scripts wrote.
 
     python bench/to_readme.py
 """
@@ -40,6 +40,9 @@ def main() -> None:
     searches = [p for p in searches if p.exists()]
     if searches:
         text = splice(text, "search-tables", "\n".join(p.read_text() for p in searches))
+    ex = RESULTS / "examples-compare.md"
+    if ex.exists():
+        text = splice(text, "examples-compare", ex.read_text())
     atomic_write_text(readme, text)
 
 
