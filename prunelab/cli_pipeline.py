@@ -99,6 +99,6 @@ def register(sub) -> None:
 
     s = sub.add_parser("compare", help=_doc(compare), description=_doc(compare))
     s.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
-    s.add_argument("--plot", metavar="F.png", help="write the accuracy-vs-latency plot here")
+    s.add_argument("--plot", metavar="F.png", help="write the accuracy-vs-speed-up plot here")
     s.add_argument("--json", action="store_true", help="print the table as JSON")
     s.set_defaults(fn=cmd_compare)

@@ -7,7 +7,7 @@ PNG files in ``report_files/``) and ``report.html`` (self-contained: the same ch
 per-layer widths before and after, the per-layer latency before and after *as predicted* by the
 search's lookup table on the target, the search's progress and the fine-tuning curve.
 
-:func:`compare` puts several runs side by side in one table and one accuracy-vs-latency plot.
+:func:`compare` puts several runs side by side in one table and one accuracy-vs-speed-up plot.
 """
 
 from __future__ import annotations
@@ -467,8 +467,8 @@ def _row(run: Run) -> dict:
 
 def compare(run_dirs: list[str | os.PathLike], plot: str | os.PathLike | None = None) -> dict:
     """Several runs side by side: method, criterion, top-1, MACs, params, measured latency and
-    speed-up on each run's target, search and fine-tune time; with ``plot``, one
-    accuracy-vs-latency chart of them all (PNG)."""
+    speed-up on each run's target, search and fine-tune time; with ``plot``, one chart of
+    accuracy vs measured speed-up of them all (PNG)."""
     if not run_dirs:
         raise PrunelabError("compare needs at least one run folder")
     rows = [_row(Run(d)) for d in run_dirs]
@@ -481,19 +481,21 @@ def compare(run_dirs: list[str | os.PathLike], plot: str | os.PathLike | None = 
         bases = {}
         for r in rows:
             bases.setdefault((r["target"], r["split"]), (r["base_latency_ms"], r["base_top1"]))
-            ax.scatter([r["latency_ms"]], [100 * r["top1"]], marker=marks[r["target"]], s=50,
+            ax.scatter([r["speedup"]], [100 * r["top1"]], marker=marks[r["target"]], s=50,
                        zorder=4, label=f"{r['method']} + {r['criterion']} ({r['run']})")
-            ax.annotate(r["method"], (r["latency_ms"], 100 * r["top1"]), fontsize=7,
+            ax.annotate(r["method"], (r["speedup"], 100 * r["top1"]), fontsize=7,
                         xytext=(4, 4), textcoords="offset points")
-        for (t, split), (lat, top) in bases.items():
-            ax.scatter([lat], [100 * top], marker="*", s=160, c="#dd8452", zorder=5,
+        for (t, split), (_, top) in bases.items():
+            ax.scatter([1.0], [100 * top], marker="*", s=160, c="#dd8452", zorder=5,
                        label=f"unpruned ({t}, {split} split)")
-        ax.set_xlabel("latency measured on the target (ms per batch)")
+        # runs are timed at different moments on a machine whose speed drifts: each run's
+        # speed-up, measured interleaved with the unpruned model, is what compares across runs
+        ax.set_xlabel("speed-up over the unpruned model, measured interleaved on the target")
         splits = {r["split"] for r in rows}
         ax.set_ylabel("top-1 (%), " + (" / ".join(sorted(splits))) + " split")
-        ax.set_title("accuracy vs latency: " + ", ".join(targets), fontsize=10)
+        ax.set_title("accuracy vs measured speed-up: " + ", ".join(targets), fontsize=10)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="lower right")
+        ax.legend(fontsize=7, loc="best")
         atomic_write_bytes(Path(plot), _png(fig))
         res["plot"] = str(Path(plot).resolve())
     return res
