@@ -44,7 +44,7 @@ def _name(job) -> str:
     return f"{model.split('.')[0]}-{method}{tag}-{target}-{budget.replace('=', '')}"
 
 
-def row(job, r: dict, _wall: float = 0.0) -> dict:
+def row(job, r: dict) -> dict:
     c, b = r["chosen"], r["base"]
     return {"run": _name(job), "model": job[0], "method": r["method"] + (
         " (isomorphic)" if job[5].get("isomorphic") else ""), "criterion": r["criterion"],
@@ -84,9 +84,9 @@ def main() -> None:
         cfg = SearchConfig(method, crit, TargetConfig(target), budget, options=opts)
         t0 = time.perf_counter()
         r = run_search(model, cfg, RUNS / _name(job))
-        print(json.dumps(row(job, r, time.perf_counter() - t0)), flush=True)
+        print(json.dumps({**row(job, r), "wall_s": time.perf_counter() - t0}), flush=True)
     # the table holds every finished job of the suite (jobs may run in separate processes)
-    rows = [row(job, json.loads((RUNS / _name(job) / "result.json").read_text()), 0.0)
+    rows = [row(job, json.loads((RUNS / _name(job) / "result.json").read_text()))
             for job in SUITES[a.suite] if (RUNS / _name(job) / "result.json").exists()]
     RESULTS.mkdir(parents=True, exist_ok=True)
     stem = RESULTS / f"search-{a.suite}"

@@ -2,7 +2,6 @@
 runtime's own optimised graphs, and the elided-reorder count the calibration weighs."""
 
 import collections
-import os
 
 import pytest
 import torch
@@ -42,21 +41,13 @@ def test_unit_links_follow_the_data_flow_of_a_resnet_and_a_vgg():
     assert all(l == [i - 1 if i else None] for i, l in enumerate(links))  # a chain, pools passed
 
 
-def _optimised_ops(module, shape, tmp_path):
-    from prunelab.targets._onnx import to_onnx
-    import onnx
+def _optimised_ops(module, shape):
+    from prunelab.targets.onnxruntime import optimised_ops
 
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.optimized_model_filepath = os.path.join(tmp_path, "opt.onnx")
-    so.log_severity_level = 3
-    ort.InferenceSession(to_onnx(module, [torch.randn(1, *shape)]), so,
-                         providers=["CPUExecutionProvider"])
-    return [(n.domain.split(".")[-1], n.op_type) for n in onnx.load(so.optimized_model_filepath)
-            .graph.node]
+    return optimised_ops(module, [torch.randn(1, *shape)])
 
 
-def test_the_blocking_rule_agrees_with_onnx_runtimes_optimised_graph(tmp_path):
+def test_the_blocking_rule_agrees_with_onnx_runtimes_optimised_graph():
     """For every input width up to 40: the rule says blocked / reads blocked input exactly when
     ONNX Runtime puts an NCHWc conv / an input reorder in the graph it optimises."""
     from prunelab.targets import TargetConfig, make_target
@@ -66,12 +57,12 @@ def test_the_blocking_rule_agrees_with_onnx_runtimes_optimised_graph(tmp_path):
         pytest.skip("no blocked layout on this CPU")
     u = Unit("c", "conv", 40, 16, k=3, pad=1, h=8, w=8)
     for c in range(1, 41):
-        ops = _optimised_ops(nn.Conv2d(c, 16, 3, padding=1).eval(), (c, 8, 8), tmp_path)
+        ops = _optimised_ops(nn.Conv2d(c, 16, 3, padding=1).eval(), (c, 8, 8))
         got = (("nchwc", "Conv") in ops, ("nchwc", "ReorderInput") in ops)
         assert blocked(u, c, 16, layout) == got, (c, ops)
 
 
-def test_elided_reorders_count_what_the_runtime_leaves_out(tmp_path):
+def test_elided_reorders_count_what_the_runtime_leaves_out():
     """The unpruned ResNet-20 (16/32/64 channels, all blocked) skips every internal reorder;
     widths of 17 (unaligned, plain NCHW) skip none in their stage.  ONNX Runtime agrees: the
     optimised unpruned graph has one reorder pair, the unaligned one many more."""
@@ -88,9 +79,8 @@ def test_elided_reorders_count_what_the_runtime_leaves_out(tmp_path):
     from prunelab.latency.predictor import pruned_layers, resized_copy
 
     count = lambda ops: sum(1 for d, o in ops if o.startswith("Reorder"))  # noqa: E731
-    whole = collections.Counter(_optimised_ops(m, (1, 32, 32), tmp_path))
-    uneven = _optimised_ops(resized_copy(m, pruned_layers(units, groups, odd)), (1, 32, 32),
-                            tmp_path)
+    whole = collections.Counter(_optimised_ops(m, (1, 32, 32)))
+    uneven = _optimised_ops(resized_copy(m, pruned_layers(units, groups, odd)), (1, 32, 32))
     if ("nchwc", "Conv") not in whole:
         pytest.skip("no blocked layout on this CPU")
     assert count(whole.elements()) <= 2 < count(uneven)

@@ -5,8 +5,9 @@ channels with AVX2, 16 with AVX-512) when its input has fewer channels than one 
 plain NCHW) or a multiple of an alignment (the input then arrives blocked, padded to the block:
 4 in ONNX Runtime 1.32); output channels are padded up to the block.  Any other conv runs in plain
 NCHW.  The target finds the block and the alignment by asking the runtime
-(:meth:`prunelab.targets.onnxruntime.OrtCPU.blocked_layout`).  Between a blocked producer and a consumer that
-cannot read blocked data the runtime inserts a reorder, and between two blocked convs none.
+(:meth:`prunelab.targets.onnxruntime.OrtCPU.blocked_layout`).  Between a blocked producer and a
+consumer that cannot read blocked data the runtime inserts a reorder, and between two blocked
+convs none.
 
 A unit timed alone (:mod:`.lut`) always starts and ends in plain NCHW, so a blocked unit pays its
 reorders in the table; inside a network some of those are not paid.  :func:`elided` counts, per

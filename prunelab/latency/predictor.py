@@ -19,10 +19,9 @@ again, does not pay:
   multiples, as a search on the target's useful widths picks them.
 
 It is kept unless its leave-one-out error is higher than one scale's.  The overhead holds what the
-units leave out (pooling, the classifier's reshape, the whole model's own call) and the weights
-the difference between a unit timed alone and inside a network (layout conversions at the
-boundaries of a stand-alone unit, caches, fused boundaries), which need not be the same for every
-kind of unit.  Calibration points whose residual stands far out of the others (a measurement hit by
+units leave out (pooling, the classifier's reshape, the whole model's own call); the scale or the
+class coefficients the rest of the difference between a unit timed alone and inside a network
+(fused boundaries), which need not be the same for every kind of unit.  Calibration points whose residual stands far out of the others (a measurement hit by
 load on a shared machine) are left out of the fit and flagged.
 
     >>> from prunelab.latency.predictor import spearman, mape
@@ -110,31 +109,33 @@ class Predictor:
     reorder_ms: float = 0.0                         # per thousand elided reorder elements
     weight_ms: float = 0.0                          # per million weights
 
-    def weights(self, keep: dict[str, int] | None = None) -> float:
+    def _shapes(self, keep: dict[str, int] | None) -> list[tuple[int, int]]:
+        return unit_shapes(self.units, self.widths, keep or {})
+
+    def weights(self, keep: dict[str, int] | None = None, shapes=None) -> float:
         """Millions of conv / linear weights with groups pruned to ``keep``."""
-        shapes = unit_shapes(self.units, self.widths, keep or {})
+        shapes = shapes or self._shapes(keep)
         return sum((1 if u.kind == "dwconv" else ci) * co * u.k * u.k
                    for u, (ci, co) in zip(self.units, shapes)) / 1e6
 
-    def elided(self, keep: dict[str, int] | None = None) -> float:
+    def elided(self, keep: dict[str, int] | None = None, shapes=None) -> float:
         """Thousands of tensor elements whose layout reorder the network skips (see
         :mod:`.layout`)."""
         if not self.layout[0]:
             return 0.0
-        shapes = unit_shapes(self.units, self.widths, keep or {})
-        return elided(self.units, shapes, self.links, tuple(self.layout))
+        return elided(self.units, shapes or self._shapes(keep), self.links, self.layout)
 
-    def unit_ms(self, keep: dict[str, int] | None = None) -> list[float]:
-        shapes = unit_shapes(self.units, self.widths, keep or {})
+    def unit_ms(self, keep: dict[str, int] | None = None, shapes=None) -> list[float]:
+        shapes = shapes or self._shapes(keep)
         return [self.lut.unit_ms(u, ci, co) for u, (ci, co) in zip(self.units, shapes)]
 
     def raw_ms(self, keep: dict[str, int] | None = None) -> float:
         return sum(self.unit_ms(keep))
 
-    def parts(self, keep: dict[str, int] | None = None) -> dict[str, float]:
+    def parts(self, keep: dict[str, int] | None = None, shapes=None) -> dict[str, float]:
         """Summed table latency per unit class (see :func:`unit_class`)."""
         out: dict[str, float] = {}
-        for u, ms in zip(self.units, self.unit_ms(keep)):
+        for u, ms in zip(self.units, self.unit_ms(keep, shapes)):
             out[unit_class(u)] = out.get(unit_class(u), 0.0) + ms
         return out
 
@@ -145,10 +146,13 @@ class Predictor:
 
     def predict(self, keep: dict[str, int] | None = None) -> float:
         """Predicted whole-model latency (ms per batch) with groups pruned to ``keep``."""
-        ms = self._combine(self.parts(keep)) + self.overhead_ms
+        shapes = self._shapes(keep)  # once: a search asks for thousands of predictions
+        ms = self._combine(self.parts(shapes=shapes)) + self.overhead_ms
         if self.weight_ms:
-            ms += self.weight_ms * self.weights(keep)
-        return ms - self.reorder_ms * self.elided(keep) if self.reorder_ms else ms
+            ms += self.weight_ms * self.weights(shapes=shapes)
+        if self.reorder_ms:
+            ms -= self.reorder_ms * self.elided(shapes=shapes)
+        return ms
 
     def group_curve(self, group: str, base: dict[str, int] | None = None) -> dict[int, float]:
         """Predicted latency for every width of one group, the others as in ``base``."""
@@ -159,10 +163,13 @@ class Predictor:
         """Fit the calibration on ``rows`` ({"raw_ms", "measured_ms"[, "parts"]}).
 
         Candidates: one scale (least squares, clamped to [0.5, 2]; only an overhead when the
-        points do not spread) and, when rows carry per-class ``parts`` and there are enough of
-        them, one non-negative coefficient per class, kept only when its leave-one-out error is
-        clearly lower (by ``CLASS_GAIN``) and every coefficient is in [0.5, 2].  Points whose relative residual under the one-scale fit is far out of the
-        others (3 robust sigmas, at least 10%) are left out first (at most a quarter of them)."""
+        points do not spread); when rows carry per-class ``parts`` and there are enough of them,
+        one non-negative coefficient per class, kept only when its leave-one-out error is clearly
+        lower (by ``CLASS_GAIN``) and every coefficient is in [0.5, 2]; and when rows carry
+        ``weights`` / ``elided``, the scale plus those terms (:func:`_fit_terms`), kept unless
+        its leave-one-out error is higher.  Points whose relative residual under the one-scale
+        fit is far out of the others (3 robust sigmas, at least 10%) are left out first (at most
+        a quarter of them)."""
         rows = [dict(r) for r in rows]
         for r in rows:
             r.pop("outlier", None)
@@ -466,7 +473,6 @@ def build_predictor(model: nn.Module, spec, target, cache: Cache, calibrate: int
     _, groups = prunable_groups(model, spec.input_shape, spec.num_classes)
     widths = {g.name: g.width for g in groups}
     units = extract_units(model, spec.input_shape, groups)
-    layout = tuple(target.blocked_layout())
     pkey = (f"v{PREDICTOR_VERSION}|{model_key(model, spec.arch, spec.input_shape)}|"
             f"cal{calibrate}|seed{seed}|"
             + json.dumps(lut_cfg.to_json(), sort_keys=True))
@@ -477,6 +483,7 @@ def build_predictor(model: nn.Module, spec, target, cache: Cache, calibrate: int
         except (KeyError, TypeError, ValueError, IndexError):
             pass  # a record this version cannot read: build it again
     t0 = time.perf_counter()
+    layout = tuple(target.blocked_layout())  # probes the runtime: only when building
     lut = build_lut(target, units, cache, lut_cfg,
                     progress=lambda i, n, s: say(f"table {i}/{n}: {s}") if i < n else None)
     lut_s = time.perf_counter() - t0

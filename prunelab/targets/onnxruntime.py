@@ -21,6 +21,26 @@ def _ort():
     return onnxruntime
 
 
+def optimised_ops(module, inputs) -> list[tuple[str, str]]:
+    """(domain suffix, op type) of every node in the graph ONNX Runtime's CPU provider runs for
+    ``module`` after all its graph optimisations, e.g. ``("nchwc", "ReorderInput")``."""
+    import os
+    import tempfile
+
+    import onnx
+
+    ort = _ort()
+    with tempfile.TemporaryDirectory() as tmp:
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.optimized_model_filepath = os.path.join(tmp, "optimised.onnx")
+        so.log_severity_level = 3
+        ort.InferenceSession(to_onnx(module, list(inputs)), so,
+                             providers=["CPUExecutionProvider"])
+        return [(n.domain.split(".")[-1], n.op_type)
+                for n in onnx.load(so.optimized_model_filepath).graph.node]
+
+
 @TARGETS.register("onnxruntime-cpu", description="ONNX Runtime, CPU execution provider (fp32)",
                   runtime="onnxruntime", device="cpu", extra="onnx", precisions=("fp32",))
 class OrtCPU(Target):
@@ -53,33 +73,16 @@ class OrtCPU(Target):
         with AVX-512: (16, 4).  (0, 0) when no conv is blocked on this CPU."""
         if getattr(self, "_layout", None) is None:
             self._layout = (0, 0)
-            seen = {c: self._nchwc_ops(c) for c in (8, 12, 16, 20, 24, 32)}
-            reordered = [c for c, ops in seen.items() if "ReorderInput" in ops]
+            import torch.nn as nn
+
+            seen = {c: optimised_ops(nn.Conv2d(c, c, 3, padding=1).eval(),
+                                     self.inputs([(c, 8, 8)])) for c in (8, 12, 16, 20, 24, 32)}
+            reordered = [c for c, ops in seen.items() if ("nchwc", "ReorderInput") in ops]
             if reordered:
                 block = min(reordered)
                 align = next((a for a in (16, 8, 4) if all(c % a == 0 for c in reordered)), 1)
                 self._layout = (block, align)
         return self._layout
-
-    def _nchwc_ops(self, c: int) -> set[str]:
-        """The NCHWc ops ONNX Runtime puts in an optimised c->c 3x3 conv on this machine."""
-        import os
-        import tempfile
-
-        import onnx
-        import torch.nn as nn
-
-        ort = _ort()
-        with tempfile.TemporaryDirectory() as tmp:
-            so = ort.SessionOptions()
-            so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-            so.optimized_model_filepath = os.path.join(tmp, "probe.onnx")
-            so.log_severity_level = 3
-            conv = nn.Conv2d(c, c, 3, padding=1).eval()
-            ort.InferenceSession(to_onnx(conv, [self.inputs([(c, 8, 8)])[0]]), so,
-                                 providers=["CPUExecutionProvider"])
-            return {n.op_type for n in onnx.load(so.optimized_model_filepath).graph.node
-                    if n.domain.endswith("nchwc")}
 
     def runner(self, module, inputs):
         sess = self.session(to_onnx(module, inputs))
