@@ -90,15 +90,18 @@ def prunable_groups(model: nn.Module, input_shape: Sequence[int], num_classes: i
 def score_groups(model: nn.Module, crit: Criterion, groups: list[GroupInfo], data=None
                  ) -> tuple[dict[str, torch.Tensor], float]:
     """Score every channel of every group; returns the scores and the seconds it took."""
+    from .kernels import onednn_safe
+
     t0 = time.perf_counter()
-    crit.prepare(model, groups, data)
     scores = {}
-    for g in groups:
-        s = crit.score(g).detach().float()
-        if s.shape != (g.width,) or not torch.isfinite(s).all():
-            raise RuntimeError(f"criterion {crit.name} gave bad scores for {g.name}: "
-                               f"{tuple(s.shape)}")
-        scores[g.name] = s
+    with onednn_safe():  # gradient-based criteria (taylor, XAI) take weight gradients too
+        crit.prepare(model, groups, data)
+        for g in groups:
+            s = crit.score(g).detach().float()
+            if s.shape != (g.width,) or not torch.isfinite(s).all():
+                raise RuntimeError(f"criterion {crit.name} gave bad scores for {g.name}: "
+                                   f"{tuple(s.shape)}")
+            scores[g.name] = s
     return scores, time.perf_counter() - t0
 
 

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 from .data.core import Splits
 from .errors import PrunelabError
+from .kernels import onednn_safe
 from .ui import log, progress
 
 
@@ -214,7 +215,7 @@ def fit(model: nn.Module, data: Splits, cfg: TrainConfig, checkpoint: str | Path
     if teacher is not None:
         teacher.eval()
         teacher.to(memory_format=fmt)
-    with progress(transient=False) as bar:
+    with progress(transient=False) as bar, onednn_safe():
         task = bar.add_task(desc, total=total, completed=start * steps_per_epoch, info="")
         for epoch in range(start, cfg.epochs):
             model.train()

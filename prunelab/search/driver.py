@@ -296,14 +296,17 @@ def _short_train(net: nn.Module, data, batches: int, seed: int, lr: float = 0.01
 
     opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9, nesterov=True,
                           weight_decay=5e-4)
+    from ..kernels import onednn_safe
+
     net.train()
-    for i, (x, y) in enumerate(data.batches("train", 128, shuffle=True, augment=True,
-                                            seed=seed + 1)):
-        if i >= batches:
-            break
-        opt.zero_grad(set_to_none=True)
-        F.cross_entropy(net(x), y).backward()
-        opt.step()
+    with onednn_safe():
+        for i, (x, y) in enumerate(data.batches("train", 128, shuffle=True, augment=True,
+                                                seed=seed + 1)):
+            if i >= batches:
+                break
+            opt.zero_grad(set_to_none=True)
+            F.cross_entropy(net(x), y).backward()
+            opt.step()
     net.eval()
 
 
