@@ -1,0 +1,368 @@
+"""Accuracy against *measured* speed-up, after equal fine-tuning: every prunelab method and
+Torch-Pruning itself on one chart (issue 10).
+
+Every cell (model, method + criterion, budget, seed) is one ``prunelab run`` folder under
+``--runs`` (default ``runs/pareto``), so an interrupted benchmark resumes cell by cell, and inside
+a cell stage by stage.  A finished cell's summary is copied to
+``bench/results/pareto/<cell>.json``; those files are what the tables and charts are made from
+and what marks a cell as done, so a later sitting on another machine (without the run folders)
+goes on with the cells still missing.  After every cell the script rewrites
+``bench/results/pareto-<model>.{json,md,png}`` (and ``-searched.png``: the same chart before
+fine-tuning).
+
+Run it on one core, as the README says (a second job may use the other core):
+
+    OMP_NUM_THREADS=1 taskset -c 1 .venv/bin/python bench/pareto.py resnet20
+    .venv/bin/python bench/pareto.py resnet20 --list        # the cells and which are done
+    .venv/bin/python bench/pareto.py resnet20 --tables      # only rewrite tables and charts
+
+Grids (``GRIDS``): ``resnet20`` (nine methods at speedup=2, 3, 4), ``resnet56`` (four methods at
+speedup=3), ``noise`` (one resnet20 cell with seeds 1 and 2 beside the grid's seed 0).  Every cell
+uses the same fine-tuning (``FINETUNE``), target (``TARGET``) and verification (``VERIFY``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+CELLS = RESULTS / "pareto"
+
+TARGET = {"name": "onnxruntime-cpu", "batch_size": 1, "threads": 1}
+FINETUNE = {"epochs": 4, "teacher": "parent", "kd_weight": 0.5, "kd_temperature": 4.0,
+            "lr": 0.01, "batch_size": 128, "threads": 1}
+SEARCH = {"recal_batches": 6, "val_images": 1000, "measure_front": 12}
+VERIFY = {"warmup": 20, "repeats": 300}
+
+
+@dataclass(frozen=True)
+class Method:
+    label: str                 # the chart's line, the table's row
+    method: str
+    criterion: str | None
+    options: dict = field(default_factory=dict)
+    family: str = "prunelab"   # prunelab | baseline | torch-pruning
+
+
+METHODS = {m.label: m for m in [
+    Method("nsga2+deeplift", "nsga2", "deeplift"),
+    Method("nsga2+l1", "nsga2", "l1"),
+    Method("cie+l1", "cie", "l1"),
+    Method("omp-search+fp-omp", "omp-search", "fp-omp"),
+    Method("uniform+lrf", "uniform", "lrf", family="baseline"),
+    Method("abc+l1", "abc", "l1", {"food": 10, "cycles": 20}, family="baseline"),
+    Method("uniform+l1", "uniform", "l1", family="baseline"),
+    Method("tp-global", "torch-pruning", None, {"global": True, "importance": "magnitude-l2"},
+           family="torch-pruning"),
+    Method("tp-uniform", "torch-pruning", None, {"global": False, "importance": "magnitude-l2"},
+           family="torch-pruning"),
+]}
+
+
+@dataclass(frozen=True)
+class Cell:
+    model: str
+    method: Method
+    speedup: float
+    seed: int = 0
+
+    @property
+    def name(self) -> str:
+        s = f"{self.model.split('.')[0]}-{self.method.label}-x{self.speedup:g}"
+        return s + (f"-seed{self.seed}" if self.seed else "")
+
+    def config(self) -> dict:
+        m = self.method
+        search = {"method": m.method, "budget": f"speedup={self.speedup:g}", **SEARCH,
+                  "options": dict(m.options)}
+        if m.criterion:
+            search["criterion"] = m.criterion
+        return {"run": {"seed": self.seed}, "model": {"ref": self.model}, "search": search,
+                "target": dict(TARGET), "finetune": dict(FINETUNE), "verify": dict(VERIFY)}
+
+
+def _grid_resnet20() -> list[Cell]:
+    # the 3x column first: the issue's goal is read there; then 2x and 4x
+    return [Cell("resnet20.fmnist", m, s) for s in (3, 2, 4) for m in METHODS.values()]
+
+
+GRIDS = {
+    "resnet20": _grid_resnet20,
+    "resnet56": lambda: [Cell("resnet56.fmnist", METHODS[k], 3) for k in
+                         ("nsga2+deeplift", "abc+l1", "tp-global", "uniform+l1")],
+    "noise": lambda: [Cell("resnet20.fmnist", METHODS["nsga2+deeplift"], 3, seed)
+                      for seed in (1, 2)],
+}
+MODEL_OF_GRID = {"resnet20": "resnet20.fmnist", "resnet56": "resnet56.fmnist",
+                 "noise": "resnet20.fmnist"}
+
+
+def _toml(cfg: dict) -> str:
+    def val(v):
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, (int, float)):
+            return repr(v)
+        return json.dumps(v)
+
+    lines = []
+    for sec, body in cfg.items():
+        lines.append(f"[{sec}]")
+        lines += [f"{k} = {val(v)}" for k, v in body.items() if not isinstance(v, dict)]
+        for k, v in body.items():
+            if isinstance(v, dict) and v:
+                lines.append(f"[{sec}.{k}]")
+                lines += [f"{kk} = {val(vv)}" for kk, vv in v.items()]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def run_cell(cell: Cell, runs: Path) -> dict | None:
+    """Run (or resume) one cell with ``prunelab run`` in a child process; returns its record."""
+    out = runs / cell.name
+    runs.mkdir(parents=True, exist_ok=True)
+    cfg_path = runs / f"{cell.name}.toml"
+    cfg_path.write_text(f"# bench/pareto.py cell {cell.name}\n" + _toml(cell.config()))
+    t0 = time.time()
+    print(f"[pareto] {cell.name}: prunelab run {cfg_path} --out {out}", flush=True)
+    r = subprocess.run([sys.executable, "-m", "prunelab.cli", "run", str(cfg_path), "--out",
+                        str(out), "--json"], capture_output=True, text=True)
+    log = runs / f"{cell.name}.log"
+    log.write_text(r.stderr + "\n--- stdout ---\n" + r.stdout)
+    if r.returncode != 0:
+        tail = "\n".join(r.stderr.strip().splitlines()[-5:])
+        print(f"[pareto] {cell.name} failed (exit {r.returncode}, log {log}):\n{tail}",
+              flush=True)
+        return None
+    s = json.loads((out / "summary.json").read_text())
+    rec = record(cell, s, out)
+    rec["bench_wall_seconds"] = time.time() - t0
+    CELLS.mkdir(parents=True, exist_ok=True)
+    (CELLS / f"{cell.name}.json").write_text(json.dumps(rec, indent=1))
+    print(f"[pareto] {cell.name}: top-1 {100 * rec['final_top1']:.2f}% at "
+          f"{rec['speedup']:.2f}x ({rec['speedup_verdict']})", flush=True)
+    return rec
+
+
+def record(cell: Cell, s: dict, out: Path) -> dict:
+    """What the tables need from a finished run's summary.json (and its search result)."""
+    rows = s["rows"]
+    res = json.loads((out / "search" / "result.json").read_text())
+    return {
+        "cell": cell.name, "model": cell.model, "label": cell.method.label,
+        "family": cell.method.family, "method": s["method"], "criterion": s["criterion"],
+        "options": cell.method.options, "budget": s["budget"], "budget_speedup": cell.speedup,
+        "seed": cell.seed, "budget_met": s["budget_met"],
+        "base_top1": rows["unpruned"]["test_top1"], "searched_top1": rows["searched"]["test_top1"],
+        "final_top1": rows["final"]["test_top1"], "final_val_top1": rows["final"]["val_top1"],
+        "speedup": s["speedup"], "speedup_verdict": s["speedup_verdict"],
+        "latency_ms": rows["final"]["latency_ms"], "base_latency_ms": rows["unpruned"]["latency_ms"],
+        "searched_speedup": rows["unpruned"]["latency_ms"] / rows["searched"]["latency_ms"],
+        "macs": rows["final"]["macs"], "params": rows["final"]["params"],
+        "macs_kept": s["macs_kept"], "params_kept": s["params_kept"],
+        "speedup_per_macs_reduction": s["speedup"] * s["macs_kept"],
+        "evaluations": s["evaluations"], "search_seconds": s["search_seconds"],
+        "finetune_seconds": s["finetune_seconds"], "wall_seconds": s["wall_seconds"],
+        "method_info_staircase": res.get("method_info", {}).get("staircase"),
+        "finetune": FINETUNE, "target": s["target_config"], "protocol": s["protocol"],
+    }
+
+
+# ----------------------------------------------------------------------------- tables
+
+def load_records(model: str) -> list[dict]:
+    recs = []
+    for p in sorted(CELLS.glob("*.json")) if CELLS.is_dir() else []:
+        r = json.loads(p.read_text())
+        if r["model"] == model:
+            recs.append(r)
+    return recs
+
+
+def _interp_speedup(points: list[tuple[float, float]], top1: float) -> float | None:
+    """A method's measured speed-up at a given top-1, linear between its cells (speed-up
+    sorted); None outside the range its cells span."""
+    pts = sorted(points)
+    for (s0, a0), (s1, a1) in zip(pts, pts[1:]):
+        lo, hi = min(a0, a1), max(a0, a1)
+        if lo <= top1 <= hi and a0 != a1:
+            return s0 + (top1 - a0) / (a1 - a0) * (s1 - s0)
+    for s, a in pts:
+        if abs(a - top1) < 1e-9:
+            return s
+    return None
+
+
+def verdicts(recs: list[dict]) -> list[str]:
+    """The issue's claims, read off the finished seed-0 cells (no claim without its cells)."""
+    out = []
+    main = [r for r in recs if r["seed"] == 0]
+    by = {}
+    for r in main:
+        by.setdefault(r["label"], {})[r["budget_speedup"]] = r
+    for b in sorted({r["budget_speedup"] for r in main}):
+        col = [r for r in main if r["budget_speedup"] == b]
+        pl = [r for r in col if r["family"] == "prunelab"]
+        tp = [r for r in col if r["family"] == "torch-pruning"]
+        if pl and tp:
+            bp, bt = max(pl, key=lambda r: r["final_top1"]), max(tp, key=lambda r: r["final_top1"])
+            d = 100 * (bp["final_top1"] - bt["final_top1"])
+            out.append(f"speedup={b:g}: best prunelab {bp['label']} {100 * bp['final_top1']:.2f}% "
+                       f"at {bp['speedup']:.2f}x vs best Torch-Pruning {bt['label']} "
+                       f"{100 * bt['final_top1']:.2f}% at {bt['speedup']:.2f}x: {d:+.2f} points")
+    pairs = [("seed A", "nsga2+deeplift", "abc+l1", "measured speed-up at equal top-1"),
+             ("seed B", "cie+l1", "uniform+l1", "top-1 at the budget (MACs kept shown)"),
+             ("seed C", "omp-search+fp-omp", "uniform+lrf", "top-1 at the budget (params kept "
+              "shown)")]
+    for tag, a, b, what in pairs:
+        if a not in by or b not in by:
+            continue
+        common = sorted(set(by[a]) & set(by[b]))
+        for s in common:
+            ra, rb = by[a][s], by[b][s]
+            line = (f"{tag} ({what}), speedup={s:g}: {a} {100 * ra['final_top1']:.2f}% at "
+                    f"{ra['speedup']:.2f}x, MACs {100 * ra['macs_kept']:.0f}%, params "
+                    f"{100 * ra['params_kept']:.0f}% vs {b} {100 * rb['final_top1']:.2f}% at "
+                    f"{rb['speedup']:.2f}x, MACs {100 * rb['macs_kept']:.0f}%, params "
+                    f"{100 * rb['params_kept']:.0f}%")
+            if tag == "seed A":
+                sa = _interp_speedup([(x["speedup"], x["final_top1"]) for x in by[a].values()],
+                                     rb["final_top1"])
+                if sa is not None:
+                    line += (f"; at abc's top-1 {100 * rb['final_top1']:.2f}% nsga2+deeplift "
+                             f"runs {sa:.2f}x vs {rb['speedup']:.2f}x: {sa / rb['speedup']:.2f}x "
+                             "faster")
+            out.append(line)
+    return out
+
+
+def write_tables(model: str) -> Path | None:
+    recs = load_records(model)
+    stem = RESULTS / f"pareto-{model.split('.')[0]}"
+    if not recs:
+        return None
+    recs.sort(key=lambda r: (r["budget_speedup"], r["family"], r["label"], r["seed"]))
+    lines = [f"# {model} on onnxruntime-cpu (batch 1, 1 thread): accuracy vs measured speed-up",
+             "",
+             f"Every cell: `prunelab run` with the same fine-tuning ({FINETUNE['epochs']} epochs, "
+             f"distilled from the unpruned model, kd_weight {FINETUNE['kd_weight']}, "
+             f"T {FINETUNE['kd_temperature']}, lr {FINETUNE['lr']}, batch "
+             f"{FINETUNE['batch_size']}, 1 thread), same splits; top-1 on the test split; "
+             f"speed-up = unpruned / final latency measured interleaved on the target "
+             f"({VERIFY['repeats']} runs after {VERIFY['warmup']} warm-up). One core per cell "
+             "(`OMP_NUM_THREADS=1 taskset -c N`).", "",
+             "| budget | method | family | seed | top-1 final | top-1 searched | speed-up "
+             "(measured) | MACs kept | params kept | speed-up x MACs kept | evals | search s | "
+             "fine-tune s |", "|" + "---|" * 13]
+    for r in recs:
+        noise = "" if r["speedup_verdict"].endswith("faster") else f" ({r['speedup_verdict']})"
+        lines.append(
+            f"| {r['budget']} | {r['label']} | {r['family']} | {r['seed']} | "
+            f"**{100 * r['final_top1']:.2f}%** | {100 * r['searched_top1']:.2f}% | "
+            f"{r['speedup']:.2f}x{noise} | {100 * r['macs_kept']:.1f}% | "
+            f"{100 * r['params_kept']:.1f}% | {r['speedup_per_macs_reduction']:.2f} | "
+            f"{r['evaluations']} | {r['search_seconds']:.0f} | {r['finetune_seconds']:.0f} |")
+    base = recs[0]
+    lines += ["", f"Unpruned: {100 * base['base_top1']:.2f}% test top-1. "
+              "`speed-up x MACs kept` is the measured speed-up over the MACs reduction "
+              "(1.0: time fell exactly as MACs did).", "", "## Verdicts (computed from the "
+              "cells above)", ""]
+    lines += [f"- {v}" for v in verdicts(recs)] or ["- not enough finished cells yet"]
+    seeds = [r for r in recs if r["label"] == "nsga2+deeplift" and r["budget_speedup"] == 3]
+    if len(seeds) >= 2:
+        tops = [100 * r["final_top1"] for r in seeds]
+        sps = [r["speedup"] for r in seeds]
+        lines.append(f"- noise: nsga2+deeplift at speedup=3 with seeds "
+                     f"{[r['seed'] for r in seeds]}: top-1 {', '.join(f'{t:.2f}' for t in tops)}"
+                     f" (range {max(tops) - min(tops):.2f} points), speed-up "
+                     f"{', '.join(f'{s:.2f}' for s in sps)}")
+    stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    stem.with_suffix(".json").write_text(json.dumps({"model": model, "cells": recs,
+                                                     "verdicts": verdicts(recs)}, indent=1))
+    for key, suffix, title in (("final", "", "after fine-tuning"),
+                               ("searched", "-searched", "searched, before fine-tuning")):
+        _chart(recs, Path(f"{stem}{suffix}.png"), key, f"{model}: {title}")
+    return stem.with_suffix(".md")
+
+
+def _chart(recs: list[dict], path: Path, key: str, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5), dpi=110)
+    styles = {"prunelab": "-", "baseline": "--", "torch-pruning": ":"}
+    for label in METHODS:
+        pts = sorted((r[f"{key}_speedup" if key == "searched" else "speedup"],
+                      100 * r[f"{key}_top1"]) for r in recs if r["label"] == label
+                     and r["seed"] == 0)
+        if pts:
+            fam = METHODS[label].family
+            ax.plot(*zip(*pts), styles[fam], marker="o", label=f"{label} ({fam})")
+    extra = [r for r in recs if r["seed"] != 0]
+    if extra:
+        ax.scatter([r["speedup"] if key == "final" else r["searched_speedup"] for r in extra],
+                   [100 * r[f"{key}_top1"] for r in extra], marker="x", c="k",
+                   label="other seeds (noise)")
+    ax.scatter([1.0], [100 * recs[0]["base_top1"]], marker="*", s=200, c="#dd8452", zorder=5,
+               label="unpruned")
+    ax.set_xlabel("speed-up over the unpruned model, measured interleaved on onnxruntime-cpu")
+    ax.set_ylabel("test top-1 (%)")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower left")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def main() -> None:
+    global RESULTS, CELLS
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("grid", choices=sorted(GRIDS))
+    ap.add_argument("--runs", default=str(ROOT / "runs" / "pareto"))
+    ap.add_argument("--only", default="", help="run only cells whose name contains this")
+    ap.add_argument("--methods", default="", help="comma-separated method labels to run "
+                    f"(default all: {', '.join(METHODS)})")
+    ap.add_argument("--results", default=str(RESULTS),
+                    help="where cell records, tables and charts go (default bench/results)")
+    ap.add_argument("--list", action="store_true", help="list the cells and which are done")
+    ap.add_argument("--tables", action="store_true", help="only rewrite tables and charts")
+    args = ap.parse_args()
+    RESULTS = Path(args.results)
+    CELLS = RESULTS / "pareto"
+    labels = [m for m in args.methods.split(",") if m]
+    bad = [m for m in labels if m not in METHODS]
+    if bad:
+        ap.error(f"unknown method label {bad[0]!r}; labels: {', '.join(METHODS)}")
+    cells = [c for c in GRIDS[args.grid]() if args.only in c.name
+             and (not labels or c.method.label in labels)]
+    model = MODEL_OF_GRID[args.grid]
+    if args.list:
+        for c in cells:
+            print(f"{'done' if (CELLS / f'{c.name}.json').exists() else 'todo'}  {c.name}")
+        return
+    if not args.tables:
+        if os.environ.get("OMP_NUM_THREADS") != "1":
+            print("[pareto] warning: run with OMP_NUM_THREADS=1 taskset -c N (one core per cell)",
+                  flush=True)
+        for c in cells:
+            if (CELLS / f"{c.name}.json").exists():
+                continue
+            if run_cell(c, Path(args.runs)) is not None:
+                write_tables(model)
+    md = write_tables(model)
+    print(f"[pareto] tables: {md}" if md else "[pareto] no finished cell yet")
+
+
+if __name__ == "__main__":
+    main()
