@@ -31,9 +31,10 @@ def test_shipped_model_meets_accuracy_floor(name):
     assert abs(spec.provenance["trained"]["test_top1"] - r["top1"]) < 1e-6
 
 
-def test_prune_resnet56_l1_half(tmp_path):
-    out = tmp_path / "r56"
-    r = subprocess.run([sys.executable, "-m", "prunelab.cli", "prune", "resnet56.fmnist",
+def test_prune_resnet20_l1_half(tmp_path):
+    """The shipped ResNet-20 (resnet56 checks the same at 3x the cost: 404 s under load)."""
+    out = tmp_path / "r20"
+    r = subprocess.run([sys.executable, "-m", "prunelab.cli", "prune", "resnet20.fmnist",
                         "--criterion", "l1", "--ratio", "0.5", "--out", str(out), "--json",
                         "--repeats", "10"], capture_output=True, text=True, env=ENV, timeout=600)
     assert r.returncode == 0, r.stderr

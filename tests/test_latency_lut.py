@@ -138,22 +138,42 @@ def test_resized_copy_has_the_structure_of_real_pruning(name):
 
 
 @pytest.mark.parametrize("target_name", ["torch-cpu", "onnxruntime-cpu"])
-def test_tables_answer_net_of_the_per_call_cost(tmp_path, target_name):
-    """A trivial graph on the unit's input is timed on the real runtime; lookups subtract it
-    (capped at half the fastest point, so a noisy call figure cannot eat the units)."""
+def test_per_call_cost_is_timed_on_the_runtime_and_cached(tmp_path, target_name):
+    """A trivial graph on the unit's input is timed on the real runtime, once (pass/fail never
+    depends on how fast it was)."""
     if target_name == "onnxruntime-cpu":
         pytest.importorskip("onnxruntime")
     target = make_target(TargetConfig(target_name))
-    cache = Cache(target.fingerprint(), tmp_path)
-    meter = PointMeter(target, cache, Protocol(warmup=1, repeats=3))
+    meter = PointMeter(target, Cache(target.fingerprint(), tmp_path), Protocol(warmup=1,
+                                                                                 repeats=3))
     u = Unit("x", "conv", 8, 8, 3, 1, 1, 8, 8, bn=True, add=True, act="relu", cin_group="a",
              cout_group="a")
     call = meter.call_ms(u)
     assert call > 0 and meter.measured == 1
     assert meter.call_ms(u) == call and meter.measured == 1       # cached
-    t = build_table(u, meter, LutConfig(sweep=8, nodes=3, warmup=1, repeats=3), call)
-    points = [*t.sweep_in.values(), *t.sweep_out.values()]
-    assert 0 < t.call_ms <= min(call, 0.5 * min(points))
+
+
+@pytest.mark.parametrize("call", [0.004, 1.0])
+def test_tables_answer_net_of_the_per_call_cost(call):
+    """Lookups subtract the per-call cost, capped at half the fastest point, so a noisy call
+    figure cannot eat the units.  The timer is scripted (latency = 0.01 + 0.001 * cin * cout ms),
+    so the arithmetic is checked exactly, whatever the machine's load."""
+    u = Unit("x", "conv", 8, 8, 3, 1, 1, 8, 8, bn=True, add=True, act="relu", cin_group="a",
+             cout_group="a")
+    seen = []
+
+    def scripted(unit, cin, cout):
+        seen.append((cin, cout))
+        return 0.01 + 0.001 * cin * cout
+
+    t = build_table(u, scripted, LutConfig(sweep=8, nodes=3, warmup=1, repeats=3), call)
+    fastest = min(0.01 + 0.001 * ci * co for ci, co in seen)       # sweeps and grid nodes
+    assert all(v == pytest.approx(0.01 + 0.001 * 8 * c) for c, v in t.sweep_out.items())
+    assert all(v == pytest.approx(0.01 + 0.001 * c * 8) for c, v in t.sweep_in.items())
+    assert (1, 8) in seen and (8, 1) in seen
+    assert t.call_ms == pytest.approx(min(call, 0.5 * fastest))
+    assert (t.call_ms < call) == (call == 1.0)                      # the cap bites only then
     for ci, co in ((8, 8), (3, 5), (1, 1)):
         assert t.lookup(ci, co) == pytest.approx(t.standalone(ci, co) - t.call_ms)
+    assert t.standalone(8, 8) == pytest.approx(0.01 + 0.064)      # a measured grid point
     assert Table.from_json(t.to_json()).lookup(5, 7) == t.lookup(5, 7)
