@@ -124,7 +124,9 @@ def test_fpomp_compensation_helps_on_a_real_network(tiny_data):
     assert err["fold"] == pytest.approx(err["none"]), err
 
 
-def test_rule_based_methods_refuse_functional_activations(tiny_data):
+def test_rule_based_methods_run_on_functional_activations(tiny_data):
+    """``torch.relu`` in forward() is rewritten into a module on a copy (see
+    tests/test_xai_rewrite.py for score equality with the module twin)."""
     class Functional(nn.Module):
         def __init__(self):
             super().__init__()
@@ -134,13 +136,10 @@ def test_rule_based_methods_refuse_functional_activations(tiny_data):
         def forward(self, x):
             return self.fc(torch.relu(self.conv(x)).mean((2, 3)))
 
-    for name in ("deeplift", "lrp"):
-        with pytest.raises(PrunelabError, match="as a function"):
-            prune(Functional(), make_criterion(name, num_images=4), ratio=0.5, input_shape=SHAPE,
-                  num_classes=4, data=tiny_data)
-    # gradient-based attributions have no rules to break, so they run
-    prune(Functional(), make_criterion("grad-x-act", num_images=4), ratio=0.5,
-          input_shape=SHAPE, num_classes=4, data=tiny_data)
+    for name in ("deeplift", "lrp", "grad-x-act"):
+        res = prune(Functional(), make_criterion(name, num_images=4), ratio=0.5,
+                    input_shape=SHAPE, num_classes=4, data=tiny_data)
+        assert res.model.conv.out_channels == 4
 
 
 def test_rule_based_methods_name_unsupported_layers(tiny_data):

@@ -24,6 +24,7 @@ from ..errors import PrunelabError
 from . import CRITERIA
 from .base import GroupInfo
 from .calib import Calibrated, calibration_batches, capture, check_rule_support
+from .rewrite import one_module_per_use
 
 
 def _captum():
@@ -40,10 +41,9 @@ class Attribution(Calibrated):
         _captum()
         super().prepare(model, groups, data)
         names = sorted({n for g in groups for n in g.producers})
-        net = copy.deepcopy(model).eval()  # captum attaches hooks/attributes; keep ours clean
         self.input_shape = tuple(data.train_x.shape[1:])
         self.baseline_value = [(0.0 - m) / s for m, s in zip(data.mean, data.std)]
-        self.check(net)
+        net = self.attribution_copy(model, names)
         totals = {n: None for n in names}
         count = 0
         for x, y in calibration_batches(data, self.num_images, self.batch_size):
@@ -56,6 +56,31 @@ class Attribution(Calibrated):
                 totals[n] = s if totals[n] is None else totals[n] + s
             count += len(y)
         self._scores = {n: t / count for n, t in totals.items()}
+
+    def attribution_copy(self, model, names: list[str]) -> nn.Module:
+        """The copy attributions run on (captum attaches hooks/attributes; the user's model stays
+        clean), rewritten so that functional / in-place / reused nonlinearities are one module
+        per use (:mod:`prunelab.criteria.rewrite`): rule-based attributions need that, and an
+        in-place activation would overwrite the layer output that gradient-based ones record.
+        Scores map back by layer name.  Only a model that can be neither rewritten nor used as
+        it is gets refused."""
+        try:
+            net = one_module_per_use(model, self.input_shape, split_silu=self.name == "deeplift")
+        except PrunelabError as e:
+            net, why = copy.deepcopy(model).eval(), str(e)
+        else:
+            why = None
+            missing = [n for n in names if n not in dict(net.named_modules())]
+            if missing:
+                net, why = copy.deepcopy(model).eval(), f"layer {missing[0]!r} is not called " \
+                                                         "as a module in forward()"
+        try:
+            self.check(net)
+        except PrunelabError as e:
+            if why is None:
+                raise
+            raise PrunelabError(f"{e} (rewriting it automatically failed: {why})") from None
+        return net
 
     def baseline(self, x):
         return torch.tensor(self.baseline_value).view(1, -1, 1, 1).expand_as(x).contiguous()
