@@ -4,7 +4,8 @@
 (a conv with its BN and the next layer's inputs; a residual stage's shared channels), named by its
 root layer.  :func:`prune` removes channels from every group, either the same ``ratio`` everywhere
 or exact per-group ``keep`` counts, choosing *which* channels with a criterion.  No group is ever
-pruned to zero, and the output layer (``num_classes`` outputs) is never a root.
+pruned to zero, and the layers feeding the model's output (found from the graph) are never
+pruned.
 
     >>> from prunelab.models import build
     >>> from prunelab.pruning import prune
@@ -50,20 +51,57 @@ def build_graph(model: nn.Module, input_shape: Sequence[int]):
             from None
 
 
+def output_layers(model: nn.Module, input_shape: Sequence[int]) -> list[nn.Module]:
+    """The conv / linear layers that feed the model's output directly (no other conv or linear
+    between them and it): the classifier, found from the autograd graph of one forward pass, so
+    it is never guessed from a class count."""
+    made: dict[object, nn.Module] = {}
+    handles = [m.register_forward_hook(lambda mod, i, o: made.__setitem__(o.grad_fn, mod)
+                                       if isinstance(o, torch.Tensor) and o.grad_fn is not None
+                                       else None)
+               for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    try:
+        with torch.enable_grad():
+            out = model(torch.zeros(1, *input_shape, requires_grad=True))
+    finally:
+        for h in handles:
+            h.remove()
+    outs = out if isinstance(out, (tuple, list)) else [out]
+    found: list[nn.Module] = []
+    stack = [o.grad_fn for o in outs if isinstance(o, torch.Tensor)]
+    seen = set()
+    while stack:
+        fn = stack.pop()
+        if fn is None or fn in seen:
+            continue
+        seen.add(fn)
+        if fn in made:
+            if made[fn] not in found:
+                found.append(made[fn])
+            continue
+        stack.extend(f for f, _ in fn.next_functions)
+    return found
+
+
+def _grouped(m: nn.Module) -> bool:
+    """A grouped convolution that is not depthwise (its channels go only in whole groups)."""
+    return isinstance(m, nn.Conv2d) and 1 < m.groups and not (
+        m.groups == m.in_channels and m.out_channels % m.in_channels == 0)
+
+
 def prunable_groups(model: nn.Module, input_shape: Sequence[int], num_classes: int | None = None,
                     ignored: Sequence[nn.Module] = (), graph=None) -> tuple[object, list[GroupInfo]]:
-    """The prunable groups of ``model`` (and the dependency graph they live on)."""
+    """The prunable groups of ``model`` (and the dependency graph they live on).
+
+    The layers feeding the model's output (:func:`output_layers`) and ``ignored`` are never
+    pruned (``num_classes`` plays no part in finding them).  Groups coupled to a grouped
+    (not depthwise) convolution are left whole, with a one-line note: their channels could only
+    go in whole convolution groups."""
     DG = graph or build_graph(model, input_shape)
     names = {m: n for n, m in model.named_modules()}
-    ignored = list(ignored)
-    if num_classes is not None:
-        # the classifier: the last layer with num_classes outputs (only the last: a pruned
-        # hidden conv may happen to have num_classes channels too)
-        heads = [m for m in model.modules()
-                 if (isinstance(m, nn.Linear) and m.out_features == num_classes)
-                 or (isinstance(m, nn.Conv2d) and m.out_channels == num_classes)]
-        ignored += heads[-1:]
+    ignored = list(ignored) + output_layers(model, input_shape)
     groups: list[GroupInfo] = []
+    grouped: list[str] = []
     for g in DG.get_all_groups(ignored_layers=ignored, root_module_types=(nn.Conv2d, nn.Linear)):
         prod, cons, norms = [], [], []
         for dep, _ in g:
@@ -76,10 +114,21 @@ def prunable_groups(model: nn.Module, input_shape: Sequence[int], num_classes: i
             elif isinstance(m, nn.modules.batchnorm._BatchNorm):
                 norms.append(n)
         root = g[0].dep.target.module
+        bad = [names[dep.target.module] for dep, _ in g
+               if _grouped(dep.target.module) and dep.target.module in names]
+        if bad:
+            grouped.append(f"{names[root]} (coupled to {bad[0]}, "
+                           f"groups={dict(model.named_modules())[bad[0]].groups})")
+            continue
         width = root.out_channels if isinstance(root, nn.Conv2d) else root.out_features
         groups.append(GroupInfo(names[root], width, list(dict.fromkeys(prod)),
                                 list(dict.fromkeys(c for c in cons if c not in prod)),
                                 list(dict.fromkeys(norms)), g))
+    if grouped:
+        from .ui import log
+
+        log(f"note: {len(grouped)} group(s) coupled to grouped convolutions are left whole: "
+            f"{'; '.join(grouped[:3])}{' ...' if len(grouped) > 3 else ''}")
     order = {n: i for i, n in enumerate(names.values())}
     groups.sort(key=lambda g: order[g.name])
     if not groups:

@@ -1,10 +1,11 @@
 import torch
+import torch.nn as nn
 
 import pytest
 
 from prunelab.errors import PrunelabError
 from prunelab.models import build
-from prunelab.pruning import align, prunable_groups, prune
+from prunelab.pruning import align, output_layers, prunable_groups, prune
 
 SHAPE = (1, 32, 32)
 
@@ -55,3 +56,48 @@ def test_bad_ratio():
     with pytest.raises(PrunelabError, match="outside"):
         prune(build("resnet20", in_channels=1), "l1", ratio=1.0, input_shape=SHAPE,
               num_classes=10)
+
+
+class _GroupedNet(nn.Module):
+    """RegNetX-like: 1x1 -> grouped 3x3 (groups=4, not depthwise) -> 1x1, plus a plain conv."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(1, 16, 3, padding=1)
+        self.a = nn.Conv2d(16, 16, 1)
+        self.g = nn.Conv2d(16, 16, 3, padding=1, groups=4)
+        self.b = nn.Conv2d(16, 24, 1)
+        self.c = nn.Conv2d(24, 24, 3, padding=1)
+        self.fc = nn.Linear(24, 4)
+
+    def forward(self, x):
+        x = torch.relu(self.stem(x))
+        x = torch.relu(self.b(torch.relu(self.g(torch.relu(self.a(x))))))
+        return self.fc(torch.relu(self.c(x)).mean((2, 3)))
+
+
+def test_grouped_conv_groups_are_left_whole_with_a_note(capsys):
+    net = _GroupedNet().eval()
+    _, groups = prunable_groups(net, (1, 16, 16), 4)
+    names = [g.name for g in groups]
+    assert "a" not in names and "g" not in names        # coupled to the grouped conv
+    assert {"stem", "b", "c"} <= set(names)
+    res = prune(net, "l1", ratio=0.5, input_shape=(1, 16, 16), num_classes=4)
+    assert res.model.g.in_channels == res.model.g.out_channels == 16
+    assert res.model.b.out_channels == 12 and res.model.c.out_channels == 12
+    assert res.model(torch.randn(2, 1, 16, 16)).shape == (2, 4)
+    assert "left whole" in capsys.readouterr().err
+
+
+def test_classifier_is_found_from_the_graph_not_the_class_count():
+    """A hidden conv with as many channels as there are classes is pruned; the conv that feeds
+    the output (a conv classifier, no Linear) is not, with or without ``num_classes``."""
+    net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 16, 3, padding=1),
+                        nn.ReLU(), nn.Conv2d(16, 4, 1), nn.AdaptiveAvgPool2d(1),
+                        nn.Flatten()).eval()
+    assert output_layers(net, (1, 8, 8)) == [net[4]]
+    for nc in (None, 4, 7):
+        _, groups = prunable_groups(net, (1, 8, 8), nc)
+        assert [g.name for g in groups] == ["0", "2"]
+    res = prune(net, "l1", ratio=0.5, input_shape=(1, 8, 8))
+    assert res.model[0].out_channels == 2 and res.model[4].out_channels == 4
