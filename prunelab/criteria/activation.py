@@ -24,7 +24,7 @@ class _Activations(Calibrated):
     def prepare(self, model, groups, data=None):
         super().prepare(model, groups, data)
         producers = sorted({n for g in groups for n in g.producers})
-        bn = following_norms(model, tuple(data.train_x.shape[1:]), producers)
+        bn = following_norms(model, tuple(data.input_shape), producers)
         where = {p: bn.get(p, p) for p in producers}
         taps = sorted(set(where.values()))
         was = model.training

@@ -41,8 +41,11 @@ class Attribution(Calibrated):
         _captum()
         super().prepare(model, groups, data)
         names = sorted({n for g in groups for n in g.producers})
-        self.input_shape = tuple(data.train_x.shape[1:])
-        self.baseline_value = [(0.0 - m) / s for m, s in zip(data.mean, data.std)]
+        self.input_shape = tuple(data.input_shape)
+        # the reference: a black image in the data's normalisation (all-zero input without one)
+        self.baseline_value = ([(0.0 - m) / s for m, s in zip(data.mean, data.std)]
+                               if data.mean is not None and data.std is not None
+                               else [0.0] * self.input_shape[0])
         net = self.attribution_copy(model, names)
         totals = {n: None for n in names}
         count = 0

@@ -38,6 +38,14 @@ class Splits:
     def input_size(self) -> int:
         return int(self.train_x.shape[-1])
 
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """One input's shape (C, H, W)."""
+        return tuple(int(d) for d in self.train_x.shape[1:])
+
+    def has(self, split: str) -> bool:
+        return split in ("train", "val", "test")
+
     def batches(self, split: str, batch_size: int = 256, shuffle: bool = False,
                 augment: bool = False, seed: int = 0, limit: int | None = None) -> "Batches":
         x, y = {"train": (self.train_x, self.train_y), "val": (self.val_x, self.val_y),
