@@ -9,9 +9,9 @@ even a hash collision cannot mix machines.  Files are written atomically.
     >>> from prunelab.latency.cache import Cache
     >>> c = Cache({"cpu": "x", "threads": 1}, tempfile.mkdtemp())
     >>> c.put("units", "conv|8|8", {"median_ms": 0.1}); c.flush()
-    >>> Cache({"cpu": "x", "threads": 1}, c.root.parent).get("units", "conv|8|8")
+    >>> Cache({"cpu": "x", "threads": 1}, c.root).get("units", "conv|8|8")
     {'median_ms': 0.1}
-    >>> Cache({"cpu": "x", "threads": 2}, c.root.parent).get("units", "conv|8|8") is None
+    >>> Cache({"cpu": "x", "threads": 2}, c.root).get("units", "conv|8|8") is None
     True
 """
 

@@ -25,7 +25,7 @@ class coefficients the rest of the difference between a unit timed alone and ins
 load on a shared machine) are left out of the fit and flagged.
 
     >>> from prunelab.latency.predictor import spearman, mape
-    >>> spearman([1, 2, 3, 4], [10, 20, 40, 30])
+    >>> round(spearman([1, 2, 3, 4], [10, 20, 40, 30]), 6)
     0.8
     >>> round(mape([1.0, 2.0], [1.1, 1.8]), 3)
     0.1
@@ -63,35 +63,16 @@ def unit_class(u: Unit) -> str:
     return u.kind + ("+add" if u.add else "")
 
 
-def nnls(a, b, iters: int | None = None):
-    """Non-negative least squares ``min |a x - b|, x >= 0`` (Lawson-Hanson active set).
+def nnls(a, b):
+    """Non-negative least squares ``min |a x - b|, x >= 0`` (scipy's Lawson-Hanson).
 
     >>> [round(float(v), 6) for v in nnls([[1, 0], [0, 1], [1, 1]], [2, -1, 1])]
     [1.5, 0.0]
     """
     import numpy as np
+    from scipy.optimize import nnls as _nnls
 
-    a, b = np.asarray(a, float), np.asarray(b, float)
-    n = a.shape[1]
-    p = np.zeros(n, bool)
-    x = np.zeros(n)
-    w = a.T @ (b - a @ x)
-    for _ in range(iters or 3 * n + 3):
-        if p.all() or np.where(p, -np.inf, w).max() <= 1e-12:
-            break
-        p[int(np.argmax(np.where(p, -np.inf, w)))] = True
-        while True:
-            z = np.zeros(n)
-            z[p] = np.linalg.lstsq(a[:, p], b, rcond=None)[0]
-            if (z[p] > 0).all():
-                x = z
-                break
-            neg = p & (z <= 0)
-            x = x + np.min(x[neg] / (x[neg] - z[neg])) * (z - x)
-            p &= x > 1e-12
-            x[~p] = 0.0
-        w = a.T @ (b - a @ x)
-    return x
+    return _nnls(np.asarray(a, float), np.asarray(b, float))[0]
 
 
 @dataclass
@@ -512,27 +493,18 @@ def build_predictor(model: nn.Module, spec, target, cache: Cache, calibrate: int
 
 
 def spearman(a: Sequence[float], b: Sequence[float]) -> float:
-    """Spearman rank correlation (average ranks for ties)."""
-    def ranks(xs):
-        order = sorted(range(len(xs)), key=lambda i: xs[i])
-        r = [0.0] * len(xs)
-        i = 0
-        while i < len(order):
-            j = i
-            while j + 1 < len(order) and xs[order[j + 1]] == xs[order[i]]:
-                j += 1
-            for k in range(i, j + 1):
-                r[order[k]] = (i + j) / 2
-            i = j + 1
-        return r
+    """Spearman rank correlation (scipy; average ranks for ties, 0 when one side is constant)."""
+    import math
+    import warnings
+
+    from scipy.stats import spearmanr
 
     if len(a) < 2:
         raise PrunelabError("a rank correlation needs at least 2 samples; use --samples 10 or more")
-    ra, rb = ranks(list(a)), ranks(list(b))
-    ma, mb = statistics.mean(ra), statistics.mean(rb)
-    cov = sum((x - ma) * (y - mb) for x, y in zip(ra, rb))
-    den = (sum((x - ma) ** 2 for x in ra) * sum((y - mb) ** 2 for y in rb)) ** 0.5
-    return cov / den if den else 0.0
+    with warnings.catch_warnings():  # a constant input: scipy warns and answers nan
+        warnings.simplefilter("ignore")
+        r = float(spearmanr(list(a), list(b)).statistic)
+    return 0.0 if math.isnan(r) else r
 
 
 def mape(measured: Sequence[float], predicted: Sequence[float]) -> float:
