@@ -66,3 +66,16 @@ class Registry:
 
     def __contains__(self, name: str) -> bool:
         return name in self._entries
+
+
+def import_plugins(package: str, path) -> None:
+    """Import every module of a plugin package (``import_plugins(__name__, __path__)`` in its
+    ``__init__``), so that a new criterion, search method or target is one file that registers
+    itself by name: no import list to edit.  Modules whose name starts with ``_`` are helpers
+    and are imported only by the plugins that use them."""
+    import importlib
+    import pkgutil
+
+    for m in sorted(pkgutil.iter_modules(path), key=lambda m: m.name):
+        if not m.name.startswith("_"):
+            importlib.import_module(f"{package}.{m.name}")

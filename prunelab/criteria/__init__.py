@@ -23,12 +23,12 @@ layers and consumers (layers whose *input* channels go) are scored only by crite
 
 from __future__ import annotations
 
-from ..registry import Registry
+from ..registry import Registry, import_plugins
 from .base import Criterion, GroupInfo  # noqa: F401
 
 CRITERIA = Registry("criterion", hint="(see `prunelab criteria list`)")
 
-from . import activation, magnitude, omp, xai  # noqa: E402,F401  (register built-in criteria)
+import_plugins(__name__, __path__)  # every module here registers its criteria
 
 
 def make_criterion(name: str, **options) -> Criterion:

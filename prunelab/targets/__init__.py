@@ -16,12 +16,12 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from ..errors import PrunelabError
-from ..registry import Registry
+from ..registry import Registry, import_plugins
 from .base import Target
 
 TARGETS = Registry("target", hint="(see `prunelab targets`)")
 
-from . import onnxruntime, openvino, torch  # noqa: E402,F401  (register built-in targets)
+import_plugins(__name__, __path__)  # every module here registers its targets
 
 PRECISIONS = ("fp32", "fp16", "int8")
 
