@@ -348,3 +348,17 @@ def _load_torch_weights(model: nn.Module, path: Path) -> None:
         first = str(e).strip().splitlines()[1].strip() if "\n" in str(e) else str(e)
         raise PrunelabError(f"weights {path.name} do not match the architecture ({first}); pass "
                             "the weights saved with this architecture") from None
+
+
+def load_into(folder: str | os.PathLike, like: nn.Module) -> nn.Module:
+    """A model folder's widths and weights on a copy of ``like`` (the unpruned module, or any
+    module of the same architecture): how a folder saved from a user's own module is opened
+    without importing any code.  ``like`` is not modified."""
+    import copy
+
+    folder = Path(folder)
+    spec = read_spec(folder)
+    net = copy.deepcopy(like).cpu()
+    apply_widths(net, spec.layers)
+    load_weights(net, folder / "model.safetensors")
+    return net.eval()

@@ -83,6 +83,21 @@ def output_layers(model: nn.Module, input_shape: Sequence[int]) -> list[nn.Modul
     return found
 
 
+def resolve_layers(model: nn.Module, layers: Sequence[nn.Module | str]) -> list[nn.Module]:
+    """Layers given by name (``"layer3.2.conv2"``) or as modules of ``model``, as modules."""
+    out = []
+    mods = dict(model.named_modules())
+    for layer in layers:
+        if isinstance(layer, str):
+            if layer not in mods:
+                raise PrunelabError(f"ignored layer {layer!r} is not a module of the model; name "
+                                    "it as in model.named_modules()")
+            out.append(mods[layer])
+        else:
+            out.append(layer)
+    return out
+
+
 def _grouped(m: nn.Module) -> bool:
     """A grouped convolution that is not depthwise (its channels go only in whole groups)."""
     return isinstance(m, nn.Conv2d) and 1 < m.groups and not (
@@ -99,7 +114,7 @@ def prunable_groups(model: nn.Module, input_shape: Sequence[int], num_classes: i
     go in whole convolution groups."""
     DG = graph or build_graph(model, input_shape)
     names = {m: n for n, m in model.named_modules()}
-    ignored = list(ignored) + output_layers(model, input_shape)
+    ignored = resolve_layers(model, ignored) + output_layers(model, input_shape)
     groups: list[GroupInfo] = []
     grouped: list[str] = []
     for g in DG.get_all_groups(ignored_layers=ignored, root_module_types=(nn.Conv2d, nn.Linear)):
@@ -202,7 +217,8 @@ def prune(model: nn.Module, criterion: str | Criterion = "l1", ratio: float | No
     data-driven criteria.  ``scores`` (from :func:`score_groups` on the same model) skips scoring,
     so one scoring serves many pruning ratios.  The input model is left untouched unless
     ``inplace``.  ``count=False`` skips counting MACs/params (reported as 0), for callers that
-    prune many candidates and count only some.
+    prune many candidates and count only some.  ``ignored``: layers never pruned, by name or as
+    modules of ``model`` (the layers feeding the output never are).
     """
     if (ratio is None) == (keep is None):
         raise PrunelabError("give either a pruning ratio or per-layer keep counts, not both")
@@ -211,6 +227,9 @@ def prune(model: nn.Module, criterion: str | Criterion = "l1", ratio: float | No
         raise PrunelabError(f"criterion {crit.name} needs calibration data; pass a dataset")
     net = model if inplace else copy.deepcopy(model)
     net.eval()
+    if not inplace and ignored:  # modules of ``model`` -> their twins in the copy, by name
+        names = {m: n for n, m in model.named_modules()}
+        ignored = [names.get(m, m) if isinstance(m, nn.Module) else m for m in ignored]
     DG, groups = prunable_groups(net, input_shape, num_classes, ignored)
     macs0, params0 = macs_params(net, input_shape) if count else (0, 0)
     by_name = {g.name: g for g in groups}

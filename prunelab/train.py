@@ -157,7 +157,8 @@ def fit(model: nn.Module, data: Splits, cfg: TrainConfig, checkpoint: str | Path
         teacher: nn.Module | None = None, kd_temperature: float = 4.0, kd_weight: float = 0.0,
         desc: str = "train", keep_best: bool = False, recal_batches: int = 0,
         recal_end: bool = False, extra: dict | None = None,
-        on_epoch: Callable[[int, nn.Module, dict], None] | None = None) -> FitResult:
+        on_epoch: Callable[[int, nn.Module, dict], None] | None = None,
+        score: Callable[[nn.Module], float] | None = None) -> FitResult:
     """:func:`train` plus what fine-tuning needs.
 
     ``keep_best``: after the last epoch the model gets back the weights of the epoch with the
@@ -168,7 +169,8 @@ def fit(model: nn.Module, data: Splits, cfg: TrainConfig, checkpoint: str | Path
     first epoch (a pruned model's are stale); ``recal_end`` does it again at the end and keeps it
     only if validation top-1 does not drop.  ``extra`` is stored in the checkpoint and must match
     for a resume.  ``on_epoch(epoch, model, row)`` is called after each epoch's checkpoint is
-    written.
+    written.  ``score(model) -> float`` replaces validation top-1 wherever a model is judged
+    (higher is better; e.g. a user's own metric), and is recorded as ``val_top1``.
     """
     if recal_batches < 0:
         raise PrunelabError("--recal-batches must be >= 0")
@@ -183,7 +185,11 @@ def fit(model: nn.Module, data: Splits, cfg: TrainConfig, checkpoint: str | Path
                            {"params": no_decay, "weight_decay": 0.0}],
                           lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
     batches = data.batches("train", cfg.batch_size, shuffle=True, augment=True, seed=cfg.seed)
-    val = data.batches("val", 500)
+    if score is None:
+        val = data.batches("val", 500)
+
+        def score(m: nn.Module) -> float:
+            return evaluate(m, val)
     steps_per_epoch = len(batches)
     total = cfg.epochs * steps_per_epoch
     start, history, best = 0, [], None
@@ -204,7 +210,7 @@ def fit(model: nn.Module, data: Splits, cfg: TrainConfig, checkpoint: str | Path
             recalibrate_bn(model, data.batches("train", cfg.batch_size, shuffle=True,
                                                seed=cfg.seed), recal_batches)
         if recal_batches or keep_best:
-            result.start_val_top1 = evaluate(model, val)
+            result.start_val_top1 = score(model)
         if recal_batches:
             log(f"{desc}: BN statistics re-estimated on {recal_batches} training batches, "
                 f"val top-1 {result.start_val_top1:.4f}")
@@ -243,7 +249,7 @@ def fit(model: nn.Module, data: Splits, cfg: TrainConfig, checkpoint: str | Path
                 seen += len(y)
                 bar.update(task, advance=1, info=f"ep {epoch + 1} loss {loss_sum / seen:.3f}")
             model.to(memory_format=torch.contiguous_format)
-            acc = evaluate(model, val)
+            acc = score(model)
             model.to(memory_format=fmt)
             history.append({"epoch": epoch + 1, "loss": loss_sum / max(seen, 1), "val_top1": acc,
                             "seconds": time.perf_counter() - t0})
@@ -274,7 +280,7 @@ def fit(model: nn.Module, data: Splits, cfg: TrainConfig, checkpoint: str | Path
         kept = _state_copy(model)
         recalibrate_bn(model, data.batches("train", cfg.batch_size, shuffle=True,
                                            seed=cfg.seed + 1), recal_batches)
-        acc = evaluate(model, val)
+        acc = score(model)
         if acc < before:
             model.load_state_dict(kept)
         result.final_recal = {"batches": recal_batches, "val_top1": acc, "kept": acc >= before}

@@ -112,16 +112,19 @@ class Search:
     """
 
     def __init__(self, model: nn.Module, spec, data, cfg: SearchConfig, out: Path, crit,
-                 predictor, target, seconds_before: float = 0.0):
+                 predictor, target, seconds_before: float = 0.0, eval_fn=None,
+                 ignored: tuple[str, ...] = ()):
         from ..pruning import prunable_groups, score_groups
 
         self.model, self.spec, self.data, self.cfg, self.out = model, spec, data, cfg, out
+        self.eval_fn = eval_fn  # a user's metric (higher is better) instead of val top-1
+        self.ignored = tuple(ignored)  # layer names never pruned
         self.crit, self.predictor, self.target = crit, predictor, target
         self.budget = Budget.parse(cfg.budget)
         self.options = dict(cfg.options)
         self.seed = cfg.seed
         self.rng = random.Random(cfg.seed)
-        _, self.groups = prunable_groups(model, spec.input_shape, spec.num_classes)
+        _, self.groups = prunable_groups(model, spec.input_shape, spec.num_classes, self.ignored)
         self.widths = {g.name: g.width for g in self.groups}
         self.scores, self.score_seconds = score_groups(model, crit, self.groups, data)
         self.contexts: dict[str, tuple[nn.Module, dict]] = {"": (model, self.scores)}
@@ -175,7 +178,8 @@ class Search:
         """Evaluate later candidates on another base model (e.g. after a fine-tuning step)."""
         from ..pruning import prunable_groups, score_groups
 
-        _, groups = prunable_groups(model, self.spec.input_shape, self.spec.num_classes)
+        _, groups = prunable_groups(model, self.spec.input_shape, self.spec.num_classes,
+                                    self.ignored)
         scores, _ = score_groups(model, self.crit, groups, self.data)
         self.contexts[name] = (model, scores)
         self._context_widths[name] = {g.name: g.width for g in groups}
@@ -188,7 +192,8 @@ class Search:
 
         base, scores = self.contexts[context]
         res = prune(base, self.crit, keep=keep, input_shape=self.spec.input_shape,
-                    num_classes=self.spec.num_classes, scores=scores, count=False)
+                    num_classes=self.spec.num_classes, scores=scores, count=False,
+                    ignored=self.ignored)
         net = res.model
         if train_batches:
             _short_train(net, self.data, train_batches, self.seed)
@@ -206,8 +211,11 @@ class Search:
             yield x.contiguous(memory_format=self.layout), y
 
     def top1(self, net: nn.Module, images: int | None) -> float:
+        """Validation top-1 on ``images`` validation images (or the user's ``eval_fn``)."""
         from ..train import evaluate
 
+        if self.eval_fn is not None:
+            return _checked_score(self.eval_fn, net)
         net.to(memory_format=self.layout)
         try:
             return evaluate(net, self.batches("val", 500, limit=images or None))
@@ -228,7 +236,8 @@ class Search:
 
                 base, scores = self.contexts[context]
                 res = prune(base, self.crit, keep=keep, input_shape=self.spec.input_shape,
-                            num_classes=self.spec.num_classes, scores=scores, count=False)
+                            num_classes=self.spec.num_classes, scores=scores, count=False,
+                    ignored=self.ignored)
                 macs, params = macs_params(res.model, self.spec.input_shape)
                 self._costs[key] = {"macs": macs, "params": params,
                                     "latency_ms": self.predict(keep, context)}
@@ -288,6 +297,22 @@ class Search:
                     if r.get("feasible") and not r["context"]), default=None)
         info = f"{self.phase}" + (f" best feasible {best:.4f}" if best is not None else "")
         self._bar.update(self._task, advance=1, info=info)
+
+
+def _checked_score(eval_fn, net: nn.Module) -> float:
+    """A user's ``eval_fn(model) -> float``, checked to be a finite number."""
+    import math
+
+    v = eval_fn(net)
+    try:
+        v = float(v)
+    except (TypeError, ValueError):
+        raise PrunelabError(f"eval_fn must return a number (higher is better), got "
+                            f"{type(v).__name__}") from None
+    if not math.isfinite(v):
+        raise PrunelabError(f"eval_fn returned {v}; it must return a finite number")
+    net.eval()
+    return v
 
 
 def _short_train(net: nn.Module, data, batches: int, seed: int, lr: float = 0.01) -> None:

@@ -62,12 +62,8 @@ def _predictor(model, spec, target, out: Path, cache_dir):
     return pred
 
 
-def run_search(ref: str, cfg: SearchConfig, out: str | Path, cache_dir: str | None = None,
-               dataset: str | None = None, data_dir: str | None = None) -> dict:
-    """Run (or resume) one search on model ``ref``; returns the ``result.json`` object."""
-    from ..api import data_for, load
-    from ..sweep import build_criterion
-    from ..targets import make_target
+def _method(cfg: SearchConfig):
+    """The method's registry entry, its options checked (before any work)."""
     from . import SEARCHES
 
     entry = SEARCHES.get(cfg.method)
@@ -75,27 +71,62 @@ def run_search(ref: str, cfg: SearchConfig, out: str | Path, cache_dir: str | No
     if unknown:
         raise PrunelabError(f"method {cfg.method} has no option {unknown[0]!r}; it takes: "
                             f"{', '.join(entry.meta['options'])}")
+    return entry
+
+
+def run_search(ref: str, cfg: SearchConfig, out: str | Path, cache_dir: str | None = None,
+               dataset: str | None = None, data_dir: str | None = None) -> dict:
+    """Run (or resume) one search on model ``ref`` (a shipped name or model folder: the CLI's
+    edge); returns the ``result.json`` object.  :func:`search_model` is the same on objects."""
+    from ..api import data_for, load
+
+    _method(cfg)
+    Budget.parse(cfg.budget)
+    model, spec = load(ref)
+    data = data_for(spec, dataset, data_dir)
+    return search_model(model, spec, data, cfg, out, cache_dir,
+                        record={"model": str(ref), "dataset": dataset}, parent_ref=str(ref))[0]
+
+
+def search_model(model, spec, data, cfg: SearchConfig, out: str | Path,
+                 cache_dir: str | None = None, *, target=None, eval_fn=None,
+                 ignored: tuple[str, ...] = (), record: dict | None = None,
+                 parent_ref: str | None = None) -> tuple[dict, object]:
+    """Run (or resume) a search on a model object; returns ``(result, chosen pruned model)``.
+
+    ``data`` has ``batches(split, ...)`` (a registered data set's :class:`Splits` or the user's
+    loaders as :class:`~prunelab.data.loaders.LoaderData`); ``target`` a ready target (built
+    from ``cfg.target`` when None); ``eval_fn(model) -> float`` replaces validation top-1;
+    ``ignored`` names layers never pruned; ``record`` is written into ``config.json`` beside the
+    settings (what the model and data were, for a resume check)."""
+    from ..sweep import build_criterion
+    from ..targets import make_target
+
+    entry = _method(cfg)
     crit_spec = cfg.criterion or entry.meta["criterion"]
     budget = Budget.parse(cfg.budget)
     out = Path(out)
-    config = {**cfg.to_json(), "criterion": crit_spec, "model": str(ref),
-              "dataset": dataset}
-    target = make_target(cfg.target)
-    model, spec = load(ref)
-    data = data_for(spec, dataset, data_dir)
+    config = {**cfg.to_json(), "criterion": crit_spec, **(record or {})}
+    if ignored:
+        config["ignored_layers"] = list(ignored)
+    target = target or make_target(cfg.target)
     crit = build_criterion(crit_spec, seed=cfg.seed)
     fresh = not out.exists()
     state = _prepare_folder(out, config)
     if state and state.get("status") == "done" and (out / RESULT).exists():
+        from ..io import load_into
+
         log(f"{out} holds a finished search; showing its result")
-        return {**json.loads((out / RESULT).read_text()), "resumed": True}
+        return ({**json.loads((out / RESULT).read_text()), "resumed": True},
+                load_into(out / "model", model))
     if state:
         log(f"resuming the search in {out} ({state.get('evaluations', 0)} evaluations logged)")
     ctx = None
     try:
         predictor = _predictor(model, spec, target, out, cache_dir)
         ctx = Search(model, spec, data, cfg, out, crit, predictor, target,
-                     seconds_before=(state or {}).get("seconds", 0.0))
+                     seconds_before=(state or {}).get("seconds", 0.0), eval_fn=eval_fn,
+                     ignored=ignored)
         ctx.finalists = None
         ctx.on_eval = lambda: _write_state(out, ctx, "running")
         ctx.on_eval()
@@ -107,7 +138,7 @@ def run_search(ref: str, cfg: SearchConfig, out: str | Path, cache_dir: str | No
         searched = ctx.seconds()
         ctx.phase = "measure"
         _write_state(out, ctx, "measuring")
-        result = _finish(ctx, ref, budget, crit_spec)
+        result, net = _finish(ctx, parent_ref or spec.name, budget, crit_spec)
     except KeyboardInterrupt:
         if ctx is not None:
             _write_state(out, ctx, "interrupted")
@@ -125,7 +156,7 @@ def run_search(ref: str, cfg: SearchConfig, out: str | Path, cache_dir: str | No
     result["seconds"] = ctx.seconds()
     atomic_write_text(out / RESULT, json.dumps(result, indent=1))
     _write_state(out, ctx, "done")
-    return result
+    return result, net
 
 
 def _point_json(p: dict, keep: bool = True) -> dict:
@@ -165,8 +196,9 @@ def _build(ctx: Search, p: dict):
     return ctx.build(p["keep"], name, int(train or 0))[0]
 
 
-def _finish(ctx: Search, ref: str, budget: Budget, crit_spec: str) -> dict:
-    """Measure the front on the target, choose the budget point, save model, front and plot."""
+def _finish(ctx: Search, ref: str, budget: Budget, crit_spec: str) -> tuple[dict, object]:
+    """Measure the front on the target, choose the budget point, save model, front and plot;
+    returns the result and the chosen model."""
     from ..api import pruned_spec
     from ..io import save_model
     from ..latency.measure import Protocol, compare, measure
@@ -243,7 +275,7 @@ def _finish(ctx: Search, ref: str, budget: Budget, crit_spec: str) -> dict:
                               measured, front, base_out, chosen,
                               f"{ctx.spec.name}: {ctx.cfg.method} + {crit_spec}, "
                               f"{ctx.cfg.target.target}, budget {budget}")
-    return res
+    return res, net
 
 
 def _speedup_range(base, chosen) -> list[float]:
