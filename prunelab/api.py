@@ -321,26 +321,18 @@ def finetune(ref: str, epochs: int, out: str, teacher: str | None = "parent",
             "history": res.history}
 
 
-def export_onnx(ref: str, path: str, batch_size: int = 1, opset: int = 17) -> dict:
-    """Export a model to ONNX (legacy TorchScript exporter; dynamic batch dimension)."""
-    from .io import atomic_write_bytes
+def export_onnx(ref: str, path: str, batch_size: int = 1, opset: int = 17,
+                dynamic_batch: bool = False) -> dict:
+    """Export a model (a shipped name or folder) to ONNX: the graph the ONNX-based targets time
+    (see :func:`prunelab.core.export_onnx`)."""
+    from .core import export_onnx as _export
 
+    if batch_size < 1:
+        raise PrunelabError("--batch-size must be at least 1")
     model, spec = load(ref)
-    try:
-        import onnx  # noqa: F401
-    except ImportError:
-        raise PrunelabError("ONNX export needs the onnx package; pip install 'prunelab[onnx]'") \
-            from None
-    import io as _io
-
-    buf = _io.BytesIO()
-    x = torch.zeros(batch_size, *spec.input_shape)
-    torch.onnx.export(model, (x,), buf, input_names=["input"], output_names=["logits"],
-                      dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
-                      opset_version=opset, dynamo=False)
-    atomic_write_bytes(path, buf.getvalue())
-    return {"model": spec.name, "onnx": str(Path(path).resolve()), "bytes": len(buf.getvalue()),
-            "opset": opset}
+    r = _export(model, path, torch.zeros(batch_size, *spec.input_shape), opset=opset,
+                dynamic_batch=dynamic_batch)
+    return {"model": spec.name, **r}
 
 
 def environment() -> dict:

@@ -280,9 +280,13 @@ def cmd_finetune(args):
 def cmd_export(args):
     from . import api
 
-    r = api.export_onnx(args.model, args.onnx, opset=args.opset)
-    _emit(args, r, lambda o: print(f"wrote {o['onnx']} ({o['bytes'] / 1e6:.2f} MB, opset "
-                                   f"{o['opset']})"))
+    r = api.export_onnx(args.model, args.onnx, batch_size=args.batch_size, opset=args.opset,
+                        dynamic_batch=args.dynamic_batch)
+    _emit(args, r, lambda o: print(
+        f"wrote {o['onnx']} ({o['bytes'] / 1e6:.2f} MB, opset {o['opset']}, input "
+        f"{o['input_shape']}): "
+        + ("the graph the ONNX targets time" if not o["differs_from_measured"] else
+           "differs from the timed graph: " + ", ".join(o["differs_from_measured"]))))
 
 
 # --------------------------------------------------------------------------- parser
@@ -413,6 +417,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("model")
     s.add_argument("--onnx", required=True, help="ONNX file to write")
     s.add_argument("--opset", type=int, default=17)
+    s.add_argument("--batch-size", type=int, default=1,
+                   help="the batch the graph is exported (and timed) with (1)")
+    s.add_argument("--dynamic-batch", action="store_true",
+                   help="symbolic batch dimension (the timed graph has a fixed one)")
     s.add_argument("--json", action="store_true")
     s.set_defaults(fn=cmd_export)
     from .cli_latency import register as _reg_latency

@@ -1,4 +1,4 @@
-"""``prunelab search``: a thin layer over :func:`prunelab.search.run_search`."""
+"""``prunelab search``: a thin layer over :func:`prunelab.searches.run_search`."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ def _option(s: str) -> tuple[str, object]:
 
 def cmd_search(args):
     from .cli import _emit, _table
-    from .search import SEARCHES, SearchConfig, run_search
+    from .searches import SEARCHES, SearchConfig, run_search
     from .targets import TargetConfig
 
     SEARCHES.get(args.method)  # an unknown method fails before anything is loaded
@@ -58,7 +58,7 @@ def cmd_search(args):
 
 
 def register(sub) -> None:
-    from .search import SEARCHES
+    from .searches import SEARCHES
 
     methods = "; ".join(f"{e.name}: {e.description}" for e in SEARCHES.entries())
     s = sub.add_parser("search", help="per-layer allocation search under a budget on a target",

@@ -31,7 +31,7 @@ except ``[model] ref`` and ``[search] method``:
     warmup = 20
     repeats = 200
 
-Stages: ``search`` (:func:`prunelab.search.run_search` into ``RUN/search/``), ``finetune``
+Stages: ``search`` (:func:`prunelab.searches.run_search` into ``RUN/search/``), ``finetune``
 (:func:`prunelab.api.finetune` into ``RUN/finetuned/``) and ``verify`` (test top-1 of the
 unpruned, searched and final models, their latency measured interleaved on the target, MACs and
 parameters, into ``verify.json``).  Each stage is skipped when finished and resumed when
@@ -148,7 +148,7 @@ class PipelineConfig:
                             precision=t.precision)
 
     def search_config(self):
-        from .search import SearchConfig
+        from .searches import SearchConfig
 
         s = self.search
         return SearchConfig(s.method, s.criterion, self.target_config(), s.budget, self.run.seed,
@@ -220,7 +220,7 @@ def load_config(src: str | os.PathLike | dict, name: str | None = None) -> Pipel
 
 def _check(cfg: PipelineConfig) -> None:
     from .io import resolve
-    from .search import SEARCHES, Budget
+    from .searches import SEARCHES, Budget
 
     if not cfg.model.ref:
         raise PrunelabError("config [model] needs ref = a shipped model name "
@@ -373,7 +373,7 @@ def _note_session(out: Path, cfg: PipelineConfig) -> None:
 
 
 def _stage_search(cfg: PipelineConfig, out: Path) -> dict:
-    from .search import run_search
+    from .searches import run_search
 
     log(f"[1/3] search: {cfg.search.method} on {cfg.model.ref}, budget {cfg.search.budget}, "
         f"target {cfg.target.name}")

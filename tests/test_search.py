@@ -11,7 +11,7 @@ import pytest
 
 from prunelab.errors import PrunelabError
 from prunelab.io import load_model
-from prunelab.search import SEARCHES, Budget, SearchConfig, run_search
+from prunelab.searches import SEARCHES, Budget, SearchConfig, run_search
 from prunelab.targets import TargetConfig
 
 SMALL = {

@@ -6,7 +6,7 @@ latency figure besides the model: the target, batch size, thread count and preci
 
     >>> from prunelab.targets import TARGETS, TargetConfig
     >>> TARGETS.names()
-    ['onnxruntime-cpu', 'onnxruntime-cuda', 'openvino-cpu', 'torch-cpu', 'torch-cuda']
+    ['onnxruntime-cpu', 'onnxruntime-cuda', 'openvino-cpu', 'scripted', 'torch-cpu', 'torch-cuda']
     >>> TargetConfig("onnxruntime-cpu", batch_size=1, threads=2).to_json()
     {'target': 'onnxruntime-cpu', 'batch_size': 1, 'threads': 2, 'precision': 'fp32'}
 """

@@ -1,5 +1,5 @@
 """``run_search``: set up (or resume) a search folder, run the method, measure the front, choose,
-save.  See :mod:`prunelab.search.driver` for the folder's contents."""
+save.  See :mod:`prunelab.searches.driver` for the folder's contents."""
 
 from __future__ import annotations
 

@@ -1,9 +1,9 @@
 """Per-layer allocation searches: how many filters each layer keeps, under the user's budget.
 
-Every method runs on one driver (:mod:`prunelab.search.driver`): a cached, logged, resumable
+Every method runs on one driver (:mod:`prunelab.searches.driver`): a cached, logged, resumable
 ``evaluate(widths)``, the budget, the latency predictor of the target and the criterion's scores.
 
-    >>> from prunelab.search import SEARCHES
+    >>> from prunelab.searches import SEARCHES
     >>> SEARCHES.names()
     ['abc', 'cie', 'global', 'nsga2', 'omp-search', 'uniform']
 """
