@@ -232,18 +232,14 @@ def finetune(ref: str, epochs: int, out: str, teacher: str | None = "parent",
     the end when that does not lower validation top-1); the epoch with the best validation top-1
     is kept (epoch 0, the starting weights, when none beats them); test top-1 is computed once, at
     the end.  Resumable: an interrupted run leaves ``OUT.ckpt/`` and the same command continues
-    from it (other options refuse that checkpoint).
+    from it (other options refuse that checkpoint).  The name/folder edge over
+    :func:`finetune_model`.
     """
-    if not 0 <= kd_weight <= 1:
-        raise PrunelabError("--kd-weight must be between 0 and 1")
-    if not kd_temperature > 0:
-        raise PrunelabError("--kd-temperature must be positive")
     if not out:
         raise PrunelabError("--out is required: the folder to write the fine-tuned model to")
     cfg = TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
                       weight_decay=weight_decay, precision=precision, threads=threads)
-    if recal_batches < 0:
-        raise PrunelabError("--recal-batches must be >= 0")
+    _check_kd(kd_weight, kd_temperature, recal_batches)
     model, spec = load(ref, weights=weights, dataset=dataset, data_dir=data_dir)
     folder = Path(str(ref)) if Path(str(ref)).is_dir() else None
     teacher_ref = None
@@ -261,6 +257,36 @@ def finetune(ref: str, epochs: int, out: str, teacher: str | None = "parent",
     tmodel = tspec = None
     if teacher_ref is not None:
         tmodel, tspec = load(teacher_ref)
+    data = data_for(spec, dataset, data_dir)
+    return finetune_model(model, spec, data, cfg, out, tmodel, tspec,
+                          _ref_of(teacher_ref) if teacher_ref is not None else None,
+                          kd_temperature, kd_weight, recal_batches, recal_end, _ref_of(ref),
+                          command)
+
+
+def _check_kd(kd_weight: float, kd_temperature: float, recal_batches: int) -> None:
+    import math
+
+    if not 0 <= kd_weight <= 1:
+        raise PrunelabError("--kd-weight must be between 0 and 1")
+    if not (kd_temperature > 0 and math.isfinite(kd_temperature)):
+        raise PrunelabError("--kd-temperature must be a positive number")
+    if recal_batches < 0:
+        raise PrunelabError("--recal-batches must be >= 0")
+
+
+def finetune_model(model: nn.Module, spec: ModelSpec, data, cfg: TrainConfig, out: str,
+                   teacher: nn.Module | None = None, teacher_spec: ModelSpec | None = None,
+                   teacher_id: str | None = None, kd_temperature: float = 4.0,
+                   kd_weight: float = 0.5, recal_batches: int = 20, recal_end: bool = True,
+                   model_id: str | None = None, command: str | None = None) -> dict:
+    """:func:`finetune` on objects: fine-tunes ``model`` in place, saves it to ``out`` (a model
+    folder with the provenance) and returns the summary; ``teacher`` is used as given (not
+    modified: its memory layout is restored)."""
+    _check_kd(kd_weight, kd_temperature, recal_batches)
+    tmodel, tspec = (teacher, teacher_spec) if kd_weight > 0 else (None, None)
+    if tmodel is not None:
+        tspec = tspec or spec
         if list(tspec.input_shape) != list(spec.input_shape) or \
                 tspec.num_classes != spec.num_classes:
             raise PrunelabError(
@@ -270,13 +296,14 @@ def finetune(ref: str, epochs: int, out: str, teacher: str | None = "parent",
                 "--no-teacher")
         for p in tmodel.parameters():
             p.requires_grad_(False)
-    data = data_for(spec, dataset, data_dir)
+    else:
+        teacher_id = None
     val = data.batches("val", 500)
     before = _top1(model, val)
     teacher_val = _top1(tmodel, val) if tmodel is not None else None
     ckpt = f"{str(out).rstrip('/')}.ckpt"
-    teacher_id = _ref_of(teacher_ref) if teacher_ref is not None else None
-    extra = {"model": _ref_of(ref), "teacher": teacher_id,
+    model_id = model_id or spec.name
+    extra = {"model": model_id, "teacher": teacher_id,
              "kd_weight": kd_weight if tmodel is not None else 0.0,
              "kd_temperature": kd_temperature, "recal_end": recal_end}
     t0 = time.perf_counter()
@@ -294,7 +321,7 @@ def finetune(ref: str, epochs: int, out: str, teacher: str | None = "parent",
     prov = dict(spec.provenance)
     name = Path(out).name
     finetuned = {
-        "from": spec.name, "from_ref": _ref_of(ref), "config": dataclasses.asdict(cfg),
+        "from": spec.name, "from_ref": model_id, "config": dataclasses.asdict(cfg),
         "teacher": tinfo, "kd_weight": kd_weight if tmodel is not None else 0.0,
         "kd_temperature": kd_temperature, "bn_recalibration_batches": recal_batches,
         "final_bn_recalibration": res.final_recal, "dataset": data.name,

@@ -372,36 +372,52 @@ def _note_session(out: Path, cfg: PipelineConfig) -> None:
     atomic_write_text(out / "environment.json", json.dumps(env, indent=1))
 
 
-def _stage_search(cfg: PipelineConfig, out: Path) -> dict:
-    from .searches import run_search
+def _stage_search(cfg: PipelineConfig, out: Path, model, spec, data, target):
+    from .searches.run import search_model
 
     log(f"[1/3] search: {cfg.search.method} on {cfg.model.ref}, budget {cfg.search.budget}, "
         f"target {cfg.target.name}")
-    return run_search(cfg.model.ref, cfg.search_config(), out / "search", cfg.target.cache_dir,
-                      cfg.model.dataset, cfg.model.data_dir)
+    return search_model(model, spec, data, cfg.search_config(), out / "search",
+                        cfg.target.cache_dir, target=target,
+                        record={"model": cfg.model.ref, "dataset": cfg.model.dataset},
+                        parent_ref=cfg.model.ref)
 
 
-def _stage_finetune(cfg: PipelineConfig, out: Path, searched: str) -> dict | None:
-    from .api import finetune
+def _stage_finetune(cfg: PipelineConfig, out: Path, searched, model, spec, data):
+    """Fine-tune a copy of the searched model (distilled from the unpruned ``model`` object, or
+    the teacher the config names); returns the summary and the fine-tuned model."""
+    import copy
+
+    from .api import _ref_of, finetune_model
+    from .io import load_into, read_spec, resolve
+    from .train import TrainConfig
 
     f = cfg.finetune
     done = _read(out / "finetune.json")
     if done is not None:
         log(f"[2/3] fine-tune: done earlier ({out / 'finetuned'})")
-        return {**done, "resumed": True}
+        return {**done, "resumed": True}, load_into(out / "finetuned", model)
     if f.epochs == 0:
         log("[2/3] fine-tune: skipped (epochs = 0)")
-        return None
+        return None, searched
     log(f"[2/3] fine-tune: {f.epochs} epoch(s), teacher {f.teacher}")
-    teacher = None if f.teacher == "none" else f.teacher
-    r = finetune(searched, f.epochs, str(out / "finetuned"), teacher=teacher,
-                 kd_temperature=f.kd_temperature, kd_weight=f.kd_weight, lr=f.lr,
-                 batch_size=f.batch_size, seed=cfg.run.seed, weight_decay=f.weight_decay,
-                 dataset=cfg.model.dataset, data_dir=cfg.model.data_dir,
-                 recal_batches=f.recal_batches, recal_end=f.recal_end, precision=f.precision,
-                 threads=f.threads, command=f"prunelab run ({out})")
+    teacher = tspec = tid = None
+    if f.teacher == "parent":
+        teacher, tspec, tid = model, spec, _ref_of(str(resolve(cfg.model.ref)))
+    elif f.teacher != "none":
+        from .api import load
+
+        teacher, tspec = load(f.teacher)
+        tid = _ref_of(f.teacher)
+    folder = out / "search" / "model"
+    tcfg = TrainConfig(epochs=f.epochs, lr=f.lr, batch_size=f.batch_size, seed=cfg.run.seed,
+                       weight_decay=f.weight_decay, precision=f.precision, threads=f.threads)
+    net = copy.deepcopy(searched)
+    r = finetune_model(net, read_spec(folder), data, tcfg, str(out / "finetuned"), teacher,
+                       tspec, tid, f.kd_temperature, f.kd_weight, f.recal_batches, f.recal_end,
+                       _ref_of(str(folder)), f"prunelab run ({out})")
     atomic_write_text(out / "finetune.json", json.dumps(r, indent=1))
-    return r
+    return r, net
 
 
 def _verdict(v: str, pruned: str = "pruned") -> str:
@@ -409,11 +425,11 @@ def _verdict(v: str, pruned: str = "pruned") -> str:
     return {"a faster": "unpruned faster", "b faster": f"{pruned} faster"}.get(v, v)
 
 
-def _stage_verify(cfg: PipelineConfig, out: Path, searched: str, final: str) -> dict:
-    from .api import data_for, load
+def _stage_verify(cfg: PipelineConfig, out: Path, nets: dict, refs: dict, data, target) -> dict:
+    """Test top-1, MACs, params of the unpruned, searched and final models (objects) and their
+    latency measured interleaved on ``target``."""
     from .latency.measure import Protocol, compare, measure
     from .metrics import macs_params
-    from .targets import make_target
     from .train import evaluate
 
     done = _read(out / "verify.json")
@@ -423,20 +439,16 @@ def _stage_verify(cfg: PipelineConfig, out: Path, searched: str, final: str) -> 
     t0 = time.perf_counter()
     log(f"[3/3] verify: test top-1 and latency on {cfg.target.name} "
         f"({cfg.verify.repeats} interleaved runs after {cfg.verify.warmup} warm-up)")
-    refs = {"unpruned": cfg.model.ref, "searched": searched, "final": final}
-    loaded = {k: load(r) for k, r in refs.items()}
-    data = data_for(loaded["unpruned"][1], cfg.model.dataset, cfg.model.data_dir)
     rows = {}
-    for k, (m, spec) in loaded.items():
-        macs, params = macs_params(m, spec.input_shape)
+    shape = nets["unpruned"][1].input_shape
+    for k, (m, spec) in nets.items():
+        macs, params = macs_params(m, shape)
         rows[k] = {"model": spec.name, "ref": str(refs[k]),
                    "test_top1": evaluate(m, data.batches("test", 500)),
                    "val_top1": evaluate(m, data.batches("val", 500)),
                    "macs": macs, "params": params}
-    target = make_target(cfg.target_config())
-    shape = loaded["unpruned"][1].input_shape
     order = ["unpruned", "searched", "final"]
-    times = measure(target, [loaded[k][0] for k in order], shape,
+    times = measure(target, [nets[k][0] for k in order], shape,
                     Protocol(cfg.verify.warmup, cfg.verify.repeats))
     for k, t in zip(order, times):
         rows[k].update(latency_ms=t.median_ms, latency_iqr_ms=t.iqr_ms, latency=t.to_json())
@@ -478,13 +490,29 @@ def run_pipeline(config: str | os.PathLike | dict, out: str | os.PathLike | None
         _note_session(out, cfg)
     stage = "search"
     try:
-        sr = _stage_search(cfg, out)
+        # the model, its data and the target are resolved once and handed to every stage
+        from .api import data_for, load
+        from .io import read_spec
+        from .targets import make_target
+
+        model, spec = load(cfg.model.ref)
+        data = data_for(spec, cfg.model.dataset, cfg.model.data_dir)
+        target = make_target(cfg.target_config())
+        sr, searched_net = _stage_search(cfg, out, model, spec, data, target)
         searched = sr["chosen"]["path"]
         stage = "finetune"
-        fr = _stage_finetune(cfg, out, searched)
+        fr, final_net = _stage_finetune(cfg, out, searched_net, model, spec, data)
         final = fr["out"] if fr else searched
         stage = "verify"
-        vr = _stage_verify(cfg, out, searched, final)
+        final_spec = read_spec(Path(final))
+        final_spec.provenance.setdefault("name", Path(final).name)
+        searched_spec = read_spec(Path(searched))
+        searched_spec.provenance.setdefault("name", Path(searched).name)
+        vr = _stage_verify(cfg, out, {"unpruned": (model, spec),
+                                      "searched": (searched_net, searched_spec),
+                                      "final": (final_net, final_spec)},
+                           {"unpruned": cfg.model.ref, "searched": searched, "final": final},
+                           data, target)
     except KeyboardInterrupt:
         raise PrunelabError(f"run interrupted during {stage}; run the same command again to "
                             "resume") from None
