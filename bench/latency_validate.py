@@ -21,7 +21,7 @@ from pathlib import Path
 
 from prunelab.io import atomic_write_text
 from prunelab.latency import api
-from prunelab.latency.cache import cpu_info
+from prunelab.hardware import cpu_info
 from prunelab.targets import TargetConfig
 
 OUT = Path(__file__).parent / "results"

@@ -134,7 +134,7 @@ def pruned_spec(spec: ModelSpec, name: str, parent_ref: str, pruned: dict) -> Mo
     referred to it, so a fine-tune can find its teacher) and what was done to it."""
     pspec = ModelSpec(**{**spec.__dict__, "provenance": {
         "name": name, "parent": spec.name,
-        "parent_ref": _ref_of(parent_ref),
+        "parent_ref": ref_of(parent_ref),
         "parent_provenance": {k: v for k, v in spec.provenance.items()
                               if k in ("name", "trained")},
         "pruned": pruned, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
@@ -192,7 +192,7 @@ def train(arch: str, out: str, dataset: str = "fmnist", data_dir: str | None = N
             "seconds": time.perf_counter() - t0, "epochs": cfg.epochs}
 
 
-def _ref_of(ref: str) -> str:
+def ref_of(ref: str) -> str:
     """How to find a model again: a folder's absolute path, else the ref as given."""
     p = Path(str(ref))
     return str(p.resolve()) if p.is_dir() else str(ref)
@@ -259,8 +259,8 @@ def finetune(ref: str, epochs: int, out: str, teacher: str | None = "parent",
         tmodel, tspec = load(teacher_ref)
     data = data_for(spec, dataset, data_dir)
     return finetune_model(model, spec, data, cfg, out, tmodel, tspec,
-                          _ref_of(teacher_ref) if teacher_ref is not None else None,
-                          kd_temperature, kd_weight, recal_batches, recal_end, _ref_of(ref),
+                          ref_of(teacher_ref) if teacher_ref is not None else None,
+                          kd_temperature, kd_weight, recal_batches, recal_end, ref_of(ref),
                           command)
 
 

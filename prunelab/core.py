@@ -184,9 +184,9 @@ def search(model: nn.Module, example_inputs, *, train: Iterable | None = None,
                                                        threads=threads),
                        budget, seed, recal_batches, val_images, measure_front,
                        dict(options or {}))
-    from .searches.run import _method
+    from .searches.run import method_entry
 
-    crit_name = cfg.criterion or _method(cfg).meta["criterion"]
+    crit_name = cfg.criterion or method_entry(cfg).meta["criterion"]
     if train is None and (recal_batches > 0 or _needs_data(crit_name)):
         raise PrunelabError(f"pass train= (a loader): BN re-estimation (recal_batches="
                             f"{recal_batches}) and criterion {crit_name} read training batches; "
@@ -296,9 +296,9 @@ def finetune(model: nn.Module, *, train: Iterable, val: Iterable | None = None,
 
 
 def _score(eval_fn: EvalFn, net: nn.Module) -> float:
-    from .searches.driver import _checked_score
+    from .searches.driver import checked_score
 
-    return _checked_score(eval_fn, net)
+    return checked_score(eval_fn, net)
 
 
 # ----------------------------------------------------------------------------- files

@@ -213,6 +213,15 @@ def _normal_modes(folder: Path) -> None:
         os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~mask)
 
 
+def read_json(path: str | os.PathLike) -> Any:
+    """A JSON file's content, or None when it is missing, unreadable or torn (a killed writer):
+    the one way run and search folders read their own records."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     atomic_write_bytes(path, text.encode())
 

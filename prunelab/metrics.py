@@ -8,7 +8,7 @@ interleave their runs (A, B, A, B, ...) so that drifts in machine load hit both 
     >>> from prunelab.models import build
     >>> from prunelab.metrics import macs_params
     >>> macs_params(build("resnet20", in_channels=1), (1, 32, 32))
-    (40919690, 272186)
+    (41112202, 272186)
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ class Timing:
         return d
 
 
-def _quartiles(xs: list[float]) -> tuple[float, float, float]:
+def quartiles(xs: list[float]) -> tuple[float, float, float]:
     if len(xs) < 2:
         return xs[0], xs[0], xs[0]
     q = statistics.quantiles(xs, n=4, method="inclusive")
@@ -114,6 +114,6 @@ def torch_cpu_latency(models: Sequence[nn.Module], input_shape: Sequence[int], b
         torch.set_num_threads(old)
     out = []
     for s in samples:
-        q1, med, q3 = _quartiles(s)
+        q1, med, q3 = quartiles(s)
         out.append(Timing("torch-cpu", batch_size, threads, len(s), warmup, med, q3 - q1, s))
     return out

@@ -61,7 +61,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import PrunelabError
-from .io import atomic_write_text
+from .io import atomic_write_text, read_json
 from .ui import log
 
 # ----------------------------------------------------------------------------- the config
@@ -303,13 +303,6 @@ def to_toml(d: dict) -> str:
 # ----------------------------------------------------------------------------- the run
 
 
-def _read(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-
-
 def environment(cfg: PipelineConfig) -> dict:
     """Library versions, the target's device fingerprint and the seeds of a run."""
     import importlib.metadata as md
@@ -339,7 +332,7 @@ def _prepare(out: Path, cfg: PipelineConfig, text: str) -> bool:
     if out.exists() and not out.is_dir():
         raise PrunelabError(f"run folder {out} is a file; give another --out")
     if out.is_dir() and any(out.iterdir()):
-        old = _read(out / "config.json")
+        old = read_json(out / "config.json")
         if old is None:
             raise PrunelabError(f"{out} exists and is not a prunelab run folder; choose another "
                                 "--out")
@@ -360,7 +353,7 @@ def _prepare(out: Path, cfg: PipelineConfig, text: str) -> bool:
 
 def _note_session(out: Path, cfg: PipelineConfig) -> None:
     """A resumed run records each later session and whether the device fingerprint changed."""
-    env = _read(out / "environment.json") or {}
+    env = read_json(out / "environment.json") or {}
     now = environment(cfg)
     same = now["target_fingerprint"] == env.get("target_fingerprint")
     if not same:
@@ -388,12 +381,12 @@ def _stage_finetune(cfg: PipelineConfig, out: Path, searched, model, spec, data)
     the teacher the config names); returns the summary and the fine-tuned model."""
     import copy
 
-    from .api import _ref_of, finetune_model
+    from .api import ref_of, finetune_model
     from .io import load_into, read_spec, resolve
     from .train import TrainConfig
 
     f = cfg.finetune
-    done = _read(out / "finetune.json")
+    done = read_json(out / "finetune.json")
     if done is not None:
         log(f"[2/3] fine-tune: done earlier ({out / 'finetuned'})")
         return {**done, "resumed": True}, load_into(out / "finetuned", model)
@@ -403,24 +396,24 @@ def _stage_finetune(cfg: PipelineConfig, out: Path, searched, model, spec, data)
     log(f"[2/3] fine-tune: {f.epochs} epoch(s), teacher {f.teacher}")
     teacher = tspec = tid = None
     if f.teacher == "parent":
-        teacher, tspec, tid = model, spec, _ref_of(str(resolve(cfg.model.ref)))
+        teacher, tspec, tid = model, spec, ref_of(str(resolve(cfg.model.ref)))
     elif f.teacher != "none":
         from .api import load
 
         teacher, tspec = load(f.teacher)
-        tid = _ref_of(f.teacher)
+        tid = ref_of(f.teacher)
     folder = out / "search" / "model"
     tcfg = TrainConfig(epochs=f.epochs, lr=f.lr, batch_size=f.batch_size, seed=cfg.run.seed,
                        weight_decay=f.weight_decay, precision=f.precision, threads=f.threads)
     net = copy.deepcopy(searched)
     r = finetune_model(net, read_spec(folder), data, tcfg, str(out / "finetuned"), teacher,
                        tspec, tid, f.kd_temperature, f.kd_weight, f.recal_batches, f.recal_end,
-                       _ref_of(str(folder)), f"prunelab run ({out})")
+                       ref_of(str(folder)), f"prunelab run ({out})")
     atomic_write_text(out / "finetune.json", json.dumps(r, indent=1))
     return r, net
 
 
-def _verdict(v: str, pruned: str = "pruned") -> str:
+def verdict(v: str, pruned: str = "pruned") -> str:
     """:func:`prunelab.latency.measure.compare`'s a/b verdict in the run's words."""
     return {"a faster": "unpruned faster", "b faster": f"{pruned} faster"}.get(v, v)
 
@@ -432,7 +425,7 @@ def _stage_verify(cfg: PipelineConfig, out: Path, nets: dict, refs: dict, data, 
     from .metrics import macs_params
     from .train import evaluate
 
-    done = _read(out / "verify.json")
+    done = read_json(out / "verify.json")
     if done is not None:
         log("[3/3] verify: done earlier")
         return done
@@ -457,7 +450,7 @@ def _stage_verify(cfg: PipelineConfig, out: Path, nets: dict, refs: dict, data, 
            "target_config": cfg.target_config().to_json(),
            "protocol": {"warmup": cfg.verify.warmup, "repeats": cfg.verify.repeats,
                         "interleaved": True},
-           "speedup": cmp["speedup"], "speedup_verdict": _verdict(cmp["verdict"], "final"),
+           "speedup": cmp["speedup"], "speedup_verdict": verdict(cmp["verdict"], "final"),
            "noise": {"unpruned": cmp["noise_a"], "final": cmp["noise_b"]},
            "macs_kept": rows["final"]["macs"] / rows["unpruned"]["macs"],
            "params_kept": rows["final"]["params"] / rows["unpruned"]["params"],
@@ -520,7 +513,7 @@ def run_pipeline(config: str | os.PathLike | dict, out: str | os.PathLike | None
         if fresh and not (out / "search").exists():  # failed before any work was kept
             shutil.rmtree(out, ignore_errors=True)
         raise
-    prev = _read(out / "timing.json") or {"sessions": []}
+    prev = read_json(out / "timing.json") or {"sessions": []}
     prev["sessions"].append(time.perf_counter() - t0)
     atomic_write_text(out / "timing.json", json.dumps(prev))
     summary = {

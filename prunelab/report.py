@@ -20,15 +20,8 @@ import os
 from pathlib import Path
 
 from .errors import PrunelabError
-from .io import atomic_dir, atomic_write_bytes, atomic_write_text
-from .pipeline import _verdict
-
-
-def _read(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
+from .io import atomic_dir, atomic_write_bytes, atomic_write_text, read_json
+from .pipeline import verdict
 
 
 def _plt():
@@ -78,15 +71,15 @@ class Run:
             raise PrunelabError(f"{folder} holds no prunelab run or search (no search/ or "
                                 "evaluations.jsonl); pass the folder given to --out")
         s = self.search_dir
-        self.config = _read(self.dir / "config.json")
-        self.summary = _read(self.dir / "summary.json")
-        self.verify = _read(self.dir / "verify.json")
-        self.finetune = _read(self.dir / "finetune.json") if s != self.dir else None
-        self.environment = _read(self.dir / "environment.json")
-        self.result = _read(s / "result.json")
-        self.search_config = _read(s / "config.json")
-        self.state = _read(s / "state.json")
-        self.predictor = _read(s / "predictor.json")
+        self.config = read_json(self.dir / "config.json")
+        self.summary = read_json(self.dir / "summary.json")
+        self.verify = read_json(self.dir / "verify.json")
+        self.finetune = read_json(self.dir / "finetune.json") if s != self.dir else None
+        self.environment = read_json(self.dir / "environment.json")
+        self.result = read_json(s / "result.json")
+        self.search_config = read_json(s / "config.json")
+        self.state = read_json(s / "state.json")
+        self.predictor = read_json(s / "predictor.json")
         self.evaluations = []
         if (s / "evaluations.jsonl").exists():
             for line in (s / "evaluations.jsonl").read_text().splitlines():
@@ -158,7 +151,7 @@ def _widths(run: Run) -> tuple[dict, dict] | None:
     if not r:
         return None
     before = (run.predictor or {}).get("widths")
-    mj = _read(Path(r["chosen"]["path"]) / "model.json") if r["chosen"].get("path") else None
+    mj = read_json(Path(r["chosen"]["path"]) / "model.json") if r["chosen"].get("path") else None
     pruned = ((mj or {}).get("provenance") or {}).get("pruned") or {}
     before = pruned.get("widths_before") or before
     if not before:
@@ -309,7 +302,7 @@ def before_after(run: Run) -> tuple[list[str], list[list[str]], str]:
              f"{c['latency_ms']:.3f}", f"{c['measured_speedup']:.2f}x"]]
     note = (f"search result only (no fine-tuning or verification in this folder): validation "
             f"split, BN recalibrated; latency measured on {r['target']}, interleaved; "
-            f"{_verdict(c['speedup_verdict'])}")
+            f"{verdict(c['speedup_verdict'])}")
     return cols, rows, note
 
 
@@ -460,7 +453,7 @@ def _row(run: Run) -> dict:
             "searched_top1": c["top1"], "macs": c["macs"], "params": c["params"],
             "latency_ms": c["latency_ms"], "base_latency_ms": b["latency_ms"],
             "speedup": c["measured_speedup"],
-            "speedup_verdict": _verdict(c["speedup_verdict"]),
+            "speedup_verdict": verdict(c["speedup_verdict"]),
             "search_seconds": r["search_seconds"], "finetune_seconds": 0.0,
             "evaluations": r["evaluations"]}
 

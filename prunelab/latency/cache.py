@@ -17,40 +17,14 @@ even a hash collision cannot mix machines.  Files are written atomically.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import os
-import platform
 from pathlib import Path
 
 from ..io import atomic_write_text
 
 FORMAT = 2  # bumped whenever what a record means changes; older files are ignored
-ISA_FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512_vnni",
-             "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "neon", "asimd", "sve")
-
-
-@functools.lru_cache(maxsize=1)
-def cpu_info() -> dict:
-    """CPU model, vector ISA flags and core counts (Linux /proc/cpuinfo, else platform)."""
-    model, flags = platform.processor() or platform.machine(), set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            k, _, v = line.partition(":")
-            k = k.strip()
-            if k in ("model name", "Hardware") and model in ("", platform.machine(),
-                                                             platform.processor()):
-                model = v.strip()
-            elif k in ("flags", "Features") and not flags:
-                flags = set(v.split())
-    except OSError:
-        pass
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return {"cpu": model, "arch": platform.machine(), "isa": [f for f in ISA_FLAGS if f in flags],
-            "logical_cores": os.cpu_count(), "usable_cores": usable}
-
-
 def fingerprint_id(fp: dict) -> str:
     return hashlib.sha256(json.dumps(fp, sort_keys=True).encode()).hexdigest()[:16]
 

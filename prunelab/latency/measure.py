@@ -13,7 +13,7 @@ from typing import Sequence
 import torch.nn as nn
 
 from ..errors import PrunelabError
-from ..metrics import Timing, _quartiles, time_callables
+from ..metrics import Timing, quartiles, time_callables
 
 
 @dataclass(frozen=True)
@@ -46,7 +46,7 @@ def time_runners(target, runners: Sequence, protocol: Protocol = Protocol()) -> 
                                      protocol.min_seconds)
     out = []
     for s in samples:
-        q1, med, q3 = _quartiles(s)
+        q1, med, q3 = quartiles(s)
         out.append(Timing(target.name, target.cfg.batch_size, target.cfg.threads, len(s),
                           protocol.warmup, med, q3 - q1, s))
     return out
@@ -73,5 +73,5 @@ def compare(a: Timing, b: Timing) -> dict:
 
 
 def _iqr_bounds(t: Timing) -> tuple[float, float]:
-    q1, _, q3 = _quartiles(t.samples_ms)
+    q1, _, q3 = quartiles(t.samples_ms)
     return q1, q3

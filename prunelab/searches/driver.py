@@ -196,7 +196,7 @@ class Search:
                     ignored=self.ignored)
         net = res.model
         if train_batches:
-            _short_train(net, self.data, train_batches, self.seed)
+            short_train(net, self.data, train_batches, self.seed)
         if self.cfg.recal_batches:
             net.to(memory_format=self.layout)
             recalibrate_bn(net, self.batches("train", 128, shuffle=True, seed=self.seed),
@@ -215,7 +215,7 @@ class Search:
         from ..train import evaluate
 
         if self.eval_fn is not None:
-            return _checked_score(self.eval_fn, net)
+            return checked_score(self.eval_fn, net)
         net.to(memory_format=self.layout)
         try:
             return evaluate(net, self.batches("val", 500, limit=images or None))
@@ -299,7 +299,7 @@ class Search:
         self._bar.update(self._task, advance=1, info=info)
 
 
-def _checked_score(eval_fn, net: nn.Module) -> float:
+def checked_score(eval_fn, net: nn.Module) -> float:
     """A user's ``eval_fn(model) -> float``, checked to be a finite number."""
     import math
 
@@ -315,7 +315,7 @@ def _checked_score(eval_fn, net: nn.Module) -> float:
     return v
 
 
-def _short_train(net: nn.Module, data, batches: int, seed: int, lr: float = 0.01) -> None:
+def short_train(net: nn.Module, data, batches: int, seed: int, lr: float = 0.01) -> None:
     """A few SGD steps on training batches (ABCPruner's short fitness training)."""
     import torch.nn.functional as F
 

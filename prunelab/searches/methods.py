@@ -255,10 +255,10 @@ def omp_search(ctx: Search) -> None:
             if (folder / "model.json").exists():
                 net, _ = load_model(folder)
             else:
-                from .driver import _short_train
+                from .driver import short_train
 
                 net, _ = ctx.build(p["keep"], context)
-                _short_train(net, ctx.data, ft, ctx.seed + step)
+                short_train(net, ctx.data, ft, ctx.seed + step)
                 spec = type(ctx.spec)(**{**ctx.spec.__dict__, "provenance": {"step": step + 1}})
                 save_model(net, spec, folder)
             ctx.add_context(name, net)

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from ..errors import PrunelabError
-from ..io import atomic_write_text
+from ..io import atomic_write_text, read_json
 from ..ui import log, progress
 from .budget import Budget
 from .driver import Search, SearchConfig, nondominated
@@ -17,26 +17,19 @@ from .driver import Search, SearchConfig, nondominated
 RESULT = "result.json"
 
 
-def _read_json(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-
-
 def _prepare_folder(out: Path, config: dict) -> dict | None:
     """Check ``out`` holds nothing or a search with the same config; returns its state."""
     if out.exists() and not out.is_dir():
         raise PrunelabError(f"--out {out} is a file; give a folder for the search")
     if out.is_dir() and any(out.iterdir()):
-        old = _read_json(out / "config.json")
+        old = read_json(out / "config.json")
         if old is None:
             raise PrunelabError(f"--out {out} exists and is not a search folder; choose a new one")
         if old != config:
             diff = sorted(k for k in set(old) | set(config) if old.get(k) != config.get(k))
             raise PrunelabError(f"{out} holds a search with other settings ({', '.join(diff)}); "
                                 "rerun with the same options to resume, or use another --out")
-        return _read_json(out / "state.json") or {}
+        return read_json(out / "state.json") or {}
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "config.json", json.dumps(config, indent=1, sort_keys=True))
     return None
@@ -53,7 +46,7 @@ def _predictor(model, spec, target, out: Path, cache_dir):
     from ..latency.cache import Cache
     from ..latency.predictor import Predictor, build_predictor
 
-    saved = _read_json(out / "predictor.json")
+    saved = read_json(out / "predictor.json")
     if saved is not None:
         return Predictor.from_json(saved)
     log(f"building the latency table of {spec.name} on {target.name} (cached per device)")
@@ -62,7 +55,7 @@ def _predictor(model, spec, target, out: Path, cache_dir):
     return pred
 
 
-def _method(cfg: SearchConfig):
+def method_entry(cfg: SearchConfig):
     """The method's registry entry, its options checked (before any work)."""
     from . import SEARCHES
 
@@ -80,7 +73,7 @@ def run_search(ref: str, cfg: SearchConfig, out: str | Path, cache_dir: str | No
     edge); returns the ``result.json`` object.  :func:`search_model` is the same on objects."""
     from ..api import data_for, load
 
-    _method(cfg)
+    method_entry(cfg)
     Budget.parse(cfg.budget)
     model, spec = load(ref)
     data = data_for(spec, dataset, data_dir)
@@ -102,7 +95,7 @@ def search_model(model, spec, data, cfg: SearchConfig, out: str | Path,
     from ..sweep import build_criterion
     from ..targets import make_target
 
-    entry = _method(cfg)
+    entry = method_entry(cfg)
     crit_spec = cfg.criterion or entry.meta["criterion"]
     budget = Budget.parse(cfg.budget)
     out = Path(out)
@@ -280,8 +273,8 @@ def _finish(ctx: Search, ref: str, budget: Budget, crit_spec: str) -> tuple[dict
 
 def _speedup_range(base, chosen) -> list[float]:
     """The speed-up between the quartiles: unpruned Q1 / chosen Q3 .. unpruned Q3 / chosen Q1."""
-    from ..metrics import _quartiles
+    from ..metrics import quartiles
 
-    b1, _, b3 = _quartiles(base.samples_ms)
-    c1, _, c3 = _quartiles(chosen.samples_ms)
+    b1, _, b3 = quartiles(base.samples_ms)
+    c1, _, c3 = quartiles(chosen.samples_ms)
     return [b1 / c3, b3 / c1]

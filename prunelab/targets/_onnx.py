@@ -13,6 +13,11 @@ import torch.nn as nn
 from ..errors import PrunelabError
 
 
+def input_names(n: int) -> list[str]:
+    """The exported graph's input names: ``input``, or ``input0``, ``input1``, ... for several."""
+    return ["input"] if n == 1 else [f"input{i}" for i in range(n)]
+
+
 def to_onnx(module: nn.Module, inputs: Sequence[torch.Tensor], opset: int = 17,
             dynamic_batch: bool = False) -> bytes:
     """Export in eval mode (BN folded into the conv by the exporter), legacy TorchScript path.
@@ -27,7 +32,7 @@ def to_onnx(module: nn.Module, inputs: Sequence[torch.Tensor], opset: int = 17,
                             "'prunelab[onnx]'") from None
     module.eval()
     buf = io.BytesIO()
-    names = ["input"] if len(inputs) == 1 else [f"input{i}" for i in range(len(inputs))]
+    names = input_names(len(inputs))
     axes = {n: {0: "batch"} for n in [*names, "logits"]} if dynamic_batch else None
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")

@@ -44,7 +44,7 @@ class Target:
         return out
 
     def device_info(self) -> dict:
-        from ..latency.cache import cpu_info
+        from ..hardware import cpu_info
 
         return cpu_info()
 

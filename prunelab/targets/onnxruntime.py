@@ -6,7 +6,7 @@ from __future__ import annotations
 import importlib.util
 
 from . import TARGETS
-from ._onnx import to_onnx
+from ._onnx import input_names, to_onnx
 from .base import Target
 
 
@@ -86,7 +86,7 @@ class OrtCPU(Target):
 
     def runner(self, module, inputs):
         sess = self.session(to_onnx(module, inputs))
-        feed = {f"in{i}": x.numpy() for i, x in enumerate(inputs)}
+        feed = {n: x.numpy() for n, x in zip(input_names(len(inputs)), inputs)}
         return lambda: sess.run(None, feed)
 
 
@@ -120,10 +120,10 @@ class OrtCUDA(OrtCPU):
         sess = self.session(to_onnx(module, inputs))
         ort = _ort()
         binding = sess.io_binding()
-        for i, x in enumerate(inputs):
-            binding.bind_ortvalue_input(f"in{i}", ort.OrtValue.ortvalue_from_numpy(x.numpy(),
-                                                                                     "cuda", 0))
-        binding.bind_output("out", "cuda")
+        for name, x in zip(input_names(len(inputs)), inputs):
+            binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(x.numpy(), "cuda",
+                                                                               0))
+        binding.bind_output("logits", "cuda")
 
         def run():
             sess.run_with_iobinding(binding)
