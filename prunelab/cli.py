@@ -291,6 +291,14 @@ def cmd_export(args):
 
 # --------------------------------------------------------------------------- parser
 
+def factory_arg(p) -> None:
+    """``--factory path/file.py:fn``: the code a model folder of your own architecture was built
+    with; prunelab never runs code that a folder names unless you name it here too."""
+    p.add_argument("--factory", metavar="FILE.py:FN",
+                   help="trust this model code to open a folder of your own architecture (it "
+                        "must be the file and function recorded in its model.json)")
+
+
 def _common_measure(p):
     p.add_argument("--dataset", help="dataset name (default: the one the model was trained on)")
     p.add_argument("--data-dir", help="folder with the dataset files")
@@ -330,6 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "at a time with --per-layer), recalibrate BN, report validation top-1 and "
                         "the seconds the criterion took to score all filters.")
     c.add_argument("model", help="shipped model name, model folder, or path/file.py:factory")
+    factory_arg(c)
     c.add_argument("--criteria", required=True,
                    help="comma-separated criteria; options as name:key=value, e.g. "
                         "fp-omp:compensation=sandwich")
@@ -350,11 +359,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("eval", help=_doc(api.measure), description=_doc(api.measure))
     s.add_argument("model", help="shipped model name, model folder, or path/file.py:factory")
+    factory_arg(s)
     _common_measure(s)
     s.set_defaults(fn=cmd_eval)
 
     s = sub.add_parser("prune", help=_doc(api.prune), description=_doc(api.prune))
     s.add_argument("model", help="shipped model name, model folder, or path/file.py:factory")
+    factory_arg(s)
     s.add_argument("--criterion", default="l1", metavar="NAME[:key=value...]",
                    help=f"filter criterion: {', '.join(CRITERIA.names())} (default l1); options "
                         "as name:key=value")
@@ -388,6 +399,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("finetune", help=_doc(api.finetune), description=_doc(api.finetune))
     s.add_argument("model", help="pruned model folder, shipped model name, or path/file.py:factory")
+    factory_arg(s)
     s.add_argument("--epochs", type=int, required=True)
     s.add_argument("--out", required=True, help="model folder to write")
     g = s.add_mutually_exclusive_group()
@@ -415,6 +427,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("export", help=_doc(api.export_onnx), description=_doc(api.export_onnx))
     s.add_argument("model")
+    factory_arg(s)
     s.add_argument("--onnx", required=True, help="ONNX file to write")
     s.add_argument("--opset", type=int, default=17)
     s.add_argument("--batch-size", type=int, default=1,
@@ -437,7 +450,10 @@ def main(argv=None) -> int:
     debug = "--debug" in argv
     try:
         args = build_parser().parse_args(argv)
-        args.fn(args)
+        from .io import trust_factory
+
+        with trust_factory(getattr(args, "factory", None)):
+            args.fn(args)
     except PrunelabError as e:
         if debug:
             raise

@@ -154,7 +154,7 @@ def _target_opts(p):
 
 def register(sub) -> None:
     """Add ``targets`` and ``latency`` to the main parser's subcommands."""
-    from .cli import _doc, _Parser
+    from .cli import _doc, _Parser, factory_arg
     from .latency import api
 
     s = sub.add_parser("targets", help=_doc(api.targets), description=_doc(api.targets))
@@ -169,6 +169,7 @@ def register(sub) -> None:
                            ("profile", cmd_profile, api.profile), ("steps", cmd_steps, api.steps)):
         c = lsub.add_parser(name, help=_doc(call), description=_doc(call))
         c.add_argument("model", help="shipped model name or model folder")
+        factory_arg(c)
         _target_opts(c)
         c.set_defaults(fn=fn)
         if name in ("build", "validate", "steps"):

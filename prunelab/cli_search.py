@@ -58,6 +58,7 @@ def cmd_search(args):
 
 
 def register(sub) -> None:
+    from .cli import factory_arg
     from .searches import SEARCHES
 
     methods = "; ".join(f"{e.name}: {e.description}" for e in SEARCHES.entries())
@@ -65,6 +66,7 @@ def register(sub) -> None:
                        description="Search per-layer widths under a budget, measured on a "
                        f"target. Methods: {methods}. Rerun the same command to resume.")
     s.add_argument("model", help="shipped model name or model folder")
+    factory_arg(s)
     s.add_argument("--method", required=True, help="search method (see above)")
     s.add_argument("--criterion", help="criterion spec name[:k=v] (default: the method's own: "
                    + ", ".join(f"{e.name} {e.meta['criterion']}" for e in SEARCHES.entries())

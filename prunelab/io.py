@@ -21,6 +21,7 @@ reloaded model gives identical outputs.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import importlib.util
 import json
 import os
@@ -85,30 +86,128 @@ class ModelSpec:
 
 # --------------------------------------------------------------------------- architecture
 
-def build_arch(arch: dict[str, Any]) -> nn.Module:
-    if arch.get("kind") == "zoo":
+# A model folder is data.  Code runs only when the user names it: a ``factory`` architecture is
+# built only with the same ``path/file.py:function`` (same resolved file, same content hash) given
+# on the command line (``--factory``), in the run config (``[model] factory``) or as a callable in
+# the library; nothing a folder names is ever imported by itself.
+_TRUSTED: contextvars.ContextVar[tuple] = contextvars.ContextVar("prunelab_trusted_code",
+                                                                 default=())
+
+
+@contextlib.contextmanager
+def trust_factory(*factories):
+    """Within this block, folders whose architecture is one of ``factories`` (``"path.py:fn"``
+    strings or callables) may be opened: the caller named the code.  ``None``s are skipped."""
+    token = _TRUSTED.set(_TRUSTED.get() + tuple(f for f in factories if f is not None))
+    try:
+        yield
+    finally:
+        _TRUSTED.reset(token)
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    import hashlib
+
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def _split_factory(ref: str) -> tuple[Path, str]:
+    path, _, fn = str(ref).rpartition(":")
+    if not path or not fn or not path.endswith(".py"):
+        raise PrunelabError(f"model factory {ref!r} must look like path/file.py:function")
+    return Path(path).resolve(), fn
+
+
+def _trusted_builder(arch: dict, where: str, factory=None):
+    """The callable that builds a ``factory`` architecture, if the user named that very code."""
+    recorded = arch.get("factory")
+    if not isinstance(recorded, str):
+        raise PrunelabError(f"{where}: arch.factory must be a string path/file.py:function")
+    rpath, rfn = _split_factory(recorded)
+    for f in (factory, *_TRUSTED.get()):
+        if f is None:
+            continue
+        if callable(f):
+            if getattr(f, "__name__", None) == rfn:
+                return f
+            continue
+        path, fn = _split_factory(f)
+        if (path, fn) != (rpath, rfn):
+            continue
+        if not path.is_file():
+            raise PrunelabError(f"model factory file {path} not found; check the path")
+        want = arch.get("sha256")
+        if want and file_sha256(path) != want:
+            raise PrunelabError(f"{path} changed since {where} was saved (content hash differs); "
+                                "re-save the model with the current code, or restore the file")
+        return load_factory(f)
+    raise PrunelabError(
+        f"{where} is built by code it names ({recorded}); prunelab never runs code a model folder "
+        f"names: pass --factory {recorded} (in a run config: [model] factory) to trust it")
+
+
+def _check_zoo(arch: dict, where: str) -> None:
+    from .models import MODELS
+
+    name, kwargs = arch.get("name"), arch.get("kwargs", {})
+    if not isinstance(name, str) or name not in MODELS:
+        raise PrunelabError(f"{where}: arch.name {name!r} is not a prunelab architecture; choose "
+                            f"one of {', '.join(MODELS.names())}")
+    if not isinstance(kwargs, dict) or not all(
+            isinstance(k, str) and isinstance(v, (int, float, str, bool)) for k, v in
+            kwargs.items()):
+        raise PrunelabError(f"{where}: arch.kwargs must map names to numbers, strings or "
+                            "booleans")
+
+
+def build_arch(arch: dict[str, Any], where: str = "model.json", factory=None) -> nn.Module:
+    """The unpruned architecture of a model folder, built without running any code the folder
+    names (see :func:`trust_factory`)."""
+    if not isinstance(arch, dict):
+        raise PrunelabError(f"{where}: arch must be an object")
+    kind = arch.get("kind")
+    if kind == "zoo":
         from .models import build
 
+        _check_zoo(arch, where)
         return build(arch["name"], **arch.get("kwargs", {}))
-    if arch.get("kind") == "factory":
-        return load_factory(arch["factory"])(**arch.get("kwargs", {}))
-    raise PrunelabError(f"unknown architecture kind {arch.get('kind')!r} in model.json")
+    if kind == "factory":
+        fn = _trusted_builder(arch, where, factory)
+        kwargs = arch.get("kwargs", {})
+        if not isinstance(kwargs, dict):
+            raise PrunelabError(f"{where}: arch.kwargs must be an object")
+        try:
+            model = fn(**kwargs)
+        except Exception as e:  # user code: one line, not a traceback
+            raise PrunelabError(f"model factory {arch['factory']} raised {type(e).__name__}: "
+                                f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+                                ) from None
+        if not isinstance(model, nn.Module):
+            raise PrunelabError(f"model factory {arch['factory']} returned "
+                                f"{type(model).__name__}, not a torch.nn.Module")
+        return model
+    if kind == "module":
+        raise PrunelabError(f"{where} was saved from your own module ({arch.get('class')}); open "
+                            "it with prunelab.load(path, like=your_module) from Python")
+    raise PrunelabError(f"{where}: unknown architecture kind {kind!r}; re-save the model")
 
 
 def load_factory(ref: str):
-    """Import ``path/file.py:function`` (the user's own model code)."""
-    path, _, fn = ref.rpartition(":")
-    if not path or not fn or not path.endswith(".py"):
-        raise PrunelabError(f"model factory {ref!r} must look like path/file.py:function")
-    if not Path(path).is_file():
+    """Import ``path/file.py:function`` (the user's own model code, named by the user)."""
+    path, fn = _split_factory(ref)
+    if not path.is_file():
         raise PrunelabError(f"model factory file {path} not found; check the path")
-    spec = importlib.util.spec_from_file_location(f"prunelab_user_{Path(path).stem}", path)
+    spec = importlib.util.spec_from_file_location(f"prunelab_user_{path.stem}", path)
     mod = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = mod
     try:
         spec.loader.exec_module(mod)
-    except Exception as e:  # user code: report, don't crash
-        raise PrunelabError(f"importing {path} failed: {type(e).__name__}: {e}") from None
+    except BaseException as e:  # user code: report, don't crash (SystemExit included)
+        if isinstance(e, KeyboardInterrupt):
+            raise
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise PrunelabError(f"importing {path} (factory {fn}) failed: {type(e).__name__}: "
+                            f"{first}") from None
     if not callable(getattr(mod, fn, None)):
         raise PrunelabError(f"{path} has no callable {fn!r}; name the function that builds the model")
     return getattr(mod, fn)
@@ -309,11 +408,14 @@ def load_weights(model: nn.Module, path: Path) -> None:
     model.load_state_dict(state, strict=True)
 
 
-def load_model(ref: str | os.PathLike) -> tuple[nn.Module, ModelSpec]:
-    """Load a model folder or shipped model; returns ``(model in eval mode, spec)``."""
+def load_model(ref: str | os.PathLike, factory=None) -> tuple[nn.Module, ModelSpec]:
+    """Load a model folder or shipped model; returns ``(model in eval mode, spec)``.
+
+    A folder of your own architecture needs ``factory``: the ``path/file.py:fn`` (or the
+    callable) it records; no code a folder names runs otherwise (see :func:`trust_factory`)."""
     folder = resolve(ref)
     spec = read_spec(folder)
-    model = build_arch(spec.arch)
+    model = build_arch(spec.arch, str(folder / "model.json"), factory)
     apply_widths(model, spec.layers)
     load_weights(model, folder / "model.safetensors")
     spec.provenance.setdefault("name", folder.name)
@@ -323,12 +425,13 @@ def load_model(ref: str | os.PathLike) -> tuple[nn.Module, ModelSpec]:
 def load_user_model(factory: str, weights: str | None, input_shape, num_classes: int, mean, std,
                     dataset=None, kwargs=None) -> tuple[nn.Module, ModelSpec]:
     """A user's own model: ``path/file.py:factory`` plus an optional safetensors weights file."""
-    spec = ModelSpec({"kind": "factory", "factory": str(Path(factory.rpartition(":")[0])
-                      .resolve()) + ":" + factory.rpartition(":")[2], "kwargs": kwargs or {}},
+    path, fn = _split_factory(factory)
+    if not path.is_file():
+        raise PrunelabError(f"model factory file {path} not found; check the path")
+    spec = ModelSpec({"kind": "factory", "factory": f"{path}:{fn}", "sha256": file_sha256(path),
+                      "kwargs": kwargs or {}},
                      list(input_shape), list(mean), list(std), num_classes, dataset)
-    model = build_arch(spec.arch)
-    if not isinstance(model, nn.Module):
-        raise PrunelabError(f"{factory} returned {type(model).__name__}, not a torch.nn.Module")
+    model = build_arch(spec.arch, factory, factory=factory)
     if weights:
         wp = Path(weights)
         if wp.suffix in (".pt", ".pth", ".bin", ".ckpt"):

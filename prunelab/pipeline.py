@@ -51,6 +51,7 @@ rerun must match it), ``environment.json`` (library versions, device fingerprint
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -61,7 +62,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import PrunelabError
-from .io import atomic_write_text, read_json
+from .io import atomic_write_text, read_json, trust_factory
 from .ui import log
 
 # ----------------------------------------------------------------------------- the config
@@ -78,6 +79,8 @@ class ModelSection:
     ref: str = ""
     dataset: str | None = None
     data_dir: str | None = None
+    factory: str | None = None   # path/file.py:fn: trust this code for a folder built with it
+    weights: str | None = None   # with ref = path/file.py:fn: its weights (safetensors / .pt)
 
 
 @dataclass(frozen=True)
@@ -213,9 +216,19 @@ def load_config(src: str | os.PathLike | dict, name: str | None = None) -> Pipel
         raise PrunelabError(f"config has no section [{unknown[0]}]; sections are: "
                             f"{', '.join('[' + s + ']' for s in SECTIONS)}")
     secs = {s: _section(s, raw.get(s)) for s in SECTIONS}
+    from .searches import Budget
+
+    # one spelling per budget (macs=0.50 is macs=0.5): a rerun compares like with like
+    secs["search"] = dataclasses.replace(secs["search"],
+                                         budget=str(Budget.parse(secs["search"].budget)))
     cfg = PipelineConfig(**secs, name=name)
     _check(cfg)
     return cfg
+
+
+def is_factory_ref(ref: str) -> bool:
+    """``path/file.py:fn``: a model built by the user's code (not a folder or shipped name)."""
+    return ":" in ref and ref.rpartition(":")[0].endswith(".py")
 
 
 def _check(cfg: PipelineConfig) -> None:
@@ -224,11 +237,19 @@ def _check(cfg: PipelineConfig) -> None:
 
     if not cfg.model.ref:
         raise PrunelabError("config [model] needs ref = a shipped model name "
-                            "(e.g. \"resnet20.fmnist\") or a model folder")
-    if ":" in cfg.model.ref and ".py" in cfg.model.ref:
-        raise PrunelabError("config [model] ref must be a shipped model or a model folder; save "
-                            "your own model first (prunelab train or prunelab.io.save_model)")
-    resolve(cfg.model.ref)
+                            "(e.g. \"resnet20.fmnist\"), a model folder or path/file.py:fn")
+    for key in ("factory", "weights"):
+        v = getattr(cfg.model, key)
+        if v is not None and not Path(v.rpartition(":")[0] if key == "factory" else v).is_file():
+            raise PrunelabError(f"config [model] {key} = {v!r}: file not found")
+    if is_factory_ref(cfg.model.ref):
+        if not Path(cfg.model.ref.rpartition(":")[0]).is_file():
+            raise PrunelabError(f"config [model] ref = {cfg.model.ref!r}: the file is not there")
+    else:
+        if cfg.model.weights:
+            raise PrunelabError("config [model] weights goes with ref = path/file.py:fn, not "
+                                "with a model folder")
+        resolve(cfg.model.ref)
     if cfg.model.dataset:
         from .data import DATASETS
 
@@ -326,22 +347,55 @@ def environment(cfg: PipelineConfig) -> dict:
             "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
 
 
+# which stage reads which config sections (a stage that has not started yet may have its
+# settings corrected on a rerun: e.g. a fine-tune option that failed validation)
+STAGE_SECTIONS = {"search": ("run", "model", "search", "target"), "finetune": ("finetune",),
+                  "verify": ("verify",)}
+
+
+def _default(section: str, key: str):
+    f = next((f for f in fields(SECTIONS[section]) if f.name == key), None) \
+        if section in SECTIONS else None
+    if f is None:
+        return None
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+
+
+def _started(out: Path) -> list[str]:
+    marks = {"search": ["search"], "finetune": ["finetune.json", "finetuned.ckpt", "finetuned"],
+             "verify": ["verify.json"]}
+    return [st for st, names in marks.items() if any((out / n).exists() for n in names)]
+
+
 def _prepare(out: Path, cfg: PipelineConfig, text: str) -> bool:
-    """Create the run folder or check it holds this very run; True when it is new."""
+    """Create the run folder or check it holds this very run; True when it is new.  Settings of
+    stages that have not started may differ from the recorded ones (they are then updated)."""
     resolved = cfg.to_json()
     if out.exists() and not out.is_dir():
         raise PrunelabError(f"run folder {out} is a file; give another --out")
     if out.is_dir() and any(out.iterdir()):
         old = read_json(out / "config.json")
-        if old is None:
+        if not isinstance(old, dict):
             raise PrunelabError(f"{out} exists and is not a prunelab run folder; choose another "
                                 "--out")
-        if old != resolved:
-            diff = sorted(f"[{s}] {k}" for s in set(old) | set(resolved)
-                          for k in set(old.get(s, {})) | set(resolved.get(s, {}))
-                          if old.get(s, {}).get(k) != resolved.get(s, {}).get(k))
-            raise PrunelabError(f"{out} holds a run with other settings ({', '.join(diff)}); "
-                                "rerun with the same config to resume, or use another --out")
+        missing = object()
+        diff = sorted((sec, k) for sec in set(old) | set(resolved)
+                      for k in set(old.get(sec, {})) | set(resolved.get(sec, {}))
+                      if old.get(sec, {}).get(k, missing) != resolved.get(sec, {}).get(k)
+                      # a key added by a later prunelab, at its default: the same run
+                      and not (k not in old.get(sec, {}) and
+                               resolved.get(sec, {}).get(k) == _default(sec, k)))
+        if diff:
+            started = _started(out)
+            locked = {sec for st in started for sec in STAGE_SECTIONS[st]}
+            bad = [f"[{sec}] {k}" for sec, k in diff if sec in locked]
+            if bad:
+                raise PrunelabError(f"{out} holds a run with other settings ({', '.join(bad)}); "
+                                    "rerun with the same config to resume, or use another --out")
+            log(f"settings of stages not run yet updated: "
+                f"{', '.join(f'[{sec}] {k}' for sec, k in diff)}")
+            atomic_write_text(out / "config.toml", text)
+            atomic_write_text(out / "config.json", json.dumps(resolved, indent=1))
         return False
     env = environment(cfg)
     out.mkdir(parents=True, exist_ok=True)
@@ -482,13 +536,16 @@ def run_pipeline(config: str | os.PathLike | dict, out: str | os.PathLike | None
         log(f"resuming the run in {out}")
         _note_session(out, cfg)
     stage = "search"
+    trusted = contextlib.ExitStack()  # the user's [model] factory, trusted for this run
     try:
         # the model, its data and the target are resolved once and handed to every stage
         from .api import data_for, load
         from .io import read_spec
         from .targets import make_target
 
-        model, spec = load(cfg.model.ref)
+        trusted.enter_context(trust_factory(cfg.model.factory))
+        model, spec = load(cfg.model.ref, weights=cfg.model.weights, dataset=cfg.model.dataset,
+                           data_dir=cfg.model.data_dir)
         data = data_for(spec, cfg.model.dataset, cfg.model.data_dir)
         target = make_target(cfg.target_config())
         sr, searched_net = _stage_search(cfg, out, model, spec, data, target)
@@ -513,6 +570,8 @@ def run_pipeline(config: str | os.PathLike | dict, out: str | os.PathLike | None
         if fresh and not (out / "search").exists():  # failed before any work was kept
             shutil.rmtree(out, ignore_errors=True)
         raise
+    finally:
+        trusted.close()
     prev = read_json(out / "timing.json") or {"sessions": []}
     prev["sessions"].append(time.perf_counter() - t0)
     atomic_write_text(out / "timing.json", json.dumps(prev))

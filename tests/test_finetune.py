@@ -34,11 +34,24 @@ def base(tmp_path_factory, idx_dir):
     return d / "base"
 
 
+@pytest.fixture(scope="module", autouse=True)
+def trusted_code(base):
+    """The tests name the code of their own architecture (a folder never runs code by itself)."""
+    from prunelab.io import trust_factory
+
+    with trust_factory(f"{base.parent / 'net.py'}:make"):
+        yield
+
+
 @pytest.fixture(scope="module")
 def pruned(base, idx_dir):
     api.prune(str(base), "l1", ratio=0.5, out=str(base.parent / "pruned"),
               data_dir=str(idx_dir), repeats=2, evaluate=False)
     return base.parent / "pruned"
+
+
+def _factory(folder) -> str:
+    return f"{folder.parent / 'net.py'}:make"
 
 
 def _same_weights(a: dict, b: dict) -> bool:
@@ -185,7 +198,7 @@ def test_cli_json_and_table(pruned, idx_dir, tmp_path):
     out = tmp_path / "cli-ft"
     code, stdout, err = run("finetune", pruned, "--epochs", "1", "--out", out, "--json",
                             "--data-dir", idx_dir, "--batch-size", "32", "--recal-batches", "2",
-                            "--precision", "fp32")
+                            "--precision", "fp32", "--factory", _factory(pruned))
     assert code == 0, err
     r = json.loads(stdout)
     for k in ("model", "out", "epochs", "seconds", "before_val_top1", "after_val_top1",
@@ -195,7 +208,8 @@ def test_cli_json_and_table(pruned, idx_dir, tmp_path):
     assert sorted(p.name for p in out.iterdir()) == ["model.json", "model.safetensors"]
     code, stdout, err = run("finetune", out, "--epochs", "1", "--out", tmp_path / "again",
                             "--no-teacher", "--data-dir", idx_dir, "--batch-size", "32",
-                            "--recal-batches", "0", "--precision", "fp32")
+                            "--recal-batches", "0", "--precision", "fp32",
+                            "--factory", _factory(pruned))
     assert code == 0, err
     assert "before / after fine-tuning" in stdout and "no distillation" in stdout
 
@@ -214,11 +228,13 @@ def test_cli_epochs_must_be_positive(pruned, tmp_path, epochs):
 
 def test_cli_bad_teacher(pruned, idx_dir, tmp_path):
     code, _, err = run("finetune", pruned, "--epochs", "1", "--out", tmp_path / "o",
-                       "--teacher", tmp_path / "nope", "--data-dir", idx_dir)
+                       "--teacher", tmp_path / "nope", "--data-dir", idx_dir,
+                       "--factory", _factory(pruned))
     assert_user_error(code, err, "neither a model folder nor a shipped model")
     # a teacher for another task (10 classes, 3 channels) is refused before any training
     code, _, err = run("finetune", pruned, "--epochs", "1", "--out", tmp_path / "o",
-                       "--teacher", "resnet20.fmnist", "--data-dir", idx_dir)
+                       "--teacher", "resnet20.fmnist", "--data-dir", idx_dir,
+                       "--factory", _factory(pruned))
     assert_user_error(code, err, "does not match", "--no-teacher")
     assert not (tmp_path / "o").exists() and not (tmp_path / "o.ckpt").exists()
 

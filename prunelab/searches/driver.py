@@ -54,7 +54,8 @@ class SearchConfig:
     options: dict = field(default_factory=dict)
 
     def __post_init__(self):
-        Budget.parse(self.budget)
+        # one spelling per budget (macs=0.50 is macs=0.5), so a resume compares like with like
+        object.__setattr__(self, "budget", str(Budget.parse(self.budget)))
         if self.recal_batches < 0 or self.val_images < 0 or self.measure_front < 1:
             raise PrunelabError("--recal-batches and --val-images must be >= 0 and "
                                 "--measure-front >= 1")
