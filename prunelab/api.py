@@ -21,7 +21,7 @@ import torch.nn as nn
 
 from .data import Splits, load_dataset
 from .errors import PrunelabError
-from .io import ModelSpec, load_model, load_user_model, save_model
+from .io import ModelSpec, check_out, load_model, load_user_model, save_model
 from .metrics import macs_params, torch_cpu_latency
 from .train import TrainConfig, discard_checkpoint, evaluate as _top1, fit as _fit
 from .train import train as _train
@@ -87,7 +87,8 @@ def prune(ref: str, criterion: str = "l1", ratio: float | None = None,
           keep: dict[str, int] | None = None, out: str | None = None, round_to: int = 1,
           dataset: str | None = None, data_dir: str | None = None, batch_size: int = 1,
           threads: int | None = None, repeats: int = 50, criterion_options: dict | None = None,
-          evaluate: bool = True, weights: str | None = None, recal_batches: int = 20) -> dict:
+          evaluate: bool = True, weights: str | None = None, recal_batches: int = 20,
+          overwrite: bool = False) -> dict:
     """Prune a model, save it (when ``out``), and report before/after top-1, MACs, params, latency.
 
     No fine-tuning happens here: the figures show what the criterion alone leaves, after BN
@@ -97,6 +98,8 @@ def prune(ref: str, criterion: str = "l1", ratio: float | None = None,
     from .criteria import make_criterion
     from .pruning import prune as _prune
 
+    if out:
+        check_out(out, "model", overwrite)
     model, spec = load(ref, weights=weights, dataset=dataset, data_dir=data_dir)
     if recal_batches < 0:
         raise PrunelabError("--recal-batches must be >= 0")
@@ -117,7 +120,7 @@ def prune(ref: str, criterion: str = "l1", ratio: float | None = None,
         "round_to": round_to, "keep": res.keep, "bn_recalibration_batches": recal_batches,
         "widths_before": res.widths_before})
     if out:
-        save_model(res.model, pspec, out)
+        save_model(res.model, pspec, out, overwrite)
     rows = compare([model, res.model], [spec, pspec], data if evaluate else None, batch_size,
                    threads, repeats)
     result = {**rows[1], "base": rows[0], "criterion": criterion, "ratio": ratio,
@@ -157,7 +160,7 @@ def _version() -> str:
 
 def train(arch: str, out: str, dataset: str = "fmnist", data_dir: str | None = None,
           width: float = 1.0, cfg: TrainConfig | None = None, factory_kwargs: dict | None = None,
-          command: str | None = None) -> dict:
+          command: str | None = None, overwrite: bool = False) -> dict:
     """Train a zoo architecture (or ``path/file.py:factory``) from scratch into a model folder.
 
     Resumable: an interrupted run leaves ``OUT.ckpt/`` and the same command continues from it.
@@ -165,6 +168,7 @@ def train(arch: str, out: str, dataset: str = "fmnist", data_dir: str | None = N
     from .models import MODELS, build
 
     cfg = cfg or TrainConfig()
+    check_out(out, "model", overwrite)
     d = load_dataset(dataset, data_dir)
     if ":" in arch and arch.rpartition(":")[0].endswith(".py"):
         model, spec = load_user_model(arch, None, [d.in_channels, d.input_size, d.input_size],
@@ -185,7 +189,7 @@ def train(arch: str, out: str, dataset: str = "fmnist", data_dir: str | None = N
                            "history": hist, "seconds": sum(h["seconds"] for h in hist),
                            "torch": torch.__version__, "machine": platform.processor() or
                            platform.machine(), "threads": torch.get_num_threads()}}
-    save_model(model, spec, out)
+    save_model(model, spec, out, overwrite)
     discard_checkpoint(ckpt)
     return {"model": spec.name, "out": str(Path(out).resolve()), "top1": top1,
             "val_top1": hist[-1]["val_top1"] if hist else None,
@@ -222,7 +226,7 @@ def finetune(ref: str, epochs: int, out: str, teacher: str | None = "parent",
              dataset: str | None = None, data_dir: str | None = None,
              recal_batches: int = 20, recal_end: bool = True, precision: str = "auto",
              threads: int | None = None, weights: str | None = None,
-             command: str | None = None) -> dict:
+             command: str | None = None, overwrite: bool = False) -> dict:
     """Fine-tune a (pruned) model with SGD + cosine and optional distillation from the unpruned one.
 
     ``teacher``: ``"parent"`` (default) distils from the model recorded as the pruned model's
@@ -240,6 +244,7 @@ def finetune(ref: str, epochs: int, out: str, teacher: str | None = "parent",
     cfg = TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
                       weight_decay=weight_decay, precision=precision, threads=threads)
     _check_kd(kd_weight, kd_temperature, recal_batches)
+    check_out(out, "model", overwrite)
     model, spec = load(ref, weights=weights, dataset=dataset, data_dir=data_dir)
     folder = Path(str(ref)) if Path(str(ref)).is_dir() else None
     teacher_ref = None
@@ -261,7 +266,7 @@ def finetune(ref: str, epochs: int, out: str, teacher: str | None = "parent",
     return finetune_model(model, spec, data, cfg, out, tmodel, tspec,
                           ref_of(teacher_ref) if teacher_ref is not None else None,
                           kd_temperature, kd_weight, recal_batches, recal_end, ref_of(ref),
-                          command)
+                          command, overwrite)
 
 
 def _check_kd(kd_weight: float, kd_temperature: float, recal_batches: int) -> None:
@@ -279,11 +284,13 @@ def finetune_model(model: nn.Module, spec: ModelSpec, data, cfg: TrainConfig, ou
                    teacher: nn.Module | None = None, teacher_spec: ModelSpec | None = None,
                    teacher_id: str | None = None, kd_temperature: float = 4.0,
                    kd_weight: float = 0.5, recal_batches: int = 20, recal_end: bool = True,
-                   model_id: str | None = None, command: str | None = None) -> dict:
+                   model_id: str | None = None, command: str | None = None,
+                   overwrite: bool = False) -> dict:
     """:func:`finetune` on objects: fine-tunes ``model`` in place, saves it to ``out`` (a model
     folder with the provenance) and returns the summary; ``teacher`` is used as given (not
     modified: its memory layout is restored)."""
     _check_kd(kd_weight, kd_temperature, recal_batches)
+    check_out(out, "model", overwrite)
     tmodel, tspec = (teacher, teacher_spec) if kd_weight > 0 else (None, None)
     if tmodel is not None:
         tspec = tspec or spec
@@ -335,7 +342,7 @@ def finetune_model(model: nn.Module, spec: ModelSpec, data, cfg: TrainConfig, ou
         finetuned["previous"] = prov["finetuned"]
     prov.update(name=name, finetuned=finetuned)
     fspec = ModelSpec(**{**spec.__dict__, "provenance": prov})
-    save_model(model, fspec, out)
+    save_model(model, fspec, out, overwrite)
     discard_checkpoint(ckpt)
     return {"model": name, "from": spec.name, "out": str(Path(out).resolve()),
             "epochs": cfg.epochs, "lr": cfg.lr, "batch_size": cfg.batch_size, "seed": cfg.seed,
@@ -349,16 +356,17 @@ def finetune_model(model: nn.Module, spec: ModelSpec, data, cfg: TrainConfig, ou
 
 
 def export_onnx(ref: str, path: str, batch_size: int = 1, opset: int = 17,
-                dynamic_batch: bool = False) -> dict:
+                dynamic_batch: bool = False, overwrite: bool = False) -> dict:
     """Export a model (a shipped name or folder) to ONNX: the graph the ONNX-based targets time
     (see :func:`prunelab.core.export_onnx`)."""
     from .core import export_onnx as _export
 
     if batch_size < 1:
         raise PrunelabError("--batch-size must be at least 1")
+    check_out(path, "file", overwrite, "--onnx")
     model, spec = load(ref)
     r = _export(model, path, torch.zeros(batch_size, *spec.input_shape), opset=opset,
-                dynamic_batch=dynamic_batch)
+                dynamic_batch=dynamic_batch, overwrite=overwrite)
     return {"model": spec.name, **r}
 
 

@@ -158,7 +158,7 @@ def cmd_prune(args):
                   round_to=args.round_to, dataset=args.dataset, data_dir=args.data_dir,
                   batch_size=args.batch_size, threads=args.threads, repeats=args.repeats,
                   criterion_options=opts, weights=args.weights,
-                  recal_batches=args.recal_batches)
+                  recal_batches=args.recal_batches, overwrite=args.overwrite)
 
     def table(o):
         b = o["base"]
@@ -184,8 +184,11 @@ def _floats(s: str) -> list[float]:
 
 def cmd_criteria_evaluate(args):
     from . import api
+    from .io import check_out
     from .sweep import SweepConfig, layer_sweep, uniform_sweep
 
+    if args.out:
+        check_out(args.out, "file", args.overwrite)
     model, spec = api.load(args.model, weights=args.weights, dataset=args.dataset,
                            data_dir=args.data_dir)
     data = api.data_for(spec, args.dataset, args.data_dir)
@@ -204,7 +207,7 @@ def cmd_criteria_evaluate(args):
     if args.out:
         from .io import atomic_write_text
 
-        atomic_write_text(args.out, json.dumps(rows, indent=1))
+        atomic_write_text(args.out, json.dumps(rows, indent=1))  # checked before the sweep
 
     def table(rows):
         base = rows[0]["base_top1"] if rows else 0
@@ -235,7 +238,7 @@ def cmd_train(args):
                       threads=args.threads)
     command = "prunelab " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("prunelab") else None
     r = api.train(args.arch, args.out, args.dataset, args.data_dir, args.width, cfg,
-                  command=command)
+                  command=command, overwrite=args.overwrite)
     _emit(args, r, lambda o: _table("trained", ["model", "test top-1", "val top-1", "seconds"],
                                     [[o["model"], f"{100 * o['top1']:.2f}%",
                                       f"{100 * o['val_top1']:.2f}%", f"{o['seconds']:.0f}"]],
@@ -253,7 +256,7 @@ def cmd_finetune(args):
                      dataset=args.dataset, data_dir=args.data_dir,
                      recal_batches=args.recal_batches, recal_end=not args.no_final_recal,
                      precision=args.precision, threads=args.threads, weights=args.weights,
-                     command=command)
+                     command=command, overwrite=args.overwrite)
 
     def table(o):
         pct = lambda v: "-" if v is None else f"{100 * v:.2f}%"  # noqa: E731
@@ -281,7 +284,7 @@ def cmd_export(args):
     from . import api
 
     r = api.export_onnx(args.model, args.onnx, batch_size=args.batch_size, opset=args.opset,
-                        dynamic_batch=args.dynamic_batch)
+                        dynamic_batch=args.dynamic_batch, overwrite=args.overwrite)
     _emit(args, r, lambda o: print(
         f"wrote {o['onnx']} ({o['bytes'] / 1e6:.2f} MB, opset {o['opset']}, input "
         f"{o['input_shape']}): "
@@ -351,6 +354,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--val-images", type=int, default=None, help="limit the validation images")
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--out", help="also write the JSON rows to this file")
+    c.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     c.add_argument("--dataset")
     c.add_argument("--data-dir")
     c.add_argument("--weights")
@@ -379,6 +383,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--recal-batches", type=int, default=20,
                    help="re-estimate BN statistics on this many training batches (0: off)")
     _common_measure(s)
+    s.add_argument("--overwrite", action="store_true",
+                   help="replace the output if it is one prunelab wrote (never anything else)")
     s.set_defaults(fn=cmd_prune)
 
     s = sub.add_parser("train", help=_doc(api.train), description=_doc(api.train))
@@ -395,6 +401,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
     s.add_argument("--threads", type=int)
     s.add_argument("--json", action="store_true")
+    s.add_argument("--overwrite", action="store_true",
+                   help="replace the output if it is one prunelab wrote (never anything else)")
     s.set_defaults(fn=cmd_train)
 
     s = sub.add_parser("finetune", help=_doc(api.finetune), description=_doc(api.finetune))
@@ -423,6 +431,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--data-dir", help="folder with the dataset files")
     s.add_argument("--weights", help="weights for a path/file.py:factory model")
     s.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    s.add_argument("--overwrite", action="store_true",
+                   help="replace the output if it is one prunelab wrote (never anything else)")
     s.set_defaults(fn=cmd_finetune)
 
     s = sub.add_parser("export", help=_doc(api.export_onnx), description=_doc(api.export_onnx))
@@ -435,6 +445,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--dynamic-batch", action="store_true",
                    help="symbolic batch dimension (the timed graph has a fixed one)")
     s.add_argument("--json", action="store_true")
+    s.add_argument("--overwrite", action="store_true",
+                   help="replace the output if it is one prunelab wrote (never anything else)")
     s.set_defaults(fn=cmd_export)
     from .cli_latency import register as _reg_latency
     _reg_latency(sub)

@@ -311,13 +311,10 @@ def save(model: nn.Module, path: str | Path, example_inputs=None, *, spec=None,
     and widths, and opens again with ``load(path, like=the_unpruned_module)``."""
     from .io import save_model
 
+    from .io import check_out
+
     _check_module(model)
-    p = Path(path)
-    if p.exists() and not overwrite:
-        raise PrunelabError(f"{p} exists; pass overwrite=True to replace a model folder, or "
-                            "choose a new path")
-    if p.exists() and not (p / "model.json").is_file():
-        raise PrunelabError(f"{p} exists and is not a prunelab model folder; choose a new path")
+    p = check_out(path, "model", overwrite, "save path")
     if spec is None:
         if example_inputs is None:
             raise PrunelabError("save needs example_inputs (or a spec) to record the input shape")
@@ -325,7 +322,7 @@ def save(model: nn.Module, path: str | Path, example_inputs=None, *, spec=None,
         shape = _input_shape(example_inputs)
         spec = module_spec(net, shape, _num_outputs(net, shape, classifier=False),
                            name=p.name)
-    return save_model(model, spec, p)
+    return save_model(model, spec, p, overwrite)
 
 
 def load(path: str | Path, like: nn.Module | None = None):
@@ -346,20 +343,18 @@ def load(path: str | Path, like: nn.Module | None = None):
 
 
 def export_onnx(model: nn.Module, path: str | Path, example_inputs, opset: int = 17,
-                dynamic_batch: bool = False) -> dict:
+                dynamic_batch: bool = False, overwrite: bool = False) -> dict:
     """Export ``model`` to ONNX exactly as the ONNX-based targets measure it
     (:func:`prunelab.targets._onnx.to_onnx`: same exporter, names ``input``/``logits``, the batch
     of ``example_inputs``, 1 for a shape); ``dynamic_batch`` makes the batch symbolic and says so
     in the result.  The module is not modified."""
-    from .io import atomic_write_bytes
+    from .io import atomic_write_bytes, check_out
     from .targets._onnx import to_onnx
 
     _check_module(model)
     shape = _input_shape(example_inputs)
     batch = int(example_inputs.shape[0]) if isinstance(example_inputs, torch.Tensor) else 1
-    p = Path(path)
-    if p.is_dir():
-        raise PrunelabError(f"{p} is a folder; give a file path such as model.onnx")
+    p = check_out(path, "file", overwrite, "export path")
     data = to_onnx(_copy(model), [torch.zeros(batch, *shape)], opset=opset,
                    dynamic_batch=dynamic_batch)
     atomic_write_bytes(p, data)

@@ -341,10 +341,52 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         raise
 
 
-def save_model(model: nn.Module, spec: ModelSpec, out: str | os.PathLike) -> Path:
-    """Save a model folder (model.json + model.safetensors) atomically; returns its path."""
+def is_model_folder(path: str | os.PathLike) -> bool:
+    """A folder prunelab wrote with :func:`save_model` (its model.json says so)."""
+    d = read_json(Path(path) / "model.json")
+    return isinstance(d, dict) and d.get("format") == FORMAT
+
+
+def check_out(out: str | os.PathLike, kind: str = "model", overwrite: bool = False,
+              flag: str = "--out") -> Path:
+    """Refuse, before any work, to write where something prunelab did not write already is.
+
+    ``kind="model"``: ``out`` may be missing, an empty folder, or (with ``overwrite``) a prunelab
+    model folder; ``kind="file"``: missing, or (with ``overwrite``) an existing file."""
+    p = Path(out)
+    if p.parent.exists() and not p.parent.is_dir():
+        raise PrunelabError(f"{flag} {p}: {p.parent} is a file, not a folder; choose another path")
+    if not p.exists() and not p.is_symlink():
+        return p
+    if kind == "file":
+        if p.is_dir():
+            raise PrunelabError(f"{flag} {p} is a folder; give a file path")
+        if not overwrite:
+            raise PrunelabError(f"{flag} {p} exists; pass --overwrite to replace it, or choose a "
+                                "new path")
+        return p
+    if p.is_dir() and not p.is_symlink():
+        if is_model_folder(p):
+            if overwrite:
+                return p
+            raise PrunelabError(f"{flag} {p} already holds a prunelab model; pass --overwrite to "
+                                "replace it, or choose a new path")
+        if not any(p.iterdir()):
+            return p
+    what = "a file" if not p.is_dir() else "a folder that prunelab did not write"
+    raise PrunelabError(f"{flag} {p} exists and is {what}; prunelab never replaces what it did "
+                        "not write: choose a new path")
+
+
+def save_model(model: nn.Module, spec: ModelSpec, out: str | os.PathLike,
+               overwrite: bool = False) -> Path:
+    """Save a model folder (model.json + model.safetensors) atomically; returns its path.
+
+    ``out`` must not exist, be an empty folder, or (``overwrite``) be a prunelab model folder:
+    nothing else is ever replaced (:func:`check_out`)."""
     from safetensors.torch import save_file
 
+    check_out(out, "model", overwrite)
     spec.layers = layer_widths(model)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     with atomic_dir(out) as tmp:

@@ -199,6 +199,10 @@ def fit(model: nn.Module, data: Splits, cfg: TrainConfig, checkpoint: str | Path
     if recal_batches:
         extra["recal_batches"] = recal_batches
     ckpt = Path(checkpoint) if checkpoint else None
+    if ckpt and ckpt.exists() and not (ckpt / "state.json").exists() and \
+            (not ckpt.is_dir() or any(ckpt.iterdir())):
+        raise PrunelabError(f"checkpoint path {ckpt} exists and is not a prunelab checkpoint; "
+                            "move it away (prunelab never replaces what it did not write)")
     result = FitResult(history)
     if ckpt and (ckpt / "state.json").exists():
         start, history, best, info = _load_ckpt(ckpt, model, opt, cfg, extra)

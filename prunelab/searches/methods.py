@@ -260,7 +260,7 @@ def omp_search(ctx: Search) -> None:
                 net, _ = ctx.build(p["keep"], context)
                 short_train(net, ctx.data, ft, ctx.seed + step)
                 spec = type(ctx.spec)(**{**ctx.spec.__dict__, "provenance": {"step": step + 1}})
-                save_model(net, spec, folder)
+                save_model(net, spec, folder, overwrite=True)  # our own step folder
             ctx.add_context(name, net)
             context = name
     ctx.finalists = finals[-min(len(finals), 2 * ctx.cfg.measure_front):] or None

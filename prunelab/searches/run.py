@@ -248,7 +248,7 @@ def _finish(ctx: Search, ref: str, budget: Budget, crit_spec: str) -> tuple[dict
         "criterion": crit_spec, "method": ctx.cfg.method, "budget": str(budget),
         "keep": {**ctx.widths, **best["keep"]}, "widths_before": ctx.widths,
         "bn_recalibration_batches": ctx.cfg.recal_batches, "search": str(ctx.out.resolve())})
-    save_model(net, pspec, ctx.out / "model")
+    save_model(net, pspec, ctx.out / "model", overwrite=True)  # inside our search folder
     front = nondominated(measured)
     res = {"method": ctx.cfg.method, "criterion": crit_spec, "target": ctx.cfg.target.target,
            "target_config": ctx.cfg.target.to_json(), "budget": str(budget),
