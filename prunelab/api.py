@@ -22,6 +22,7 @@ import torch.nn as nn
 from .data import Splits, load_dataset
 from .errors import PrunelabError
 from .io import ModelSpec, check_out, load_model, load_user_model, save_model
+from .lock import FolderLock
 from .metrics import macs_params, torch_cpu_latency
 from .train import TrainConfig, discard_checkpoint, evaluate as _top1, fit as _fit
 from .train import train as _train
@@ -180,7 +181,8 @@ def train(arch: str, out: str, dataset: str = "fmnist", data_dir: str | None = N
                                  d.mean, d.std, d.name)
     ckpt = f"{out.rstrip('/')}.ckpt"
     t0 = time.perf_counter()
-    hist = _train(model, d, cfg, checkpoint=ckpt, desc=f"train {arch}")
+    with FolderLock(out):  # one writer per output (and its checkpoint)
+        hist = _train(model, d, cfg, checkpoint=ckpt, desc=f"train {arch}")
     top1 = _top1(model, d.batches("test", 500))
     spec.provenance = {"name": Path(out).name, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
                        "command": command,
@@ -305,6 +307,14 @@ def finetune_model(model: nn.Module, spec: ModelSpec, data, cfg: TrainConfig, ou
             p.requires_grad_(False)
     else:
         teacher_id = None
+    with FolderLock(out):  # one writer per output (and its checkpoint)
+        return _finetune_locked(model, spec, data, cfg, out, tmodel, tspec, teacher_id,
+                                kd_temperature, kd_weight, recal_batches, recal_end, model_id,
+                                command, overwrite)
+
+
+def _finetune_locked(model, spec, data, cfg, out, tmodel, tspec, teacher_id, kd_temperature,
+                     kd_weight, recal_batches, recal_end, model_id, command, overwrite) -> dict:
     val = data.batches("val", 500)
     before = _top1(model, val)
     teacher_val = _top1(tmodel, val) if tmodel is not None else None

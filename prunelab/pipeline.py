@@ -63,6 +63,7 @@ from typing import Any
 
 from .errors import PrunelabError
 from .io import atomic_write_text, read_json, trust_factory
+from .lock import FolderLock
 from .ui import log
 
 # ----------------------------------------------------------------------------- the config
@@ -527,6 +528,11 @@ def run_pipeline(config: str | os.PathLike | dict, out: str | os.PathLike | None
     else:
         text = Path(config).read_text(encoding="utf-8")
     out = Path(out or cfg.run.out or Path("runs") / cfg.name)
+    with FolderLock(out):  # one writer per run folder
+        return _run(cfg, out, text)
+
+
+def _run(cfg: PipelineConfig, out: Path, text: str) -> dict:
     t0 = time.perf_counter()
     fresh = _prepare(out, cfg, text)
     if not fresh:

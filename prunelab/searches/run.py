@@ -10,6 +10,7 @@ from pathlib import Path
 
 from ..errors import PrunelabError
 from ..io import atomic_write_text, read_json
+from ..lock import FolderLock
 from ..ui import log, progress
 from .budget import Budget
 from .driver import Search, SearchConfig, nondominated
@@ -104,52 +105,53 @@ def search_model(model, spec, data, cfg: SearchConfig, out: str | Path,
         config["ignored_layers"] = list(ignored)
     target = target or make_target(cfg.target)
     crit = build_criterion(crit_spec, seed=cfg.seed)
-    fresh = not out.exists()
-    state = _prepare_folder(out, config)
-    if state and state.get("status") == "done" and (out / RESULT).exists():
-        from ..io import load_into
+    with FolderLock(out):  # one writer per search folder
+        fresh = not out.exists()
+        state = _prepare_folder(out, config)
+        if state and state.get("status") == "done" and (out / RESULT).exists():
+            from ..io import load_into
 
-        log(f"{out} holds a finished search; showing its result")
-        return ({**json.loads((out / RESULT).read_text()), "resumed": True},
-                load_into(out / "model", model))
-    if state:
-        log(f"resuming the search in {out} ({state.get('evaluations', 0)} evaluations logged)")
-    ctx = None
-    try:
-        predictor = _predictor(model, spec, target, out, cache_dir)
-        ctx = Search(model, spec, data, cfg, out, crit, predictor, target,
-                     seconds_before=(state or {}).get("seconds", 0.0), eval_fn=eval_fn,
-                     ignored=ignored)
-        ctx.finalists = None
-        ctx.on_eval = lambda: _write_state(out, ctx, "running")
-        ctx.on_eval()
-        with progress() as bar:
-            ctx._bar = bar
-            ctx._task = bar.add_task(f"{cfg.method} search", total=None, info="")
-            entry.fn(ctx)
-            ctx._bar = None
-        searched = ctx.seconds()
-        ctx.phase = "measure"
-        _write_state(out, ctx, "measuring")
-        result, net = _finish(ctx, parent_ref or spec.name, budget, crit_spec)
-    except KeyboardInterrupt:
-        if ctx is not None:
-            _write_state(out, ctx, "interrupted")
-            ctx.log.close()
-        raise PrunelabError("search interrupted; run the same command again to resume") \
-            from None
-    except PrunelabError:
-        if ctx is not None:
-            ctx.log.close()
-        if fresh and (ctx is None or len(ctx.log.rows) <= 1):
-            shutil.rmtree(out, ignore_errors=True)  # bad settings found at once: leave nothing
-        raise
-    ctx.log.close()
-    result["search_seconds"] = searched
-    result["seconds"] = ctx.seconds()
-    atomic_write_text(out / RESULT, json.dumps(result, indent=1))
-    _write_state(out, ctx, "done")
-    return result, net
+            log(f"{out} holds a finished search; showing its result")
+            return ({**json.loads((out / RESULT).read_text()), "resumed": True},
+                    load_into(out / "model", model))
+        if state:
+            log(f"resuming the search in {out} ({state.get('evaluations', 0)} evaluations logged)")
+        ctx = None
+        try:
+            predictor = _predictor(model, spec, target, out, cache_dir)
+            ctx = Search(model, spec, data, cfg, out, crit, predictor, target,
+                         seconds_before=(state or {}).get("seconds", 0.0), eval_fn=eval_fn,
+                         ignored=ignored)
+            ctx.finalists = None
+            ctx.on_eval = lambda: _write_state(out, ctx, "running")
+            ctx.on_eval()
+            with progress() as bar:
+                ctx._bar = bar
+                ctx._task = bar.add_task(f"{cfg.method} search", total=None, info="")
+                entry.fn(ctx)
+                ctx._bar = None
+            searched = ctx.seconds()
+            ctx.phase = "measure"
+            _write_state(out, ctx, "measuring")
+            result, net = _finish(ctx, parent_ref or spec.name, budget, crit_spec)
+        except KeyboardInterrupt:
+            if ctx is not None:
+                _write_state(out, ctx, "interrupted")
+                ctx.log.close()
+            raise PrunelabError("search interrupted; run the same command again to resume") \
+                from None
+        except PrunelabError:
+            if ctx is not None:
+                ctx.log.close()
+            if fresh and (ctx is None or len(ctx.log.rows) <= 1):
+                shutil.rmtree(out, ignore_errors=True)  # bad settings found at once: leave nothing
+            raise
+        ctx.log.close()
+        result["search_seconds"] = searched
+        result["seconds"] = ctx.seconds()
+        atomic_write_text(out / RESULT, json.dumps(result, indent=1))
+        _write_state(out, ctx, "done")
+        return result, net
 
 
 def _point_json(p: dict, keep: bool = True) -> dict:
