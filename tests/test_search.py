@@ -21,6 +21,7 @@ SMALL = {
     "abc": {"food": 3, "cycles": 2},
     "uniform": {"front": 2},
     "global": {"front": 2, "isomorphic": True},
+    "torch-pruning": {"front": 1, "global": True},
 }
 
 
@@ -41,7 +42,8 @@ def _run(method, model_dir, cache_dir, idx_dir, out, budget="macs=0.6", seed=0, 
 
 
 def test_methods_registered():
-    assert SEARCHES.names() == ["abc", "cie", "global", "nsga2", "omp-search", "uniform"]
+    assert SEARCHES.names() == ["abc", "cie", "global", "nsga2", "omp-search", "torch-pruning",
+                                "uniform"]
 
 
 @pytest.mark.parametrize("method", sorted(SMALL))

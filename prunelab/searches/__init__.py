@@ -5,14 +5,14 @@ Every method runs on one driver (:mod:`prunelab.searches.driver`): a cached, log
 
     >>> from prunelab.searches import SEARCHES
     >>> SEARCHES.names()
-    ['abc', 'cie', 'global', 'nsga2', 'omp-search', 'uniform']
+    ['abc', 'cie', 'global', 'nsga2', 'omp-search', 'torch-pruning', 'uniform']
 """
 
-from ..registry import Registry
+from ..registry import Registry, import_plugins
 
 SEARCHES = Registry("search method", "see `prunelab search --help`")
 
-from . import methods  # noqa: E402,F401  (registers the methods)
+import_plugins(__name__, __path__)  # every module here registers its methods
 from .budget import Budget  # noqa: E402
 from .driver import SearchConfig  # noqa: E402
 from .run import run_search  # noqa: E402

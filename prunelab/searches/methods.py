@@ -56,6 +56,64 @@ def bisect(ctx: Search, make_keep, lo: float, hi: float, limit: float | None = N
     return best
 
 
+def staircase_finish(ctx: Search, keep: dict[str, int], max_rounds: int = 64) -> dict:
+    """Land a bisected allocation on the budget when latency is a staircase (issue: uniform,
+    global, cie and torch-pruning assume cost falls steadily as they prune; on SIMD runtimes an
+    unaligned width can be slower than the aligned one above it, so the bisection stops at a
+    cliff far below the limit and the run overshoots the speed-up).
+
+    From the bisected ``keep``, climb the target's useful widths (the lookup table's stair tops):
+    each round, every group's next useful width up is tried on the predictor, and the step that
+    adds the least predicted latency per channel regained while staying within the budget is
+    taken.  The bisected point and every climbed point are evaluated; the one meeting the budget
+    with the best validation top-1 (ties: most MACs kept) is returned, and what happened is kept
+    in ``ctx.info["staircase"]``.  Only latency budgets have a staircase; other budgets return
+    ``keep`` as it is."""
+    from ..latency.steps import useful_widths
+
+    keep = ctx.normalize(keep)
+    if ctx.budget.kind != "latency":
+        return keep
+    limit = ctx.limit()
+    start = ctx.predict(keep)
+    steps = {g: sorted(useful_widths(ctx.predictor.group_curve(g, keep), rel=0.01))
+             for g in ctx.widths}
+    ctx.phase = "staircase"
+    path = [keep]
+    cur, cur_ms = dict(keep), start
+    for _ in range(max_rounds):
+        best = None
+        for g, ws in steps.items():
+            up = next((w for w in ws if w > cur[g]), None)
+            if up is None:
+                continue
+            cand = {**cur, g: up}
+            ms = ctx.predict(cand)
+            if ms > limit:
+                continue
+            rate = max(ms - cur_ms, 0.0) / (up - cur[g])
+            if best is None or rate < best[0]:
+                best = (rate, cand, ms)
+        if best is None:
+            break
+        _, cur, cur_ms = best
+        path.append(dict(cur))
+    # evaluate the bisected point, the last climbed point and a few in between
+    picks = sorted({0, len(path) - 1} | {round(i * (len(path) - 1) / 4) for i in range(1, 4)})
+    evaluated = [ctx.evaluate(path[i], phase="staircase") for i in picks]
+    ok = [p for p in evaluated if budget_value(ctx, p["keep"]) <= limit] or evaluated[:1]
+    chosen = max(ok, key=lambda p: (p["top1"], p["macs"]))
+    info = {"bisected_predicted_ms": start, "limit_ms": limit, "steps_climbed": len(path) - 1,
+            "chosen_predicted_ms": budget_value(ctx, chosen["keep"]),
+            "evaluated": len(evaluated), "chosen_top1": chosen["top1"]}
+    info["gap_to_budget"] = 1 - info["chosen_predicted_ms"] / limit
+    if len(path) == 1:
+        info["note"] = ("no useful width between the bisected point and the budget: every step "
+                        "up the staircase would exceed it")
+    ctx.info["staircase"] = info
+    return chosen["keep"]
+
+
 def layer_sweep(ctx: Search, ratios: list[float], phase: str) -> dict[str, dict[float, float]]:
     """Prune each group alone at each ratio (the rest whole): accuracy drop per (group, ratio).
     The keep count is :func:`prunelab.sweep.layer_keep`, as in ``prunelab criteria evaluate
@@ -201,6 +259,7 @@ def cie(ctx: Search) -> None:
     hi = max(max(e) for e in env.values()) + 1e-6
     ctx.phase = "bisection"
     t, keep = bisect(ctx, keep_at, 0.0, hi)
+    keep = staircase_finish(ctx, keep)
     chosen = ctx.evaluate(keep, phase="search")
     v = budget_value(ctx, keep)
     ctx.info.update(tolerance=t, keep=chosen["keep"], contribution=ctx.contribution,
@@ -355,6 +414,7 @@ def uniform(ctx: Search) -> None:
     ctx.phase = "bisection"
     r, keep = bisect(ctx, keep_at, 0.0, 0.95)
     ctx.evaluate(keep, phase="search")
+    staircase_finish(ctx, keep)
     _front_levels(ctx, keep_at, 1.0, n)
 
 
@@ -391,6 +451,7 @@ def global_(ctx: Search) -> None:
     ctx.phase = "bisection"
     q, keep = bisect(ctx, keep_at, 0.0, 0.999)
     ctx.evaluate(keep, phase="search")
+    staircase_finish(ctx, keep)
     _front_levels(ctx, keep_at, 1.0, n)
 
 

@@ -216,7 +216,7 @@ def _finish(ctx: Search, ref: str, budget: Budget, crit_spec: str) -> tuple[dict
     # a longer interleaved run against the unpruned model, and a latency budget must hold there
     # too (a point that only met it within the front run's noise gives way to the next)
     ok = sorted((p for p in measured if budget.met(p, base)),
-                key=lambda p: (-p["top1"], p["latency_ms"]))
+                key=lambda p: (-p["top1"], -p["macs"], p["key"]))  # no noise in ties
     if not ok:
         ok = [min(measured, key=lambda p: budget.excess(p, base))]
         log(f"no measured point meets budget {budget}; keeping the closest "

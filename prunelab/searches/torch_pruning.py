@@ -1,0 +1,103 @@
+"""``--method torch-pruning``: Torch-Pruning's own ``MetaPruner`` as an allocation method (the
+real peer, not a re-implementation), on the same driver, log, resume and measurement as every
+other method.
+
+For a pruning ratio ``r`` Torch-Pruning's pruner runs on a copy of the model with its own
+importance class (``importance`` option), ``global_pruning``, ``isomorphic``, ``round_to`` and
+``max_pruning_ratio``; the per-group widths it leaves are the candidate.  The candidate is then
+built by the driver with the ``tp`` criterion (the same importance object scoring the same
+groups), so the channels removed are the ones Torch-Pruning removes (a test checks it).  The
+ratio is bisected to the budget like ``uniform`` and finished on the latency staircase.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+
+from ..errors import PrunelabError
+from . import SEARCHES
+from .driver import Search
+from .methods import _front_levels, bisect, staircase_finish
+
+
+def tp_widths(model, input_shape, ratio: float, importance: str, global_pruning: bool,
+              isomorphic: bool, round_to: int, max_ratio: float, ignored, group_names,
+              grad_batches=None) -> dict[str, int]:
+    """Per-group widths Torch-Pruning's MetaPruner leaves at ``ratio`` (on a copy)."""
+    import torch.nn.functional as F
+    import torch_pruning as tp
+
+    from ..criteria.torch_pruning import tp_importance
+
+    net = copy.deepcopy(model).eval()
+    names = {n: m for n, m in net.named_modules()}
+    if ratio <= 0:
+        return {g: _width(names[g]) for g in group_names}
+    imp = tp_importance(importance)
+    if importance == "random":
+        torch.manual_seed(0)
+    pruner = tp.pruner.MetaPruner(
+        net, example_inputs=torch.zeros(1, *input_shape), importance=imp,
+        global_pruning=global_pruning, isomorphic=isomorphic, pruning_ratio=ratio,
+        max_pruning_ratio=max_ratio, round_to=round_to if round_to > 1 else None,
+        ignored_layers=[names[n] for n in ignored])
+    if importance == "taylor":
+        net.zero_grad(set_to_none=True)
+        for x, y in grad_batches or []:
+            F.cross_entropy(net(x), y, reduction="sum").backward()
+    pruner.step()
+    return {g: _width(names[g]) for g in group_names}
+
+
+def _width(m) -> int:
+    return m.out_channels if hasattr(m, "out_channels") else m.out_features
+
+
+@SEARCHES.register("torch-pruning", "Torch-Pruning's own MetaPruner (its importance classes, "
+                   "global or uniform ranking, isomorphic, round_to, max_ratio), the pruning "
+                   "ratio bisected to the budget and finished on the latency staircase",
+                   criterion="tp", options=("global", "importance", "isomorphic", "round_to",
+                                            "max_ratio", "front"))
+def torch_pruning(ctx: Search) -> None:
+    """Options: global (false), importance (magnitude-l2: Torch-Pruning's default
+    GroupMagnitudeImportance(p=2); magnitude-l1, taylor, lamp, bn-scale, fpgm, random), isomorphic
+    (false), round_to (1), max_ratio (1.0: Torch-Pruning's max_pruning_ratio), front (5 extra
+    ratios from 0.1 to 0.9 for the Pareto plot)."""
+    from ..criteria.torch_pruning import IMPORTANCES, TorchPruningImportance
+    from ..pruning import output_layers, score_groups
+
+    glob, iso = ctx.option("global", False, bool), ctx.option("isomorphic", False, bool)
+    importance = ctx.option("importance", "magnitude-l2", str)
+    rt, max_ratio, n = ctx.option("round_to", 1), ctx.option("max_ratio", 1.0), \
+        ctx.option("front", 5)
+    if importance not in IMPORTANCES or rt < 1 or not 0 < max_ratio <= 1 or n < 0:
+        raise PrunelabError(f"torch-pruning needs importance in {', '.join(IMPORTANCES)}, "
+                            "round_to >= 1, max_ratio in (0, 1], front >= 0")
+    # the candidates are built with the same importance as Torch-Pruning ranks by
+    if not (isinstance(ctx.crit, TorchPruningImportance) and ctx.crit.importance == importance):
+        ctx.crit = TorchPruningImportance(importance, seed=ctx.seed)
+        ctx.scores, _ = score_groups(ctx.model, ctx.crit, ctx.groups, ctx.data)
+        ctx.contexts[""] = (ctx.model, ctx.scores)
+    ctx.info["torch_pruning"] = {"importance": importance, "global": glob, "isomorphic": iso,
+                                 "round_to": rt, "max_ratio": max_ratio}
+    mods = {m: k for k, m in ctx.model.named_modules()}
+    ignored = sorted({*ctx.ignored, *(mods[m] for m in output_layers(ctx.model,
+                                                                     ctx.spec.input_shape))})
+    grads = (list(ctx.batches("train", 64, limit=256)) if importance == "taylor" else None)
+    cache: dict[float, dict[str, int]] = {}
+
+    def keep_at(r: float) -> dict[str, int]:
+        r = round(r, 6)
+        if r not in cache:
+            cache[r] = tp_widths(ctx.model, ctx.spec.input_shape, r, importance, glob, iso, rt,
+                                 max_ratio, ignored, list(ctx.widths), grads)
+        return cache[r]
+
+    ctx.plan(8 + n)
+    ctx.phase = "bisection"
+    _, keep = bisect(ctx, keep_at, 0.0, 0.95)
+    ctx.evaluate(keep, phase="search")
+    staircase_finish(ctx, keep)
+    _front_levels(ctx, keep_at, 1.0, n)

@@ -1,0 +1,89 @@
+"""``--method torch-pruning`` is Torch-Pruning itself, and the staircase finish lands bisected
+methods on a latency budget (the scripted target: latency is a known staircase, nothing is
+timed)."""
+
+import copy
+
+import pytest
+import torch
+
+from prunelab.criteria import make_criterion
+from prunelab.models import build
+from prunelab.pruning import output_layers, prunable_groups, prune
+from prunelab.searches import SearchConfig, run_search
+from prunelab.searches.torch_pruning import tp_widths
+from prunelab.targets import TargetConfig
+
+
+@pytest.mark.parametrize("importance, glob", [("magnitude-l2", False), ("magnitude-l2", True),
+                                               ("lamp", True), ("fpgm", False)])
+def test_widths_and_channels_match_torch_pruning_itself(importance, glob):
+    """For a given ratio, prunelab's candidate (TP's widths, pruned with the ``tp`` criterion)
+    is the very network Torch-Pruning's MetaPruner makes: same widths, same weights."""
+    import torch_pruning as tp
+
+    from prunelab.criteria.torch_pruning import tp_importance
+
+    torch.manual_seed(0)
+    net = build("resnet20", in_channels=1, num_classes=4, width=0.5).eval()
+    _, groups = prunable_groups(net, (1, 32, 32))
+    names = [g.name for g in groups]
+    heads = [n for n, m in net.named_modules() if m in output_layers(net, (1, 32, 32))]
+    keep = tp_widths(net, (1, 32, 32), 0.4, importance, glob, False, 1, 1.0, heads, names)
+    ours = prune(net, make_criterion("tp", importance=importance), keep=keep,
+                 input_shape=(1, 32, 32)).model
+    theirs = copy.deepcopy(net)
+    tp.pruner.MetaPruner(theirs, torch.zeros(1, 1, 32, 32), tp_importance(importance),
+                         global_pruning=glob, pruning_ratio=0.4,
+                         ignored_layers=[dict(theirs.named_modules())[h] for h in heads]).step()
+    assert sum(keep.values()) < sum(g.width for g in groups)
+    a, b = ours.state_dict(), theirs.state_dict()
+    assert a.keys() == b.keys()
+    for k in a:
+        assert a[k].shape == b[k].shape, k
+        torch.testing.assert_close(a[k], b[k], msg=k)
+
+
+def _staircase_run(method, model_dir, idx_dir, cache_dir, out, **opts):
+    cfg = SearchConfig(method, "l1" if method != "torch-pruning" else None,
+                       TargetConfig("scripted"), "speedup=1.6", 0, recal_batches=1,
+                       val_images=0, measure_front=4, options={"front": 0, **opts})
+    return run_search(str(model_dir), cfg, out, cache_dir, "mnist-idx", str(idx_dir))
+
+
+@pytest.fixture(scope="module")
+def r20_dir(tmp_path_factory, tiny_data):
+    """A full-width zoo ResNet-20 (16/32/64 channels: several stairs of 8 per group)."""
+    from prunelab.io import ModelSpec, save_model
+
+    torch.manual_seed(0)
+    m = build("resnet20", in_channels=1, num_classes=tiny_data.num_classes).eval()
+    spec = ModelSpec.for_zoo("resnet20", 1, tiny_data.num_classes, 1.0, 32, tiny_data.mean,
+                             tiny_data.std, "mnist-idx")
+    return save_model(m, spec, tmp_path_factory.mktemp("r20") / "r20")
+
+
+@pytest.mark.parametrize("method", ["uniform", "torch-pruning", "global"])
+def test_staircase_finish_lands_on_a_latency_budget(method, r20_dir, idx_dir, tmp_path,
+                                                    monkeypatch):
+    """On the scripted staircase target (channels cost in blocks of 8, unaligned widths 30%
+    slower), the plain bisection stops at a cliff below the budget; the finish climbs the stairs
+    back to within 10% of the (predicted) budget, keeps more MACs, still meets the budget
+    measured, and does it deterministically."""
+    from prunelab.searches import methods
+
+    cache = str(tmp_path / "cache")
+    with monkeypatch.context() as m:  # the bisection alone, as before the finish existed
+        m.setattr(methods, "staircase_finish", lambda ctx, keep: ctx.normalize(keep))
+        import prunelab.searches.torch_pruning as tpm
+
+        m.setattr(tpm, "staircase_finish", lambda ctx, keep: ctx.normalize(keep))
+        r0 = _staircase_run(method, r20_dir, idx_dir, cache, tmp_path / "plain")
+    r1 = _staircase_run(method, r20_dir, idx_dir, cache, tmp_path / "finished")
+    info = r1["method_info"]["staircase"]
+    assert 0 <= info["gap_to_budget"] <= 0.10 or "note" in info, info
+    assert info["steps_climbed"] > 0 and info["chosen_predicted_ms"] <= info["limit_ms"]
+    assert r1["chosen"]["budget_met"] and r1["chosen"]["measured_speedup"] >= 1.6
+    assert r1["chosen"]["macs"] > r0["chosen"]["macs"]
+    again = _staircase_run(method, r20_dir, idx_dir, cache, tmp_path / "again")
+    assert again["chosen"]["keep"] == r1["chosen"]["keep"]
