@@ -47,10 +47,13 @@ def data_for(spec: ModelSpec, dataset: str | None = None, data_dir: str | None =
     """The data set a model was trained on (or the one named), checked against the model."""
     name = dataset or spec.dataset or "fmnist"
     d = load_dataset(name, data_dir)
-    if list(spec.input_shape[:1]) != [d.in_channels] or spec.num_classes != d.num_classes:
-        raise PrunelabError(f"dataset {name} ({d.in_channels} channels, {d.num_classes} classes) "
-                            f"does not fit model {spec.name} ({spec.input_shape[0]} channels, "
-                            f"{spec.num_classes} classes); pass the dataset it was trained on")
+    shape = list(d.input_shape)
+    if shape != list(spec.input_shape) or spec.num_classes < d.num_classes:
+        c, h, w = shape
+        raise PrunelabError(f"dataset {name} ({c}x{h}x{w} images, {d.num_classes} classes) does "
+                            f"not fit model {spec.name} (input "
+                            f"{'x'.join(map(str, spec.input_shape))}, {spec.num_classes} "
+                            "classes); pass the dataset it was trained on, at its image size")
     if tuple(spec.mean) != tuple(d.mean) and spec.dataset == name:
         d = dataclasses.replace(d, mean=tuple(spec.mean), std=tuple(spec.std))
     return d

@@ -73,15 +73,77 @@ class ModelSpec:
 
     @classmethod
     def from_json(cls, d: dict, where: str) -> "ModelSpec":
-        if d.get("format") != FORMAT:
+        """A validated spec: every field's type and range is checked (one line naming the field
+        on a mistake), so nothing downstream meets a KeyError or allocates absurd tensors."""
+        if not isinstance(d, dict) or d.get("format") != FORMAT:
             raise PrunelabError(f"{where} is not a prunelab model.json; save models with prunelab")
-        if d.get("version", 0) > FORMAT_VERSION:
+        v = d.get("version", 0)
+        if not _is_int(v):
+            raise PrunelabError(f"{where}: field 'version' must be an integer")
+        if v > FORMAT_VERSION:
             raise PrunelabError(f"{where} was written by a newer prunelab; upgrade prunelab")
+        _validate_spec(d, where)
         keys = cls.__dataclass_fields__
-        try:
-            return cls(**{k: v for k, v in d.items() if k in keys})
-        except TypeError as e:
-            raise PrunelabError(f"{where} is missing fields ({e}); re-save the model") from None
+        return cls(**{k: val for k, val in d.items() if k in keys})
+
+
+# --------------------------------------------------------------------------- validation
+
+MAX_CHANNELS = 65536     # widest layer a model.json may declare
+MAX_SIDE = 8192          # largest input height / width
+MAX_CLASSES = 1_000_000
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v) -> bool:
+    import math
+
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _validate_spec(d: dict, where: str) -> None:
+    def bad(field: str, want: str):
+        raise PrunelabError(f"{where}: field {field!r} {want}; re-save the model with prunelab")
+
+    for k in ("arch", "input_shape", "mean", "std", "num_classes"):
+        if k not in d:
+            bad(k, "is missing")
+    if not isinstance(d["arch"], dict):
+        bad("arch", "must be an object")
+    shape = d["input_shape"]
+    if not (isinstance(shape, list) and len(shape) == 3 and all(_is_int(x) for x in shape)):
+        bad("input_shape", "must be [channels, height, width] integers")
+    if not 1 <= shape[0] <= 4096 or not all(1 <= x <= MAX_SIDE for x in shape[1:]):
+        bad("input_shape", f"must have 1-4096 channels and sides of 1-{MAX_SIDE} pixels")
+    for k in ("mean", "std"):
+        if not (isinstance(d[k], list) and len(d[k]) == shape[0] and
+                all(_is_num(x) for x in d[k])):
+            bad(k, f"must be {shape[0]} finite numbers (one per input channel)")
+    if not all(x > 0 for x in d["std"]):
+        bad("std", "must be positive")
+    if not _is_int(d["num_classes"]) or not 1 <= d["num_classes"] <= MAX_CLASSES:
+        bad("num_classes", f"must be an integer in 1..{MAX_CLASSES}")
+    if d.get("dataset") is not None and not isinstance(d["dataset"], str):
+        bad("dataset", "must be a string or null")
+    layers = d.get("layers", {})
+    if not isinstance(layers, dict):
+        bad("layers", "must be an object of layer name -> widths")
+    for name, w in layers.items():
+        if not isinstance(w, dict) or not w or not all(
+                isinstance(k, str) and _is_int(x) and 1 <= x <= MAX_CHANNELS for k, x in w.items()):
+            bad(f"layers.{name}", f"must map in/out/groups/features to integers in "
+                                  f"1..{MAX_CHANNELS}")
+        known = ({"in", "out", "groups"}, {"features"}, {"in", "out"}, {"sandwich"})
+        if set(w) not in known:
+            bad(f"layers.{name}", "must have in/out/groups (conv), features (BN), in/out "
+                                  "(linear) or sandwich")
+        if "groups" in w and (w["in"] % w["groups"] or w["out"] % w["groups"]):
+            bad(f"layers.{name}", "has groups that do not divide its channels")
+    if not isinstance(d.get("provenance", {}), dict):
+        bad("provenance", "must be an object")
 
 
 # --------------------------------------------------------------------------- architecture
@@ -253,6 +315,12 @@ def apply_widths(model: nn.Module, layers: dict[str, dict[str, int]]) -> None:
         if m is None:
             raise PrunelabError(f"model.json names layer {name!r} that the architecture lacks; "
                                 "the folder does not match its architecture")
+        want = ({"in", "out", "groups"} if isinstance(m, nn.Conv2d) else
+                {"features"} if isinstance(m, nn.modules.batchnorm._BatchNorm) else
+                {"in", "out"} if isinstance(m, nn.Linear) else None)
+        if want is None or set(w) != want:
+            raise PrunelabError(f"model.json gives layer {name!r} ({type(m).__name__}) the "
+                                f"fields {sorted(w)}; the folder does not match its architecture")
         if isinstance(m, nn.Conv2d):
             m.in_channels, m.out_channels, m.groups = w["in"], w["out"], w["groups"]
             m.weight = nn.Parameter(m.weight.new_empty(w["out"], w["in"] // w["groups"],
@@ -415,14 +483,44 @@ def list_pretrained() -> list[str]:
 
 
 def read_spec(folder: Path) -> ModelSpec:
-    mj = folder / "model.json"
-    if not mj.exists():
+    mj = Path(folder) / "model.json"
+    if not mj.is_file():
         raise PrunelabError(f"{folder} has no model.json; pass a folder written by prunelab")
+    if mj.stat().st_size > 64 * 2**20:
+        raise PrunelabError(f"{mj} is over 64 MB, not a model description; re-save the model")
     try:
-        return ModelSpec.from_json(json.loads(mj.read_text()), str(mj))
+        return ModelSpec.from_json(json.loads(mj.read_text(encoding="utf-8")), str(mj))
+    except UnicodeDecodeError:
+        raise PrunelabError(f"{mj} is not text (binary content); re-save the model") from None
     except json.JSONDecodeError as e:
         raise PrunelabError(f"{mj} is corrupt ({e.msg} at line {e.lineno}); re-save the model") \
             from None
+
+
+def _check_widths_against_weights(layers: dict, path: Path) -> None:
+    """Compare model.json's widths with the weight shapes in the safetensors header (read
+    without loading any tensor), before any layer is allocated at those widths."""
+    from safetensors import SafetensorError, safe_open
+
+    if not path.is_file():
+        raise PrunelabError(f"weights file {path} not found")
+    try:
+        with safe_open(str(path), "pt") as f:
+            shapes = {k: list(f.get_slice(k).get_shape()) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise PrunelabError(f"{path} is not a valid safetensors file ({e}); re-save or "
+                            "re-download it") from None
+    for name, w in layers.items():
+        got = shapes.get(f"{name}.weight")
+        if "sandwich" in w:
+            continue
+        want = ([w["out"], w["in"] // w["groups"]] if "groups" in w else
+                [w["features"]] if "features" in w else [w["out"], w["in"]])
+        if got is None:
+            continue  # e.g. an affine-free BN: load_weights names what is missing
+        if got[:len(want)] != want:
+            raise PrunelabError(f"model.json gives layer {name!r} widths {w}, but its weights "
+                                f"have shape {got}; the folder is inconsistent: re-save it")
 
 
 def load_weights(model: nn.Module, path: Path) -> None:
@@ -457,6 +555,7 @@ def load_model(ref: str | os.PathLike, factory=None) -> tuple[nn.Module, ModelSp
     callable) it records; no code a folder names runs otherwise (see :func:`trust_factory`)."""
     folder = resolve(ref)
     spec = read_spec(folder)
+    _check_widths_against_weights(spec.layers, folder / "model.safetensors")
     model = build_arch(spec.arch, str(folder / "model.json"), factory)
     apply_widths(model, spec.layers)
     load_weights(model, folder / "model.safetensors")
@@ -481,7 +580,27 @@ def load_user_model(factory: str, weights: str | None, input_shape, num_classes:
         else:
             load_weights(model, wp)
     spec.provenance["name"] = Path(factory.rpartition(":")[0]).stem
-    return model.eval(), spec
+    check_output(model.eval(), spec, factory)
+    return model, spec
+
+
+def check_output(model: nn.Module, spec: ModelSpec, what: str) -> None:
+    """Once, up front: the model runs on the data's input shape and returns (batch, classes)
+    logits (a (N, 10, 1, 1) output would give a top-1 of 5738%; 7 outputs on a 10-class data
+    set would pass silently)."""
+    try:
+        with torch.no_grad():
+            out = model(torch.zeros(2, *spec.input_shape))
+    except Exception as e:  # user code
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise PrunelabError(f"{what} does not run on {'x'.join(map(str, spec.input_shape))} "
+                            f"inputs ({type(e).__name__}: {first[:160]}); check the data set "
+                            "and the model's input size") from None
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2, spec.num_classes):
+        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise PrunelabError(f"{what} returns {got} for a batch of 2, but the data set needs "
+                            f"(batch, {spec.num_classes}) logits; make forward() return one row "
+                            "of class scores per image")
 
 
 def _load_torch_weights(model: nn.Module, path: Path) -> None:

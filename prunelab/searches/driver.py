@@ -56,6 +56,9 @@ class SearchConfig:
     def __post_init__(self):
         # one spelling per budget (macs=0.50 is macs=0.5), so a resume compares like with like
         object.__setattr__(self, "budget", str(Budget.parse(self.budget)))
+        from .options import check_options
+
+        check_options(self.method, self.options)  # every option known and in range, up front
         if self.recal_batches < 0 or self.val_images < 0 or self.measure_front < 1:
             raise PrunelabError("--recal-batches and --val-images must be >= 0 and "
                                 "--measure-front >= 1")
@@ -145,17 +148,14 @@ class Search:
 
     # -- options ---------------------------------------------------------------------------
     def option(self, name: str, default, kind: Callable = None):
-        """A method option (``--option name=value``), type-checked against the default."""
+        """A method option (``--option name=value``), checked against the method's declared
+        schema (:mod:`prunelab.searches.options`)."""
+        from . import SEARCHES
+
         if name not in self.options:
             return default
-        v = self.options[name]
-        kind = kind or type(default)
-        try:
-            if kind is bool and isinstance(v, str):
-                v = {"true": True, "false": False}[v.lower()]
-            return kind(v) if not isinstance(v, kind) else v
-        except (TypeError, ValueError, KeyError):
-            raise PrunelabError(f"option {name}={v!r} must be a {kind.__name__}") from None
+        schema = SEARCHES.get(self.cfg.method).meta["options"]
+        return schema[name].coerce(self.cfg.method, name, self.options[name])
 
     # -- candidates --------------------------------------------------------------------------
     def seconds(self) -> float:

@@ -15,17 +15,13 @@ import torch
 from ..errors import PrunelabError
 from . import SEARCHES
 from .driver import Search
+from .options import Opt
 
 
 # -- shared pieces ---------------------------------------------------------------------------
 def _ratios(ctx: Search, name: str, default: list[float]) -> list[float]:
-    v = ctx.option(name, default, list)
-    if isinstance(v, str):
-        v = json.loads(v)
-    rs = sorted(float(r) for r in v)
-    if not rs or not all(0 < r < 1 for r in rs):
-        raise PrunelabError(f"option {name} must be a list of ratios in (0, 1), e.g. [0.25,0.5]")
-    return rs
+    """A list-of-ratios option (validated in (0, 1) by its declared schema), sorted."""
+    return sorted(ctx.option(name, default))
 
 
 def budget_value(ctx: Search, keep: dict[str, int]) -> float:
@@ -138,8 +134,10 @@ def _min_keep(w: int, max_ratio: float) -> int:
 @SEARCHES.register("nsga2", "multi-objective NSGA-II (pymoo) on predicted target latency and "
                    "validation error, genes on the target's useful widths, ranges from a "
                    "sensitivity analysis (seed A)", criterion="deeplift",
-                   options=("pop", "gens", "sens_ratios", "sens_drop", "max_ratio",
-                            "max_options", "step"))
+                   options={"pop": Opt(int, ge=4), "gens": Opt(int, ge=1),
+                            "sens_ratios": Opt(list, gt=0, lt=1), "sens_drop": Opt(float, ge=0),
+                            "max_ratio": Opt(float, gt=0, lt=1), "max_options": Opt(int, ge=2),
+                            "step": Opt(int, ge=0)})
 def nsga2(ctx: Search) -> None:
     """Options: pop (20), gens (12), sens_ratios ([0.5, 0.8]), sens_drop (0.1: the largest sweep
     ratio costing at most this much validation top-1 bounds a group's pruning; 0.25 if none),
@@ -225,7 +223,8 @@ def _widths_on_steps(ctx: Search, g: str, w: int, lo: int, step: int, max_opts: 
 # -- seed B: CIE -----------------------------------------------------------------------------
 @SEARCHES.register("cie", "cross-layer importance evaluation: per-layer grid sweep, contribution "
                    "matrix, bisection on the accuracy tolerance until the budget is met (seed B)",
-                   criterion="l1", options=("ratios", "front"))
+                   criterion="l1", options={"ratios": Opt(list, gt=0, lt=1),
+                                            "front": Opt(int, ge=0, le=4)})
 def cie(ctx: Search) -> None:
     """Options: ratios ([0.2, 0.4, 0.6, 0.8], the sweep grid), front (4: extra structures at
     0.7/0.85/1.15/1.3 x the budget, evaluated for the Pareto plot)."""
@@ -275,7 +274,9 @@ def cie(ctx: Search) -> None:
 # -- seed C: FP-OMP Search -------------------------------------------------------------------
 @SEARCHES.register("omp-search", "greedy FP-OMP Search: trial-remove k filters from every layer, "
                    "keep the cheapest in accuracy, optional short fine-tune, repeat (seed C)",
-                   criterion="fp-omp", options=("k", "finetune_batches", "max_steps"))
+                   criterion="fp-omp", options={"k": Opt(int, ge=0),
+                                                "finetune_batches": Opt(int, ge=0),
+                                                "max_steps": Opt(int, ge=1)})
 def omp_search(ctx: Search) -> None:
     """Options: k (0 = one eighth of each layer's width; the paper's 5 suits 64-512 wide layers),
     finetune_batches (0: SGD steps on the accepted model after each step, which then becomes
@@ -329,7 +330,9 @@ def omp_search(ctx: Search) -> None:
 @SEARCHES.register("abc", "ABCPruner's artificial bee colony over per-layer keep fractions in "
                    "tenths; fitness = validation top-1 after optional short training "
                    "(the baseline seed A compares against)", criterion="l1",
-                   options=("food", "cycles", "limit", "alpha", "train_batches"))
+                   options={"food": Opt(int, ge=2), "cycles": Opt(int, ge=1),
+                            "limit": Opt(int, ge=1), "alpha": Opt(float, ge=0.1, le=1),
+                            "train_batches": Opt(int, ge=0)})
 def abc(ctx: Search) -> None:
     """Options: food (10), cycles (20; the paper's 50 takes hours on 2 cores), limit (5),
     alpha (1.0: genes 1..alpha*10), train_batches (0 = BN recalibration only; the paper trains
@@ -398,7 +401,8 @@ def _front_levels(ctx: Search, make_keep, hi: float, n: int) -> None:
 
 
 @SEARCHES.register("uniform", "the same ratio for every layer, bisected to meet the budget "
-                   "(aligned to round_to)", criterion="l1", options=("round_to", "front"))
+                   "(aligned to round_to)", criterion="l1",
+                   options={"round_to": Opt(int, ge=1), "front": Opt(int, ge=0)})
 def uniform(ctx: Search) -> None:
     """Options: round_to (1), front (5 extra ratios from 0.1 to 0.9 for the Pareto plot)."""
     from ..pruning import align
@@ -421,7 +425,8 @@ def uniform(ctx: Search) -> None:
 @SEARCHES.register("global", "Torch-Pruning's global ranking: normalised scores compared across "
                    "layers, one threshold bisected to meet the budget (isomorphic=true ranks "
                    "within structurally identical groups only)", criterion="l1",
-                   options=("isomorphic", "max_ratio", "round_to", "front"))
+                   options={"isomorphic": Opt(bool), "max_ratio": Opt(float, gt=0, lt=1),
+                            "round_to": Opt(int, ge=1), "front": Opt(int, ge=0)})
 def global_(ctx: Search) -> None:
     """Options: isomorphic (false), max_ratio (0.9 per group), round_to (1), front (5)."""
     from ..pruning import align

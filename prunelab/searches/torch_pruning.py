@@ -20,6 +20,7 @@ from ..errors import PrunelabError
 from . import SEARCHES
 from .driver import Search
 from .methods import _front_levels, bisect, staircase_finish
+from .options import Opt
 
 
 def tp_widths(model, input_shape, ratio: float, importance: str, global_pruning: bool,
@@ -58,8 +59,11 @@ def _width(m) -> int:
 @SEARCHES.register("torch-pruning", "Torch-Pruning's own MetaPruner (its importance classes, "
                    "global or uniform ranking, isomorphic, round_to, max_ratio), the pruning "
                    "ratio bisected to the budget and finished on the latency staircase",
-                   criterion="tp", options=("global", "importance", "isomorphic", "round_to",
-                                            "max_ratio", "front"))
+                   criterion="tp", options={
+                       "global": Opt(bool), "isomorphic": Opt(bool), "round_to": Opt(int, ge=1),
+                       "importance": Opt(str, choices=("magnitude-l1", "magnitude-l2", "taylor",
+                                                       "lamp", "bn-scale", "fpgm", "random")),
+                       "max_ratio": Opt(float, gt=0, le=1), "front": Opt(int, ge=0)})
 def torch_pruning(ctx: Search) -> None:
     """Options: global (false), importance (magnitude-l2: Torch-Pruning's default
     GroupMagnitudeImportance(p=2); magnitude-l1, taylor, lamp, bn-scale, fpgm, random), isomorphic
