@@ -74,6 +74,7 @@ def compare(models: Sequence[nn.Module], specs: Sequence[ModelSpec], data: Split
             batch_size: int = 1, threads: int | None = None, repeats: int = 50,
             warmup: int = 10, split: str = "test") -> list[dict]:
     """Like :func:`measure` for several models, with their latency runs interleaved."""
+    check_timing(batch_size, threads, repeats, warmup)
     times = torch_cpu_latency(models, specs[0].input_shape, batch_size, threads, repeats, warmup)
     rows = []
     for m, s, t in zip(models, specs, times):
@@ -85,6 +86,22 @@ def compare(models: Sequence[nn.Module], specs: Sequence[ModelSpec], data: Split
         row.update(latency_ms=t.median_ms, latency=t.to_json())
         rows.append(row)
     return rows
+
+
+def check_timing(batch_size: int, threads: int | None, repeats: int, warmup: int = 0) -> None:
+    """The latency options, before any work."""
+    def integer(v) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    if not integer(batch_size) or batch_size < 1:
+        raise PrunelabError(f"--batch-size must be an integer of at least 1, got {batch_size}")
+    if threads is not None and (not integer(threads) or threads < 1):
+        raise PrunelabError(f"--threads must be an integer of at least 1, got {threads}")
+    if not integer(repeats) or repeats < 1:
+        raise PrunelabError(f"--repeats must be an integer of at least 1 (50 gives a steady "
+                            f"median), got {repeats}")
+    if not integer(warmup) or warmup < 0:
+        raise PrunelabError(f"warm-up runs must be >= 0, got {warmup}")
 
 
 def prune(ref: str, criterion: str = "l1", ratio: float | None = None,
@@ -104,9 +121,15 @@ def prune(ref: str, criterion: str = "l1", ratio: float | None = None,
 
     if out:
         check_out(out, "model", overwrite)
-    model, spec = load(ref, weights=weights, dataset=dataset, data_dir=data_dir)
+    check_timing(batch_size, threads, repeats)
+    if not isinstance(round_to, int) or isinstance(round_to, bool) or round_to < 1:
+        raise PrunelabError(f"--round-to must be an integer of at least 1, got {round_to}")
     if recal_batches < 0:
         raise PrunelabError("--recal-batches must be >= 0")
+    if ratio is not None and not 0 < ratio < 1:
+        raise PrunelabError(f"--ratio {ratio} is outside (0, 1); give the fraction of filters "
+                            "to remove")
+    model, spec = load(ref, weights=weights, dataset=dataset, data_dir=data_dir)
     need = evaluate or recal_batches > 0 or _needs_data(criterion)
     data = data_for(spec, dataset, data_dir) if need else None
     try:

@@ -349,8 +349,11 @@ def apply_widths(model: nn.Module, layers: dict[str, dict[str, int]]) -> None:
 def atomic_dir(out: str | os.PathLike):
     """Write a folder atomically: fill a temp sibling, then rename it into place."""
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    except OSError as e:
+        raise _write_error(out, e) from None
     try:
         yield tmp
         _normal_modes(tmp)
@@ -361,9 +364,22 @@ def atomic_dir(out: str | os.PathLike):
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, out)
+    except OSError as e:  # full disk, read-only, permissions: one line, nothing half-written
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise _write_error(out, e) from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _write_error(path: Path, e: OSError) -> PrunelabError:
+    import errno
+
+    why = {errno.ENOSPC: "the disk is full", errno.EROFS: "the file system is read-only",
+           errno.EACCES: "permission denied", errno.EPERM: "permission denied",
+           errno.EISDIR: "it is a folder", errno.ENOTDIR: "a parent is not a folder",
+           errno.EDQUOT: "the disk quota is exceeded"}.get(e.errno, e.strerror or str(e))
+    return PrunelabError(f"cannot write {path}: {why}; free space or choose another path")
 
 
 def _umask() -> int:
@@ -396,16 +412,21 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write a file via a temp sibling + rename: readers never see half a file."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    except OSError as e:
+        raise _write_error(path, e) from None
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(e, OSError):
+            raise _write_error(path, e) from None
         raise
 
 

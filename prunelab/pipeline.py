@@ -273,11 +273,17 @@ def _check(cfg: PipelineConfig) -> None:
     f = cfg.finetune
     if f.epochs < 0:
         raise PrunelabError("config [finetune] epochs must be >= 0 (0 skips fine-tuning)")
-    if not 0 <= f.kd_weight <= 1 or not f.kd_temperature > 0:
-        raise PrunelabError("config [finetune] needs kd_weight in [0, 1] and kd_temperature > 0")
-    if not f.lr > 0 or f.batch_size < 1 or f.recal_batches < 0 or f.weight_decay < 0:
-        raise PrunelabError("config [finetune] needs lr > 0, batch_size >= 1, recal_batches >= 0 "
-                            "and weight_decay >= 0")
+    import math
+
+    if not 0 <= f.kd_weight <= 1 or not 0 < f.kd_temperature < math.inf:
+        raise PrunelabError("config [finetune] needs kd_weight in [0, 1] and kd_temperature a "
+                            "positive number")
+    if not 0 < f.lr < math.inf or f.batch_size < 1 or f.recal_batches < 0 or \
+            not 0 <= f.weight_decay < math.inf:
+        raise PrunelabError("config [finetune] needs lr a positive number, batch_size >= 1, "
+                            "recal_batches >= 0 and weight_decay >= 0")
+    if f.threads is not None and f.threads < 1:
+        raise PrunelabError("config [finetune] threads must be >= 1 (or left out: all cores)")
     if f.precision not in ("auto", "fp32", "bf16"):
         raise PrunelabError("config [finetune] precision must be auto, fp32 or bf16")
     if f.teacher not in ("parent", "none"):

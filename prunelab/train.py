@@ -43,12 +43,21 @@ class TrainConfig:
     threads: int | None = None
 
     def __post_init__(self):
-        if self.epochs < 1:
-            raise PrunelabError("--epochs must be at least 1")
-        if not self.lr > 0:
-            raise PrunelabError("--lr must be positive")
-        if self.batch_size < 1:
-            raise PrunelabError("--batch-size must be at least 1")
+        def integer(v) -> bool:
+            return isinstance(v, int) and not isinstance(v, bool)
+
+        if not integer(self.epochs) or self.epochs < 1:
+            raise PrunelabError("--epochs must be at least 1 (an integer)")
+        if not (isinstance(self.lr, (int, float)) and 0 < self.lr < math.inf):
+            raise PrunelabError("--lr must be a positive number, e.g. 0.01")
+        if not 0 <= self.weight_decay < math.inf or not 0 <= self.momentum < 1:
+            raise PrunelabError("--weight-decay must be >= 0 and momentum in [0, 1)")
+        if not integer(self.batch_size) or self.batch_size < 1:
+            raise PrunelabError("--batch-size must be an integer of at least 1")
+        if self.threads is not None and (not integer(self.threads) or self.threads < 1):
+            raise PrunelabError("--threads must be an integer of at least 1")
+        if not integer(self.seed):
+            raise PrunelabError("--seed must be an integer")
         if self.precision not in ("auto", "fp32", "bf16"):
             raise PrunelabError("--precision must be auto, fp32 or bf16")
 

@@ -80,7 +80,7 @@ def test_untraceable_user_model(tmp_path, idx_dir):
                  "def make(**kw):\n    return Odd()\n")
     code, _, err = run("prune", f"{f}:make", "--ratio", "0.5", "--dataset", "mnist-idx",
                        "--data-dir", idx_dir)
-    assert_user_error(code, err, "could not trace", "forward()")
+    assert_user_error(code, err, "does not run on 1x32x32 inputs", "forward()", "mask")
 
 
 def test_missing_dataset_names_the_package(saved_tiny, tmp_path):

@@ -18,6 +18,7 @@ choice is made on latency *measured* on the target.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 
@@ -43,6 +44,8 @@ class Budget:
             v = float(num)
         except ValueError:
             raise PrunelabError(f"cannot read the number in budget {text!r}; {_HELP}") from None
+        if not math.isfinite(v):
+            raise PrunelabError(f"budget {text!r} is not a finite number; {_HELP}")
         if key == "latency":
             v *= {"ms": 1.0, None: 1.0, "us": 1e-3, "s": 1e3}[unit]
             if not v > 0:
