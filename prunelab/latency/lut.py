@@ -120,7 +120,7 @@ class Table:
     def lookup(self, cin: int, cout: int) -> float:
         """Latency (ms) of this unit at (cin, cout) channels, net of the per-call cost (never
         below a tenth of the stand-alone figure)."""
-        ms = self.standalone(cin, cout)
+        ms = max(self.standalone(cin, cout), 0.0)  # interpolation never makes time negative
         return max(ms - self.call_ms, 0.1 * ms)
 
     def standalone(self, cin: int, cout: int) -> float:
