@@ -142,6 +142,7 @@ class Search:
         self._costs: dict[tuple, dict] = {}
         self._bar = self._task = None
         self.info: dict = {}  # what a method wants kept in result.json ("method_info")
+        self.staircase_points: list[dict] = []  # evaluated by methods.staircase_finish
         self.on_eval: Callable[[], None] | None = None  # after each new logged evaluation
         self.layout = _fast_layout(model, spec.input_shape)
         self.base = self.evaluate({}, phase="base")

@@ -107,6 +107,9 @@ def staircase_finish(ctx: Search, keep: dict[str, int], max_rounds: int = 64) ->
         info["note"] = ("no useful width between the bisected point and the budget: every step "
                         "up the staircase would exceed it")
     ctx.info["staircase"] = info
+    # every stair evaluated is a finalist: if the measured latency disagrees with the predicted
+    # one at the top stair, a lower one may still meet the budget measured
+    ctx.staircase_points = evaluated
     return chosen["keep"]
 
 
@@ -264,7 +267,7 @@ def cie(ctx: Search) -> None:
     ctx.info.update(tolerance=t, keep=chosen["keep"], contribution=ctx.contribution,
                     budget_value=v, budget_limit=ctx.limit(),
                     fraction_of_unpruned=v / ctx.base[ctx.budget.key])
-    finals = [chosen]
+    finals = [chosen, *(p for p in ctx.staircase_points if p is not chosen)]
     for f in [0.7, 0.85, 1.15, 1.3][:extra]:
         _, k = bisect(ctx, keep_at, 0.0, hi, limit=ctx.limit() * f)
         finals.append(ctx.evaluate(k, phase="front"))
