@@ -105,32 +105,14 @@ MODEL_OF_GRID = {"resnet20": "resnet20.fmnist", "resnet56": "resnet56.fmnist",
                  "noise": "resnet20.fmnist"}
 
 
-def _toml(cfg: dict) -> str:
-    def val(v):
-        if isinstance(v, bool):
-            return "true" if v else "false"
-        if isinstance(v, (int, float)):
-            return repr(v)
-        return json.dumps(v)
-
-    lines = []
-    for sec, body in cfg.items():
-        lines.append(f"[{sec}]")
-        lines += [f"{k} = {val(v)}" for k, v in body.items() if not isinstance(v, dict)]
-        for k, v in body.items():
-            if isinstance(v, dict) and v:
-                lines.append(f"[{sec}.{k}]")
-                lines += [f"{kk} = {val(vv)}" for kk, vv in v.items()]
-        lines.append("")
-    return "\n".join(lines)
-
-
 def run_cell(cell: Cell, runs: Path) -> dict | None:
     """Run (or resume) one cell with ``prunelab run`` in a child process; returns its record."""
     out = runs / cell.name
     runs.mkdir(parents=True, exist_ok=True)
     cfg_path = runs / f"{cell.name}.toml"
-    cfg_path.write_text(f"# bench/pareto.py cell {cell.name}\n" + _toml(cell.config()))
+    from prunelab.pipeline import to_toml
+
+    cfg_path.write_text(f"# bench/pareto.py cell {cell.name}\n" + to_toml(cell.config()))
     t0 = time.time()
     print(f"[pareto] {cell.name}: prunelab run {cfg_path} --out {out}", flush=True)
     r = subprocess.run([sys.executable, "-m", "prunelab.cli", "run", str(cfg_path), "--out",
