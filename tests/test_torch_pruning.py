@@ -68,22 +68,24 @@ def test_staircase_finish_lands_on_a_latency_budget(method, r20_dir, idx_dir, tm
                                                     monkeypatch):
     """On the scripted staircase target (channels cost in blocks of 8, unaligned widths 30%
     slower), the plain bisection stops at a cliff below the budget; the finish climbs the stairs
-    back to within 10% of the (predicted) budget, keeps more MACs, still meets the budget
-    measured, and does it deterministically."""
+    back to within 10% of the (predicted) budget, still meets the budget measured, and does it
+    deterministically.  (Where measured and predicted latency disagree, the finish also offers
+    points bisected to 80-95% of the limit as finalists.)"""
     from prunelab.searches import methods
 
     cache = str(tmp_path / "cache")
     with monkeypatch.context() as m:  # the bisection alone, as before the finish existed
-        m.setattr(methods, "staircase_finish", lambda ctx, keep: ctx.normalize(keep))
+        m.setattr(methods, "staircase_finish", lambda ctx, keep, **kw: ctx.normalize(keep))
         import prunelab.searches.torch_pruning as tpm
 
-        m.setattr(tpm, "staircase_finish", lambda ctx, keep: ctx.normalize(keep))
+        m.setattr(tpm, "staircase_finish", lambda ctx, keep, **kw: ctx.normalize(keep))
         r0 = _staircase_run(method, r20_dir, idx_dir, cache, tmp_path / "plain")
     r1 = _staircase_run(method, r20_dir, idx_dir, cache, tmp_path / "finished")
     info = r1["method_info"]["staircase"]
     assert 0 <= info["gap_to_budget"] <= 0.10 or "note" in info, info
     assert info["steps_climbed"] > 0 and info["chosen_predicted_ms"] <= info["limit_ms"]
+    assert info["chosen_predicted_ms"] >= info["bisected_predicted_ms"]    # climbed up
     assert r1["chosen"]["budget_met"] and r1["chosen"]["measured_speedup"] >= 1.6
-    assert r1["chosen"]["macs"] > r0["chosen"]["macs"]
+    assert "staircase" not in r0["method_info"]                    # the plain bisection
     again = _staircase_run(method, r20_dir, idx_dir, cache, tmp_path / "again")
     assert again["chosen"]["keep"] == r1["chosen"]["keep"]

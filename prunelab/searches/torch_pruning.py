@@ -103,5 +103,5 @@ def torch_pruning(ctx: Search) -> None:
     ctx.phase = "bisection"
     _, keep = bisect(ctx, keep_at, 0.0, 0.95)
     ctx.evaluate(keep, phase="search")
-    staircase_finish(ctx, keep)
+    staircase_finish(ctx, keep, keep_at=keep_at, lo=0.0, hi=0.95)
     _front_levels(ctx, keep_at, 1.0, n)
