@@ -155,7 +155,15 @@ def record(cell: Cell, s: dict, out: Path) -> dict:
         "finetune_seconds": s["finetune_seconds"], "wall_seconds": s["wall_seconds"],
         "method_info_staircase": res.get("method_info", {}).get("staircase"),
         "finetune": FINETUNE, "target": s["target_config"], "protocol": s["protocol"],
+        "commit": _commit(),
     }
+
+
+def _commit() -> str | None:
+    """The prunelab commit the cell ran (cells of one table may come from several sittings)."""
+    r = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+                       capture_output=True, text=True)
+    return r.stdout.strip() or None
 
 
 # ----------------------------------------------------------------------------- tables

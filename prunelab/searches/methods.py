@@ -209,6 +209,8 @@ def nsga2(ctx: Search) -> None:
     for gen in range(gens + 1):
         ctx.phase = f"generation {gen}/{gens}"
         P = algo.ask()
+        if P is None or len(P) == 0:  # no offspring unlike every earlier one: the space is spent
+            break
         X = np.clip(np.round(P.get("X")).astype(int), 0, xu)
         F, G = [], []
         for x in X:

@@ -45,13 +45,18 @@ def _write_state(out: Path, ctx: Search | None, status: str, **extra) -> None:
 
 def _predictor(model, spec, target, out: Path, cache_dir):
     from ..latency.cache import Cache
-    from ..latency.predictor import Predictor, build_predictor
+    from ..latency.predictor import Predictor, anchor_predictor, build_predictor
 
     saved = read_json(out / "predictor.json")
     if saved is not None:
         return Predictor.from_json(saved)
     log(f"building the latency table of {spec.name} on {target.name} (cached per device)")
-    pred, _ = build_predictor(model, spec, target, Cache(target.fingerprint(), cache_dir))
+    cache = Cache(target.fingerprint(), cache_dir)
+    pred, _ = build_predictor(model, spec, target, cache)
+    a = anchor_predictor(pred, model, spec, target, cache)
+    log(f"anchored on {len(a['references']) + 1} models timed interleaved: unpruned "
+        f"{a['base_ms']:.3f} ms (table {a['base_table_ms']:.3f}), pruned "
+        f"{a['offset_ms']:+.3f} + {a['scale']:.3f} x table")
     atomic_write_text(out / "predictor.json", json.dumps(pred.to_json()))
     return pred
 
