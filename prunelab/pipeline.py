@@ -52,14 +52,15 @@ rerun must match it), ``environment.json`` (library versions, device fingerprint
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import os
 import shutil
 import time
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
 
 from .errors import PrunelabError
 from .io import atomic_write_text, read_json, trust_factory
@@ -69,60 +70,72 @@ from .ui import log
 # ----------------------------------------------------------------------------- the config
 
 
-@dataclass(frozen=True)
-class RunSection:
-    out: str | None = None
-    seed: int = 0
+class _Section(BaseModel):
+    """One TOML table: unknown keys, wrong types and out-of-range numbers (inf and nan included)
+    are refused by the model itself (pydantic), before any work."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 
-@dataclass(frozen=True)
-class ModelSection:
-    ref: str = ""
-    dataset: str | None = None
-    data_dir: str | None = None
-    factory: str | None = None   # path/file.py:fn: trust this code for a folder built with it
-    weights: str | None = None   # with ref = path/file.py:fn: its weights (safetensors / .pt)
+Count = Annotated[int, Field(ge=0)]
+Positive = Annotated[int, Field(ge=1)]
 
 
-@dataclass(frozen=True)
-class SearchSection:
-    method: str = ""
-    criterion: str | None = None
-    budget: str = "macs=0.5"
-    recal_batches: int = 6
-    val_images: int = 1000
-    measure_front: int = 12
-    options: dict = field(default_factory=dict)
+class RunSection(_Section):
+    out: str | None = Field(None, description="run folder (--out overrides it)")
+    seed: int = Field(0, description="seed of the search and the fine-tune")
 
 
-@dataclass(frozen=True)
-class TargetSection:
-    name: str = "torch-cpu"
-    batch_size: int = 1
-    threads: int = 1
-    precision: str = "fp32"
-    cache_dir: str | None = None
+class ModelSection(_Section):
+    ref: str = Field("", description="shipped model name, model folder or path/file.py:fn")
+    dataset: str | None = Field(None, description="data set (default: the model's own)")
+    data_dir: str | None = Field(None, description="folder with the data set's files")
+    factory: str | None = Field(None, description="path/file.py:fn: trust this code to open a "
+                                "model folder built with it")
+    weights: str | None = Field(None, description="with ref = path/file.py:fn: its weights "
+                                "(safetensors / .pt)")
 
 
-@dataclass(frozen=True)
-class FinetuneSection:
-    epochs: int = 1
-    teacher: str = "parent"
-    kd_weight: float = 0.5
-    kd_temperature: float = 4.0
-    lr: float = 0.01
-    batch_size: int = 128
-    weight_decay: float = 5e-4
-    recal_batches: int = 20
-    recal_end: bool = True
-    precision: str = "auto"
-    threads: int | None = None
+class SearchSection(_Section):
+    method: str = Field("", description="search method (prunelab search --help)")
+    criterion: str | None = Field(None, description="filter criterion (default: the method's)")
+    budget: str = Field("macs=0.5", description="latency=3.2ms | speedup=2 | macs=0.5 | "
+                        "params=0.3")
+    recal_batches: Count = Field(6, description="BN re-estimation batches per candidate")
+    val_images: Count = Field(1000, description="validation images per candidate (0: all)")
+    measure_front: Positive = Field(12, description="front points measured on the target")
+    options: dict[str, Any] = Field(default_factory=dict, description="method options")
 
 
-@dataclass(frozen=True)
-class VerifySection:
-    warmup: int = 20
-    repeats: int = 200
+class TargetSection(_Section):
+    name: str = Field("torch-cpu", description="latency target (prunelab targets)")
+    batch_size: Positive = Field(1, description="batch the latency is measured with")
+    threads: Positive = Field(1, description="target threads")
+    precision: str = Field("fp32", description="fp32 | bf16 | int8 where the target has it")
+    cache_dir: str | None = Field(None, description="latency table cache (default: per user)")
+
+
+class FinetuneSection(_Section):
+    epochs: Count = Field(1, description="fine-tune epochs (0 skips fine-tuning)")
+    teacher: str = Field("parent", description="model to distil from: parent, none, or a "
+                         "model name/folder")
+    kd_weight: float = Field(0.5, ge=0, le=1, description="share of the distillation term in "
+                             "the loss, 0-1")
+    kd_temperature: float = Field(4.0, gt=0, description="softmax temperature")
+    lr: float = Field(0.01, gt=0, description="peak learning rate")
+    batch_size: Positive = Field(128, description="training batch size")
+    weight_decay: float = Field(5e-4, ge=0, description="weight decay")
+    recal_batches: Count = Field(20, description="BN re-estimation batches before the first "
+                                 "epoch (0: off)")
+    recal_end: bool = Field(True, description="re-estimate BN after the last epoch")
+    precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="training precision")
+    threads: Positive | None = Field(None, description="CPU threads (default: all)")
+
+
+class VerifySection(_Section):
+    warmup: Count = Field(20, description="untimed runs before the final measurement")
+    repeats: Annotated[int, Field(ge=3)] = Field(200, description="timed runs of the final "
+                                                 "measurement")
 
 
 SECTIONS = {"run": RunSection, "model": ModelSection, "search": SearchSection,
@@ -142,7 +155,7 @@ class PipelineConfig:
     name: str = "run"
 
     def to_json(self) -> dict:
-        return {s: dataclasses.asdict(getattr(self, s)) for s in SECTIONS}
+        return {s: getattr(self, s).model_dump() for s in SECTIONS}
 
     def target_config(self):
         from .targets import TargetConfig
@@ -159,36 +172,45 @@ class PipelineConfig:
                             s.recal_batches, s.val_images, s.measure_front, dict(s.options))
 
 
-def _type_ok(value: Any, typ: str) -> bool:
-    kinds = {"int": int, "float": (int, float), "str": str, "bool": bool, "dict": dict}
-    for t in (x.strip() for x in typ.split("|")):
-        if t == "None":
-            continue
-        if t != "bool" and isinstance(value, bool):
-            continue
-        if isinstance(value, kinds[t]):
-            return True
-    return False
+def _section(name: str, raw: Any, cli: bool = False):
+    """Validate one table (or, with ``cli``, the command-line flags made from it by
+    :func:`prunelab.cli.common.section_flags`); a pydantic error becomes one line naming the key
+    (or ``--flag``) and what it takes."""
+    from pydantic import ValidationError
 
-
-def _section(name: str, raw: Any):
     cls = SECTIONS[name]
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
         raise PrunelabError(f"config [{name}] must be a table of keys, e.g. [{name}] on its own "
                             "line followed by key = value lines")
-    known = [f.name for f in fields(cls)]
-    for k, v in raw.items():
-        if k not in known:
-            raise PrunelabError(f"config section [{name}] has no key {k!r}; it takes: "
-                                f"{', '.join(known)}")
-        typ = next(f.type for f in fields(cls) if f.name == k)
-        if not _type_ok(v, typ):
-            want = typ.replace(" | None", "").replace("dict", "table").replace("str", "string")
-            raise PrunelabError(f"config [{name}] {k} = {v!r} should be a {want}")
-    return cls(**{k: (float(v) if "float" in next(f.type for f in fields(cls) if f.name == k)
-                      and isinstance(v, int) else v) for k, v in raw.items()})
+    # TOML has no float literal for a whole number: 1 is a fine learning rate
+    raw = {k: float(v) if type(v) is int and k in cls.model_fields
+           and cls.model_fields[k].annotation is float else v for k, v in raw.items()}
+    try:
+        return cls.model_validate(raw)
+    except ValidationError as e:
+        err = e.errors()[0]
+        key = ".".join(str(x) for x in err["loc"])
+        if err["type"] == "extra_forbidden":
+            raise PrunelabError(f"config section [{name}] has no key {key!r}; it takes: "
+                                f"{', '.join(cls.model_fields)}") from None
+        f = cls.model_fields.get(str(err["loc"][0]))
+        what = f" ({f.description})" if f is not None and f.description else ""
+        where = (f"--{key.replace('_', '-')} {raw.get(err['loc'][0])}" if cli else
+                 f"config [{name}] {key} = {raw.get(err['loc'][0])!r}")
+        raise PrunelabError(f"{where}: {err['msg'].lower()}{what}") from None
+
+
+def check_section(name: str, values: dict, cli: bool = False):
+    """The typed section ``name`` of ``values`` (unknown keys, types, ranges checked)."""
+    return _section(name, values, cli)
+
+
+def section_default(section: str, key: str):
+    """A key's default (None where the section or key does not exist)."""
+    f = SECTIONS[section].model_fields.get(key) if section in SECTIONS else None
+    return None if f is None else f.get_default(call_default_factory=True)
 
 
 def read_toml(path: str | os.PathLike) -> dict:
@@ -220,8 +242,8 @@ def load_config(src: str | os.PathLike | dict, name: str | None = None) -> Pipel
     from .searches import Budget
 
     # one spelling per budget (macs=0.50 is macs=0.5): a rerun compares like with like
-    secs["search"] = dataclasses.replace(secs["search"],
-                                         budget=str(Budget.parse(secs["search"].budget)))
+    secs["search"] = secs["search"].model_copy(
+        update={"budget": str(Budget.parse(secs["search"].budget))})
     cfg = PipelineConfig(**secs, name=name)
     _check(cfg)
     return cfg
@@ -271,61 +293,20 @@ def _check(cfg: PipelineConfig) -> None:
     Budget.parse(cfg.search.budget)
     cfg.search_config()  # target name, batch size, threads, precision, search numbers
     f = cfg.finetune
-    if f.epochs < 0:
-        raise PrunelabError("config [finetune] epochs must be >= 0 (0 skips fine-tuning)")
-    import math
-
-    if not 0 <= f.kd_weight <= 1 or not 0 < f.kd_temperature < math.inf:
-        raise PrunelabError("config [finetune] needs kd_weight in [0, 1] and kd_temperature a "
-                            "positive number")
-    if not 0 < f.lr < math.inf or f.batch_size < 1 or f.recal_batches < 0 or \
-            not 0 <= f.weight_decay < math.inf:
-        raise PrunelabError("config [finetune] needs lr a positive number, batch_size >= 1, "
-                            "recal_batches >= 0 and weight_decay >= 0")
-    if f.threads is not None and f.threads < 1:
-        raise PrunelabError("config [finetune] threads must be >= 1 (or left out: all cores)")
-    if f.precision not in ("auto", "fp32", "bf16"):
-        raise PrunelabError("config [finetune] precision must be auto, fp32 or bf16")
     if f.teacher not in ("parent", "none"):
         resolve(f.teacher)
-    from .latency.measure import Protocol
-
-    try:
-        Protocol(cfg.verify.warmup, cfg.verify.repeats)
-    except PrunelabError:
-        raise PrunelabError("config [verify] needs warmup >= 0 and repeats >= 3 (e.g. "
-                            "repeats = 200)") from None
 
 
 def to_toml(d: dict) -> str:
-    """A resolved config dict as TOML (scalars, lists and one level of sub-tables)."""
-    def val(v):
-        if isinstance(v, bool):
-            return "true" if v else "false"
-        if isinstance(v, (int, float)):
-            return repr(v)
-        if isinstance(v, str):
-            return json.dumps(v)
-        if isinstance(v, (list, tuple)):
-            return "[" + ", ".join(val(x) for x in v) + "]"
-        raise TypeError(f"cannot write {v!r} as TOML")
+    """A resolved config dict as TOML (tomli-w; keys set to None are left out: TOML has no
+    null, and a left-out key takes its default)."""
+    import tomli_w
 
-    lines = []
-    for sec, body in d.items():
-        lines.append(f"[{sec}]")
-        subs = {}
-        for k, v in body.items():
-            if v is None:
-                continue
-            if isinstance(v, dict):
-                subs[k] = v
-            else:
-                lines.append(f"{k} = {val(v)}")
-        for k, sub in subs.items():
-            lines.append(f"[{sec}.{k}]")
-            lines += [f"{kk} = {val(vv)}" for kk, vv in sub.items()]
-        lines.append("")
-    return "\n".join(lines)
+    def drop_none(v):
+        return {k: drop_none(x) for k, x in v.items() if x is not None} \
+            if isinstance(v, dict) else v
+
+    return tomli_w.dumps(drop_none(d))
 
 
 # ----------------------------------------------------------------------------- the run
@@ -360,14 +341,6 @@ STAGE_SECTIONS = {"search": ("run", "model", "search", "target"), "finetune": ("
                   "verify": ("verify",)}
 
 
-def _default(section: str, key: str):
-    f = next((f for f in fields(SECTIONS[section]) if f.name == key), None) \
-        if section in SECTIONS else None
-    if f is None:
-        return None
-    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-
-
 def _started(out: Path) -> list[str]:
     marks = {"search": ["search"], "finetune": ["finetune.json", "finetuned.ckpt", "finetuned"],
              "verify": ["verify.json"]}
@@ -391,7 +364,7 @@ def _prepare(out: Path, cfg: PipelineConfig, text: str) -> bool:
                       if old.get(sec, {}).get(k, missing) != resolved.get(sec, {}).get(k)
                       # a key added by a later prunelab, at its default: the same run
                       and not (k not in old.get(sec, {}) and
-                               resolved.get(sec, {}).get(k) == _default(sec, k)))
+                               resolved.get(sec, {}).get(k) == section_default(sec, k)))
         if diff:
             started = _started(out)
             locked = {sec for st in started for sec in STAGE_SECTIONS[st]}

@@ -412,7 +412,7 @@ def abc(ctx: Search) -> None:
 
 
 # -- simple baselines ------------------------------------------------------------------------
-def _front_levels(ctx: Search, make_keep, hi: float, n: int) -> None:
+def front_levels(ctx: Search, make_keep, hi: float, n: int) -> None:
     ctx.phase = "front"
     for f in np.linspace(0.1, 0.9, n):
         ctx.evaluate(make_keep(float(f) * hi), phase="front")
@@ -437,7 +437,7 @@ def uniform(ctx: Search) -> None:
     r, keep = bisect(ctx, keep_at, 0.0, 0.95)
     ctx.evaluate(keep, phase="search")
     staircase_finish(ctx, keep, keep_at=keep_at, lo=0.0, hi=0.95)
-    _front_levels(ctx, keep_at, 1.0, n)
+    front_levels(ctx, keep_at, 1.0, n)
 
 
 @SEARCHES.register("global", "Torch-Pruning's global ranking: normalised scores compared across "
@@ -475,7 +475,7 @@ def global_(ctx: Search) -> None:
     q, keep = bisect(ctx, keep_at, 0.0, 0.999)
     ctx.evaluate(keep, phase="search")
     staircase_finish(ctx, keep, keep_at=keep_at, lo=0.0, hi=0.999)
-    _front_levels(ctx, keep_at, 1.0, n)
+    front_levels(ctx, keep_at, 1.0, n)
 
 
 def _signature(ctx: Search, gi) -> str:

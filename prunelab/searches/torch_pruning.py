@@ -19,7 +19,7 @@ import torch
 from ..errors import PrunelabError
 from . import SEARCHES
 from .driver import Search
-from .methods import _front_levels, bisect, staircase_finish
+from .methods import front_levels, bisect, staircase_finish
 from .options import Opt
 
 
@@ -104,4 +104,4 @@ def torch_pruning(ctx: Search) -> None:
     _, keep = bisect(ctx, keep_at, 0.0, 0.95)
     ctx.evaluate(keep, phase="search")
     staircase_finish(ctx, keep, keep_at=keep_at, lo=0.0, hi=0.95)
-    _front_levels(ctx, keep_at, 1.0, n)
+    front_levels(ctx, keep_at, 1.0, n)

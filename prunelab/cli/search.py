@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from .common import emit, factory_arg, print_table, section_flags, section_values
+
 
 
 def _option(s: str) -> tuple[str, object]:
@@ -17,17 +19,22 @@ def _option(s: str) -> tuple[str, object]:
         return k.strip(), v
 
 
+TARGET_KEYS = ("batch_size", "threads")
+SEARCH_KEYS = ("recal_batches", "val_images", "measure_front")
+
+
 def cmd_search(args):
-    from .cli import _emit, _table
-    from .searches import SEARCHES, SearchConfig, run_search
-    from .targets import TargetConfig
+    from ..searches import SEARCHES, SearchConfig, run_search
+    from ..targets import TargetConfig
 
     SEARCHES.get(args.method)  # an unknown method fails before anything is loaded
     if args.criterion:
-        from .criteria import CRITERIA
-        from .sweep import parse_criterion
+        from ..criteria import CRITERIA
+        from ..sweep import parse_criterion
 
         CRITERIA.get(parse_criterion(args.criterion)[0])
+    section_values(args, "target", TARGET_KEYS)
+    section_values(args, "search", SEARCH_KEYS)
     cfg = SearchConfig(args.method, args.criterion, TargetConfig(
         args.target, batch_size=args.batch_size, threads=args.threads), args.budget, args.seed,
         args.recal_batches, args.val_images, args.measure_front, dict(args.option or []))
@@ -44,7 +51,7 @@ def cmd_search(args):
         rows += [row(f"front {i + 1}", p, f"pred {p['predicted_ms']:.3f}")
                  for i, p in enumerate(o["pareto"])]
         met = "met" if c["budget_met"] else "NOT met"
-        _table(f"{o['method']} + {o['criterion']} on {o['model']}, {o['target']}: budget "
+        print_table(f"{o['method']} + {o['criterion']} on {o['model']}, {o['target']}: budget "
                f"{o['budget']} {met}", ["model", "val top-1", "MACs", "params",
                                         "ms", "note"], rows,
                f"speed-up {c['measured_speedup']:.2f}x: {c['speedup_verdict']} "
@@ -54,12 +61,11 @@ def cmd_search(args):
                f"{o['seconds'] - o['search_seconds']:.0f} s (measure, save); val top-1 on the "
                f"whole validation split, front points on the search's subset; "
                f"saved to {c['path']}; plot {o.get('plot')}")
-    _emit(args, r, table)
+    emit(args, r, table)
 
 
 def register(sub) -> None:
-    from .cli import factory_arg
-    from .searches import SEARCHES
+    from ..searches import SEARCHES
 
     methods = "; ".join(f"{e.name}: {e.description}" for e in SEARCHES.entries())
     s = sub.add_parser("search", help="per-layer allocation search under a budget on a target",
@@ -78,14 +84,8 @@ def register(sub) -> None:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--option", type=_option, action="append", metavar="NAME=VALUE",
                    help="method option, repeatable (e.g. --option pop=24 --option gens=10)")
-    s.add_argument("--batch-size", type=int, default=1, help="target batch size (default 1)")
-    s.add_argument("--threads", type=int, default=1, help="target threads (default 1)")
-    s.add_argument("--recal-batches", type=int, default=6,
-                   help="BN re-estimation batches of 128 per candidate (default 6)")
-    s.add_argument("--val-images", type=int, default=1000,
-                   help="validation images per candidate (default 1000; 0 = all)")
-    s.add_argument("--measure-front", type=int, default=12,
-                   help="front points measured on the target at the end (default 12)")
+    section_flags(s, "target", TARGET_KEYS)
+    section_flags(s, "search", SEARCH_KEYS)
     s.add_argument("--cache-dir", help="latency cache folder (default ~/.cache/prunelab)")
     s.add_argument("--dataset")
     s.add_argument("--data-dir")

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from .common import doc, emit, print_table
+
 
 def _pct(v) -> str:
     return "-" if v is None else f"{100 * v:.2f}%"
@@ -10,7 +12,6 @@ def _pct(v) -> str:
 
 def print_summary(o: dict) -> None:
     """The verified before/after table of a pipeline run."""
-    from .cli import _table
 
     labels = {"unpruned": "unpruned", "searched": "searched (before fine-tune)",
               "final": "final (fine-tuned)" if o["finetune_epochs"] else "final (no fine-tune)"}
@@ -24,7 +25,7 @@ def print_summary(o: dict) -> None:
                      f"{base / r['latency_ms']:.2f}x"])
     tc, p = o["target_config"], o["protocol"]
     met = "met" if o["budget_met"] else "NOT met"
-    _table(f"{o['method']} + {o['criterion']} on {o['model']}, {o['target']}: budget "
+    print_table(f"{o['method']} + {o['criterion']} on {o['model']}, {o['target']}: budget "
            f"{o['budget']} {met}", ["model", "test top-1", "MACs", "params",
                                     "latency ms (± IQR/2)", "speed-up"], rows,
            f"verified: test top-1 on {o['dataset']}; latency on {o['target']} (batch "
@@ -36,27 +37,24 @@ def print_summary(o: dict) -> None:
 
 
 def cmd_run(args):
-    from .cli import _emit
-    from .pipeline import run_pipeline
+    from ..pipeline import run_pipeline
 
-    _emit(args, run_pipeline(args.config, args.out), print_summary)
+    emit(args, run_pipeline(args.config, args.out), print_summary)
 
 
 def cmd_report(args):
-    from .cli import _emit
-    from .report import report
+    from ..report import report
 
     def table(o):
-        from .ui import out
+        from ..ui import out
 
         out.print(f"wrote {o['html']} and {o['md']} ({', '.join(o['charts']) or 'no charts'})",
                   highlight=False)
-    _emit(args, report(args.run_dir), table)
+    emit(args, report(args.run_dir), table)
 
 
 def cmd_compare(args):
-    from .cli import _emit, _table
-    from .report import compare
+    from ..report import compare
 
     def table(o):
         rows = [[r["run"], r["method"], r["criterion"], r["target"],
@@ -66,21 +64,20 @@ def cmd_compare(args):
                                            else ""),
                  f"{r['search_seconds']:.0f}", f"{r['finetune_seconds']:.0f}"]
                 for r in o["runs"]]
-        _table("runs compared", ["run", "method", "criterion", "target", "top-1", "MACs",
+        print_table("runs compared", ["run", "method", "criterion", "target", "top-1", "MACs",
                                  "params", "ms", "speed-up", "search s", "fine-tune s"], rows,
                "top-1 on the test split for verified runs (prunelab run), on validation for bare "
                "searches; latency and speed-up measured on each run's own target, interleaved "
                "with the unpruned model" + (f"; plot {o['plot']}" if o["plot"] else ""))
-    _emit(args, compare(args.run_dirs, args.plot), table)
+    emit(args, compare(args.run_dirs, args.plot), table)
 
 
 def register(sub) -> None:
-    from .cli import _doc
-    from .pipeline import run_pipeline
-    from .report import compare, report
+    from ..pipeline import run_pipeline
+    from ..report import compare, report
 
-    s = sub.add_parser("run", help=_doc(run_pipeline),
-                       description=_doc(run_pipeline) + " Config sections: [run] out, seed; "
+    s = sub.add_parser("run", help=doc(run_pipeline),
+                       description=doc(run_pipeline) + " Config sections: [run] out, seed; "
                        "[model] ref, dataset, data_dir; [search] method, criterion, budget, "
                        "recal_batches, val_images, measure_front, [search.options]; [target] "
                        "name, batch_size, threads, precision, cache_dir; [finetune] epochs, "
@@ -92,12 +89,12 @@ def register(sub) -> None:
     s.add_argument("--json", action="store_true", help="print the summary as JSON")
     s.set_defaults(fn=cmd_run)
 
-    s = sub.add_parser("report", help=_doc(report), description=_doc(report))
+    s = sub.add_parser("report", help=doc(report), description=doc(report))
     s.add_argument("run_dir", help="run folder (prunelab run) or search folder (prunelab search)")
     s.add_argument("--json", action="store_true", help="print the written paths as JSON")
     s.set_defaults(fn=cmd_report)
 
-    s = sub.add_parser("compare", help=_doc(compare), description=_doc(compare))
+    s = sub.add_parser("compare", help=doc(compare), description=doc(compare))
     s.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
     s.add_argument("--plot", metavar="F.png", help="write the accuracy-vs-speed-up plot here")
     s.add_argument("--json", action="store_true", help="print the table as JSON")

@@ -1,106 +1,26 @@
-"""The ``prunelab`` command: a thin layer over :mod:`prunelab.api`.
-
-Every subcommand's help is the docstring of the library call it makes.  Errors the user can fix
-print one line and exit with code 2 (``--debug`` shows the traceback).
-"""
+"""``prunelab list|models|datasets|criteria|eval|prune|train|finetune|export``: a thin layer over
+:mod:`prunelab.api` (each command's help is the docstring of its call)."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 
-from .errors import PrunelabError
+from ..errors import PrunelabError
+from .common import (Parser, common_measure, doc, emit, factory_arg, floats, fmt_row, keep_counts,
+                     lat_note, print_table, ratio, section_flags, section_values)
 
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line, exit 2, no usage dump
-        sys.stderr.write(f"prunelab: error: {message} (see `{self.prog} --help`)\n")
-        raise SystemExit(2)
-
-
-def _doc(fn) -> str:
-    return (fn.__doc__ or "").strip().split("\n\n")[0].replace("\n", " ")
-
-
-def _ratio(s: str) -> float:
-    try:
-        v = float(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"ratio {s!r} is not a number") from None
-    if not 0 < v < 1:
-        raise argparse.ArgumentTypeError(f"ratio {v} is outside (0, 1); give the fraction of "
-                                         "filters to remove, e.g. 0.5")
-    return v
-
-
-def _keep(s: str) -> dict[str, int]:
-    """``layer=N,layer=N`` or a JSON file mapping layer names to keep counts."""
-    from pathlib import Path
-
-    if s.endswith(".json"):
-        try:
-            d = json.loads(Path(s).read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise argparse.ArgumentTypeError(f"cannot read keep counts from {s}: {e}") from None
-        if isinstance(d, dict) and "keep" in d:
-            d = d["keep"]
-    else:
-        try:
-            d = {k.strip(): int(v) for k, v in (p.split("=") for p in s.split(",") if p)}
-        except ValueError:
-            raise argparse.ArgumentTypeError("keep counts look like layer=N,layer=N or a .json "
-                                             "file") from None
-    if not isinstance(d, dict) or not all(isinstance(v, int) for v in d.values()):
-        raise argparse.ArgumentTypeError("keep counts must map layer names to integers")
-    return d
-
-
-def _emit(args, obj, table) -> None:
-    if args.json:
-        print(json.dumps(obj, indent=1, default=str))
-    else:
-        table(obj)
-
-
-def _fmt_row(r: dict) -> list[str]:
-    top1 = f"{100 * r['top1']:.2f}%" if r.get("top1") is not None else "-"
-    iqr = r["latency"]["iqr_ms"]
-    return [r["model"], top1, f"{r['macs'] / 1e6:.2f} M", f"{r['params'] / 1e6:.3f} M",
-            f"{r['latency_ms']:.3f} ± {iqr / 2:.3f}"]
-
-
-def _lat_note(r: dict) -> str:
-    lt = r["latency"]
-    return (f"latency: {lt['runtime']}, batch {lt['batch_size']}, {lt['threads']} threads, median "
-            f"of {lt['repeats']} runs after {lt['warmup']} warm-up (± half IQR)")
-
-
-def _table(title, cols, rows, note=""):
-    from rich.table import Table
-
-    from .ui import out
-
-    t = Table(title=title, caption=note or None)
-    for c in cols:
-        t.add_column(c, justify="left" if c in cols[:1] else "right")
-    for r in rows:
-        t.add_row(*r)
-    out.print(t)
-
-
-# --------------------------------------------------------------------------- commands
 
 def cmd_list(args):
-    from .criteria import CRITERIA
-    from .data import DATASETS
-    from .io import list_pretrained
-    from .models import MODELS
+    from ..criteria import CRITERIA
+    from ..data import DATASETS
+    from ..io import list_pretrained
+    from ..models import MODELS
 
     if args.kind == "models":
         import json as _j
 
-        from .io import PRETRAINED_DIR
+        from ..io import PRETRAINED_DIR
 
         shipped = []
         for n in list_pretrained():
@@ -110,40 +30,40 @@ def cmd_list(args):
                                  for e in MODELS.entries()], "pretrained": shipped}
 
         def table(o):
-            _table("architectures", ["name", "description"],
+            print_table("architectures", ["name", "description"],
                    [[a["name"], a["description"]] for a in o["architectures"]])
-            _table("shipped pretrained models", ["name", "test top-1"],
+            print_table("shipped pretrained models", ["name", "test top-1"],
                    [[s["name"], f"{100 * s['test_top1']:.2f}%" if s["test_top1"] else "-"]
                     for s in o["pretrained"]])
-        _emit(args, obj, table)
+        emit(args, obj, table)
         return
     reg = {"criteria": CRITERIA, "datasets": DATASETS}[args.kind]
     obj = [{"name": e.name, "description": e.description, **e.meta} for e in reg.entries()]
-    _emit(args, obj, lambda o: _table(args.kind, ["name", "description", "needs data"],
+    emit(args, obj, lambda o: print_table(args.kind, ["name", "description", "needs data"],
                                       [[e["name"], e["description"],
                                         str(e.get("needs_data", "-"))] for e in o]))
 
 
 def cmd_eval(args):
-    from . import api
+    from .. import api
 
     model, spec = api.load(args.model, weights=args.weights, dataset=args.dataset,
                            data_dir=args.data_dir)
     data = api.data_for(spec, args.dataset, args.data_dir)
     r = api.measure(model, spec, data, args.batch_size, args.threads, args.repeats)
-    _emit(args, r, lambda o: _table(f"{o['model']} (test split)",
+    emit(args, r, lambda o: print_table(f"{o['model']} (test split)",
                                     ["model", "top-1", "MACs", "params", "latency ms"],
-                                    [_fmt_row(o)], _lat_note(o)))
+                                    [fmt_row(o)], lat_note(o)))
 
 
 def cmd_prune(args):
-    from . import api
+    from .. import api
 
     if (args.ratio is None) == (args.keep is None):
         raise PrunelabError("give exactly one of --ratio or --keep")
-    from .sweep import parse_criterion
+    from ..sweep import parse_criterion
 
-    from .criteria import CRITERIA
+    from ..criteria import CRITERIA
 
     name, opts = parse_criterion(args.criterion)
     CRITERIA.get(name)  # an unknown name fails before any model or data is loaded
@@ -162,30 +82,25 @@ def cmd_prune(args):
 
     def table(o):
         b = o["base"]
-        rows = [_fmt_row(b), _fmt_row({**o, "model": f"pruned ({o['criterion']})"})]
+        rows = [fmt_row(b), fmt_row({**o, "model": f"pruned ({o['criterion']})"})]
         rows.append(["change", f"{100 * (o['top1'] - b['top1']):+.2f} pts",
                      f"-{100 * o['macs_removed']:.1f}%",
                      f"-{100 * (1 - o['params'] / b['params']):.1f}%",
                      f"{o['measured_speedup']:.2f}x faster"])
         recal = (f"BN recalibrated on {o['bn_recalibration_batches']} training batches"
                  if o["bn_recalibration_batches"] else "BN statistics unchanged")
-        _table(f"before / after pruning (no fine-tuning, {recal}; test split)",
+        print_table(f"before / after pruning (no fine-tuning, {recal}; test split)",
                ["model", "top-1", "MACs", "params", "latency ms"], rows,
-               _lat_note(o) + (f"\nsaved to {o['out']}" if o["out"] else ""))
-    _emit(args, r, table)
+               lat_note(o) + (f"\nsaved to {o['out']}" if o["out"] else ""))
+    emit(args, r, table)
 
 
-def _floats(s: str) -> list[float]:
-    out = []
-    for p in s.split(","):
-        out.append(_ratio(p.strip()))
-    return out
 
 
 def cmd_criteria_evaluate(args):
-    from . import api
-    from .io import check_out
-    from .sweep import SweepConfig, layer_sweep, uniform_sweep
+    from .. import api
+    from ..io import check_out
+    from ..sweep import SweepConfig, layer_sweep, uniform_sweep
 
     if args.out:
         check_out(args.out, "file", args.overwrite)
@@ -205,7 +120,7 @@ def cmd_criteria_evaluate(args):
     else:
         rows = uniform_sweep(model, spec, data, crits, args.ratios, cfg)
     if args.out:
-        from .io import atomic_write_text
+        from ..io import atomic_write_text
 
         atomic_write_text(args.out, json.dumps(rows, indent=1))  # checked before the sweep
 
@@ -223,15 +138,15 @@ def cmd_criteria_evaluate(args):
                 out.append([r["criterion"], f"{r['ratio']:.2f}", f"{100 * r['top1']:.2f}%",
                             f"{100 * (r['top1'] - base):+.2f}", f"{100 * r['macs_kept']:.1f}%",
                             f"{r['seconds']:.2f}"])
-        _table(f"{spec.name}: prune, recalibrate BN ({args.recal_batches} batches), validation "
+        print_table(f"{spec.name}: prune, recalibrate BN ({args.recal_batches} batches), validation "
                f"top-1 (unpruned {100 * base:.2f}%)", cols, out,
                "no fine-tuning; 'score s' = seconds the criterion took to score every filter")
-    _emit(args, rows, table)
+    emit(args, rows, table)
 
 
 def cmd_train(args):
-    from . import api
-    from .train import TrainConfig
+    from .. import api
+    from ..train import TrainConfig
 
     cfg = TrainConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
                       weight_decay=args.weight_decay, precision=args.precision,
@@ -239,22 +154,28 @@ def cmd_train(args):
     command = "prunelab " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("prunelab") else None
     r = api.train(args.arch, args.out, args.dataset, args.data_dir, args.width, cfg,
                   command=command, overwrite=args.overwrite)
-    _emit(args, r, lambda o: _table("trained", ["model", "test top-1", "val top-1", "seconds"],
+    emit(args, r, lambda o: print_table("trained", ["model", "test top-1", "val top-1", "seconds"],
                                     [[o["model"], f"{100 * o['top1']:.2f}%",
                                       f"{100 * o['val_top1']:.2f}%", f"{o['seconds']:.0f}"]],
                                     f"saved to {o['out']}"))
 
 
-def cmd_finetune(args):
-    from . import api
+# the fine-tune options, as [finetune] in a run config (--teacher and --epochs apart)
+FINETUNE_KEYS = ("kd_weight", "kd_temperature", "lr", "batch_size", "weight_decay",
+                 "recal_batches", "recal_end", "precision", "threads")
 
+
+def cmd_finetune(args):
+    from .. import api
+
+    section_values(args, "finetune", ("epochs",) + FINETUNE_KEYS)
     command = "prunelab " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("prunelab") else None
     r = api.finetune(args.model, args.epochs, args.out,
                      teacher=None if args.no_teacher else args.teacher,
                      kd_temperature=args.kd_temperature, kd_weight=args.kd_weight, lr=args.lr,
                      batch_size=args.batch_size, seed=args.seed, weight_decay=args.weight_decay,
                      dataset=args.dataset, data_dir=args.data_dir,
-                     recal_batches=args.recal_batches, recal_end=not args.no_final_recal,
+                     recal_batches=args.recal_batches, recal_end=args.recal_end,
                      precision=args.precision, threads=args.threads, weights=args.weights,
                      command=command, overwrite=args.overwrite)
 
@@ -274,52 +195,28 @@ def cmd_finetune(args):
         t = o["teacher"]
         kd = (f"distilled from {t['model']} (val top-1 {pct(t['val_top1'])}), weight "
               f"{o['kd_weight']}, temperature {o['kd_temperature']}" if t else "no distillation")
-        _table("before / after fine-tuning", ["model", "stage", "val top-1", "test top-1"], rows,
+        print_table("before / after fine-tuning", ["model", "stage", "val top-1", "test top-1"], rows,
                f"{o['epochs']} epochs, lr {o['lr']}, {o['seconds']:.0f}s\n{kd}\n"
                f"test top-1 measured once, at the end\nsaved to {o['out']}")
-    _emit(args, r, table)
+    emit(args, r, table)
 
 
 def cmd_export(args):
-    from . import api
+    from .. import api
 
     r = api.export_onnx(args.model, args.onnx, batch_size=args.batch_size, opset=args.opset,
                         dynamic_batch=args.dynamic_batch, overwrite=args.overwrite)
-    _emit(args, r, lambda o: print(
+    emit(args, r, lambda o: print(
         f"wrote {o['onnx']} ({o['bytes'] / 1e6:.2f} MB, opset {o['opset']}, input "
         f"{o['input_shape']}): "
         + ("the graph the ONNX targets time" if not o["differs_from_measured"] else
            "differs from the timed graph: " + ", ".join(o["differs_from_measured"]))))
 
 
-# --------------------------------------------------------------------------- parser
-
-def factory_arg(p) -> None:
-    """``--factory path/file.py:fn``: the code a model folder of your own architecture was built
-    with; prunelab never runs code that a folder names unless you name it here too."""
-    p.add_argument("--factory", metavar="FILE.py:FN",
-                   help="trust this model code to open a folder of your own architecture (it "
-                        "must be the file and function recorded in its model.json)")
-
-
-def _common_measure(p):
-    p.add_argument("--dataset", help="dataset name (default: the one the model was trained on)")
-    p.add_argument("--data-dir", help="folder with the dataset files")
-    p.add_argument("--weights", help="safetensors / .pt state dict for a path/file.py:factory model")
-    p.add_argument("--batch-size", type=int, default=1, help="latency batch size (default 1)")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all)")
-    p.add_argument("--repeats", type=int, default=50, help="timed runs (default 50)")
-    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    from . import __version__, api
-    from .criteria import CRITERIA
-
-    p = _Parser(prog="prunelab", description="Filter pruning that makes CNNs measurably faster on the runtime you deploy with.")
-    p.add_argument("--version", action="version", version=f"prunelab {__version__}")
-    p.add_argument("--debug", action="store_true", help="show tracebacks")
-    sub = p.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
+def register(sub) -> None:
+    """Add the model subcommands to the ``prunelab`` parser's ``sub``."""
+    from .. import api
+    from ..criteria import CRITERIA
 
     s = sub.add_parser("list", help="list registered models, criteria or datasets")
     s.add_argument("kind", choices=["models", "criteria", "datasets"])
@@ -330,13 +227,13 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--json", action="store_true")
         s.set_defaults(fn=cmd_list, kind=kind)
     s = sub.add_parser("criteria", help="filter criteria")
-    csub = s.add_subparsers(dest="ccmd", required=True, parser_class=_Parser)
+    csub = s.add_subparsers(dest="ccmd", required=True, parser_class=Parser)
     c = csub.add_parser("list", help="list registered criteria")
     c.add_argument("--json", action="store_true")
     c.set_defaults(fn=cmd_list, kind="criteria")
-    from .sweep import uniform_sweep
+    from ..sweep import uniform_sweep
 
-    c = csub.add_parser("evaluate", help=_doc(uniform_sweep),
+    c = csub.add_parser("evaluate", help=doc(uniform_sweep),
                         description="For each criterion and ratio: prune (uniformly, or one layer "
                         "at a time with --per-layer), recalibrate BN, report validation top-1 and "
                         "the seconds the criterion took to score all filters.")
@@ -345,7 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--criteria", required=True,
                    help="comma-separated criteria; options as name:key=value, e.g. "
                         "fp-omp:compensation=sandwich")
-    c.add_argument("--ratios", type=_floats, default=[0.1, 0.3, 0.5],
+    c.add_argument("--ratios", type=floats, default=[0.1, 0.3, 0.5],
                    help="comma-separated pruning ratios (default 0.1,0.3,0.5)")
     c.add_argument("--per-layer", action="store_true", help="prune one layer at a time")
     c.add_argument("--no-compensation", action="store_true",
@@ -361,13 +258,13 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--json", action="store_true")
     c.set_defaults(fn=cmd_criteria_evaluate)
 
-    s = sub.add_parser("eval", help=_doc(api.measure), description=_doc(api.measure))
+    s = sub.add_parser("eval", help=doc(api.measure), description=doc(api.measure))
     s.add_argument("model", help="shipped model name, model folder, or path/file.py:factory")
     factory_arg(s)
-    _common_measure(s)
+    common_measure(s)
     s.set_defaults(fn=cmd_eval)
 
-    s = sub.add_parser("prune", help=_doc(api.prune), description=_doc(api.prune))
+    s = sub.add_parser("prune", help=doc(api.prune), description=doc(api.prune))
     s.add_argument("model", help="shipped model name, model folder, or path/file.py:factory")
     factory_arg(s)
     s.add_argument("--criterion", default="l1", metavar="NAME[:key=value...]",
@@ -376,18 +273,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-compensation", action="store_true",
                    help="fp-omp / lrf without weight compensation")
     s.add_argument("--criterion-options", help='JSON object of criterion options, e.g. {"seed": 1}')
-    s.add_argument("--ratio", type=_ratio, help="fraction of each layer's filters to remove")
-    s.add_argument("--keep", type=_keep, help="per-layer keep counts: layer=N,... or file.json")
+    s.add_argument("--ratio", type=ratio, help="fraction of each layer's filters to remove")
+    s.add_argument("--keep", type=keep_counts, help="per-layer keep counts: layer=N,... or file.json")
     s.add_argument("--round-to", type=int, default=1, help="align kept widths to this multiple")
     s.add_argument("--out", help="write the pruned model folder here")
     s.add_argument("--recal-batches", type=int, default=20,
                    help="re-estimate BN statistics on this many training batches (0: off)")
-    _common_measure(s)
+    common_measure(s)
     s.add_argument("--overwrite", action="store_true",
                    help="replace the output if it is one prunelab wrote (never anything else)")
     s.set_defaults(fn=cmd_prune)
 
-    s = sub.add_parser("train", help=_doc(api.train), description=_doc(api.train))
+    s = sub.add_parser("train", help=doc(api.train), description=doc(api.train))
     s.add_argument("arch", help="zoo architecture (see `prunelab models`) or path/file.py:factory")
     s.add_argument("--out", required=True, help="model folder to write")
     s.add_argument("--dataset", default="fmnist")
@@ -405,28 +302,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="replace the output if it is one prunelab wrote (never anything else)")
     s.set_defaults(fn=cmd_train)
 
-    s = sub.add_parser("finetune", help=_doc(api.finetune), description=_doc(api.finetune))
+    s = sub.add_parser("finetune", help=doc(api.finetune), description=doc(api.finetune))
     s.add_argument("model", help="pruned model folder, shipped model name, or path/file.py:factory")
     factory_arg(s)
-    s.add_argument("--epochs", type=int, required=True)
+    section_flags(s, "finetune", ("epochs",), required=("epochs",))
     s.add_argument("--out", required=True, help="model folder to write")
     g = s.add_mutually_exclusive_group()
     g.add_argument("--teacher", default="parent", metavar="BASE",
                    help="model to distil from (default: the pruned model's parent when found)")
     g.add_argument("--no-teacher", action="store_true", help="no knowledge distillation")
-    s.add_argument("--kd-weight", type=float, default=0.5,
-                   help="share of the distillation term in the loss, 0-1 (default 0.5)")
-    s.add_argument("--kd-temperature", type=float, default=4.0, help="softmax temperature (4)")
-    s.add_argument("--lr", type=float, default=0.01, help="peak learning rate (default 0.01)")
-    s.add_argument("--weight-decay", type=float, default=5e-4)
-    s.add_argument("--batch-size", type=int, default=128)
+    section_flags(s, "finetune", FINETUNE_KEYS)
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--recal-batches", type=int, default=20,
-                   help="re-estimate BN statistics on this many training batches first (0: off)")
-    s.add_argument("--no-final-recal", action="store_true",
-                   help="skip the BN re-estimation after the last epoch")
-    s.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
-    s.add_argument("--threads", type=int)
     s.add_argument("--dataset", help="dataset name (default: the one the model was trained on)")
     s.add_argument("--data-dir", help="folder with the dataset files")
     s.add_argument("--weights", help="weights for a path/file.py:factory model")
@@ -435,7 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="replace the output if it is one prunelab wrote (never anything else)")
     s.set_defaults(fn=cmd_finetune)
 
-    s = sub.add_parser("export", help=_doc(api.export_onnx), description=_doc(api.export_onnx))
+    s = sub.add_parser("export", help=doc(api.export_onnx), description=doc(api.export_onnx))
     s.add_argument("model")
     factory_arg(s)
     s.add_argument("--onnx", required=True, help="ONNX file to write")
@@ -448,34 +334,3 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--overwrite", action="store_true",
                    help="replace the output if it is one prunelab wrote (never anything else)")
     s.set_defaults(fn=cmd_export)
-    from .cli_latency import register as _reg_latency
-    _reg_latency(sub)
-    from .cli_search import register as _reg_search
-    _reg_search(sub)
-    from .cli_pipeline import register as _reg_pipeline
-    _reg_pipeline(sub)
-    return p
-
-
-def main(argv=None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    debug = "--debug" in argv
-    try:
-        args = build_parser().parse_args(argv)
-        from .io import trust_factory
-
-        with trust_factory(getattr(args, "factory", None)):
-            args.fn(args)
-    except PrunelabError as e:
-        if debug:
-            raise
-        sys.stderr.write(f"prunelab: error: {e}\n")
-        return e.exit_code
-    except KeyboardInterrupt:
-        sys.stderr.write("prunelab: interrupted\n")
-        return 130
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -3,18 +3,19 @@ over :mod:`prunelab.latency.api` (each command's help is the docstring of its ca
 
 from __future__ import annotations
 
-import json
+
+from .common import doc, emit, factory_arg, Parser, print_table
 
 
 def _cfg(args):
-    from .targets import TargetConfig
+    from ..targets import TargetConfig
 
     return TargetConfig(args.target, batch_size=args.batch_size, threads=args.threads,
                         precision=args.precision)
 
 
 def _lut(args):
-    from .latency.lut import LutConfig
+    from ..latency.lut import LutConfig
 
     return LutConfig(args.sweep, args.nodes, repeats=args.lut_repeats)
 
@@ -23,18 +24,12 @@ def _say():
     """Progress on one self-overwriting stderr line when it is a terminal; silent otherwise."""
     import sys
 
-    from .ui import quiet
+    from ..ui import quiet
 
     if quiet() or not sys.stderr.isatty():
         return lambda s: None
     return lambda s: sys.stderr.write(f"\r{s[:100]}\x1b[K") and sys.stderr.flush()
 
-
-def _emit(args, obj, table):
-    if args.json:
-        print(json.dumps(obj, indent=1, default=str))
-    else:
-        table(obj)
 
 
 def _note(o) -> str:
@@ -42,11 +37,10 @@ def _note(o) -> str:
 
 
 def cmd_targets(args):
-    from .cli import _table
-    from .latency import api
+    from ..latency import api
 
     rows = api.targets()
-    _emit(args, rows, lambda o: _table("latency targets", ["name", "runtime", "device",
+    emit(args, rows, lambda o: print_table("latency targets", ["name", "runtime", "device",
                                                            "available", "description / fix"],
                                        [[r["name"], r["runtime"], r["device"],
                                          "yes" if r["available"] else "no",
@@ -54,11 +48,10 @@ def cmd_targets(args):
 
 
 def cmd_build(args):
-    from .cli import _table
-    from .latency import api
+    from ..latency import api
 
     r = api.build(args.model, _cfg(args), args.cache_dir, args.calibrate, _say(), _lut(args))
-    _emit(args, r, lambda o: _table(
+    emit(args, r, lambda o: print_table(
         f"lookup table of {o['model']}", ["signature", "step in", "step out", "grid"],
         [[t["signature"], str(t["step_in"]), str(t["step_out"]),
           f"{len(t['nodes_in'])}x{len(t['nodes_out'])}"] for t in o["tables"]],
@@ -74,14 +67,13 @@ def _calib(o) -> str:
 
 
 def cmd_validate(args):
-    from .cli import _table
-    from .latency import api
+    from ..latency import api
 
     r = api.validate(args.model, _cfg(args), args.samples, args.seed, args.cache_dir,
                      args.calibrate, _say(), _lut(args))
     if args.json and not args.rows:
         r = {k: v for k, v in r.items() if k != "rows"}
-    _emit(args, r, lambda o: _table(
+    emit(args, r, lambda o: print_table(
         f"predicted vs measured latency of {o['model']} ({o['samples']} random widths)",
         ["target", "MAPE", "Spearman", "measured range ms", "median noise (IQR)"],
         [[o["target"], f"{100 * o['mape']:.1f}%", f"{o['spearman']:.3f}",
@@ -92,9 +84,8 @@ def cmd_validate(args):
 
 
 def cmd_profile(args):
-    from .cli import _table
-    from .latency import api
-    from .latency.measure import Protocol
+    from ..latency import api
+    from ..latency.measure import Protocol
 
     r = api.profile(args.model, _cfg(args), args.cache_dir, Protocol(repeats=args.repeats),
                     args.plot, _say())
@@ -102,7 +93,7 @@ def cmd_profile(args):
              f"{x['hw'][0]}x{x['hw'][1]}", x["fused"], f"{x['macs'] / 1e6:.2f}",
              f"{x['ms']:.4f}", f"{100 * x['share']:.1f}%"] for x in r["layers"]]
     rows.append(["(other)", "", "", "", "", "", "", f"{r['other_ms']:.4f}", ""])
-    _emit(args, r, lambda o: _table(
+    emit(args, r, lambda o: print_table(
         f"{o['model']} on {o['target']}: where the time goes",
         ["layer", "kind", "channels", "k/s", "input", "fused", "MMACs", "ms alone", "share"], rows,
         f"{_note(o)}; whole model {o['latency_ms']:.3f} ms (IQR {o['latency']['iqr_ms']:.3f}), "
@@ -111,27 +102,25 @@ def cmd_profile(args):
 
 
 def cmd_steps(args):
-    from .cli import _table
-    from .latency import api
+    from ..latency import api
 
     r = api.steps(args.model, _cfg(args), args.cache_dir, _say(), args.calibrate, _lut(args))
 
     def short(ws):
         return ",".join(map(str, ws)) if len(ws) <= 12 else (
             ",".join(map(str, ws[:5])) + ",...," + ",".join(map(str, ws[-3:])))
-    _emit(args, r, lambda o: _table(
+    emit(args, r, lambda o: print_table(
         f"hardware step sizes of {o['model']}", ["group", "width", "step", "useful widths"],
         [[g["group"], str(g["width"]), str(g["step"]), short(g["useful_widths"])]
          for g in o["groups"]], _note(o)))
 
 
 def cmd_compare(args):
-    from .cli import _table
-    from .latency import api
-    from .latency.measure import Protocol
+    from ..latency import api
+    from ..latency.measure import Protocol
 
     r = api.compare_models(args.models, _cfg(args), Protocol(repeats=args.repeats))
-    _emit(args, r, lambda o: _table(
+    emit(args, r, lambda o: print_table(
         "interleaved latency", ["model", "MMACs", "median ms", "IQR ms", "vs first"],
         [[m["model"], f"{m['macs'] / 1e6:.2f}", f"{m['latency_ms']:.4f}",
           f"{m['latency']['iqr_ms']:.4f}",
@@ -140,7 +129,7 @@ def cmd_compare(args):
 
 
 def _target_opts(p):
-    from .targets import TARGETS
+    from ..targets import TARGETS
 
     p.add_argument("--target", default="torch-cpu", choices=TARGETS.names(), metavar="T",
                    help=f"{', '.join(TARGETS.names())} (default torch-cpu)")
@@ -154,20 +143,19 @@ def _target_opts(p):
 
 def register(sub) -> None:
     """Add ``targets`` and ``latency`` to the main parser's subcommands."""
-    from .cli import _doc, _Parser, factory_arg
-    from .latency import api
+    from ..latency import api
 
-    s = sub.add_parser("targets", help=_doc(api.targets), description=_doc(api.targets))
+    s = sub.add_parser("targets", help=doc(api.targets), description=doc(api.targets))
     s.add_argument("--json", action="store_true")
     s.set_defaults(fn=cmd_targets)
 
     s = sub.add_parser("latency", help="latency on the target runtime: lookup tables, validation, "
                        "profiles, step sizes")
-    lsub = s.add_subparsers(dest="lcmd", required=True, parser_class=_Parser)
+    lsub = s.add_subparsers(dest="lcmd", required=True, parser_class=Parser)
     for name, fn, call in (("build", cmd_build, api.build), ("validate", cmd_validate,
                                                              api.validate),
                            ("profile", cmd_profile, api.profile), ("steps", cmd_steps, api.steps)):
-        c = lsub.add_parser(name, help=_doc(call), description=_doc(call))
+        c = lsub.add_parser(name, help=doc(call), description=doc(call))
         c.add_argument("model", help="shipped model name or model folder")
         factory_arg(c)
         _target_opts(c)
@@ -189,8 +177,8 @@ def register(sub) -> None:
         if name == "profile":
             c.add_argument("--plot", metavar="F.png", help="write a bar chart of the layers")
             c.add_argument("--repeats", type=int, default=50, help="whole-model timed runs")
-    c = lsub.add_parser("compare", help=_doc(api.compare_models),
-                        description=_doc(api.compare_models))
+    c = lsub.add_parser("compare", help=doc(api.compare_models),
+                        description=doc(api.compare_models))
     c.add_argument("models", nargs="+", help="two or more shipped models or model folders")
     _target_opts(c)
     c.add_argument("--repeats", type=int, default=50, help="timed runs per model (default 50)")
