@@ -22,11 +22,7 @@ the best validation top-1 is chosen, and ``pareto.json``, ``pareto.png``, ``mode
 
 from __future__ import annotations
 
-import copy
-import json
-import os
 import random
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -38,7 +34,6 @@ from ..errors import PrunelabError
 from ..targets import TargetConfig
 from .budget import Budget
 
-LOG = "evaluations.jsonl"
 
 
 @dataclass(frozen=True)
@@ -73,55 +68,38 @@ class SearchConfig:
         return cls(**{**d, "target": TargetConfig.from_json(d["target"])})
 
 
-def widths_key(widths: dict[str, int], keep: dict[str, int]) -> str:
-    """Canonical text of a candidate: every group's width in model order."""
-    return ",".join(str(int(keep.get(g, w))) for g, w in widths.items())
+class SearchCallbacks:
+    """What a search tells whoever runs it (progress, state files); the default does nothing.
 
+    ``on_evaluation(ctx, row, new)`` after every evaluation (``new``: run now, not replayed from
+    the log); ``on_plan(ctx, total)`` when a method estimates how many evaluations it will make.
+    """
 
-class EvalLog:
-    """Append-only JSONL of evaluations; a torn last line (a killed process) is dropped."""
+    def on_evaluation(self, ctx: "Search", row: dict, new: bool) -> None:
+        pass
 
-    def __init__(self, path: Path):
-        self.path = path
-        self.rows: list[dict] = []
-        if path.exists():
-            good = 0
-            with open(path, "rb") as f:
-                for line in f:
-                    try:
-                        self.rows.append(json.loads(line))
-                    except json.JSONDecodeError:
-                        break
-                    good += len(line)
-            if good != path.stat().st_size:
-                with open(path, "r+b") as f:
-                    f.truncate(good)
-        self._f = open(path, "a", encoding="utf-8")
-
-    def append(self, row: dict) -> None:
-        self._f.write(json.dumps(row, sort_keys=True) + "\n")
-        self._f.flush()
-        os.fsync(self._f.fileno())
-        self.rows.append(row)
-
-    def close(self) -> None:
-        self._f.close()
+    def on_plan(self, ctx: "Search", total: int) -> None:
+        pass
 
 
 class Search:
-    """What a search method works with: the space, the budget and a cached ``evaluate``.
+    """What a search method works with: the search space (groups and their widths), the budget,
+    the latency predictor, the method's options and randomness, and an :class:`Evaluator`.
 
     Methods call :meth:`evaluate` (or :meth:`cost` for MACs/params/predicted latency alone) and
-    draw randomness only from :attr:`rng` / :attr:`seed`, so a replay retraces the same path.
+    draw randomness only from :attr:`rng` / :attr:`seed`, so a replay retraces the same path.  A
+    method may name the points the final, measured choice is made from (:attr:`finalists`) and
+    what it wants kept in ``result.json`` (:attr:`info`); everything else about a run (the log,
+    the state file, the progress bar) is the :class:`Evaluator`'s and the callbacks' business.
     """
 
     def __init__(self, model: nn.Module, spec, data, cfg: SearchConfig, out: Path, crit,
                  predictor, target, seconds_before: float = 0.0, eval_fn=None,
-                 ignored: tuple[str, ...] = ()):
-        from ..pruning import prunable_groups, score_groups
+                 ignored: tuple[str, ...] = (), callbacks: SearchCallbacks | None = None):
+        from ..pruning import prunable_groups
+        from .evaluator import Evaluator
 
         self.model, self.spec, self.data, self.cfg, self.out = model, spec, data, cfg, out
-        self.eval_fn = eval_fn  # a user's metric (higher is better) instead of val top-1
         self.ignored = tuple(ignored)  # layer names never pruned
         self.crit, self.predictor, self.target = crit, predictor, target
         self.budget = Budget.parse(cfg.budget)
@@ -130,21 +108,12 @@ class Search:
         self.rng = random.Random(cfg.seed)
         _, self.groups = prunable_groups(model, spec.input_shape, spec.num_classes, self.ignored)
         self.widths = {g.name: g.width for g in self.groups}
-        self.scores, self.score_seconds = score_groups(model, crit, self.groups, data)
-        self.contexts: dict[str, tuple[nn.Module, dict]] = {"": (model, self.scores)}
-        self._context_widths: dict[str, dict[str, int]] = {}
-        self.log = EvalLog(out / LOG)
-        self.cache = {(r.get("context", ""), r["key"]): r for r in self.log.rows}
-        self.replayed = 0
+        self.callbacks = callbacks or SearchCallbacks()
         self.phase = "search"
-        self.t0 = time.perf_counter()
-        self.seconds_before = seconds_before
-        self._costs: dict[tuple, dict] = {}
-        self._bar = self._task = None
         self.info: dict = {}  # what a method wants kept in result.json ("method_info")
+        self.finalists: list[dict] | None = None  # the method's say on the final choice's pool
         self.staircase_points: list[dict] = []  # evaluated by methods.staircase_finish
-        self.on_eval: Callable[[], None] | None = None  # after each new logged evaluation
-        self.layout = _fast_layout(model, spec.input_shape)
+        self.evaluator = Evaluator(self, model, data, crit, out, eval_fn, seconds_before)
         self.base = self.evaluate({}, phase="base")
 
     # -- options ---------------------------------------------------------------------------
@@ -158,10 +127,7 @@ class Search:
         schema = SEARCHES.get(self.cfg.method).meta["options"]
         return schema[name].coerce(self.cfg.method, name, self.options[name])
 
-    # -- candidates --------------------------------------------------------------------------
-    def seconds(self) -> float:
-        return self.seconds_before + time.perf_counter() - self.t0
-
+    # -- the space ---------------------------------------------------------------------------
     def normalize(self, keep: dict[str, int], context: str = "") -> dict[str, int]:
         """Every group's width (groups ``keep`` leaves out stay as wide as in the context's
         model), clipped to [1, that width]."""
@@ -172,113 +138,11 @@ class Search:
         return {g: int(max(1, min(w, keep.get(g, w)))) for g, w in widths.items()}
 
     def context_widths(self, context: str = "") -> dict[str, int]:
-        if context == "":
-            return self.widths
-        return self._context_widths[context]
-
-    def add_context(self, name: str, model: nn.Module) -> None:
-        """Evaluate later candidates on another base model (e.g. after a fine-tuning step)."""
-        from ..pruning import prunable_groups, score_groups
-
-        _, groups = prunable_groups(model, self.spec.input_shape, self.spec.num_classes,
-                                    self.ignored)
-        scores, _ = score_groups(model, self.crit, groups, self.data)
-        self.contexts[name] = (model, scores)
-        self._context_widths[name] = {g.name: g.width for g in groups}
-
-    def build(self, keep: dict[str, int], context: str = "", train_batches: int = 0
-              ) -> tuple[nn.Module, object]:
-        """The pruned, BN-recalibrated (and optionally briefly trained) model of a candidate."""
-        from ..pruning import prune
-        from ..train import recalibrate_bn
-
-        base, scores = self.contexts[context]
-        res = prune(base, self.crit, keep=keep, input_shape=self.spec.input_shape,
-                    num_classes=self.spec.num_classes, scores=scores, count=False,
-                    ignored=self.ignored)
-        net = res.model
-        if train_batches:
-            short_train(net, self.data, train_batches, self.seed)
-        if self.cfg.recal_batches:
-            net.to(memory_format=self.layout)
-            recalibrate_bn(net, self.batches("train", 128, shuffle=True, seed=self.seed),
-                           self.cfg.recal_batches)
-            net.to(memory_format=torch.contiguous_format)
-        return net, res
-
-    def batches(self, split: str, batch_size: int, **kw):
-        """Data batches in the layout candidates run fastest in (channels-last when the model
-        takes it: about 1.5-2x faster fp32 convolutions on CPU, same precision)."""
-        for x, y in self.data.batches(split, batch_size, **kw):
-            yield x.contiguous(memory_format=self.layout), y
-
-    def top1(self, net: nn.Module, images: int | None) -> float:
-        """Validation top-1 on ``images`` validation images (or the user's ``eval_fn``)."""
-        from ..train import evaluate
-
-        if self.eval_fn is not None:
-            return checked_score(self.eval_fn, net)
-        net.to(memory_format=self.layout)
-        try:
-            return evaluate(net, self.batches("val", 500, limit=images or None))
-        finally:
-            net.to(memory_format=torch.contiguous_format)
-
-    def cost(self, keep: dict[str, int], context: str = "") -> dict:
-        """MACs, parameters and predicted latency of a candidate, without evaluating accuracy."""
-        keep = self.normalize(keep, context)
-        key = (context, widths_key(self.context_widths(context), keep))
-        if key not in self._costs:
-            if key in self.cache:
-                r = self.cache[key]
-                self._costs[key] = {k: r[k] for k in ("macs", "params", "latency_ms")}
-            else:
-                from ..metrics import macs_params
-                from ..pruning import prune
-
-                base, scores = self.contexts[context]
-                res = prune(base, self.crit, keep=keep, input_shape=self.spec.input_shape,
-                            num_classes=self.spec.num_classes, scores=scores, count=False,
-                    ignored=self.ignored)
-                macs, params = macs_params(res.model, self.spec.input_shape)
-                self._costs[key] = {"macs": macs, "params": params,
-                                    "latency_ms": self.predict(keep, context)}
-        return self._costs[key]
+        return self.widths if context == "" else self.evaluator.context_widths[context]
 
     def predict(self, keep: dict[str, int], context: str = "") -> float:
         """Predicted latency; groups ``keep`` leaves out have the context model's width."""
         return self.predictor.predict(self.normalize(keep, context))
-
-    def evaluate(self, keep: dict[str, int], phase: str | None = None, context: str = "",
-                 train_batches: int = 0) -> dict:
-        """Validation top-1, predicted latency, MACs and params of one candidate (cached)."""
-        keep = self.normalize(keep, context)
-        ctx = context + (f"|train{train_batches}" if train_batches else "")
-        key = (ctx, widths_key(self.context_widths(context), keep))
-        hit = self.cache.get(key)
-        if hit is not None:
-            self.replayed += 1
-            self._advance(hit)
-            return hit
-        t0 = time.perf_counter()
-        net, res = self.build(keep, context, train_batches)
-        top1 = self.top1(net, self.cfg.val_images)
-        from ..metrics import macs_params
-
-        macs, params = macs_params(net, self.spec.input_shape)
-        row = {"n": len(self.log.rows), "phase": phase or self.phase, "context": ctx,
-               "key": key[1], "keep": keep, "top1": top1,
-               "latency_ms": self.predict(keep, context), "macs": macs, "params": params,
-               "seconds": time.perf_counter() - t0, "elapsed_s": self.seconds()}
-        if hasattr(self, "base"):
-            row["feasible"] = self.feasible(row)
-        self.log.append(row)
-        self.cache[key] = row
-        self._advance(row)
-        if self.on_eval is not None:
-            self.on_eval()
-        _fault_injection(len(self.log.rows))
-        return row
 
     def feasible(self, point: dict, slack: float = 0.0) -> bool:
         return self.budget.met(point, self.base, slack)
@@ -286,19 +150,63 @@ class Search:
     def limit(self) -> float:
         return self.budget.limit(self.base)
 
+    # -- evaluations (the evaluator's) ---------------------------------------------------------
+    def evaluate(self, keep: dict[str, int], phase: str | None = None, context: str = "",
+                 train_batches: int = 0) -> dict:
+        """Validation top-1, predicted latency, MACs and params of one candidate (cached)."""
+        return self.evaluator.evaluate(keep, phase or self.phase, context, train_batches)
+
+    def cost(self, keep: dict[str, int], context: str = "") -> dict:
+        """MACs, parameters and predicted latency of a candidate, without evaluating accuracy."""
+        return self.evaluator.cost(keep, context)
+
+    def build(self, keep: dict[str, int], context: str = "", train_batches: int = 0):
+        """The pruned, BN-recalibrated (and optionally briefly trained) model of a candidate."""
+        return self.evaluator.build(keep, context, train_batches)
+
+    def add_context(self, name: str, model: nn.Module) -> None:
+        """Evaluate later candidates on another base model (e.g. after a fine-tuning step)."""
+        self.evaluator.add_context(name, model)
+
+    def top1(self, net: nn.Module, images: int | None) -> float:
+        return self.evaluator.top1(net, images)
+
+    def batches(self, split: str, batch_size: int, **kw):
+        return self.evaluator.batches(split, batch_size, **kw)
+
+    def set_criterion(self, crit) -> None:
+        """Rank filters with ``crit`` from now on (the unpruned model is scored again); for a
+        method whose options choose its criterion, before its first evaluation."""
+        self.crit = crit
+        self.evaluator.set_criterion(crit)
+
+    @property
+    def log(self):
+        return self.evaluator.log
+
+    @property
+    def cache(self) -> dict:
+        return self.evaluator.cache
+
+    @property
+    def scores(self):
+        return self.evaluator.contexts[""][1]
+
+    @property
+    def replayed(self) -> int:
+        return self.evaluator.replayed
+
+    @property
+    def score_seconds(self) -> float:
+        return self.evaluator.score_seconds
+
+    def seconds(self) -> float:
+        return self.evaluator.seconds()
+
     # -- progress ----------------------------------------------------------------------------
     def plan(self, total: int) -> None:
-        """Tell the progress bar how many evaluations the method expects (an estimate)."""
-        if self._bar is not None:
-            self._bar.update(self._task, total=total)
-
-    def _advance(self, row: dict) -> None:
-        if self._bar is None:
-            return
-        best = max((r["top1"] for r in self.cache.values()
-                    if r.get("feasible") and not r["context"]), default=None)
-        info = f"{self.phase}" + (f" best feasible {best:.4f}" if best is not None else "")
-        self._bar.update(self._task, advance=1, info=info)
+        """Tell the callbacks how many evaluations the method expects (an estimate)."""
+        self.callbacks.on_plan(self, total)
 
 
 def checked_score(eval_fn, net: nn.Module) -> float:
@@ -335,28 +243,6 @@ def short_train(net: nn.Module, data, batches: int, seed: int, lr: float = 0.01)
             F.cross_entropy(net(x), y).backward()
             opt.step()
     net.eval()
-
-
-def _fast_layout(model: nn.Module, input_shape) -> torch.memory_format:
-    """channels-last when the model runs on it (a user forward() that calls ``.view`` on a
-    feature map does not), else the usual contiguous layout."""
-    net = copy.deepcopy(model).eval().to(memory_format=torch.channels_last)
-    try:
-        with torch.no_grad():
-            net(torch.zeros(2, *input_shape).contiguous(memory_format=torch.channels_last))
-        return torch.channels_last
-    except RuntimeError:
-        return torch.contiguous_format
-
-
-def _fault_injection(n: int) -> None:
-    """PRUNELAB_KILL_AFTER_EVALS=N kills the process (SIGKILL) after the N-th logged
-    evaluation: how the tests show that a killed search resumes without loss or repetition."""
-    stop = os.environ.get("PRUNELAB_KILL_AFTER_EVALS")
-    if stop and n >= int(stop):
-        import signal
-
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 # ------------------------------------------------------------------------------------------------

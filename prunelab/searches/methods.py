@@ -6,7 +6,6 @@ where a paper is silent the default is ours and says so below.
 
 from __future__ import annotations
 
-import json
 import math
 
 import numpy as np
@@ -183,7 +182,7 @@ def nsga2(ctx: Search) -> None:
         ok = [r for r in sens if drops[g][r] <= drop_tol]
         rmax = min(max_ratio, max(ok) if ok else 0.25)
         options[g] = _widths_on_steps(ctx, g, w, _min_keep(w, rmax), step, max_opts)
-    ctx.space = {g: o for g, o in options.items()}
+    ctx.info["space"] = {g: len(o) for g, o in options.items()}  # widths tried per group
     names = list(ctx.widths)
     xu = np.array([len(options[g]) - 1 for g in names])
     limit, slack = ctx.limit(), (0.1 if ctx.budget.kind == "latency" else 0.0)
@@ -260,7 +259,7 @@ def cie(ctx: Search) -> None:
             m = max(m, drops[g][r]) + 1e-4 * (r - (ratios[j - 1] if j else 0.0))
             e.append(m)
         env[g] = e
-    ctx.contribution = {"ratios": ratios, "drop": drops, "envelope": env}
+    contribution = {"ratios": ratios, "drop": drops, "envelope": env}
 
     def ratio_at(g: str, t: float) -> float:
         e, prev_r, prev_e = env[g], 0.0, 0.0
@@ -279,7 +278,7 @@ def cie(ctx: Search) -> None:
     keep = staircase_finish(ctx, keep, keep_at=keep_at, lo=0.0, hi=hi)
     chosen = ctx.evaluate(keep, phase="search")
     v = budget_value(ctx, keep)
-    ctx.info.update(tolerance=t, keep=chosen["keep"], contribution=ctx.contribution,
+    ctx.info.update(tolerance=t, keep=chosen["keep"], contribution=contribution,
                     budget_value=v, budget_limit=ctx.limit(),
                     fraction_of_unpruned=v / ctx.base[ctx.budget.key])
     finals = [chosen, *(p for p in ctx.staircase_points if p is not chosen)]

@@ -13,7 +13,7 @@ from ..io import atomic_write_text, read_json
 from ..lock import FolderLock
 from ..ui import log, progress
 from .budget import Budget
-from .driver import Search, SearchConfig, nondominated
+from .driver import Search, SearchCallbacks, SearchConfig, nondominated
 
 RESULT = "result.json"
 
@@ -34,6 +34,31 @@ def _prepare_folder(out: Path, config: dict) -> dict | None:
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "config.json", json.dumps(config, indent=1, sort_keys=True))
     return None
+
+
+class _RunCallbacks(SearchCallbacks):
+    """A search folder's state file after every new evaluation, and the progress bar."""
+
+    def __init__(self, out: Path):
+        self.out, self.bar, self.task = out, None, None
+
+    def show(self, bar, title: str = "") -> None:
+        """Report progress on ``bar`` (a rich Progress) from now on; None: stop."""
+        self.bar, self.task = bar, bar.add_task(title, total=None, info="") if bar else None
+
+    def on_evaluation(self, ctx: Search, row: dict, new: bool) -> None:
+        if new and hasattr(ctx, "base"):
+            _write_state(self.out, ctx, "running")
+        if self.bar is None:
+            return
+        best = max((r["top1"] for r in ctx.cache.values()
+                    if r.get("feasible") and not r["context"]), default=None)
+        info = f"{ctx.phase}" + (f" best feasible {best:.4f}" if best is not None else "")
+        self.bar.update(self.task, advance=1, info=info)
+
+    def on_plan(self, ctx: Search, total: int) -> None:
+        if self.bar is not None:
+            self.bar.update(self.task, total=total)
 
 
 def _write_state(out: Path, ctx: Search | None, status: str, **extra) -> None:
@@ -124,17 +149,15 @@ def search_model(model, spec, data, cfg: SearchConfig, out: str | Path,
         ctx = None
         try:
             predictor = _predictor(model, spec, target, out, cache_dir)
+            calls = _RunCallbacks(out)
             ctx = Search(model, spec, data, cfg, out, crit, predictor, target,
                          seconds_before=(state or {}).get("seconds", 0.0), eval_fn=eval_fn,
-                         ignored=ignored)
-            ctx.finalists = None
-            ctx.on_eval = lambda: _write_state(out, ctx, "running")
-            ctx.on_eval()
+                         ignored=ignored, callbacks=calls)
+            _write_state(out, ctx, "running")
             with progress() as bar:
-                ctx._bar = bar
-                ctx._task = bar.add_task(f"{cfg.method} search", total=None, info="")
+                calls.show(bar, f"{cfg.method} search")
                 entry.fn(ctx)
-                ctx._bar = None
+                calls.show(None)
             searched = ctx.seconds()
             ctx.phase = "measure"
             _write_state(out, ctx, "measuring")

@@ -70,7 +70,7 @@ def torch_pruning(ctx: Search) -> None:
     (false), round_to (1), max_ratio (1.0: Torch-Pruning's max_pruning_ratio), front (5 extra
     ratios from 0.1 to 0.9 for the Pareto plot)."""
     from ..criteria.torch_pruning import IMPORTANCES, TorchPruningImportance
-    from ..pruning import output_layers, score_groups
+    from ..pruning import output_layers
 
     glob, iso = ctx.option("global", False, bool), ctx.option("isomorphic", False, bool)
     importance = ctx.option("importance", "magnitude-l2", str)
@@ -81,9 +81,7 @@ def torch_pruning(ctx: Search) -> None:
                             "round_to >= 1, max_ratio in (0, 1], front >= 0")
     # the candidates are built with the same importance as Torch-Pruning ranks by
     if not (isinstance(ctx.crit, TorchPruningImportance) and ctx.crit.importance == importance):
-        ctx.crit = TorchPruningImportance(importance, seed=ctx.seed)
-        ctx.scores, _ = score_groups(ctx.model, ctx.crit, ctx.groups, ctx.data)
-        ctx.contexts[""] = (ctx.model, ctx.scores)
+        ctx.set_criterion(TorchPruningImportance(importance, seed=ctx.seed))
     ctx.info["torch_pruning"] = {"importance": importance, "global": glob, "isomorphic": iso,
                                  "round_to": rt, "max_ratio": max_ratio}
     mods = {m: k for k, m in ctx.model.named_modules()}
