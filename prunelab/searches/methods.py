@@ -105,7 +105,7 @@ def staircase_finish(ctx: Search, keep: dict[str, int], max_rounds: int = 64, ke
     picks = sorted({0, len(path) - 1} | {round(i * (len(path) - 1) / 4) for i in range(1, 4)})
     evaluated = [ctx.evaluate(path[i], phase="staircase") for i in picks]
     ok = [p for p in evaluated if budget_value(ctx, p["keep"]) <= limit] or evaluated[:1]
-    chosen = max(ok, key=lambda p: (p["top1"], p["macs"]))
+    chosen = ctx.preferred(ok)[0]  # top-1, ties within its noise: most MACs kept
     info = {"bisected_predicted_ms": start, "limit_ms": limit, "steps_climbed": len(path) - 1,
             "chosen_predicted_ms": budget_value(ctx, chosen["keep"]),
             "evaluated": len(evaluated), "chosen_top1": chosen["top1"]}

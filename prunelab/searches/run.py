@@ -196,11 +196,13 @@ def _to_measure(ctx: Search, pool: list[dict], n: int) -> list[dict]:
     """The front points worth measuring: those near and under the budget first (best top-1),
     then others spread along the front; the best budget-feasible point is always in."""
     front = nondominated(pool)
-    feasible = sorted((p for p in pool if ctx.feasible(p)), key=lambda p: -p["top1"])
-    chosen: list[dict] = feasible[:1]
+    # the budget-feasible points first, best top-1 first with ties inside its noise broken by
+    # MACs kept: before fine-tuning, points near a tight budget score alike, and a front by noisy
+    # top-1 alone would keep only the fastest of them
+    feasible = ctx.preferred([p for p in pool if ctx.feasible(p)])
+    chosen: list[dict] = feasible[:max(1, n // 3)]
     slack = 0.15 if ctx.budget.kind == "latency" else 0.0
-    near = [p for p in front if ctx.feasible(p, slack)]
-    near.sort(key=lambda p: -p["top1"])
+    near = ctx.preferred([p for p in front if ctx.feasible(p, slack)])
     for p in near:
         if len(chosen) >= max(1, n // 2):
             break
@@ -243,8 +245,7 @@ def _finish(ctx: Search, ref: str, budget: Budget, crit_spec: str) -> tuple[dict
     # candidates: the measured points under the budget, best top-1 first; each is confirmed on
     # a longer interleaved run against the unpruned model, and a latency budget must hold there
     # too (a point that only met it within the front run's noise gives way to the next)
-    ok = sorted((p for p in measured if budget.met(p, base)),
-                key=lambda p: (-p["top1"], -p["macs"], p["key"]))  # no noise in ties
+    ok = ctx.preferred([p for p in measured if budget.met(p, base)])
     if not ok:
         ok = [min(measured, key=lambda p: budget.excess(p, base))]
         log(f"no measured point meets budget {budget}; keeping the closest "
