@@ -160,7 +160,8 @@ def search(model: nn.Module, example_inputs, *, train: Iterable | None = None,
            recal_batches: int = 6, val_images: int = 1000, measure_front: int = 12,
            batch_size: int = 1, threads: int = 1, cache_dir: str | None = None,
            mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
-           name: str | None = None) -> SearchResult:
+           name: str | None = None, workers: int = 0,
+           ray_address: str | None = None) -> SearchResult:
     """Search per-layer widths of ``model`` for ``budget`` on ``target``; see the module doc.
 
     ``train`` feeds BN re-estimation of each candidate (``recal_batches`` batches) and the
@@ -168,7 +169,9 @@ def search(model: nn.Module, example_inputs, *, train: Iterable | None = None,
     ``eval_fn(model)`` scores them.  ``ignored_layers`` (names or modules) are never pruned, nor
     are the layers feeding the output.  ``out`` keeps the search folder (log, Pareto front, chosen
     model) and makes the search resumable; without it a temporary folder is used and removed.
-    ``mean``/``std``: how the loaders normalise (a black-image DeepLIFT reference)."""
+    ``mean``/``std``: how the loaders normalise (a black-image DeepLIFT reference).
+    ``workers``: evaluate batches of candidates on that many Ray workers (``ray_address``:
+    join a running cluster); same candidates, same choice as without."""
     from .searches import SearchConfig
     from .searches.run import search_model
     from .targets import TargetConfig
@@ -210,7 +213,8 @@ def search(model: nn.Module, example_inputs, *, train: Iterable | None = None,
     try:
         res, pruned = search_model(net, spec, data, cfg, folder, cache_dir, eval_fn=eval_fn,
                                    ignored=ignored, record={"model": spec.arch["class"],
-                                                            "input_shape": list(shape)})
+                                                            "input_shape": list(shape)},
+                                   workers=workers, ray_address=ray_address)
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)

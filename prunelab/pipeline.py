@@ -84,6 +84,10 @@ Positive = Annotated[int, Field(ge=1)]
 class RunSection(_Section):
     out: str | None = Field(None, description="run folder (--out overrides it)")
     seed: int = Field(0, description="seed of the search and the fine-tune")
+    workers: Count = Field(0, description="Ray workers evaluating search candidates (0: this "
+                           "process; needs prunelab[ray])")
+    ray_address: str | None = Field(None, description="join this Ray cluster (auto, "
+                                    "ray://host:10001) instead of starting a local one")
 
 
 class ModelSection(_Section):
@@ -339,6 +343,8 @@ def environment(cfg: PipelineConfig) -> dict:
 # settings corrected on a rerun: e.g. a fine-tune option that failed validation)
 STAGE_SECTIONS = {"search": ("run", "model", "search", "target"), "finetune": ("finetune",),
                   "verify": ("verify",)}
+# how the work is spread, not what it computes: may change between sittings of one run
+FREE = {("run", "workers"), ("run", "ray_address")}
 
 
 def _started(out: Path) -> list[str]:
@@ -368,7 +374,7 @@ def _prepare(out: Path, cfg: PipelineConfig, text: str) -> bool:
         if diff:
             started = _started(out)
             locked = {sec for st in started for sec in STAGE_SECTIONS[st]}
-            bad = [f"[{sec}] {k}" for sec, k in diff if sec in locked]
+            bad = [f"[{sec}] {k}" for sec, k in diff if sec in locked and (sec, k) not in FREE]
             if bad:
                 raise PrunelabError(f"{out} holds a run with other settings ({', '.join(bad)}); "
                                     "rerun with the same config to resume, or use another --out")
@@ -407,7 +413,8 @@ def _stage_search(cfg: PipelineConfig, out: Path, model, spec, data, target):
     return search_model(model, spec, data, cfg.search_config(), out / "search",
                         cfg.target.cache_dir, target=target,
                         record={"model": cfg.model.ref, "dataset": cfg.model.dataset},
-                        parent_ref=cfg.model.ref)
+                        parent_ref=cfg.model.ref, workers=cfg.run.workers,
+                        ray_address=cfg.run.ray_address)
 
 
 def _stage_finetune(cfg: PipelineConfig, out: Path, searched, model, spec, data):

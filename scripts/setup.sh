@@ -30,7 +30,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
 # pip's chatter (build-backend notices, local index warnings) goes to a log shown only on failure
-if ! .venv/bin/python -m pip install -q -c constraints.txt -e ".[dev,onnx,openvino,images,xai,search,report]" \
+if ! .venv/bin/python -m pip install -q -c constraints.txt -e ".[dev,onnx,openvino,images,xai,search,report,ray]" \
     > .venv/pip-install.log 2>&1; then
   tail -n 30 .venv/pip-install.log >&2
   echo "set-up failed: pip could not install prunelab (full log: .venv/pip-install.log)" >&2

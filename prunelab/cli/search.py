@@ -35,10 +35,12 @@ def cmd_search(args):
         CRITERIA.get(parse_criterion(args.criterion)[0])
     section_values(args, "target", TARGET_KEYS)
     section_values(args, "search", SEARCH_KEYS)
+    section_values(args, "run", ("workers", "ray_address"))
     cfg = SearchConfig(args.method, args.criterion, TargetConfig(
         args.target, batch_size=args.batch_size, threads=args.threads), args.budget, args.seed,
         args.recal_batches, args.val_images, args.measure_front, dict(args.option or []))
-    r = run_search(args.model, cfg, args.out, args.cache_dir, args.dataset, args.data_dir)
+    r = run_search(args.model, cfg, args.out, args.cache_dir, args.dataset, args.data_dir,
+                   workers=args.workers, ray_address=args.ray_address)
 
     def table(o):
         b, c = o["base"], o["chosen"]
@@ -86,6 +88,7 @@ def register(sub) -> None:
                    help="method option, repeatable (e.g. --option pop=24 --option gens=10)")
     section_flags(s, "target", TARGET_KEYS)
     section_flags(s, "search", SEARCH_KEYS)
+    section_flags(s, "run", ("workers", "ray_address"))
     s.add_argument("--cache-dir", help="latency cache folder (default ~/.cache/prunelab)")
     s.add_argument("--dataset")
     s.add_argument("--data-dir")

@@ -96,7 +96,8 @@ class Search:
 
     def __init__(self, model: nn.Module, spec, data, cfg: SearchConfig, out: Path, crit,
                  predictor, target, seconds_before: float = 0.0, eval_fn=None,
-                 ignored: tuple[str, ...] = (), callbacks: SearchCallbacks | None = None):
+                 ignored: tuple[str, ...] = (), callbacks: SearchCallbacks | None = None,
+                 workers: int = 0, ray_address: str | None = None):
         from ..pruning import prunable_groups
         from .evaluator import Evaluator
 
@@ -115,7 +116,8 @@ class Search:
         self.finalists: list[dict] | None = None  # the method's say on the final choice's pool
         self.staircase_points: list[dict] = []  # evaluated by methods.staircase_finish
         self._val_count: int | None = None      # validation images a candidate is scored on
-        self.evaluator = Evaluator(self, model, data, crit, out, eval_fn, seconds_before)
+        self.evaluator = Evaluator(self, model, data, crit, out, eval_fn, seconds_before,
+                                   workers, ray_address)
         self.base = self.evaluate({}, phase="base")
 
     # -- options ---------------------------------------------------------------------------
@@ -172,6 +174,12 @@ class Search:
                  train_batches: int = 0) -> dict:
         """Validation top-1, predicted latency, MACs and params of one candidate (cached)."""
         return self.evaluator.evaluate(keep, phase or self.phase, context, train_batches)
+
+    def evaluate_many(self, keeps: list[dict[str, int]], phase: str | None = None,
+                      context: str = "", train_batches: int = 0) -> list[dict]:
+        """:meth:`evaluate` for a batch of independent candidates (in parallel with workers);
+        rows in the batch's order, logged in it."""
+        return self.evaluator.evaluate_many(keeps, phase or self.phase, context, train_batches)
 
     def cost(self, keep: dict[str, int], context: str = "") -> dict:
         """MACs, parameters and predicted latency of a candidate, without evaluating accuracy."""

@@ -50,50 +50,20 @@ def widths_key(widths: dict[str, int], keep: dict[str, int]) -> str:
     return ",".join(str(int(keep.get(g, w))) for g, w in widths.items())
 
 
-class Evaluator:
-    """Candidates of one search: prune (with the criterion's scores of the context's model),
+class Candidates:
+    """How one candidate is built and scored, on its own (picklable: a Ray worker holds one):
+    prune the context's model with the criterion's scores, optionally train a few batches,
     re-estimate BN, score on the validation subset (or the user's ``eval_fn``), count MACs and
-    parameters; every new evaluation is appended to the log before the search goes on, and every
-    logged one is answered from it (a replay).  The space (``search``) gives widths, predicted
-    latency and feasibility; its callbacks hear of every evaluation."""
+    parameters."""
 
-    def __init__(self, search, model: nn.Module, data, crit, out: Path, eval_fn=None,
-                 seconds_before: float = 0.0):
-        from ..pruning import score_groups
-
-        self.search, self.data, self.crit, self.eval_fn = search, data, crit, eval_fn
-        self.spec, self.cfg, self.ignored = search.spec, search.cfg, search.ignored
-        scores, self.score_seconds = score_groups(model, crit, search.groups, data)
+    def __init__(self, model: nn.Module, scores, crit, data, input_shape, num_classes,
+                 ignored=(), recal_batches: int = 6, val_images: int = 1000, seed: int = 0,
+                 eval_fn=None):
         self.contexts: dict[str, tuple[nn.Module, dict]] = {"": (model, scores)}
-        self.context_widths: dict[str, dict[str, int]] = {}
-        self.log = EvalLog(out / LOG)
-        self.cache = {(r.get("context", ""), r["key"]): r for r in self.log.rows}
-        self.replayed = 0
-        self.t0 = time.perf_counter()
-        self.seconds_before = seconds_before
-        self._costs: dict[tuple, dict] = {}
-        self.layout = _fast_layout(model, self.spec.input_shape)
-
-    def seconds(self) -> float:
-        return self.seconds_before + time.perf_counter() - self.t0
-
-    def add_context(self, name: str, model: nn.Module) -> None:
-        from ..pruning import prunable_groups, score_groups
-
-        _, groups = prunable_groups(model, self.spec.input_shape, self.spec.num_classes,
-                                    self.ignored)
-        scores, _ = score_groups(model, self.crit, groups, self.data)
-        self.contexts[name] = (model, scores)
-        self.context_widths[name] = {g.name: g.width for g in groups}
-
-    def set_criterion(self, crit) -> None:
-        from ..pruning import score_groups
-
-        model = self.contexts[""][0]
-        self.crit = crit
-        scores, self.score_seconds = score_groups(model, crit, self.search.groups, self.data)
-        self.contexts[""] = (model, scores)
-        self._costs.clear()
+        self.crit, self.data, self.eval_fn = crit, data, eval_fn
+        self.input_shape, self.num_classes, self.ignored = input_shape, num_classes, ignored
+        self.recal_batches, self.val_images, self.seed = recal_batches, val_images, seed
+        self.layout = _fast_layout(model, input_shape)
 
     def build(self, keep: dict[str, int], context: str = "", train_batches: int = 0
               ) -> tuple[nn.Module, object]:
@@ -102,16 +72,16 @@ class Evaluator:
         from .driver import short_train
 
         base, scores = self.contexts[context]
-        res = prune(base, self.crit, keep=keep, input_shape=self.spec.input_shape,
-                    num_classes=self.spec.num_classes, scores=scores, count=False,
+        res = prune(base, self.crit, keep=keep, input_shape=self.input_shape,
+                    num_classes=self.num_classes, scores=scores, count=False,
                     ignored=self.ignored)
         net = res.model
         if train_batches:
-            short_train(net, self.data, train_batches, self.search.seed)
-        if self.cfg.recal_batches:
+            short_train(net, self.data, train_batches, self.seed)
+        if self.recal_batches:
             net.to(memory_format=self.layout)
-            recalibrate_bn(net, self.batches("train", 128, shuffle=True, seed=self.search.seed),
-                           self.cfg.recal_batches)
+            recalibrate_bn(net, self.batches("train", 128, shuffle=True, seed=self.seed),
+                           self.recal_batches)
             net.to(memory_format=torch.contiguous_format)
         return net, res
 
@@ -133,6 +103,81 @@ class Evaluator:
             return evaluate(net, self.batches("val", 500, limit=images or None))
         finally:
             net.to(memory_format=torch.contiguous_format)
+
+    def run(self, keep: dict[str, int], context: str = "", train_batches: int = 0) -> dict:
+        """Top-1, MACs, parameters and seconds of one candidate (``keep``: every group)."""
+        from ..metrics import macs_params
+
+        t0 = time.perf_counter()
+        net, _ = self.build(keep, context, train_batches)
+        top1 = self.top1(net, self.val_images)
+        macs, params = macs_params(net, self.input_shape)
+        return {"top1": top1, "macs": macs, "params": params,
+                "seconds": time.perf_counter() - t0}
+
+
+class Evaluator:
+    """Candidates of one search (:class:`Candidates`), evaluated once each: every new
+    evaluation is appended to the log before the search goes on, and every logged one is
+    answered from it (a replay).  The space (``search``) gives widths, predicted latency and
+    feasibility; its callbacks hear of every evaluation.  With ``workers``, batches of candidates
+    (:meth:`evaluate_many`) run on Ray workers (:mod:`.parallel`), logged in the batch's order."""
+
+    def __init__(self, search, model: nn.Module, data, crit, out: Path, eval_fn=None,
+                 seconds_before: float = 0.0, workers: int = 0, ray_address: str | None = None):
+        from ..pruning import score_groups
+
+        self.search, self.data, self.crit, self.eval_fn = search, data, crit, eval_fn
+        self.spec, self.cfg, self.ignored = search.spec, search.cfg, search.ignored
+        scores, self.score_seconds = score_groups(model, crit, search.groups, data)
+        self.cands = Candidates(model, scores, crit, data, self.spec.input_shape,
+                                self.spec.num_classes, self.ignored, self.cfg.recal_batches,
+                                self.cfg.val_images, search.seed, eval_fn)
+        self.contexts = self.cands.contexts
+        self.context_widths: dict[str, dict[str, int]] = {}
+        self.log = EvalLog(out / LOG)
+        self.cache = {(r.get("context", ""), r["key"]): r for r in self.log.rows}
+        self.replayed = 0
+        self.t0 = time.perf_counter()
+        self.seconds_before = seconds_before
+        self._costs: dict[tuple, dict] = {}
+        self.workers, self.ray_address, self.pool = workers, ray_address, None
+
+    def seconds(self) -> float:
+        return self.seconds_before + time.perf_counter() - self.t0
+
+    def add_context(self, name: str, model: nn.Module) -> None:
+        from ..pruning import prunable_groups, score_groups
+
+        _, groups = prunable_groups(model, self.spec.input_shape, self.spec.num_classes,
+                                    self.ignored)
+        scores, _ = score_groups(model, self.crit, groups, self.data)
+        self.contexts[name] = (model, scores)
+        self.context_widths[name] = {g.name: g.width for g in groups}
+
+    def set_criterion(self, crit) -> None:
+        from ..pruning import score_groups
+
+        model = self.contexts[""][0]
+        self.crit = self.cands.crit = crit
+        scores, self.score_seconds = score_groups(model, crit, self.search.groups, self.data)
+        self.contexts[""] = (model, scores)
+        self._costs.clear()
+        self.close()  # workers hold the old scores
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.close()
+            self.pool = None
+
+    def build(self, keep, context: str = "", train_batches: int = 0):
+        return self.cands.build(keep, context, train_batches)
+
+    def batches(self, split: str, batch_size: int, **kw):
+        return self.cands.batches(split, batch_size, **kw)
+
+    def top1(self, net: nn.Module, images: int | None) -> float:
+        return self.cands.top1(net, images)
 
     def cost(self, keep: dict[str, int], context: str = "") -> dict:
         s = self.search
@@ -157,32 +202,55 @@ class Evaluator:
 
     def evaluate(self, keep: dict[str, int], phase: str, context: str = "",
                  train_batches: int = 0) -> dict:
-        s = self.search
-        keep = s.normalize(keep, context)
-        ctx = context + (f"|train{train_batches}" if train_batches else "")
-        key = (ctx, widths_key(s.context_widths(context), keep))
-        hit = self.cache.get(key)
-        if hit is not None:
-            self.replayed += 1
-            s.callbacks.on_evaluation(s, hit, False)
-            return hit
-        t0 = time.perf_counter()
-        net, _ = self.build(keep, context, train_batches)
-        top1 = self.top1(net, self.cfg.val_images)
-        from ..metrics import macs_params
+        return self.evaluate_many([keep], phase, context, train_batches)[0]
 
-        macs, params = macs_params(net, self.spec.input_shape)
-        row = {"n": len(self.log.rows), "phase": phase, "context": ctx,
-               "key": key[1], "keep": keep, "top1": top1,
-               "latency_ms": s.predict(keep, context), "macs": macs, "params": params,
-               "seconds": time.perf_counter() - t0, "elapsed_s": self.seconds()}
-        if hasattr(s, "base"):
-            row["feasible"] = s.feasible(row)
-        self.log.append(row)
-        self.cache[key] = row
-        s.callbacks.on_evaluation(s, row, True)
-        _fault_injection(len(self.log.rows))
-        return row
+    def evaluate_many(self, keeps: list[dict[str, int]], phase: str, context: str = "",
+                      train_batches: int = 0) -> list[dict]:
+        """Evaluate a batch of candidates (a generation, a sweep): those in the log are
+        answered from it; the others run (on the workers when there are any, else here) and are
+        logged in the batch's order, each as soon as it and every one before it is done, so a
+        parallel search logs, replays and resumes exactly as a serial one."""
+        s = self.search
+        ctx = context + (f"|train{train_batches}" if train_batches else "")
+        items = []
+        for keep in keeps:
+            keep = s.normalize(keep, context)
+            items.append((keep, (ctx, widths_key(s.context_widths(context), keep))))
+        todo, seen = [], set()
+        for keep, key in items:
+            if key not in self.cache and key not in seen:
+                seen.add(key)
+                todo.append((keep, key))
+        if self.workers and not context and len(todo) > 1:
+            if self.pool is None:
+                from .parallel import RayPool
+
+                self.pool = RayPool(self.workers, self.ray_address, self.cands)
+            results = self.pool.map([(k, train_batches) for k, _ in todo])
+        else:
+            results = (self.cands.run(k, context, train_batches) for k, _ in todo)
+        fresh = {}
+        for (keep, key), r in zip(todo, results):
+            row = {"n": len(self.log.rows), "phase": phase, "context": ctx, "key": key[1],
+                   "keep": keep, "top1": r["top1"], "latency_ms": s.predict(keep, context),
+                   "macs": r["macs"], "params": r["params"], "seconds": r["seconds"],
+                   "elapsed_s": self.seconds()}
+            if hasattr(s, "base"):
+                row["feasible"] = s.feasible(row)
+            self.log.append(row)
+            self.cache[key] = row
+            fresh[key] = row
+            s.callbacks.on_evaluation(s, row, True)
+            _fault_injection(len(self.log.rows))
+        out = []
+        for _, key in items:
+            row = self.cache[key]
+            if key not in fresh:
+                self.replayed += 1
+                s.callbacks.on_evaluation(s, row, False)
+            fresh.pop(key, None)  # a repeat inside the batch is a replay
+            out.append(row)
+        return out
 
 
 def _fast_layout(model: nn.Module, input_shape) -> torch.memory_format:

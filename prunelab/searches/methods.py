@@ -103,7 +103,7 @@ def staircase_finish(ctx: Search, keep: dict[str, int], max_rounds: int = 64, ke
         path.append(dict(cur))
     # evaluate the bisected point, the last climbed point and a few in between
     picks = sorted({0, len(path) - 1} | {round(i * (len(path) - 1) / 4) for i in range(1, 4)})
-    evaluated = [ctx.evaluate(path[i], phase="staircase") for i in picks]
+    evaluated = ctx.evaluate_many([path[i] for i in picks], phase="staircase")
     ok = [p for p in evaluated if budget_value(ctx, p["keep"]) <= limit] or evaluated[:1]
     chosen = ctx.preferred(ok)[0]  # top-1, ties within its noise: most MACs kept
     info = {"bisected_predicted_ms": start, "limit_ms": limit, "steps_climbed": len(path) - 1,
@@ -132,12 +132,11 @@ def layer_sweep(ctx: Search, ratios: list[float], phase: str) -> dict[str, dict[
     from ..sweep import layer_keep
 
     ctx.phase = phase
-    drops: dict[str, dict[float, float]] = {}
-    for g, w in ctx.widths.items():
-        drops[g] = {}
-        for r in ratios:
-            p = ctx.evaluate({g: layer_keep(w, r)})
-            drops[g][r] = ctx.base["top1"] - p["top1"]
+    jobs = [(g, r) for g in ctx.widths for r in ratios]
+    rows = ctx.evaluate_many([{g: layer_keep(ctx.widths[g], r)} for g, r in jobs])
+    drops: dict[str, dict[float, float]] = {g: {} for g in ctx.widths}
+    for (g, r), p in zip(jobs, rows):
+        drops[g][r] = ctx.base["top1"] - p["top1"]
     return drops
 
 
@@ -212,8 +211,7 @@ def nsga2(ctx: Search) -> None:
             break
         X = np.clip(np.round(P.get("X")).astype(int), 0, xu)
         F, G = [], []
-        for x in X:
-            p = ctx.evaluate(keep_of(x), phase="search")
+        for p in ctx.evaluate_many([keep_of(x) for x in X], phase="search"):  # a generation
             F.append([p["latency_ms"], 1.0 - p["top1"]])
             G.append([budget_value(ctx, p["keep"]) / limit - (1 + slack)])
         Evaluator().eval(StaticProblem(problem, F=np.array(F), G=np.array(G)), P)
@@ -316,12 +314,11 @@ def omp_search(ctx: Search) -> None:
             break
         ctx.phase = f"step {step + 1}"
         trials = []
-        for g in ctx.widths:
-            if keep[g] - ks[g] >= 1:
-                cand = {**keep, g: keep[g] - ks[g]}
-                p = ctx.evaluate(cand, context=context)
-                gain = cost["macs"] - ctx.cost(cand, context)["macs"]
-                trials.append((p["top1"], gain, g, cand, p))
+        groups = [g for g in ctx.widths if keep[g] - ks[g] >= 1]
+        cands = [{**keep, g: keep[g] - ks[g]} for g in groups]
+        for g, cand, p in zip(groups, cands, ctx.evaluate_many(cands, context=context)):
+            gain = cost["macs"] - ctx.cost(cand, context)["macs"]
+            trials.append((p["top1"], gain, g, cand, p))
         if not trials:
             break
         _, _, g, keep, p = max(trials, key=lambda t: (t[0], t[1]))
@@ -389,6 +386,7 @@ def abc(ctx: Search) -> None:
 
     ctx.phase = "initial"
     xs = [[rng.randint(1, amax) for _ in names] for _ in range(food)]
+    ctx.evaluate_many([keep_of(x) for x in xs], phase="search", train_batches=tb)  # one batch
     fit = [fitness(x) for x in xs]
     trial = [0] * food
     for c in range(cycles):
@@ -413,8 +411,7 @@ def abc(ctx: Search) -> None:
 # -- simple baselines ------------------------------------------------------------------------
 def front_levels(ctx: Search, make_keep, hi: float, n: int) -> None:
     ctx.phase = "front"
-    for f in np.linspace(0.1, 0.9, n):
-        ctx.evaluate(make_keep(float(f) * hi), phase="front")
+    ctx.evaluate_many([make_keep(float(f) * hi) for f in np.linspace(0.1, 0.9, n)], phase="front")
 
 
 @SEARCHES.register("uniform", "the same ratio for every layer, bisected to meet the budget "

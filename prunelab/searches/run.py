@@ -99,7 +99,8 @@ def method_entry(cfg: SearchConfig):
 
 
 def run_search(ref: str, cfg: SearchConfig, out: str | Path, cache_dir: str | None = None,
-               dataset: str | None = None, data_dir: str | None = None) -> dict:
+               dataset: str | None = None, data_dir: str | None = None, workers: int = 0,
+               ray_address: str | None = None) -> dict:
     """Run (or resume) one search on model ``ref`` (a shipped name or model folder: the CLI's
     edge); returns the ``result.json`` object.  :func:`search_model` is the same on objects."""
     from ..api import data_for, load
@@ -109,20 +110,33 @@ def run_search(ref: str, cfg: SearchConfig, out: str | Path, cache_dir: str | No
     model, spec = load(ref)
     data = data_for(spec, dataset, data_dir)
     return search_model(model, spec, data, cfg, out, cache_dir,
-                        record={"model": str(ref), "dataset": dataset}, parent_ref=str(ref))[0]
+                        record={"model": str(ref), "dataset": dataset}, parent_ref=str(ref),
+                        workers=workers, ray_address=ray_address)[0]
 
 
 def search_model(model, spec, data, cfg: SearchConfig, out: str | Path,
                  cache_dir: str | None = None, *, target=None, eval_fn=None,
                  ignored: tuple[str, ...] = (), record: dict | None = None,
-                 parent_ref: str | None = None) -> tuple[dict, object]:
+                 parent_ref: str | None = None, workers: int = 0,
+                 ray_address: str | None = None) -> tuple[dict, object]:
     """Run (or resume) a search on a model object; returns ``(result, chosen pruned model)``.
 
     ``data`` has ``batches(split, ...)`` (a registered data set's :class:`Splits` or the user's
     loaders as :class:`~prunelab.data.loaders.LoaderData`); ``target`` a ready target (built
     from ``cfg.target`` when None); ``eval_fn(model) -> float`` replaces validation top-1;
     ``ignored`` names layers never pruned; ``record`` is written into ``config.json`` beside the
-    settings (what the model and data were, for a resume check)."""
+    settings (what the model and data were, for a resume check).  ``workers``: evaluate batches
+    of candidates on that many Ray workers (:mod:`.parallel`; ``ray_address`` joins a cluster);
+    the log, the choice and a resume are the same as without them."""
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
+        raise PrunelabError(f"workers={workers!r}: give a whole number of Ray workers >= 1 (or "
+                            "0: evaluate in this process)")
+    if workers:
+        import importlib.util
+
+        if importlib.util.find_spec("ray") is None:
+            raise PrunelabError("workers needs Ray: pip install 'prunelab[ray]' (or leave "
+                                "workers out to evaluate in this process)")
     from ..sweep import build_criterion
     from ..targets import make_target
 
@@ -152,24 +166,28 @@ def search_model(model, spec, data, cfg: SearchConfig, out: str | Path,
             calls = _RunCallbacks(out)
             ctx = Search(model, spec, data, cfg, out, crit, predictor, target,
                          seconds_before=(state or {}).get("seconds", 0.0), eval_fn=eval_fn,
-                         ignored=ignored, callbacks=calls)
+                         ignored=ignored, callbacks=calls, workers=workers,
+                         ray_address=ray_address)
             _write_state(out, ctx, "running")
             with progress() as bar:
                 calls.show(bar, f"{cfg.method} search")
                 entry.fn(ctx)
                 calls.show(None)
+            ctx.evaluator.close()  # the workers' load ends before the target is timed
             searched = ctx.seconds()
             ctx.phase = "measure"
             _write_state(out, ctx, "measuring")
             result, net = _finish(ctx, parent_ref or spec.name, budget, crit_spec)
         except KeyboardInterrupt:
             if ctx is not None:
+                ctx.evaluator.close()
                 _write_state(out, ctx, "interrupted")
                 ctx.log.close()
             raise PrunelabError("search interrupted; run the same command again to resume") \
                 from None
         except PrunelabError:
             if ctx is not None:
+                ctx.evaluator.close()
                 ctx.log.close()
             if fresh and (ctx is None or len(ctx.log.rows) <= 1):
                 shutil.rmtree(out, ignore_errors=True)  # bad settings found at once: leave nothing
