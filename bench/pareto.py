@@ -251,7 +251,7 @@ def write_tables(model: str) -> Path | None:
              "(`OMP_NUM_THREADS=1 taskset -c N`).", "",
              "| budget | method | family | seed | top-1 final | top-1 searched | speed-up "
              "(measured) | MACs kept | params kept | speed-up x MACs kept | evals | search s | "
-             "fine-tune s |", "|" + "---|" * 13]
+             "fine-tune s | commit |", "|" + "---|" * 14]
     for r in recs:
         noise = "" if r["speedup_verdict"].endswith("faster") else f" ({r['speedup_verdict']})"
         lines.append(
@@ -259,11 +259,14 @@ def write_tables(model: str) -> Path | None:
             f"**{100 * r['final_top1']:.2f}%** | {100 * r['searched_top1']:.2f}% | "
             f"{r['speedup']:.2f}x{noise} | {100 * r['macs_kept']:.1f}% | "
             f"{100 * r['params_kept']:.1f}% | {r['speedup_per_macs_reduction']:.2f} | "
-            f"{r['evaluations']} | {r['search_seconds']:.0f} | {r['finetune_seconds']:.0f} |")
+            f"{r['evaluations']} | {r['search_seconds']:.0f} | {r['finetune_seconds']:.0f} | "
+            f"{r.get('commit') or 'before b84d970'} |")
     base = recs[0]
     lines += ["", f"Unpruned: {100 * base['base_top1']:.2f}% test top-1. "
               "`speed-up x MACs kept` is the measured speed-up over the MACs reduction "
-              "(1.0: time fell exactly as MACs did).", "", "## Verdicts (computed from the "
+              "(1.0: time fell exactly as MACs did). `commit`: the prunelab the cell ran (cells "
+              "from before b84d970 chose without the run's latency anchor and the top-1 tie "
+              "rule).", "", "## Verdicts (computed from the "
               "cells above)", ""]
     lines += [f"- {v}" for v in verdicts(recs)] or ["- not enough finished cells yet"]
     seeds = [r for r in recs if r["label"] == "nsga2+deeplift" and r["budget_speedup"] == 3]
