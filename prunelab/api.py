@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import platform
@@ -333,7 +334,9 @@ def finetune_model(model: nn.Module, spec: ModelSpec, data, cfg: TrainConfig, ou
             p.requires_grad_(False)
     else:
         teacher_id = None
-    with FolderLock(out):  # one writer per output (and its checkpoint)
+    from .distributed import is_main
+
+    with FolderLock(out) if is_main() else contextlib.nullcontext():  # one writer per output
         return _finetune_locked(model, spec, data, cfg, out, tmodel, tspec, teacher_id,
                                 kd_temperature, kd_weight, recal_batches, recal_end, model_id,
                                 command, overwrite)
@@ -341,6 +344,8 @@ def finetune_model(model: nn.Module, spec: ModelSpec, data, cfg: TrainConfig, ou
 
 def _finetune_locked(model, spec, data, cfg, out, tmodel, tspec, teacher_id, kd_temperature,
                      kd_weight, recal_batches, recal_end, model_id, command, overwrite) -> dict:
+    from .distributed import is_main
+
     val = data.batches("val", 500)
     before = _top1(model, val)
     teacher_val = _top1(tmodel, val) if tmodel is not None else None
@@ -378,8 +383,9 @@ def _finetune_locked(model, spec, data, cfg, out, tmodel, tspec, teacher_id, kd_
         finetuned["previous"] = prov["finetuned"]
     prov.update(name=name, finetuned=finetuned)
     fspec = ModelSpec(**{**spec.__dict__, "provenance": prov})
-    save_model(model, fspec, out, overwrite)
-    discard_checkpoint(ckpt)
+    if is_main():  # under torchrun DDP rank 0 alone writes
+        save_model(model, fspec, out, overwrite)
+        discard_checkpoint(ckpt)
     return {"model": name, "from": spec.name, "out": str(Path(out).resolve()),
             "epochs": cfg.epochs, "lr": cfg.lr, "batch_size": cfg.batch_size, "seed": cfg.seed,
             "teacher": tinfo, "kd_weight": finetuned["kd_weight"],

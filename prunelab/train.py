@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import time
 from dataclasses import asdict, dataclass
@@ -231,6 +232,14 @@ def fit(model: nn.Module, data: Splits, cfg: TrainConfig, checkpoint: str | Path
             best = {"epoch": 0, "val_top1": result.start_val_top1, "state": _state_copy(model)}
     fmt = torch.channels_last if use_bf16 else torch.contiguous_format
     model.to(memory_format=fmt)
+    from .distributed import world
+
+    rank, size = world()
+    net = model
+    if size > 1:  # under torchrun: every size-th batch, gradients averaged (prunelab.distributed)
+        from torch.nn.parallel import DistributedDataParallel
+
+        net = DistributedDataParallel(model)
     if teacher is not None:
         teacher.eval()
         teacher.to(memory_format=fmt)
@@ -241,12 +250,14 @@ def fit(model: nn.Module, data: Splits, cfg: TrainConfig, checkpoint: str | Path
             batches.set_epoch(epoch)
             t0, loss_sum, seen = time.perf_counter(), 0.0, 0
             for step, (x, y) in enumerate(batches):
+                if step % size != rank or step >= steps_per_epoch - steps_per_epoch % size:
+                    continue  # another rank's batch (each rank runs as many steps)
                 it = epoch * steps_per_epoch + step
                 for g in opt.param_groups:
                     g["lr"] = 0.5 * cfg.lr * (1 + math.cos(math.pi * it / total))
                 x = x.contiguous(memory_format=fmt)
                 with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
-                    logits = model(x)
+                    logits = net(x)
                     loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
                     if teacher is not None and kd_weight > 0:
                         with torch.no_grad():
@@ -271,13 +282,14 @@ def fit(model: nn.Module, data: Splits, cfg: TrainConfig, checkpoint: str | Path
             if keep_best and (acc > best["val_top1"] or
                               (acc == best["val_top1"] and best["epoch"] == 0)):
                 best = {"epoch": epoch + 1, "val_top1": acc, "state": _state_copy(model)}
-            if ckpt:
+            if ckpt and rank == 0:  # one writer
                 _save_ckpt(ckpt, model, opt, epoch + 1, history, cfg, extra,
                            best if keep_best else None,
                            {"start_val_top1": result.start_val_top1}
                            if result.start_val_top1 is not None else None)
             if on_epoch is not None:
                 on_epoch(epoch + 1, model, history[-1])
+            _kill_after_epoch(epoch + 1)
     model.to(memory_format=torch.contiguous_format)
     if teacher is not None:
         teacher.to(memory_format=torch.contiguous_format)
@@ -299,6 +311,16 @@ def fit(model: nn.Module, data: Splits, cfg: TrainConfig, checkpoint: str | Path
         result.final_recal = {"batches": recal_batches, "val_top1": acc, "kept": acc >= before}
     model.eval()
     return result
+
+
+def _kill_after_epoch(epoch: int) -> None:
+    """PRUNELAB_KILL_AFTER_EPOCHS=N kills the process (SIGKILL) after the N-th epoch's
+    checkpoint: how the tests show that a killed (distributed) fine-tune resumes."""
+    stop = os.environ.get("PRUNELAB_KILL_AFTER_EPOCHS")
+    if stop and epoch >= int(stop):
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def discard_checkpoint(checkpoint: str | Path | None) -> None:

@@ -166,9 +166,20 @@ FINETUNE_KEYS = ("kd_weight", "kd_temperature", "lr", "batch_size", "weight_deca
 
 
 def cmd_finetune(args):
+    import os
+
     from .. import api
+    from ..distributed import init_from_env, is_main, launch, strip_nproc
 
     section_values(args, "finetune", ("epochs",) + FINETUNE_KEYS)
+    if args.nproc < 1:
+        raise PrunelabError(f"--nproc {args.nproc}: give the number of processes, >= 1")
+    if args.nproc > 1 and "WORLD_SIZE" not in os.environ:  # start them under torchrun
+        code = launch(strip_nproc(sys.argv[1:]), args.nproc)
+        if code:
+            raise SystemExit(2 if code > 0 else 1)
+        return
+    init_from_env()
     command = "prunelab " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("prunelab") else None
     r = api.finetune(args.model, args.epochs, args.out,
                      teacher=None if args.no_teacher else args.teacher,
@@ -198,7 +209,8 @@ def cmd_finetune(args):
         print_table("before / after fine-tuning", ["model", "stage", "val top-1", "test top-1"], rows,
                f"{o['epochs']} epochs, lr {o['lr']}, {o['seconds']:.0f}s\n{kd}\n"
                f"test top-1 measured once, at the end\nsaved to {o['out']}")
-    emit(args, r, table)
+    if is_main():
+        emit(args, r, table)
 
 
 def cmd_export(args):
@@ -313,6 +325,9 @@ def register(sub) -> None:
     g.add_argument("--no-teacher", action="store_true", help="no knowledge distillation")
     section_flags(s, "finetune", FINETUNE_KEYS)
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--nproc", type=int, default=1,
+                   help="processes fine-tuning together under torchrun DDP (gloo on CPU, nccl "
+                        "on GPUs); the global batch is nproc x --batch-size (default 1)")
     s.add_argument("--dataset", help="dataset name (default: the one the model was trained on)")
     s.add_argument("--data-dir", help="folder with the dataset files")
     s.add_argument("--weights", help="weights for a path/file.py:factory model")
