@@ -54,10 +54,20 @@ def test_killed_parallel_search_resumes(tiny_resnet_dir, idx_dir, tmp_path):
 
     def cli(out, env=None):
         import os
+        import signal
 
         e = {**os.environ, "PRUNELAB_QUIET": "1", **(env or {})}
-        return subprocess.run([sys.executable, "-m", "prunelab.cli", *args, "--out", str(out)],
-                              capture_output=True, text=True, env=e, timeout=280)
+        p = subprocess.Popen([sys.executable, "-m", "prunelab.cli", *args, "--out", str(out)],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=e,
+                             start_new_session=True)
+        try:
+            stdout, stderr = p.communicate(timeout=280)
+        finally:
+            try:  # a SIGKILLed driver leaves its local Ray processes behind: end them too
+                os.killpg(p.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        return subprocess.CompletedProcess(p.args, p.returncode, stdout, stderr)
 
     whole = cli(tmp_path / "whole")
     assert whole.returncode == 0, whole.stderr
