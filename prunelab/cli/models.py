@@ -31,9 +31,9 @@ def cmd_list(args):
 
         def table(o):
             print_table("architectures", ["name", "description"],
-                   [[a["name"], a["description"]] for a in o["architectures"]])
+                        [[a["name"], a["description"]] for a in o["architectures"]])
             print_table("shipped pretrained models", ["name", "test top-1"],
-                   [[s["name"], f"{100 * s['test_top1']:.2f}%" if s["test_top1"] else "-"]
+                        [[s["name"], f"{100 * s['test_top1']:.2f}%" if s["test_top1"] else "-"]
                     for s in o["pretrained"]])
         emit(args, obj, table)
         return
@@ -90,8 +90,8 @@ def cmd_prune(args):
         recal = (f"BN recalibrated on {o['bn_recalibration_batches']} training batches"
                  if o["bn_recalibration_batches"] else "BN statistics unchanged")
         print_table(f"before / after pruning (no fine-tuning, {recal}; test split)",
-               ["model", "top-1", "MACs", "params", "latency ms"], rows,
-               lat_note(o) + (f"\nsaved to {o['out']}" if o["out"] else ""))
+                    ["model", "top-1", "MACs", "params", "latency ms"], rows,
+                    lat_note(o) + (f"\nsaved to {o['out']}" if o["out"] else ""))
     emit(args, r, table)
 
 
@@ -139,8 +139,8 @@ def cmd_criteria_evaluate(args):
                             f"{100 * (r['top1'] - base):+.2f}", f"{100 * r['macs_kept']:.1f}%",
                             f"{r['seconds']:.2f}"])
         print_table(f"{spec.name}: prune, recalibrate BN ({args.recal_batches} batches), validation "
-               f"top-1 (unpruned {100 * base:.2f}%)", cols, out,
-               "no fine-tuning; 'score s' = seconds the criterion took to score every filter")
+                    f"top-1 (unpruned {100 * base:.2f}%)", cols, out,
+                    "no fine-tuning; 'score s' = seconds the criterion took to score every filter")
     emit(args, rows, table)
 
 
@@ -207,8 +207,8 @@ def cmd_finetune(args):
         kd = (f"distilled from {t['model']} (val top-1 {pct(t['val_top1'])}), weight "
               f"{o['kd_weight']}, temperature {o['kd_temperature']}" if t else "no distillation")
         print_table("before / after fine-tuning", ["model", "stage", "val top-1", "test top-1"], rows,
-               f"{o['epochs']} epochs, lr {o['lr']}, {o['seconds']:.0f}s\n{kd}\n"
-               f"test top-1 measured once, at the end\nsaved to {o['out']}")
+                    f"{o['epochs']} epochs, lr {o['lr']}, {o['seconds']:.0f}s\n{kd}\n"
+                    f"test top-1 measured once, at the end\nsaved to {o['out']}")
     if is_main():
         emit(args, r, table)
 

@@ -26,14 +26,16 @@ def print_summary(o: dict) -> None:
     tc, p = o["target_config"], o["protocol"]
     met = "met" if o["budget_met"] else "NOT met"
     print_table(f"{o['method']} + {o['criterion']} on {o['model']}, {o['target']}: budget "
-           f"{o['budget']} {met}", ["model", "test top-1", "MACs", "params",
+                f"{o['budget']} {met}", ["model", "test top-1", "MACs", "params",
                                     "latency ms (± IQR/2)", "speed-up"], rows,
-           f"verified: test top-1 on {o['dataset']}; latency on {o['target']} (batch "
-           f"{tc['batch_size']}, {tc['threads']} thread(s)), median of {p['repeats']} interleaved "
-           f"runs after {p['warmup']} warm-up; final vs unpruned {o['speedup']:.2f}x "
-           f"({o['speedup_verdict']}); search {o['search_seconds']:.0f} s ({o['evaluations']} "
-           f"evaluations), fine-tune {o['finetune_seconds']:.0f} s, wall {o['wall_seconds']:.0f} "
-           f"s; run folder {o['out']}")
+                f"verified: test top-1 on {o['dataset']}; latency on {o['target']} (batch "
+                f"{tc['batch_size']}, {tc['threads']} thread(s)), median of {p['repeats']} "
+                f"interleaved "
+                f"runs after {p['warmup']} warm-up; final vs unpruned {o['speedup']:.2f}x "
+                f"({o['speedup_verdict']}); search {o['search_seconds']:.0f} s ({o['evaluations']} "
+                f"evaluations), fine-tune {o['finetune_seconds']:.0f} s, wall "
+                f"{o['wall_seconds']:.0f} "
+                f"s; run folder {o['out']}")
 
 
 def cmd_run(args):
@@ -66,9 +68,10 @@ def cmd_compare(args):
                 for r in o["runs"]]
         print_table("runs compared", ["run", "method", "criterion", "target", "top-1", "MACs",
                                  "params", "ms", "speed-up", "search s", "fine-tune s"], rows,
-               "top-1 on the test split for verified runs (prunelab run), on validation for bare "
-               "searches; latency and speed-up measured on each run's own target, interleaved "
-               "with the unpruned model" + (f"; plot {o['plot']}" if o["plot"] else ""))
+                    "top-1 on the test split for verified runs (prunelab run), on validation for "
+                    "bare "
+                    "searches; latency and speed-up measured on each run's own target, interleaved "
+                    "with the unpruned model" + (f"; plot {o['plot']}" if o["plot"] else ""))
     emit(args, compare(args.run_dirs, args.plot), table)
 
 

@@ -54,15 +54,15 @@ def cmd_search(args):
                  for i, p in enumerate(o["pareto"])]
         met = "met" if c["budget_met"] else "NOT met"
         print_table(f"{o['method']} + {o['criterion']} on {o['model']}, {o['target']}: budget "
-               f"{o['budget']} {met}", ["model", "val top-1", "MACs", "params",
+                    f"{o['budget']} {met}", ["model", "val top-1", "MACs", "params",
                                         "ms", "note"], rows,
-               f"speed-up {c['measured_speedup']:.2f}x: {c['speedup_verdict']} "
-               f"({o['target']}, batch {o['target_config']['batch_size']}, "
-               f"{o['target_config']['threads']} thread(s), interleaved medians); "
-               f"{o['evaluations']} evaluations in {o['search_seconds']:.0f} s (search) + "
-               f"{o['seconds'] - o['search_seconds']:.0f} s (measure, save); val top-1 on the "
-               f"whole validation split, front points on the search's subset; "
-               f"saved to {c['path']}; plot {o.get('plot')}")
+                    f"speed-up {c['measured_speedup']:.2f}x: {c['speedup_verdict']} "
+                    f"({o['target']}, batch {o['target_config']['batch_size']}, "
+                    f"{o['target_config']['threads']} thread(s), interleaved medians); "
+                    f"{o['evaluations']} evaluations in {o['search_seconds']:.0f} s (search) + "
+                    f"{o['seconds'] - o['search_seconds']:.0f} s (measure, save); val top-1 on the "
+                    f"whole validation split, front points on the search's subset; "
+                    f"saved to {c['path']}; plot {o.get('plot')}")
     emit(args, r, table)
 
 
