@@ -49,13 +49,13 @@ def init_from_env() -> bool:
     return True
 
 
-def launch(argv: list[str], nproc: int) -> int:
-    """Run ``prunelab`` with ``argv`` (no ``--nproc``) in ``nproc`` processes under torchrun;
-    its exit code."""
+def launch(argv: list[str], nproc: int, module: str = "prunelab.cli") -> int:
+    """Run ``python -m module`` with ``argv`` (for ``prunelab``: no ``--nproc``) in ``nproc``
+    processes under torchrun; its exit code."""
     if nproc < 1:
         raise PrunelabError("--nproc must be >= 1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-           f"--nproc_per_node={nproc}", "-m", "prunelab.cli", *argv]
+           f"--nproc_per_node={nproc}", "-m", module, *argv]
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     return subprocess.run(cmd, env=env).returncode
 

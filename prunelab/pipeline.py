@@ -134,6 +134,8 @@ class FinetuneSection(_Section):
     recal_end: bool = Field(True, description="re-estimate BN after the last epoch")
     precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="training precision")
     threads: Positive | None = Field(None, description="CPU threads (default: all)")
+    nproc: Positive = Field(1, description="processes fine-tuning under torchrun DDP (gloo on "
+                            "CPU, nccl on GPUs); the global batch is nproc x batch_size")
 
 
 class VerifySection(_Section):
@@ -434,6 +436,17 @@ def _stage_finetune(cfg: PipelineConfig, out: Path, searched, model, spec, data)
     if f.epochs == 0:
         log("[2/3] fine-tune: skipped (epochs = 0)")
         return None, searched
+    from .distributed import is_main, launch, world
+
+    if f.nproc > 1 and world()[1] == 1:  # this process starts the ranks and waits for them
+        log(f"[2/3] fine-tune: {f.epochs} epoch(s), teacher {f.teacher}, {f.nproc} processes "
+            "under torchrun")
+        code = launch([str(out)], f.nproc, module="prunelab.ddp_stage")
+        done = read_json(out / "finetune.json")
+        if code or done is None:
+            raise PrunelabError(f"the fine-tune under torchrun stopped (exit code {code}); run "
+                                "the same command again to resume from its checkpoint")
+        return done, load_into(out / "finetuned", model)
     log(f"[2/3] fine-tune: {f.epochs} epoch(s), teacher {f.teacher}")
     teacher = tspec = tid = None
     if f.teacher == "parent":
@@ -450,8 +463,27 @@ def _stage_finetune(cfg: PipelineConfig, out: Path, searched, model, spec, data)
     r = finetune_model(net, read_spec(folder), data, tcfg, str(out / "finetuned"), teacher,
                        tspec, tid, f.kd_temperature, f.kd_weight, f.recal_batches, f.recal_end,
                        ref_of(str(folder)), f"prunelab run ({out})")
-    atomic_write_text(out / "finetune.json", json.dumps(r, indent=1))
+    if is_main():  # under torchrun rank 0 alone writes
+        atomic_write_text(out / "finetune.json", json.dumps({**r, "nproc": world()[1]},
+                                                            indent=1))
     return r, net
+
+
+def finetune_rank(out: Path) -> None:
+    """One torchrun rank of the fine-tune stage of the run in ``out`` (``[finetune] nproc`` >
+    1): the model, data and searched widths come from the run folder's resolved config and
+    ``search/model``, as the starting process had them."""
+    from .api import data_for, load
+    from .distributed import init_from_env
+    from .io import load_into
+
+    init_from_env()
+    cfg = load_config(read_json(out / "config.json") or {})
+    with trust_factory(cfg.model.factory):
+        model, spec = load(cfg.model.ref, weights=cfg.model.weights, dataset=cfg.model.dataset,
+                           data_dir=cfg.model.data_dir)
+        data = data_for(spec, cfg.model.dataset, cfg.model.data_dir)
+        _stage_finetune(cfg, out, load_into(out / "search" / "model", model), model, spec, data)
 
 
 def verdict(v: str, pruned: str = "pruned") -> str:
@@ -464,6 +496,7 @@ def _stage_verify(cfg: PipelineConfig, out: Path, nets: dict, refs: dict, data, 
     latency measured interleaved on ``target``."""
     from .latency.measure import Protocol, compare, measure
     from .metrics import macs_params
+    from .searches.parallel import measuring_on
     from .train import evaluate
 
     done = read_json(out / "verify.json")
@@ -496,7 +529,8 @@ def _stage_verify(cfg: PipelineConfig, out: Path, nets: dict, refs: dict, data, 
            "macs_kept": rows["final"]["macs"] / rows["unpruned"]["macs"],
            "params_kept": rows["final"]["params"] / rows["unpruned"]["params"],
            "top1_change": rows["final"]["test_top1"] - rows["unpruned"]["test_top1"],
-           "dataset": data.name, "seconds": time.perf_counter() - t0}
+           "dataset": data.name, "measured_on": measuring_on(target),
+           "seconds": time.perf_counter() - t0}
     atomic_write_text(out / "verify.json", json.dumps(res, indent=1))
     return res
 
@@ -533,13 +567,15 @@ def _run(cfg: PipelineConfig, out: Path, text: str) -> dict:
         # the model, its data and the target are resolved once and handed to every stage
         from .api import data_for, load
         from .io import read_spec
-        from .targets import make_target
+        from .searches.parallel import measuring_target
 
         trusted.enter_context(trust_factory(cfg.model.factory))
         model, spec = load(cfg.model.ref, weights=cfg.model.weights, dataset=cfg.model.dataset,
                            data_dir=cfg.model.data_dir)
         data = data_for(spec, cfg.model.dataset, cfg.model.data_dir)
-        target = make_target(cfg.target_config())
+        # the target's node on a Ray cluster that has one (search and verify), else here
+        target = trusted.enter_context(measuring_target(
+            cfg.target_config(), None, cfg.run.workers, cfg.run.ray_address))
         sr, searched_net = _stage_search(cfg, out, model, spec, data, target)
         searched = sr["chosen"]["path"]
         stage = "finetune"

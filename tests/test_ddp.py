@@ -37,3 +37,44 @@ def test_two_process_finetune_improves_and_resumes(tiny_resnet_dir, idx_dir, tmp
     again = json.loads(resumed.stdout)
     assert [h["val_top1"] for h in again["history"]] == [h["val_top1"] for h in r["history"]]
     assert again["after_val_top1"] == r["after_val_top1"]
+
+
+def test_run_config_nproc_finetunes_under_torchrun(tiny_run, tiny_resnet_dir, idx_dir,
+                                                   session_cache_dir, pipeline_config, tmp_path,
+                                                   monkeypatch):
+    """``[finetune] nproc = 2`` in a run config: the pipeline's fine-tune stage runs in two
+    torchrun processes from the run folder, and a rank killed after epoch 1 leaves a checkpoint
+    the rerun resumes from, to the same figures as an uncut two-process stage."""
+    import shutil
+
+    import pytest
+
+    from prunelab.errors import PrunelabError
+    from prunelab.pipeline import run_pipeline
+
+    cfg = pipeline_config(tiny_resnet_dir, idx_dir, session_cache_dir,
+                          finetune={"epochs": 2, "nproc": 2, "lr": 0.05})
+    runs = {}
+    for name in ("whole", "cut"):            # the searched run, before its fine-tune
+        runs[name] = tmp_path / name
+        shutil.copytree(tiny_run, runs[name])
+        for f in ("summary.json", "verify.json", "finetune.json", "timing.json"):
+            (runs[name] / f).unlink()
+        shutil.rmtree(runs[name] / "finetuned")
+    monkeypatch.setenv("PRUNELAB_QUIET", "1")
+    whole = run_pipeline(cfg, runs["whole"])
+    ft = json.loads((runs["whole"] / "finetune.json").read_text())
+    assert ft["nproc"] == 2 and ft["epochs"] == 2 and len(ft["history"]) == 2
+    assert whole["finetune_epochs"] == 2 and (runs["whole"] / "finetuned" / "model.json").exists()
+    assert whole["rows"]["final"]["test_top1"] == ft["test_top1"]
+
+    monkeypatch.setenv("PRUNELAB_KILL_AFTER_EPOCHS", "1")
+    with pytest.raises(PrunelabError, match="under torchrun stopped .* resume"):
+        run_pipeline(cfg, runs["cut"])
+    assert not (runs["cut"] / "finetune.json").exists()
+    assert json.loads((runs["cut"] / "finetuned.ckpt" / "state.json").read_text())["epoch"] == 1
+    monkeypatch.delenv("PRUNELAB_KILL_AFTER_EPOCHS")
+    cut = run_pipeline(cfg, runs["cut"])
+    again = json.loads((runs["cut"] / "finetune.json").read_text())
+    assert [h["val_top1"] for h in again["history"]] == [h["val_top1"] for h in ft["history"]]
+    assert cut["rows"]["final"]["test_top1"] == whole["rows"]["final"]["test_top1"]

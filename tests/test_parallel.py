@@ -88,3 +88,35 @@ def test_bad_workers_fail_before_any_work(tiny_resnet_dir, idx_dir, tmp_path):
         run_search(str(tiny_resnet_dir), _cfg("cie"), tmp_path / "x", str(tmp_path / "c"),
                    "mnist-idx", str(idx_dir), workers=-1)
     assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("advertised", [True, False])
+def test_latency_is_measured_on_the_node_with_the_target(advertised, tiny_resnet_dir, idx_dir,
+                                                         tmp_path):
+    """On a Ray cluster (here: a Ray this process started, as a user's script would) with a node
+    that advertises ``target:scripted``, the lookup table, the front and the confirmation are
+    timed by one actor holding that resource, not by the driver; without such a node the driver
+    measures.  Either way the search logs and chooses as a serial one."""
+    import os
+
+    import ray
+
+    ray.init(num_cpus=2, resources={"target:scripted": 1} if advertised else {},
+             include_dashboard=False, log_to_driver=False, configure_logging=False)
+    try:
+        r = run_search(str(tiny_resnet_dir), _cfg("nsga2"), tmp_path / "cluster",
+                       str(tmp_path / "c1"), "mnist-idx", str(idx_dir), workers=2)
+        assert ray.is_initialized()          # the caller's Ray is left running
+    finally:
+        ray.shutdown()
+    serial = run_search(str(tiny_resnet_dir), _cfg("nsga2"), tmp_path / "serial",
+                        str(tmp_path / "c2"), "mnist-idx", str(idx_dir))
+    where = r["measured_on"]
+    if advertised:
+        assert where["resource"] == "target:scripted" and where["pid"] != os.getpid()
+    else:
+        assert where["resource"] is None and where["pid"] == os.getpid()
+    assert serial["measured_on"]["pid"] == os.getpid()
+    assert _same(_rows(tmp_path / "cluster")) == _same(_rows(tmp_path / "serial"))
+    assert r["chosen"]["keep"] == serial["chosen"]["keep"]
+    assert r["chosen"]["latency_ms"] == serial["chosen"]["latency_ms"]

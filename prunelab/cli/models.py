@@ -171,9 +171,7 @@ def cmd_finetune(args):
     from .. import api
     from ..distributed import init_from_env, is_main, launch, strip_nproc
 
-    section_values(args, "finetune", ("epochs",) + FINETUNE_KEYS)
-    if args.nproc < 1:
-        raise PrunelabError(f"--nproc {args.nproc}: give the number of processes, >= 1")
+    section_values(args, "finetune", ("epochs", "nproc") + FINETUNE_KEYS)
     if args.nproc > 1 and "WORLD_SIZE" not in os.environ:  # start them under torchrun
         code = launch(strip_nproc(sys.argv[1:]), args.nproc)
         if code:
@@ -325,9 +323,7 @@ def register(sub) -> None:
     g.add_argument("--no-teacher", action="store_true", help="no knowledge distillation")
     section_flags(s, "finetune", FINETUNE_KEYS)
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--nproc", type=int, default=1,
-                   help="processes fine-tuning together under torchrun DDP (gloo on CPU, nccl "
-                        "on GPUs); the global batch is nproc x --batch-size (default 1)")
+    section_flags(s, "finetune", ("nproc",))
     s.add_argument("--dataset", help="dataset name (default: the one the model was trained on)")
     s.add_argument("--data-dir", help="folder with the dataset files")
     s.add_argument("--weights", help="weights for a path/file.py:factory model")

@@ -38,6 +38,8 @@ LUT_PROTOCOL = Protocol(warmup=5, repeats=20, min_seconds=0.0)
 
 def time_runners(target, runners: Sequence, protocol: Protocol = Protocol()) -> list[Timing]:
     """Time ready runners (see :meth:`Target.runner`) interleaved; one Timing per runner."""
+    if hasattr(target, "time_jobs"):  # a target on another Ray node times them there
+        return target.time_jobs(list(runners), protocol)
     if getattr(target, "scripted", False):  # a formula target: its figures, never a clock
         samples = [[float(r.ms)] * protocol.repeats for r in runners]
     else:

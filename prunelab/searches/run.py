@@ -138,7 +138,7 @@ def search_model(model, spec, data, cfg: SearchConfig, out: str | Path,
             raise PrunelabError("workers needs Ray: pip install 'prunelab[ray]' (or leave "
                                 "workers out to evaluate in this process)")
     from ..sweep import build_criterion
-    from ..targets import make_target
+    from .parallel import measuring_target
 
     entry = method_entry(cfg)
     crit_spec = cfg.criterion or entry.meta["criterion"]
@@ -147,9 +147,8 @@ def search_model(model, spec, data, cfg: SearchConfig, out: str | Path,
     config = {**cfg.to_json(), "criterion": crit_spec, **(record or {})}
     if ignored:
         config["ignored_layers"] = list(ignored)
-    target = target or make_target(cfg.target)
     crit = build_criterion(crit_spec, seed=cfg.seed)
-    with FolderLock(out):  # one writer per search folder
+    with FolderLock(out), measuring_target(cfg.target, target, workers, ray_address) as target:
         fresh = not out.exists()
         state = _prepare_folder(out, config)
         if state and state.get("status") == "done" and (out / RESULT).exists():
@@ -162,7 +161,9 @@ def search_model(model, spec, data, cfg: SearchConfig, out: str | Path,
             log(f"resuming the search in {out} ({state.get('evaluations', 0)} evaluations logged)")
         ctx = None
         try:
+            t_pred = time.perf_counter()
             predictor = _predictor(model, spec, target, out, cache_dir)
+            t_pred = time.perf_counter() - t_pred
             calls = _RunCallbacks(out)
             ctx = Search(model, spec, data, cfg, out, crit, predictor, target,
                          seconds_before=(state or {}).get("seconds", 0.0), eval_fn=eval_fn,
@@ -195,6 +196,9 @@ def search_model(model, spec, data, cfg: SearchConfig, out: str | Path,
         ctx.log.close()
         result["search_seconds"] = searched
         result["seconds"] = ctx.seconds()
+        # this session's share of the cost: the table (cached per device) and the measurements
+        result["predictor_seconds"] = t_pred
+        result["measure_seconds"] = result["seconds"] - searched
         atomic_write_text(out / RESULT, json.dumps(result, indent=1))
         _write_state(out, ctx, "done")
         return result, net
@@ -245,6 +249,7 @@ def _finish(ctx: Search, ref: str, budget: Budget, crit_spec: str) -> tuple[dict
     from ..api import pruned_spec
     from ..io import save_model
     from ..latency.measure import Protocol, compare, measure
+    from .parallel import measuring_on
 
     pool = ctx.finalists if ctx.finalists is not None else \
         [r for r in ctx.cache.values() if r["phase"] != "base"]
@@ -307,7 +312,7 @@ def _finish(ctx: Search, ref: str, budget: Budget, crit_spec: str) -> tuple[dict
            "pareto": [_point_json(p) for p in front],
            "measured": [_point_json(p) for p in measured],
            "base": base_out, "chosen": chosen, "method_info": ctx.info,
-           "out": str(ctx.out.resolve())}
+           "measured_on": measuring_on(ctx.target), "out": str(ctx.out.resolve())}
     atomic_write_text(ctx.out / "pareto.json", json.dumps(
         {"base": base_out, "chosen": chosen, "pareto": res["pareto"],
          "measured": res["measured"]}, indent=1))
