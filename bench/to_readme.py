@@ -1,6 +1,7 @@
 """Copy the benchmark tables from bench/results/ into README.md between their markers
 (``<!-- latency-validate -->`` ... ``<!-- /latency-validate -->`` and the same for
-``step-example``, ``criteria-tables``, ``search-tables`` and ``examples-compare``), so the
+``step-example``, ``criteria-tables``, ``search-tables``, ``examples-compare``, ``scaleout``
+and ``cluster-cost``), so the
 README quotes exactly what the bench scripts wrote.
 
     python bench/to_readme.py
@@ -43,6 +44,10 @@ def main() -> None:
     ex = RESULTS / "examples-compare.md"
     if ex.exists():
         text = splice(text, "examples-compare", ex.read_text())
+    for name in ("scaleout", "cluster_cost"):
+        res = RESULTS / f"{name}.md"
+        if res.exists():
+            text = splice(text, name.replace("_", "-"), res.read_text())
     atomic_write_text(readme, text)
 
 
