@@ -200,8 +200,14 @@ def verdicts(recs: list[dict]) -> list[str]:
         by.setdefault(r["label"], {})[r["budget_speedup"]] = r
     for b in sorted({r["budget_speedup"] for r in main}):
         col = [r for r in main if r["budget_speedup"] == b]
-        pl = [r for r in col if r["family"] == "prunelab"]
-        tp = [r for r in col if r["family"] == "torch-pruning"]
+        # only rows that sit at the budget compare (issue 10: within 10% of it, measured)
+        at = [r for r in col if abs(r["speedup"] - b) <= 0.1 * b]
+        off = sorted(f"{r['label']} {r['speedup']:.2f}x" for r in col if r not in at)
+        if off:
+            out.append(f"speedup={b:g}: not at the budget (more than 10% off, measured), left out "
+                       f"of the comparisons: {', '.join(off)}")
+        pl = [r for r in at if r["family"] == "prunelab"]
+        tp = [r for r in at if r["family"] == "torch-pruning"]
         if pl and tp:
             bp, bt = max(pl, key=lambda r: r["final_top1"]), max(tp, key=lambda r: r["final_top1"])
             d = 100 * (bp["final_top1"] - bt["final_top1"])
@@ -218,6 +224,11 @@ def verdicts(recs: list[dict]) -> list[str]:
         common = sorted(set(by[a]) & set(by[b]))
         for s in common:
             ra, rb = by[a][s], by[b][s]
+            if tag != "seed A" and any(abs(r["speedup"] - s) > 0.1 * s for r in (ra, rb)):
+                out.append(f"{tag}, speedup={s:g}: not comparable ({a} {ra['speedup']:.2f}x, "
+                           f"{b} {rb['speedup']:.2f}x measured; both must be within 10% of "
+                           "the budget)")
+                continue
             line = (f"{tag} ({what}), speedup={s:g}: {a} {100 * ra['final_top1']:.2f}% at "
                     f"{ra['speedup']:.2f}x, MACs {100 * ra['macs_kept']:.0f}%, params "
                     f"{100 * ra['params_kept']:.0f}% vs {b} {100 * rb['final_top1']:.2f}% at "

@@ -81,7 +81,8 @@ def write_tables() -> Path:
             f"{r['predictor_s']:.0f} s | {r['score_s']:.0f} s | {r['evaluations']}, "
             f"{r['eval_median_s']:.2f}, {r['eval_cpu_s']:.0f} | {r['search_s']:.0f} s | "
             f"{r['measure_s']:.0f} s | {rel} | {r['speedup']:.2f}x, {100 * r['val_top1']:.2f}% |")
-    cmd = recs[0]["command"].replace(" --workers 1", " --workers N") if recs else ""
+    cmd = recs[0]["command"].replace(" --workers 1", " --workers N").replace(
+        f"{ROOT}/", "").replace("-w1", "-wN") if recs else ""
     md = (f"**`python bench/scaleout.py`** ({recs[0]['cpus'] if recs else '?'} CPU cores; each "
           f"cell `{cmd}` from scratch, with an empty latency cache)\n\n" + "\n".join(lines) + "\n")
     (RESULTS / "scaleout.md").write_text(md)
