@@ -87,8 +87,7 @@ class _Meter:
 
     def info(self) -> dict:
         t = self.target
-        return {"fingerprint": t.fingerprint(), "device_info": t.device_info(),
-                "versions": t.versions(), "blocked_layout": t.blocked_layout(), **_where()}
+        return {"fingerprint": t.fingerprint(), "blocked_layout": t.blocked_layout(), **_where()}
 
     def time(self, jobs: list, protocol) -> list:
         from ..latency.measure import time_runners
@@ -112,8 +111,6 @@ class RemoteTarget:
     (:func:`~prunelab.latency.measure.time_runners` hands it the jobs); one actor, so one
     measurement at a time on that device."""
 
-    scripted = False
-
     def __init__(self, cfg):
         ray, _ = _ray()
         self.cfg, self.name = cfg, cfg.target
@@ -131,10 +128,10 @@ class RemoteTarget:
         return self._info["fingerprint"]
 
     def device_info(self) -> dict:
-        return self._info["device_info"]
+        return self._info["fingerprint"]["device"]
 
     def versions(self) -> dict:
-        return self._info["versions"]
+        return self._info["fingerprint"]["versions"]
 
     def blocked_layout(self) -> tuple[int, int]:
         return tuple(self._info["blocked_layout"])
