@@ -3,6 +3,7 @@ methods on a latency budget (the scripted target: latency is a known staircase, 
 timed)."""
 
 import copy
+import json
 
 import pytest
 import torch
@@ -89,3 +90,47 @@ def test_staircase_finish_lands_on_a_latency_budget(method, r20_dir, idx_dir, tm
     assert "staircase" not in r0["method_info"]                    # the plain bisection
     again = _staircase_run(method, r20_dir, idx_dir, cache, tmp_path / "again")
     assert again["chosen"]["keep"] == r1["chosen"]["keep"]
+
+
+@pytest.mark.parametrize("method, factor", [("uniform", 1.5), ("uniform", 0.6),
+                                            ("torch-pruning", 1.5), ("nsga2", 1.5)])
+def test_measured_finish_lands_when_the_predictor_is_wrong(method, factor, r20_dir, idx_dir,
+                                                           tmp_path, monkeypatch):
+    """When the predictor disagrees with the target (here every pruned point's prediction is
+    scaled by ``factor``: 1.5 makes the search choose points that measure far past a speed-up budget, 0.6
+    points that measure over it), the run bisects on *measured* latency along the method's path
+    (nsga2: widths interpolated between two measured points) and lands within 10% of the budget,
+    measured; without the finish it would not."""
+    from prunelab.latency import predictor as predictor_mod
+
+    real = predictor_mod.anchor_predictor
+
+    def skewed(pred, *a, **kw):  # every pruned point predicted ``factor`` x its true figure
+        real(pred, *a, **kw)
+        pred.anchor["scale"] *= factor
+        pred.anchor["offset_ms"] *= factor
+        return pred.anchor
+
+    monkeypatch.setattr(predictor_mod, "anchor_predictor", skewed)
+    opts = {"pop": 8, "gens": 2, "sens_ratios": [0.5], "max_options": 4} if method == "nsga2" \
+        else {}
+    if method == "nsga2":
+        cfg = SearchConfig(method, "l1", TargetConfig("scripted"), "speedup=1.6", 0,
+                           recal_batches=1, val_images=0, measure_front=4, options=opts)
+        r = run_search(str(r20_dir), cfg, tmp_path / "s", str(tmp_path / "cache"), "mnist-idx",
+                       str(idx_dir))
+    else:
+        r = _staircase_run(method, r20_dir, idx_dir, str(tmp_path / "cache"), tmp_path / "s")
+    c = r["chosen"]
+    fin = c["measured_finish"]
+    assert fin is not None, "the misprediction did not trigger the measured finish"
+    # 1.5: every point the search trusted measures far past the budget; 0.6: its choice measures
+    # over it, and the fastest fallbacks past it
+    assert fin["trigger"] == "overshoot" or factor < 1, fin
+    assert fin["path"] == ("widths interpolated between two measured points"
+                           if method == "nsga2" else "the method's own")
+    assert fin["chosen_from_finish"] and len(fin["steps"]) >= 2
+    assert c["budget_met"] and not c["overshoot"]
+    assert 1.6 <= c["measured_speedup"] <= 1.6 * 1.1, c["measured_speedup"]
+    rows = [json.loads(x) for x in (tmp_path / "s" / "evaluations.jsonl").open()]
+    assert [x for x in rows if x["phase"] == "measured-finish"]   # evaluated, logged, resumable

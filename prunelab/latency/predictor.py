@@ -509,7 +509,7 @@ def build_predictor(model: nn.Module, spec, target, cache: Cache, calibrate: int
 ANCHOR_FRACTIONS = (0.75, 0.5, 0.3)  # uniform levels of the anchor's pruned references
 
 
-def anchor_predictor(pred: Predictor, model: nn.Module, spec, target, cache: Cache | None = None,
+def anchor_predictor(pred: Predictor, model: nn.Module, spec, target,
                      protocol: Protocol = MODEL_PROTOCOL) -> dict:
     """Tie ``pred`` to what the run's final measurement will see; returns (and sets)
     ``pred.anchor``.
@@ -524,21 +524,16 @@ def anchor_predictor(pred: Predictor, model: nn.Module, spec, target, cache: Cac
     every width, and the same rounded to the runtime's channel block) interleaved, exactly as the
     final measurement does: the unpruned model's prediction becomes its measured median, and a
     pruned one's is ``offset + scale x`` the table's (least squares on the references; the scale
-    kept in [0.5, 2], else a scale alone).  Like the predictor, the anchor is kept in the device's
-    ``cache`` (two runs with one seed on one device search alike) and in the run's
-    ``predictor.json`` (a resumed run predicts exactly as before)."""
+    kept in [0.5, 2], else a scale alone).  Unlike the table, the anchor is measured afresh by every
+    run and never cached per device: an anchor from an earlier sitting of the same (virtual)
+    machine mispredicted narrow networks by 1.1-1.8x (bench/results/pareto, README).  It is kept
+    in the run's ``predictor.json``, so a resumed run predicts exactly as before."""
     import numpy as np
 
     from ..pruning import prunable_groups
     from .measure import measure
 
     pred.anchor = {}
-    key = (f"{model_key(model, spec.arch, spec.input_shape)}|{pred.unanchored({}):.9g}|"
-           f"{ANCHOR_FRACTIONS}|{protocol.warmup},{protocol.repeats}")
-    hit = cache.get("anchors", key) if cache is not None else None
-    if hit is not None:
-        pred.anchor = hit
-        return hit
     _, groups = prunable_groups(model, spec.input_shape, spec.num_classes)
     meter = ModelMeter(target, None, model, spec, groups, pred.units, protocol)
     keeps = []
@@ -561,9 +556,6 @@ def anchor_predictor(pred: Predictor, model: nn.Module, spec, target, cache: Cac
                    "scale": float(scale), "base_table_ms": pred.unanchored({}),
                    "references": [{"keep": k, "table_ms": float(a), "measured_ms": float(b)}
                                   for k, a, b in zip(keeps, x, y)]}
-    if cache is not None:
-        cache.put("anchors", key, pred.anchor)
-        cache.flush()
     return pred.anchor
 
 
