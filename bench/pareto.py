@@ -154,9 +154,31 @@ def record(cell: Cell, s: dict, out: Path) -> dict:
         "evaluations": s["evaluations"], "search_seconds": s["search_seconds"],
         "finetune_seconds": s["finetune_seconds"], "wall_seconds": s["wall_seconds"],
         "method_info_staircase": res.get("method_info", {}).get("staircase"),
+        **search_fields(res),
         "finetune": FINETUNE, "target": s["target_config"], "protocol": s["protocol"],
         "commit": _commit(),
     }
+
+
+def search_fields(res: dict) -> dict:
+    """From the search's result.json: the speed-up its confirmation measured (before
+    fine-tuning, 2 models interleaved) and whether the measured finish ran and chose."""
+    c = res.get("chosen", {})
+    fin = c.get("measured_finish")
+    return {"search_speedup": c.get("measured_speedup"),
+            "measured_finish": None if not fin else
+            {"trigger": fin.get("trigger"), "timed": len(fin.get("steps", [])),
+             "chose": fin.get("chosen_from_finish"), "note": fin.get("note")}}
+
+
+def _finish_text(r: dict) -> str:
+    fin = r.get("measured_finish")
+    if "measured_finish" not in r:
+        return "-"
+    if not fin:
+        return "not needed"
+    return f"{fin['trigger']}, {fin['timed']} timed, " + ("chosen" if fin["chose"] else
+                                                          "not chosen")
 
 
 def _commit() -> str | None:
@@ -261,23 +283,29 @@ def write_tables(model: str) -> Path | None:
              f"({VERIFY['repeats']} runs after {VERIFY['warmup']} warm-up). One core per cell "
              "(`OMP_NUM_THREADS=1 taskset -c N`).", "",
              "| budget | method | family | seed | top-1 final | top-1 searched | speed-up "
-             "(measured) | MACs kept | params kept | speed-up x MACs kept | evals | search s | "
-             "fine-tune s | commit |", "|" + "---|" * 14]
+             "(measured) | in search | measured finish | MACs kept | params kept | speed-up x MACs "
+             "kept | evals | search s | fine-tune s | commit |", "|" + "---|" * 16]
     for r in recs:
         noise = "" if r["speedup_verdict"].endswith("faster") else f" ({r['speedup_verdict']})"
         lines.append(
             f"| {r['budget']} | {r['label']} | {r['family']} | {r['seed']} | "
             f"**{100 * r['final_top1']:.2f}%** | {100 * r['searched_top1']:.2f}% | "
-            f"{r['speedup']:.2f}x{noise} | {100 * r['macs_kept']:.1f}% | "
+            f"{r['speedup']:.2f}x{noise} | "
+            f"{'-' if r.get('search_speedup') is None else format(r['search_speedup'], '.2f') + 'x'}"
+            f" | {_finish_text(r)} | {100 * r['macs_kept']:.1f}% | "
             f"{100 * r['params_kept']:.1f}% | {r['speedup_per_macs_reduction']:.2f} | "
             f"{r['evaluations']} | {r['search_seconds']:.0f} | {r['finetune_seconds']:.0f} | "
             f"{r.get('commit') or 'before b84d970'} |")
     base = recs[0]
     lines += ["", f"Unpruned: {100 * base['base_top1']:.2f}% test top-1. "
               "`speed-up x MACs kept` is the measured speed-up over the MACs reduction "
-              "(1.0: time fell exactly as MACs did). `commit`: the prunelab the cell ran (cells "
-              "from before b84d970 chose without the run's latency anchor and the top-1 tie "
-              "rule).", "", "## Verdicts (computed from the "
+              "(1.0: time fell exactly as MACs did). `in search`: the speed-up the search's "
+              "confirmation measured (2 models interleaved, before fine-tuning). `measured "
+              "finish`: whether the search bisected on measured latency (since 48ade9e; "
+              "`overshoot` or `over budget`: what triggered it; `-`: cells from before it). "
+              "`commit`: the prunelab the cell ran (cells from before b84d970 chose without the "
+              "run's latency anchor and the top-1 tie rule; before 48ade9e the anchor was cached "
+              "per device).", "", "## Verdicts (computed from the "
               "cells above)", ""]
     lines += [f"- {v}" for v in verdicts(recs)] or ["- not enough finished cells yet"]
     seeds = [r for r in recs if r["label"] == "nsga2+deeplift" and r["budget_speedup"] == 3]
