@@ -416,7 +416,9 @@ def _measured_finish(ctx: Search, budget: Budget, measured: list[dict], base: di
         info["note"] = "the fastest point of the path measures over the budget"
         return info, []
     fastest_ok, seen = keep, {str(keep)}
-    for _ in range(10):
+    if frac * (1 + OVERSHOOT) >= 1:  # the path's fastest point is already in the band
+        landed.append(keep)
+    for _ in range(10 if frac < 0.95 else 0):
         mid = (lo + hi) / 2
         ok, frac, keep = timed(mid)
         if ok:
