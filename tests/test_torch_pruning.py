@@ -127,8 +127,8 @@ def test_measured_finish_lands_when_the_predictor_is_wrong(method, factor, r20_d
     # 1.5: every point the search trusted measures far past the budget; 0.6: its choice measures
     # over it, and the fastest fallbacks past it
     assert fin["trigger"] == "overshoot" or factor < 1, fin
-    assert fin["path"] == ("widths interpolated between two measured points"
-                           if method == "nsga2" else "the method's own")
+    assert fin["paths"][0] == ("widths interpolated between two measured points"
+                               if method == "nsga2" else "the method's own")
     assert fin["chosen_from_finish"] and len(fin["steps"]) >= 2
     assert c["budget_met"] and not c["overshoot"]
     assert 1.6 <= c["measured_speedup"] <= 1.6 * 1.1, c["measured_speedup"]

@@ -365,39 +365,24 @@ def _measured_finish(ctx: Search, budget: Budget, measured: list[dict], base: di
     overshoots it by more than ``OVERSHOOT`` (the predictor and the machine disagree: the anchor
     describes the unpruned model and a few uniform references, not every width).
 
-    The path is one-dimensional, latency falling along it: the method's own family where it has
+    Paths are one-dimensional, latency falling along them: first the method's own where it has
     one (``ctx.family``: uniform's ratio, global's threshold, cie's level, torch-pruning's
-    ratio), else the widths interpolated between two measured points, a slower one (the most
-    accurate measured point over the limit, or the unpruned model) and a faster one that meets
-    it.  Each step is timed interleaved with the unpruned model; the points landing between the
-    limit and ``OVERSHOOT`` under it are evaluated (validation top-1) and confirmed like front
-    points.  Returns what happened (for ``result.json``) and the confirmations."""
+    ratio), then the widths interpolated between two measured points (overshoot: the most
+    accurate measured point over the limit, or the unpruned model, and the choice; over budget:
+    the choice and the fastest measured point).  Each step is timed interleaved with the unpruned
+    model.  Measured latency need not fall along a method's path (on onnxruntime-cpu Torch-
+    Pruning's ratio 0.95 measured slower than its 0.9), so a path whose fast end is over the
+    limit gives way to the next, and when no path lands in the band the target's stairs are
+    climbed, timed, from the point that came closest under the limit.  The points landing
+    between the limit and ``OVERSHOOT`` under it are evaluated (validation top-1) and confirmed
+    like front points.  Returns what happened (for ``result.json``) and the confirmations."""
     from ..latency.measure import Protocol, measure
     from ..latency.predictor import ModelMeter
 
-    info = {"trigger": "over budget" if not met else "overshoot", "steps": []}
+    info: dict = {"trigger": "over budget" if not met else "overshoot", "steps": [],
+                  "paths": []}
     shape = ctx.spec.input_shape
     meter = ModelMeter(ctx.target, None, ctx.model, ctx.spec, ctx.groups, ctx.predictor.units)
-    if ctx.family is not None:
-        make, lo, hi = ctx.family
-        info["path"] = "the method's own"
-    else:
-        over = [p for p in measured if not budget.met(p, base)]
-        faster = [p for p in measured if p is not best and p["latency_ms"] < best["latency_ms"]]
-        if met:  # overshoot: from the most accurate slower point (or the unpruned) to the choice
-            a = ctx.preferred(over)[0]["keep"] if over else dict(ctx.widths)
-            b = best["keep"]
-        elif faster:  # over budget: from the choice to the fastest measured point
-            a, b = best["keep"], min(faster, key=lambda p: p["latency_ms"])["keep"]
-        else:
-            info["note"] = "no measured point faster than the choice: nothing to bisect towards"
-            return info, []
-        a, b = ctx.normalize(a), ctx.normalize(b)
-
-        def make(t: float) -> dict[str, int]:
-            return {g: int(round(a[g] + t * (b[g] - a[g]))) for g in a}
-        lo, hi = 0.0, 1.0
-        info["path"] = "widths interpolated between two measured points"
 
     def timed_keep(keep: dict[str, int], x=None) -> tuple[bool, float, dict]:
         t = measure(ctx.target, [ctx.model, meter.pruned(keep)], shape,
@@ -407,46 +392,84 @@ def _measured_finish(ctx: Search, budget: Budget, measured: list[dict], base: di
                               "of_limit": t[1].median_ms / lim})
         return t[1].median_ms <= lim, t[1].median_ms / lim, keep
 
-    def timed(x: float) -> tuple[bool, float, dict]:
-        return timed_keep(ctx.normalize(make(x)), x)
+    paths = []
+    if ctx.family is not None:
+        paths.append(("the method's own", *ctx.family))
+    over = [p for p in measured if not budget.met(p, base)]
+    faster = [p for p in measured if p is not best and p["latency_ms"] < best["latency_ms"]]
+    ends = None
+    if met:  # overshoot: from the most accurate slower point (or the unpruned) to the choice
+        ends = (ctx.preferred(over)[0]["keep"] if over else dict(ctx.widths), best["keep"])
+    elif faster:  # over budget: from the choice to the fastest measured point
+        ends = (best["keep"], min(faster, key=lambda p: p["latency_ms"])["keep"])
+    if ends is not None:
+        a, b = ctx.normalize(ends[0]), ctx.normalize(ends[1])
+
+        def between(t: float) -> dict[str, int]:
+            return {g: int(round(a[g] + t * (b[g] - a[g]))) for g in a}
+        paths.append(("widths interpolated between two measured points", between, 0.0, 1.0))
 
     landed: list[dict] = []
-    ok, frac, keep = timed(hi)
-    if not ok:
-        info["note"] = "the fastest point of the path measures over the budget"
-        return info, []
-    fastest_ok, seen = keep, {str(keep)}
-    if frac * (1 + OVERSHOOT) >= 1:  # the path's fastest point is already in the band
-        landed.append(keep)
-    for _ in range(10 if frac < 0.95 else 0):
-        mid = (lo + hi) / 2
-        ok, frac, keep = timed(mid)
-        if ok:
-            hi, fastest_ok = mid, keep
-            if frac * (1 + OVERSHOOT) >= 1 and str(keep) not in seen:
-                landed.append(keep)
-                if frac >= 0.95:
-                    break
-        else:
-            lo = mid
-        seen.add(str(keep))
-        if hi - lo < 1e-3:
+    closest = (0.0, best["keep"] if met else None)  # (fraction of the limit, keep) under it
+    for name, make, lo, hi in paths:
+        info["paths"].append(name)
+        got, near = _bisect_measured(ctx, make, lo, hi, name, timed_keep)
+        closest = max(closest, near, key=lambda c: c[0])
+        if got:
+            landed = got
             break
-    if not landed:  # the path jumps past the band: climb the stairs from its last point that met
-        landed = _measured_climb(ctx, fastest_ok, timed_keep, info)
+    if not landed and closest[1] is not None:
+        # every path jumps past the band: climb the stairs from the point closest under it
+        info["climbed_from"] = closest[0]
+        landed = _measured_climb(ctx, ctx.normalize(closest[1]), timed_keep, info)
     if not landed:
-        info["note"] = ("no candidate between the limit and 10% under it, on the path or one "
-                        "stair up from it: the staircase jumps past the band")
+        info["note"] = ("no candidate between the limit and 10% under it on the paths tried or "
+                        "a stair up from the closest point under it: the staircase jumps past "
+                        "the band" if closest[1] is not None else
+                        "no point on the paths tried measures under the budget")
         return info, []
     log(f"measured finish ({info['trigger']}): {len(info['steps'])} points timed, "
         f"{len(landed)} within {OVERSHOOT:.0%} under the limit")
     more = []
     for keep in landed[-3:]:
         p = ctx.evaluate(keep, phase="measured-finish")
-        c = _confirm(ctx, budget, p, _build(ctx, p))
-        more.append(c)
+        more.append(_confirm(ctx, budget, p, _build(ctx, p)))
     info["landed"] = len(landed)
     return info, more
+
+
+def _bisect_measured(ctx: Search, make, lo: float, hi: float, name: str, timed_keep
+                     ) -> tuple[list[dict], tuple[float, dict | None]]:
+    """Bisect ``make(x)`` on measured latency (``x`` in [lo, hi], meant to get faster as it
+    rises): the points that landed in the band under the limit, and the closest point under the
+    limit seen, as ``(fraction of the limit, keep)``."""
+    landed: list[dict] = []
+    closest: tuple[float, dict | None] = (0.0, None)
+
+    def step(x: float) -> tuple[bool, float, dict]:
+        nonlocal closest
+        ok, frac, keep = timed_keep(ctx.normalize(make(x)), f"{name}: {x:.4g}")
+        if ok:
+            closest = max(closest, (frac, keep), key=lambda c: c[0])
+            if frac * (1 + OVERSHOOT) >= 1 and keep not in landed:
+                landed.append(keep)
+        return ok, frac, keep
+
+    ok, frac, _ = step(hi)
+    if not ok or frac >= 0.95:  # its fast end over the limit (not monotone), or already there
+        return landed, closest
+    for _ in range(10):
+        mid = (lo + hi) / 2
+        ok, frac, _ = step(mid)
+        if ok:
+            hi = mid
+            if frac >= 0.95:
+                break
+        else:
+            lo = mid
+        if hi - lo < 1e-3:
+            break
+    return landed, closest
 
 
 def _measured_climb(ctx: Search, keep: dict[str, int], timed_keep, info: dict,
