@@ -134,3 +134,35 @@ def test_measured_finish_lands_when_the_predictor_is_wrong(method, factor, r20_d
     assert 1.6 <= c["measured_speedup"] <= 1.6 * 1.1, c["measured_speedup"]
     rows = [json.loads(x) for x in (tmp_path / "s" / "evaluations.jsonl").open()]
     assert [x for x in rows if x["phase"] == "measured-finish"]   # evaluated, logged, resumable
+
+
+def test_measured_finish_shrinks_when_every_front_point_is_over(r20_dir, idx_dir, tmp_path,
+                                                                 monkeypatch):
+    """Every measured front point over the budget (predictions 0.6x the truth, and only the
+    points predicted between 0.6x the limit and the limit measured): nothing measured is faster to bisect towards, so
+    the finish shrinks the choice's own widths, on measured latency, into the band."""
+    from prunelab.latency import predictor as predictor_mod
+    from prunelab.searches import run as run_mod
+
+    real, to_measure = predictor_mod.anchor_predictor, run_mod._to_measure
+
+    def skewed(pred, *a, **kw):
+        real(pred, *a, **kw)
+        pred.anchor["scale"] *= 0.6
+        pred.anchor["offset_ms"] *= 0.6
+        return pred.anchor
+
+    monkeypatch.setattr(predictor_mod, "anchor_predictor", skewed)
+    monkeypatch.setattr(run_mod, "_to_measure", lambda ctx, pool, n: [  # true: 1-1.67x the limit
+        p for p in to_measure(ctx, pool, n) if 0.6 * ctx.limit() <= p["latency_ms"] <= ctx.limit()])
+    cfg = SearchConfig("nsga2", "l1", TargetConfig("scripted"), "speedup=1.6", 0,
+                       recal_batches=1, val_images=0, measure_front=4,
+                       options={"pop": 8, "gens": 2, "sens_ratios": [0.5], "max_options": 4})
+    r = run_search(str(r20_dir), cfg, tmp_path / "s", str(tmp_path / "cache"), "mnist-idx",
+                   str(idx_dir))
+    assert all(p["latency_ms"] > r["budget_limit"] for p in r["measured"])  # as set up
+    c, fin = r["chosen"], r["chosen"]["measured_finish"]
+    assert fin["trigger"] == "over budget" and fin["chosen_from_finish"], fin
+    assert fin["paths"][-1] == "the choice's widths shrunk uniformly", fin["paths"]
+    assert c["budget_met"] and not c["overshoot"]
+    assert 1.6 <= c["measured_speedup"] <= 1.6 * 1.1, c["measured_speedup"]

@@ -369,7 +369,8 @@ def _measured_finish(ctx: Search, budget: Budget, measured: list[dict], base: di
     one (``ctx.family``: uniform's ratio, global's threshold, cie's level, torch-pruning's
     ratio), then the widths interpolated between two measured points (overshoot: the most
     accurate measured point over the limit, or the unpruned model, and the choice; over budget:
-    the choice and the fastest measured point).  Each step is timed interleaved with the unpruned
+    the choice and the fastest measured point), and, over budget, the choice's own widths shrunk
+    uniformly (every front point may measure over the limit).  Each step is timed interleaved with the unpruned
     model.  Measured latency need not fall along a method's path (on onnxruntime-cpu Torch-
     Pruning's ratio 0.95 measured slower than its 0.9), so a path whose fast end is over the
     limit gives way to the next, and when no path lands in the band the target's stairs are
@@ -408,6 +409,12 @@ def _measured_finish(ctx: Search, budget: Budget, measured: list[dict], base: di
         def between(t: float) -> dict[str, int]:
             return {g: int(round(a[g] + t * (b[g] - a[g]))) for g in a}
         paths.append(("widths interpolated between two measured points", between, 0.0, 1.0))
+    if not met:  # every measured point may be over the limit: shrink the choice itself
+        c = ctx.normalize(best["keep"])
+
+        def shrunk(t: float) -> dict[str, int]:
+            return {g: max(1, int(round(w * (1 - t)))) for g, w in c.items()}
+        paths.append(("the choice's widths shrunk uniformly", shrunk, 0.0, 0.9))
 
     landed: list[dict] = []
     closest = (0.0, best["keep"] if met else None)  # (fraction of the limit, keep) under it
