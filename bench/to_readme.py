@@ -1,7 +1,7 @@
 """Copy the benchmark tables from bench/results/ into README.md between their markers
 (``<!-- latency-validate -->`` ... ``<!-- /latency-validate -->`` and the same for
-``step-example``, ``criteria-tables``, ``search-tables``, ``examples-compare``, ``scaleout``
-and ``cluster-cost``), so the
+``step-example``, ``criteria-tables``, ``search-tables``, ``examples-compare``, ``scaleout``,
+``cluster-cost``, ``pareto-resnet20`` and ``pareto-resnet56``), so the
 README quotes exactly what the bench scripts wrote.
 
     python bench/to_readme.py
@@ -48,7 +48,18 @@ def main() -> None:
         res = RESULTS / f"{name}.md"
         if res.exists():
             text = splice(text, name.replace("_", "-"), res.read_text())
+    for model in ("resnet20", "resnet56"):
+        res = RESULTS / f"pareto-{model}.md"
+        if res.exists() and f"<!-- pareto-{model} -->" in text:
+            text = splice(text, f"pareto-{model}", pareto_body(res.read_text()))
     atomic_write_text(readme, text)
+
+
+def pareto_body(md: str) -> str:
+    """bench/pareto.py's table file without its title; its section heading in bold (the README
+    section around it has its own heading)."""
+    lines = md.splitlines()[1:]
+    return "\n".join(f"**{ln[3:]}**" if ln.startswith("## ") else ln for ln in lines).strip()
 
 
 if __name__ == "__main__":
