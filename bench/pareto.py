@@ -40,7 +40,7 @@ TARGET = {"name": "onnxruntime-cpu", "batch_size": 1, "threads": 1}
 FINETUNE = {"epochs": 4, "teacher": "parent", "kd_weight": 0.5, "kd_temperature": 4.0,
             "lr": 0.01, "batch_size": 128, "threads": 1}
 SEARCH = {"recal_batches": 6, "val_images": 1000, "measure_front": 12}
-VERIFY = {"warmup": 20, "repeats": 300}
+VERIFY = {"warmup": 20, "repeats": 300, "min_seconds": 3.0}
 
 
 @dataclass(frozen=True)
@@ -280,7 +280,8 @@ def write_tables(model: str) -> Path | None:
              f"T {FINETUNE['kd_temperature']}, lr {FINETUNE['lr']}, batch "
              f"{FINETUNE['batch_size']}, 1 thread), same splits; top-1 on the test split; "
              f"speed-up = unpruned / final latency measured interleaved on the target "
-             f"({VERIFY['repeats']} runs after {VERIFY['warmup']} warm-up). One core per cell "
+             f"({VERIFY['repeats']} runs after {VERIFY['warmup']} warm-up; since 7f1c0de at least "
+             f"{VERIFY['min_seconds']:g} s). One core per cell "
              "(`OMP_NUM_THREADS=1 taskset -c N`).", "",
              "| budget | method | family | seed | top-1 final | top-1 searched | speed-up "
              "(measured) | in search | measured finish | MACs kept | params kept | speed-up x MACs "

@@ -142,6 +142,9 @@ class VerifySection(_Section):
     warmup: Count = Field(20, description="untimed runs before the final measurement")
     repeats: Annotated[int, Field(ge=3)] = Field(200, description="timed runs of the final "
                                                  "measurement")
+    min_seconds: Annotated[float, Field(ge=0, le=600)] = Field(
+        3.0, description="time for at least this many seconds (more rounds than repeats on a "
+        "small model: a median over a fraction of a second is at the mercy of one burst of load)")
 
 
 SECTIONS = {"run": RunSection, "model": ModelSection, "search": SearchSection,
@@ -516,14 +519,15 @@ def _stage_verify(cfg: PipelineConfig, out: Path, nets: dict, refs: dict, data, 
                    "macs": macs, "params": params}
     order = ["unpruned", "searched", "final"]
     times = measure(target, [nets[k][0] for k in order], shape,
-                    Protocol(cfg.verify.warmup, cfg.verify.repeats))
+                    Protocol(cfg.verify.warmup, cfg.verify.repeats,
+                             cfg.verify.min_seconds))
     for k, t in zip(order, times):
         rows[k].update(latency_ms=t.median_ms, latency_iqr_ms=t.iqr_ms, latency=t.to_json())
     cmp = compare(times[0], times[2])
     res = {"rows": rows, "order": order, "target": cfg.target.name,
            "target_config": cfg.target_config().to_json(),
            "protocol": {"warmup": cfg.verify.warmup, "repeats": cfg.verify.repeats,
-                        "interleaved": True},
+                        "min_seconds": cfg.verify.min_seconds, "interleaved": True},
            "speedup": cmp["speedup"], "speedup_verdict": verdict(cmp["verdict"], "final"),
            "noise": {"unpruned": cmp["noise_a"], "final": cmp["noise_b"]},
            "macs_kept": rows["final"]["macs"] / rows["unpruned"]["macs"],

@@ -141,6 +141,7 @@ def test_pipeline_end_to_end(tiny_run, tiny_resnet_dir):
     assert load_config(tiny_run / "config.toml").to_json() == cfg
     v = json.loads((tiny_run / "verify.json").read_text())
     assert v["protocol"]["interleaved"] and v["rows"]["final"]["latency"]["repeats"] == 5
+    assert v["protocol"]["min_seconds"] == 0
     # the final model is the fine-tuned one, distilled from the unpruned parent
     from prunelab.io import load_model
 
