@@ -280,7 +280,7 @@ def write_tables(model: str) -> Path | None:
              f"T {FINETUNE['kd_temperature']}, lr {FINETUNE['lr']}, batch "
              f"{FINETUNE['batch_size']}, 1 thread), same splits; top-1 on the test split; "
              f"speed-up = unpruned / final latency measured interleaved on the target "
-             f"({VERIFY['repeats']} runs after {VERIFY['warmup']} warm-up; since 7f1c0de at least "
+             f"({VERIFY['repeats']} runs after {VERIFY['warmup']} warm-up; since 8f77440 at least "
              f"{VERIFY['min_seconds']:g} s). One core per cell "
              "(`OMP_NUM_THREADS=1 taskset -c N`).", "",
              "| budget | method | family | seed | top-1 final | top-1 searched | speed-up "
