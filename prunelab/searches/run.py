@@ -290,9 +290,11 @@ def _finish(ctx: Search, ref: str, budget: Budget, crit_spec: str) -> tuple[dict
         finish, more = _measured_finish(ctx, budget, measured, base, best, met)
         tried += more
         # the best validation top-1 among those confirmed within the band under the budget
-        # (a run does not overshoot when it need not), else among those under it
-        ok_now = [t for t in [(met, 0, best, net, conf), *more] if t[0]]
-        pool = [t for t in ok_now if not _overshoots(budget, t[4])] or ok_now
+        # (a run does not overshoot when it need not), else the one closest to the budget
+        first_try = (met, conf[0].median_ms / conf[1].median_ms, best, net, conf)
+        ok_now = [t for t in [first_try, *more] if t[0]]
+        pool = [t for t in ok_now if not _overshoots(budget, t[4])] or \
+            [min(ok_now, key=lambda t: t[1])] if ok_now else []
         if pool:
             first = ctx.preferred([t[2] for t in pool])[0]
             met, _, best, net, conf = next(t for t in pool if t[2] is first)
