@@ -92,33 +92,41 @@ def test_staircase_finish_lands_on_a_latency_budget(method, r20_dir, idx_dir, tm
     assert again["chosen"]["keep"] == r1["chosen"]["keep"]
 
 
-@pytest.mark.parametrize("method, factor", [("uniform", 1.5), ("uniform", 0.6),
-                                            ("torch-pruning", 1.5), ("nsga2", 1.5)])
-def test_measured_finish_lands_when_the_predictor_is_wrong(method, factor, r20_dir, idx_dir,
-                                                           tmp_path, monkeypatch):
-    """When the predictor disagrees with the target (here every pruned point's prediction is
-    scaled by ``factor``: 1.5 makes the search choose points that measure far past a speed-up budget, 0.6
-    points that measure over it), the run bisects on *measured* latency along the method's path
-    (nsga2: widths interpolated between two measured points) and lands within 10% of the budget,
-    measured; without the finish it would not."""
+def _skew_anchor(monkeypatch, factor: float) -> None:
+    """Every pruned point predicted ``factor`` x its true figure (the unpruned one exactly)."""
     from prunelab.latency import predictor as predictor_mod
 
     real = predictor_mod.anchor_predictor
 
-    def skewed(pred, *a, **kw):  # every pruned point predicted ``factor`` x its true figure
+    def skewed(pred, *a, **kw):
         real(pred, *a, **kw)
         pred.anchor["scale"] *= factor
         pred.anchor["offset_ms"] *= factor
         return pred.anchor
 
     monkeypatch.setattr(predictor_mod, "anchor_predictor", skewed)
-    opts = {"pop": 8, "gens": 2, "sens_ratios": [0.5], "max_options": 4} if method == "nsga2" \
-        else {}
+
+
+def _nsga2_run(r20_dir, idx_dir, tmp_path):
+    cfg = SearchConfig("nsga2", "l1", TargetConfig("scripted"), "speedup=1.6", 0,
+                       recal_batches=1, val_images=0, measure_front=4,
+                       options={"pop": 8, "gens": 2, "sens_ratios": [0.5], "max_options": 4})
+    return run_search(str(r20_dir), cfg, tmp_path / "s", str(tmp_path / "cache"), "mnist-idx",
+                      str(idx_dir))
+
+
+@pytest.mark.parametrize("method, factor", [("uniform", 1.5), ("uniform", 0.6),
+                                            ("torch-pruning", 1.5), ("nsga2", 1.5)])
+def test_measured_finish_lands_when_the_predictor_is_wrong(method, factor, r20_dir, idx_dir,
+                                                           tmp_path, monkeypatch):
+    """When the predictor disagrees with the target (here every pruned point's prediction is
+    scaled by ``factor``: 1.5 makes the search choose points that measure far past a speed-up
+    budget, 0.6 points that measure over it), the run bisects on *measured* latency along the
+    method's path (nsga2: widths interpolated between two measured points) and lands within 10%
+    of the budget, measured; without the finish it would not."""
+    _skew_anchor(monkeypatch, factor)
     if method == "nsga2":
-        cfg = SearchConfig(method, "l1", TargetConfig("scripted"), "speedup=1.6", 0,
-                           recal_batches=1, val_images=0, measure_front=4, options=opts)
-        r = run_search(str(r20_dir), cfg, tmp_path / "s", str(tmp_path / "cache"), "mnist-idx",
-                       str(idx_dir))
+        r = _nsga2_run(r20_dir, idx_dir, tmp_path)
     else:
         r = _staircase_run(method, r20_dir, idx_dir, str(tmp_path / "cache"), tmp_path / "s")
     c = r["chosen"]
@@ -139,27 +147,17 @@ def test_measured_finish_lands_when_the_predictor_is_wrong(method, factor, r20_d
 def test_measured_finish_shrinks_when_every_front_point_is_over(r20_dir, idx_dir, tmp_path,
                                                                  monkeypatch):
     """Every measured front point over the budget (predictions 0.6x the truth, and only the
-    points predicted between 0.6x the limit and the limit measured): nothing measured is faster to bisect towards, so
-    the finish shrinks the choice's own widths, on measured latency, into the band."""
-    from prunelab.latency import predictor as predictor_mod
+    points predicted between 0.6x the limit and the limit measured): nothing measured is faster
+    to bisect towards, so the finish shrinks the choice's own widths, on measured latency, into
+    the band."""
     from prunelab.searches import run as run_mod
 
-    real, to_measure = predictor_mod.anchor_predictor, run_mod._to_measure
-
-    def skewed(pred, *a, **kw):
-        real(pred, *a, **kw)
-        pred.anchor["scale"] *= 0.6
-        pred.anchor["offset_ms"] *= 0.6
-        return pred.anchor
-
-    monkeypatch.setattr(predictor_mod, "anchor_predictor", skewed)
+    _skew_anchor(monkeypatch, 0.6)
+    to_measure = run_mod._to_measure
     monkeypatch.setattr(run_mod, "_to_measure", lambda ctx, pool, n: [  # true: 1-1.67x the limit
-        p for p in to_measure(ctx, pool, n) if 0.6 * ctx.limit() <= p["latency_ms"] <= ctx.limit()])
-    cfg = SearchConfig("nsga2", "l1", TargetConfig("scripted"), "speedup=1.6", 0,
-                       recal_batches=1, val_images=0, measure_front=4,
-                       options={"pop": 8, "gens": 2, "sens_ratios": [0.5], "max_options": 4})
-    r = run_search(str(r20_dir), cfg, tmp_path / "s", str(tmp_path / "cache"), "mnist-idx",
-                   str(idx_dir))
+        p for p in to_measure(ctx, pool, n)
+        if 0.6 * ctx.limit() <= p["latency_ms"] <= ctx.limit()])
+    r = _nsga2_run(r20_dir, idx_dir, tmp_path)
     assert all(p["latency_ms"] > r["budget_limit"] for p in r["measured"])  # as set up
     c, fin = r["chosen"], r["chosen"]["measured_finish"]
     assert fin["trigger"] == "over budget" and fin["chosen_from_finish"], fin

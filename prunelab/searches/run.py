@@ -291,10 +291,10 @@ def _finish(ctx: Search, ref: str, budget: Budget, crit_spec: str) -> tuple[dict
         tried += more
         # the best validation top-1 among those confirmed within the band under the budget
         # (a run does not overshoot when it need not), else the one closest to the budget
-        first_try = (met, conf[0].median_ms / conf[1].median_ms, best, net, conf)
-        ok_now = [t for t in [first_try, *more] if t[0]]
-        pool = [t for t in ok_now if not _overshoots(budget, t[4])] or \
-            [min(ok_now, key=lambda t: t[1])] if ok_now else []
+        ok_now = [t for t in tried if t[0]]
+        pool = [t for t in ok_now if not _overshoots(budget, t[4])]
+        if not pool and ok_now:
+            pool = [min(ok_now, key=lambda t: t[1])]
         if pool:
             first = ctx.preferred([t[2] for t in pool])[0]
             met, _, best, net, conf = next(t for t in pool if t[2] is first)
@@ -345,6 +345,7 @@ OVERSHOOT = 0.10  # a latency budget is landed within this fraction of it, measu
 # median over a fraction of a second is at the mercy of one burst of load on a shared machine
 # (two resnet20 anchors timed in 0.1 s each measured the unpruned model 40% slow)
 FRONT_SECONDS, CONFIRM_SECONDS, STEP_SECONDS = 3.0, 2.0, 0.5
+CLOSE_ENOUGH = 0.95  # the measured finish stops once a point measures this close under the limit
 
 
 def _confirm(ctx: Search, budget: Budget, point: dict, net) -> tuple:
@@ -357,6 +358,11 @@ def _confirm(ctx: Search, budget: Budget, point: dict, net) -> tuple:
     met = budget.met({**point, "latency_ms": conf[1].median_ms},
                      {**ctx.base, "latency_ms": conf[0].median_ms})
     return met, conf[0].median_ms / conf[1].median_ms, point, net, conf
+
+
+def _in_band(frac: float) -> bool:
+    """Whether a point measured under the limit, at ``frac`` of it, is within ``OVERSHOOT``."""
+    return frac * (1 + OVERSHOOT) >= 1
 
 
 def _overshoots(budget: Budget, conf) -> bool:
@@ -377,10 +383,10 @@ def _measured_finish(ctx: Search, budget: Budget, measured: list[dict], base: di
     ratio), then the widths interpolated between two measured points (overshoot: the most
     accurate measured point over the limit, or the unpruned model, and the choice; over budget:
     the choice and the fastest measured point), and, over budget, the choice's own widths shrunk
-    uniformly (every front point may measure over the limit).  Each step is timed interleaved with the unpruned
-    model.  Measured latency need not fall along a method's path (on onnxruntime-cpu Torch-
-    Pruning's ratio 0.95 measured slower than its 0.9), so a path whose fast end is over the
-    limit gives way to the next, and when no path lands in the band the target's stairs are
+    uniformly (every front point may measure over the limit).  Each step is timed interleaved
+    with the unpruned model.  Measured latency need not fall along a method's path (on
+    onnxruntime-cpu Torch-Pruning's ratio 0.95 measured slower than its 0.9), so a path whose
+    fast end is over the limit gives way to the next, and when no path lands in the band the target's stairs are
     climbed, timed, from the point that came closest under the limit.  The points landing
     between the limit and ``OVERSHOOT`` under it are evaluated (validation top-1) and confirmed
     like front points.  Returns what happened (for ``result.json``) and the confirmations."""
@@ -465,19 +471,19 @@ def _bisect_measured(ctx: Search, make, lo: float, hi: float, name: str, timed_k
         ok, frac, keep = timed_keep(ctx.normalize(make(x)), f"{name}: {x:.4g}")
         if ok:
             closest = max(closest, (frac, keep), key=lambda c: c[0])
-            if frac * (1 + OVERSHOOT) >= 1 and keep not in landed:
+            if _in_band(frac) and keep not in landed:
                 landed.append(keep)
         return ok, frac, keep
 
     ok, frac, _ = step(hi)
-    if not ok or frac >= 0.95:  # its fast end over the limit (not monotone), or already there
+    if not ok or frac >= CLOSE_ENOUGH:  # fast end over the limit (not monotone), or there
         return landed, closest
     for _ in range(10):
         mid = (lo + hi) / 2
         ok, frac, _ = step(mid)
         if ok:
             hi = mid
-            if frac >= 0.95:
+            if frac >= CLOSE_ENOUGH:
                 break
         else:
             lo = mid
@@ -513,10 +519,10 @@ def _measured_climb(ctx: Search, keep: dict[str, int], timed_keep, info: dict,
             ok, frac, _ = timed_keep(cand, f"climb {g}")
             if ok:
                 cur, cur_ms, moved = cand, ms, True
-                if frac * (1 + OVERSHOOT) >= 1:
+                if _in_band(frac):
                     landed.append(dict(cand))
                 break
-        if not moved or (landed and info["steps"][-1]["of_limit"] >= 0.95):
+        if not moved or (landed and info["steps"][-1]["of_limit"] >= CLOSE_ENOUGH):
             break
     info["climbed"] = n
     return landed
