@@ -387,9 +387,9 @@ def _measured_finish(ctx: Search, budget: Budget, measured: list[dict], base: di
     with the unpruned model.  Measured latency need not fall along a method's path (on
     onnxruntime-cpu Torch-Pruning's ratio 0.95 measured slower than its 0.9), so a path whose
     fast end is over the limit gives way to the next, and when no path lands in the band the
-    target's stairs are climbed, timed, from the point that came closest under the limit.  The points landing
-    between the limit and ``OVERSHOOT`` under it are evaluated (validation top-1) and confirmed
-    like front points.  Returns what happened (for ``result.json``) and the confirmations."""
+    target's stairs are climbed, timed, from the point that came closest under the limit.  The
+    points landing between the limit and ``OVERSHOOT`` under it are evaluated (validation top-1)
+    and confirmed like front points.  Returns what happened (for ``result.json``) and the confirmations."""
     from ..latency.measure import Protocol, measure
     from ..latency.predictor import ModelMeter
 
