@@ -389,7 +389,8 @@ def _measured_finish(ctx: Search, budget: Budget, measured: list[dict], base: di
     fast end is over the limit gives way to the next, and when no path lands in the band the
     target's stairs are climbed, timed, from the point that came closest under the limit.  The
     points landing between the limit and ``OVERSHOOT`` under it are evaluated (validation top-1)
-    and confirmed like front points.  Returns what happened (for ``result.json``) and the confirmations."""
+    and confirmed like front points.  Returns what happened (for ``result.json``) and the
+    confirmations."""
     from ..latency.measure import Protocol, measure
     from ..latency.predictor import ModelMeter
 
