@@ -240,7 +240,6 @@ def remeasure(model: str, runs: Path) -> int:
                  quiet_base_noise=cmp["noise_a"], quiet_protocol=dict(QUIET),
                  quiet_when=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                  quiet_commit=_commit())
-        r.pop("quiet_models", None)
         p.write_text(json.dumps(r, indent=1))
         print(f"[pareto]   {r['cell']}: {cmp['speedup']:.2f}x (in cell {r['speedup']:.2f}x)",
               flush=True)
