@@ -208,13 +208,13 @@ def remeasure(model: str, runs: Path) -> int:
     search's confirmation of the same widths disagreed by up to 30% while the other core
     fine-tuned), so the verdicts read these figures.  Pairs, not all models in one round-robin:
     twenty models interleaved evict each other's weights from the caches, and every small
-    model then measured a third slower than it runs alone.  Writes ``quiet_speedup`` (and its
-    noise, protocol, time) into each record; returns how many were measured (cells whose run
-    folder is under ``runs``).  Each call adds one measurement to ``quiet_runs``;
+    model then measured a third slower than it runs alone.  Writes ``quiet_speedup`` (and the
+    latest run's noise, protocol, time) into each record; returns how many were measured
+    (cells whose run folder is under ``runs``).  Each call adds one measurement to ``quiet_runs``;
     ``quiet_speedup`` is their median: on this machine a pair's ratio falls in one of two modes
     about 1.3x apart, fixed when the runtime's sessions are made, so one run per cell is not
     enough."""
-    from prunelab.io import load_model
+    from prunelab.io import atomic_write_text, load_model
     from prunelab.latency.measure import Protocol, compare, measure
     from prunelab.targets import make_target
 
@@ -240,7 +240,7 @@ def remeasure(model: str, runs: Path) -> int:
                  quiet_base_noise=cmp["noise_a"], quiet_protocol=dict(QUIET),
                  quiet_when=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                  quiet_commit=_commit())
-        p.write_text(json.dumps(r, indent=1))
+        atomic_write_text(p, json.dumps(r, indent=1))
         print(f"[pareto]   {r['cell']}: {cmp['speedup']:.2f}x (in cell {r['speedup']:.2f}x)",
               flush=True)
     return len(recs)
@@ -348,8 +348,9 @@ def write_tables(model: str) -> Path | None:
              f"{VERIFY['min_seconds']:g} s). One core per cell "
              "(`OMP_NUM_THREADS=1 taskset -c N`).", "",
              "| budget | method | family | seed | top-1 final | top-1 searched | speed-up "
-             "(in cell) | quiet re-measure | in search | measured finish | MACs kept | params kept | speed-up x MACs "
-             "kept | evals | search s | fine-tune s | commit |", "|" + "---|" * 17]
+             "(in cell) | quiet re-measure | in search | measured finish | MACs kept | params "
+             "kept | speed-up x MACs kept | evals | search s | fine-tune s | commit |",
+             "|" + "---|" * 17]
     for r in recs:
         noise = "" if r["speedup_verdict"].endswith("faster") else f" ({r['speedup_verdict']})"
         lines.append(
@@ -367,12 +368,12 @@ def write_tables(model: str) -> Path | None:
               "another cell. `quiet re-measure`: every final model timed again, interleaved "
               "with the unpruned model, one pair after another with nothing else running "
               f"({QUIET['repeats']} runs after {QUIET['warmup']} warm-up, at least "
-              f"{QUIET['min_seconds']:g} s per run; the median of the runs, and their range); the "
-              "verdicts and the "
-              "chart read it where it exists. `speed-up x MACs kept` is that speed-up over "
-              "the MACs reduction (1.0: time fell exactly as MACs did). `in search`: the speed-up the search's "
-              "confirmation measured (2 models interleaved, before fine-tuning). `measured "
-              "finish`: whether the search bisected on measured latency (since 48ade9e; "
+              f"{QUIET['min_seconds']:g} s per run; the median of the runs, and their range); "
+              "the verdicts and the chart read it where it exists. `speed-up x MACs kept` is "
+              "that speed-up over the MACs reduction (1.0: time fell exactly as MACs did). "
+              "`in search`: the speed-up the search's confirmation measured (2 models "
+              "interleaved, before fine-tuning). `measured finish`: whether the search "
+              "bisected on measured latency (since 48ade9e; "
               "`overshoot` or `over budget`: what triggered it; `-`: cells from before it). "
               "`commit`: the prunelab the cell ran (cells from before b84d970 chose without the "
               "run's latency anchor and the top-1 tie rule; before 48ade9e the anchor was cached "
@@ -442,7 +443,8 @@ def main() -> None:
     ap.add_argument("--tables", action="store_true", help="only rewrite tables and charts")
     ap.add_argument("--remeasure", action="store_true",
                     help="time every finished cell's final model again (run folders under "
-                    "--runs), all interleaved in one session; run it with nothing else running")
+                    "--runs), each interleaved with the unpruned model, adding one run to the "
+                    "record; run it with nothing else running")
     args = ap.parse_args()
     RESULTS = Path(args.results)
     CELLS = RESULTS / "pareto"
