@@ -42,7 +42,7 @@ TARGET = {"name": "onnxruntime-cpu", "batch_size": 1, "threads": 1}
 FINETUNE = {"epochs": 4, "teacher": "parent", "kd_weight": 0.5, "kd_temperature": 4.0,
             "lr": 0.01, "batch_size": 128, "threads": 1}
 SEARCH = {"recal_batches": 6, "val_images": 1000, "measure_front": 12}
-VERIFY = {"warmup": 20, "repeats": 300, "min_seconds": 3.0}
+VERIFY = {"warmup": 20, "repeats": 100, "min_seconds": 1.0, "sessions": 5}
 
 
 @dataclass(frozen=True)
@@ -198,7 +198,7 @@ def _commit() -> str | None:
     return r.stdout.strip() or None
 
 
-QUIET = {"warmup": 50, "repeats": 500, "min_seconds": 3.0}
+QUIET = {"warmup": 50, "repeats": 200, "min_seconds": 1.0, "sessions": 5}
 
 
 def remeasure(model: str, runs: Path) -> int:
@@ -226,7 +226,7 @@ def remeasure(model: str, runs: Path) -> int:
     base, spec = load_model(model)
     target = make_target(TARGET["name"], batch_size=TARGET["batch_size"],
                          threads=TARGET["threads"])
-    proto = Protocol(QUIET["warmup"], QUIET["repeats"], QUIET["min_seconds"])
+    proto = Protocol(**QUIET)
     print(f"[pareto] re-measuring {len(recs)} final models of {model}, each interleaved with "
           f"the unpruned one ({QUIET['repeats']} runs after {QUIET['warmup']} warm-up, at least "
           f"{QUIET['min_seconds']:g} s)", flush=True)

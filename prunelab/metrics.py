@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Callable, Sequence
 
 import torch
@@ -54,6 +54,9 @@ class Timing:
     median_ms: float
     iqr_ms: float
     samples_ms: list[float]
+    # one median per fresh runtime session when the protocol opened several (``median_ms`` is
+    # then their median); empty for one session
+    sessions_ms: list[float] = field(default_factory=list)
 
     def to_json(self, samples: bool = False) -> dict:
         d = asdict(self)

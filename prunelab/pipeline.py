@@ -141,10 +141,14 @@ class FinetuneSection(_Section):
 class VerifySection(_Section):
     warmup: Count = Field(20, description="untimed runs before the final measurement")
     repeats: Annotated[int, Field(ge=3)] = Field(200, description="timed runs of the final "
-                                                 "measurement")
+                                                 "measurement, per session")
     min_seconds: Annotated[float, Field(ge=0, le=600)] = Field(
-        3.0, description="time for at least this many seconds (more rounds than repeats on a "
-        "small model: a median over a fraction of a second is at the mercy of one burst of load)")
+        1.0, description="time each session for at least this many seconds (more rounds than "
+        "repeats on a small model: a median over a fraction of a second is at the mercy of one "
+        "burst of load)")
+    sessions: Annotated[int, Field(ge=1, le=50)] = Field(
+        5, description="fresh runtime sessions per model, the median of their medians reported "
+        "(a session can run in a slow mode for its whole life)")
 
 
 SECTIONS = {"run": RunSection, "model": ModelSection, "search": SearchSection,
@@ -520,14 +524,15 @@ def _stage_verify(cfg: PipelineConfig, out: Path, nets: dict, refs: dict, data, 
     order = ["unpruned", "searched", "final"]
     times = measure(target, [nets[k][0] for k in order], shape,
                     Protocol(cfg.verify.warmup, cfg.verify.repeats,
-                             cfg.verify.min_seconds))
+                             cfg.verify.min_seconds, cfg.verify.sessions))
     for k, t in zip(order, times):
         rows[k].update(latency_ms=t.median_ms, latency_iqr_ms=t.iqr_ms, latency=t.to_json())
     cmp = compare(times[0], times[2])
     res = {"rows": rows, "order": order, "target": cfg.target.name,
            "target_config": cfg.target_config().to_json(),
            "protocol": {"warmup": cfg.verify.warmup, "repeats": cfg.verify.repeats,
-                        "min_seconds": cfg.verify.min_seconds, "interleaved": True},
+                        "min_seconds": cfg.verify.min_seconds,
+                        "sessions": cfg.verify.sessions, "interleaved": True},
            "speedup": cmp["speedup"], "speedup_verdict": verdict(cmp["verdict"], "final"),
            "noise": {"unpruned": cmp["noise_a"], "final": cmp["noise_b"]},
            "macs_kept": rows["final"]["macs"] / rows["unpruned"]["macs"],

@@ -171,7 +171,7 @@ def tiny_pipeline(model_dir, idx_dir, cache_dir, method="uniform", options=None,
                    {"front": 1}},
         "target": {"name": "torch-cpu", "cache_dir": str(cache_dir)},
         "finetune": {"epochs": 1, "batch_size": 64, "recal_batches": 1},
-        "verify": {"warmup": 1, "repeats": 5, "min_seconds": 0},
+        "verify": {"warmup": 1, "repeats": 5, "min_seconds": 0, "sessions": 2},
     }
     for k, v in over.items():
         cfg[k] = {**cfg.get(k, {}), **v}

@@ -86,3 +86,60 @@ def test_cache_ignores_a_folder_holding_another_fingerprint(tmp_path):
     assert Cache(fp, tmp_path).get("units", "k") is None
     (c.dir / "units.json").write_text("{not json")
     assert Cache({"cpu": "B", "threads": 1}, tmp_path).get("units", "k") is None
+
+
+class _ModalTarget:
+    """A scripted target whose sessions come up fast or slow, as ONNX Runtime's do on a shared
+    VM: each ``runner`` call is a fresh session, its figure fixed for its whole life."""
+
+    scripted, name = True, "modal"
+    cfg = TargetConfig("scripted")
+
+    def __init__(self, modes):
+        self.modes = {k: iter(v) for k, v in modes.items()}
+        self.built = []
+
+    def scope(self):
+        import contextlib
+
+        return contextlib.nullcontext()
+
+    def inputs(self, shapes, seed=0):
+        return shapes
+
+    def runner(self, module, inputs):
+        from prunelab.targets.scripted import ScriptedRunner
+
+        self.built.append(module.tag)
+        return ScriptedRunner(next(self.modes[module.tag]))
+
+
+def _tagged(tag):
+    m = nn.Identity()
+    m.tag = tag
+    return m
+
+
+def test_sessions_outvote_a_slow_mode():
+    """Median of per-session medians: two of five sessions stuck slow do not move the figure;
+    one session reports whatever mode it drew."""
+    modes = {"base": [4.0] * 5, "pruned": [2.0, 1.0, 1.0, 2.0, 1.0]}
+    a, b = _tagged("base"), _tagged("pruned")
+    t = _ModalTarget(modes)
+    base, pruned = measure(t, [a, b], (1, 8, 8), Protocol(warmup=1, repeats=4, sessions=5))
+    assert t.built == ["base", "pruned"] * 5  # fresh runners every session, interleaved
+    assert pruned.sessions_ms == [2.0, 1.0, 1.0, 2.0, 1.0] and pruned.median_ms == 1.0
+    assert base.median_ms / pruned.median_ms == 4.0
+    assert len(pruned.samples_ms) == 20 and pruned.repeats == 20
+    assert pruned.iqr_ms == 1.0  # the spread between the sessions shows in the pooled IQR
+    assert compare(base, pruned)["verdict"] == "b faster"
+    one = measure(_ModalTarget(modes), [a, b], (1, 8, 8), Protocol(warmup=1, repeats=4))
+    assert one[1].median_ms == 2.0 and one[1].sessions_ms == []  # the first session's mode
+    assert "sessions_ms" in pruned.to_json()
+
+
+def test_protocol_sessions_validated():
+    for bad in (0, -1, 1.5):
+        with pytest.raises(PrunelabError, match="sessions >= 1"):
+            Protocol(sessions=bad)
+    assert Protocol(sessions=3).to_json()["sessions"] == 3

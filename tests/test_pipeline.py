@@ -3,6 +3,7 @@ model and tiny data, resume, one-line config errors, and every shipped example c
 
 import json
 import os
+import statistics
 import shutil
 import subprocess
 import sys
@@ -140,7 +141,10 @@ def test_pipeline_end_to_end(tiny_run, tiny_resnet_dir):
     assert cfg["search"]["method"] == "uniform" and cfg["verify"]["repeats"] == 5
     assert load_config(tiny_run / "config.toml").to_json() == cfg
     v = json.loads((tiny_run / "verify.json").read_text())
-    assert v["protocol"]["interleaved"] and v["rows"]["final"]["latency"]["repeats"] == 5
+    assert v["protocol"]["interleaved"] and v["protocol"]["sessions"] == 2
+    final = v["rows"]["final"]["latency"]  # 5 runs in each of 2 fresh sessions
+    assert final["repeats"] == 10 and len(final["sessions_ms"]) == 2
+    assert final["median_ms"] == pytest.approx(statistics.median(final["sessions_ms"]))
     assert v["protocol"]["min_seconds"] == 0
     # the final model is the fine-tuned one, distilled from the unpruned parent
     from prunelab.io import load_model

@@ -1,12 +1,19 @@
 """The measuring protocol on any target: warm-up, many repetitions, median and IQR, fixed
 threads; several models are timed interleaved (A, B, A, B, ...) so load drifts hit them alike.
 
+A runtime session has a speed of its own: on a shared 2-core AMD EPYC VM, ONNX Runtime timed the
+same resnet20 against the same pruned copy at 4.35x in most fresh sessions and 2.78x in some
+(the pruned model's session ran 1.9x slower for its whole life), so interleaving inside one
+session cannot average it out.  ``Protocol.sessions`` > 1 builds fresh runners (sessions) that
+many times, times each round interleaved, and reports the median of the per-session medians.
+
 :func:`compare` says whether a difference between two timings stands out of the noise: the
 figures are trusted only when the inter-quartile ranges do not overlap.
 """
 
 from __future__ import annotations
 
+import statistics
 from dataclasses import asdict, dataclass
 from typing import Sequence
 
@@ -23,11 +30,15 @@ class Protocol:
     warmup: int = 10
     repeats: int = 50
     min_seconds: float = 0.0
+    sessions: int = 1  # fresh runtime sessions (per model); warmup/repeats/seconds are per session
 
     def __post_init__(self):
         if self.warmup < 0 or self.repeats < 3 or self.min_seconds < 0:
             raise PrunelabError("the protocol needs warmup >= 0 and repeats >= 3 (a median and "
                                 "quartiles need several runs); e.g. --repeats 50")
+        if not isinstance(self.sessions, int) or self.sessions < 1:
+            raise PrunelabError(f"the protocol needs sessions >= 1 (got {self.sessions!r}); "
+                                "e.g. --sessions 5")
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -56,10 +67,28 @@ def time_runners(target, runners: Sequence, protocol: Protocol = Protocol()) -> 
 
 def measure(target, models: Sequence[nn.Module], input_shape: Sequence[int],
             protocol: Protocol = Protocol()) -> list[Timing]:
-    """Latency of one or more models on ``target`` (interleaved when several)."""
-    with target.scope():
-        runners = [target.runner(m, target.inputs([input_shape])) for m in models]
-    return time_runners(target, runners, protocol)
+    """Latency of one or more models on ``target`` (interleaved when several), over
+    ``protocol.sessions`` rounds of fresh runners (see the module docstring)."""
+    rounds = []
+    for _ in range(protocol.sessions):
+        with target.scope():
+            runners = [target.runner(m, target.inputs([input_shape])) for m in models]
+        rounds.append(time_runners(target, runners, protocol))
+        del runners  # free this round's sessions before the next are made
+    return rounds[0] if len(rounds) == 1 else [pool_sessions(ts) for ts in zip(*rounds)]
+
+
+def pool_sessions(rounds: Sequence[Timing]) -> Timing:
+    """One model's timings from several sessions as one: the median of the session medians
+    (a session stuck in a slow mode is outvoted), the IQR of all samples pooled (it holds the
+    spread between sessions too, so :func:`compare` calls a difference only when it stands out
+    of both)."""
+    pooled = [x for t in rounds for x in t.samples_ms]
+    q1, _, q3 = quartiles(pooled)
+    meds = [t.median_ms for t in rounds]
+    first = rounds[0]
+    return Timing(first.runtime, first.batch_size, first.threads, len(pooled), first.warmup,
+                  statistics.median(meds), q3 - q1, pooled, meds)
 
 
 def compare(a: Timing, b: Timing) -> dict:

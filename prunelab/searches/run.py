@@ -263,7 +263,8 @@ def _finish(ctx: Search, ref: str, budget: Budget, crit_spec: str) -> tuple[dict
     models = [_build(ctx, p) for p in pts]
     shape = ctx.spec.input_shape
     times = measure(ctx.target, [ctx.model] + models, shape,
-                    Protocol(warmup=10, repeats=30, min_seconds=FRONT_SECONDS))
+                    Protocol(warmup=10, repeats=30, min_seconds=FRONT_SECONDS,
+                             sessions=FRONT_SESSIONS))
     base = {**ctx.base, "predicted_ms": ctx.base["latency_ms"], "latency_ms": times[0].median_ms}
     measured = [{**p, "predicted_ms": p["latency_ms"], "latency_ms": t.median_ms,
                  "latency_iqr_ms": t.iqr_ms} for p, t in zip(pts, times[1:])]
@@ -344,7 +345,10 @@ OVERSHOOT = 0.10  # a latency budget is landed within this fraction of it, measu
 # every measurement lasts at least this long (more rounds than the repeats on a small model): a
 # median over a fraction of a second is at the mercy of one burst of load on a shared machine
 # (two resnet20 anchors timed in 0.1 s each measured the unpruned model 40% slow)
-FRONT_SECONDS, CONFIRM_SECONDS, STEP_SECONDS = 3.0, 2.0, 0.5
+# and is taken over several fresh runtime sessions (the median of their medians): a session can
+# run in a slow mode for its whole life (see prunelab.latency.measure); seconds are per session
+FRONT_SECONDS, CONFIRM_SECONDS, STEP_SECONDS = 1.0, 0.5, 0.2
+FRONT_SESSIONS, CONFIRM_SESSIONS, STEP_SESSIONS = 3, 5, 3
 CLOSE_ENOUGH = 0.95  # the measured finish stops once a point measures this close under the limit
 
 
@@ -354,7 +358,8 @@ def _confirm(ctx: Search, budget: Budget, point: dict, net) -> tuple:
     from ..latency.measure import Protocol, measure
 
     conf = measure(ctx.target, [ctx.model, net], ctx.spec.input_shape,
-                   Protocol(warmup=20, repeats=100, min_seconds=CONFIRM_SECONDS))
+                   Protocol(warmup=10, repeats=40, min_seconds=CONFIRM_SECONDS,
+                            sessions=CONFIRM_SESSIONS))
     met = budget.met({**point, "latency_ms": conf[1].median_ms},
                      {**ctx.base, "latency_ms": conf[0].median_ms})
     return met, conf[0].median_ms / conf[1].median_ms, point, net, conf
@@ -401,7 +406,8 @@ def _measured_finish(ctx: Search, budget: Budget, measured: list[dict], base: di
 
     def timed_keep(keep: dict[str, int], x=None) -> tuple[bool, float, dict]:
         t = measure(ctx.target, [ctx.model, meter.pruned(keep)], shape,
-                    Protocol(warmup=10, repeats=40, min_seconds=STEP_SECONDS))
+                    Protocol(warmup=10, repeats=20, min_seconds=STEP_SECONDS,
+                             sessions=STEP_SESSIONS))
         lim = budget.limit({"latency_ms": t[0].median_ms})
         info["steps"].append({"x": x, "speedup": t[0].median_ms / t[1].median_ms,
                               "of_limit": t[1].median_ms / lim})
