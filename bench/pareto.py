@@ -210,17 +210,18 @@ def remeasure(model: str, runs: Path) -> int:
     twenty models interleaved evict each other's weights from the caches, and every small
     model then measured a third slower than it runs alone.  Writes ``quiet_speedup`` (and the
     latest run's noise, protocol, time) into each record; returns how many were measured
-    (cells whose run folder is under ``runs``).  Each call adds one measurement to ``quiet_runs``;
-    ``quiet_speedup`` is their median: on this machine a pair's ratio falls in one of two modes
-    about 1.3x apart, fixed when the runtime's sessions are made, so one run per cell is not
-    enough."""
+    (cells whose run folder under ``runs`` holds the run the record was made from).  Each call
+    adds one measurement to ``quiet_runs`` (runs under another protocol are dropped first);
+    ``quiet_speedup`` is their median.  Each measurement is itself the median over
+    ``QUIET['sessions']`` fresh runtime sessions: on this machine a session can run a model in a
+    slow mode for its whole life (a pair's ratio 1.3-1.6x apart between sessions), so the first
+    version, one session per run, needed several runs per cell."""
     from prunelab.io import atomic_write_text, load_model
     from prunelab.latency.measure import Protocol, compare, measure
     from prunelab.targets import make_target
 
     recs = [(p, json.loads(p.read_text())) for p in sorted(CELLS.glob("*.json"))]
-    recs = [(p, r) for p, r in recs if r["model"] == model
-            and (runs / r["cell"] / "finetuned").is_dir()]
+    recs = [(p, r) for p, r in recs if r["model"] == model and _same_run(r, runs / r["cell"])]
     if not recs:
         return 0
     base, spec = load_model(model)
@@ -228,12 +229,15 @@ def remeasure(model: str, runs: Path) -> int:
                          threads=TARGET["threads"])
     proto = Protocol(**QUIET)
     print(f"[pareto] re-measuring {len(recs)} final models of {model}, each interleaved with "
-          f"the unpruned one ({QUIET['repeats']} runs after {QUIET['warmup']} warm-up, at least "
-          f"{QUIET['min_seconds']:g} s)", flush=True)
+          f"the unpruned one in {QUIET['sessions']} fresh sessions ({QUIET['repeats']} runs "
+          f"after {QUIET['warmup']} warm-up, at least {QUIET['min_seconds']:g} s each)",
+          flush=True)
     for p, r in recs:
         net = load_model(runs / r["cell"] / "finetuned")[0]
         times = measure(target, [base, net], spec.input_shape, proto)
         cmp = compare(times[0], times[1])
+        if r.get("quiet_protocol") != QUIET:
+            r["quiet_runs"] = []  # figures taken under another protocol are not pooled
         runs_ = r.setdefault("quiet_runs", []) + [cmp["speedup"]]
         r.update(quiet_runs=runs_, quiet_speedup=statistics.median(runs_),
                  quiet_noise=cmp["noise_b"],
@@ -244,6 +248,18 @@ def remeasure(model: str, runs: Path) -> int:
         print(f"[pareto]   {r['cell']}: {cmp['speedup']:.2f}x (in cell {r['speedup']:.2f}x)",
               flush=True)
     return len(recs)
+
+
+def _same_run(r: dict, out: Path) -> bool:
+    """Whether run folder ``out`` is finished and is the run record ``r`` was made from (a cell
+    rerun elsewhere leaves an older folder of the same name behind)."""
+    try:
+        s = json.loads((out / "summary.json").read_text())
+    except (OSError, ValueError):
+        return False
+    final = s["rows"]["final"]["test_top1"]
+    return (out / "finetuned").is_dir() and (final, s["wall_seconds"]) == \
+        (r["final_top1"], r["wall_seconds"])
 
 
 def speedup_of(r: dict) -> float:
@@ -344,8 +360,10 @@ def write_tables(model: str) -> Path | None:
              f"T {FINETUNE['kd_temperature']}, lr {FINETUNE['lr']}, batch "
              f"{FINETUNE['batch_size']}, 1 thread), same splits; top-1 on the test split; "
              f"speed-up = unpruned / final latency measured interleaved on the target "
-             f"({VERIFY['repeats']} runs after {VERIFY['warmup']} warm-up; since 8f77440 at least "
-             f"{VERIFY['min_seconds']:g} s). One core per cell "
+             f"(since 850147f: in {VERIFY['sessions']} fresh runtime sessions, "
+             f"{VERIFY['repeats']} runs after {VERIFY['warmup']} warm-up and at least "
+             f"{VERIFY['min_seconds']:g} s each, the median of the session medians; before it one "
+             "session of 300 runs, at least 3 s since 8f77440). One core per cell "
              "(`OMP_NUM_THREADS=1 taskset -c N`).", "",
              "| budget | method | family | seed | top-1 final | top-1 searched | speed-up "
              "(in cell) | quiet re-measure | in search | measured finish | MACs kept | params "
@@ -367,8 +385,9 @@ def write_tables(model: str) -> Path | None:
               "`speed-up (in cell)`: the cell's own verify, run while the other core ran "
               "another cell. `quiet re-measure`: every final model timed again, interleaved "
               "with the unpruned model, one pair after another with nothing else running "
-              f"({QUIET['repeats']} runs after {QUIET['warmup']} warm-up, at least "
-              f"{QUIET['min_seconds']:g} s per run; the median of the runs, and their range); "
+              f"(each run: {QUIET['sessions']} fresh sessions of {QUIET['repeats']} runs after "
+              f"{QUIET['warmup']} warm-up, at least {QUIET['min_seconds']:g} s, the median of "
+              "the session medians; the median of the runs, and their range); "
               "the verdicts and the chart read it where it exists. `speed-up x MACs kept` is "
               "that speed-up over the MACs reduction (1.0: time fell exactly as MACs did). "
               "`in search`: the speed-up the search's confirmation measured (2 models "
