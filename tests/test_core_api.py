@@ -182,13 +182,15 @@ def test_confirmation_retry_takes_the_next_point(trained, tmp_path, monkeypatch)
     over the budget (here: the first confirmation is made 3x slower), the next point is tried and
     chosen, and the result says two confirmations were run."""
     from prunelab.latency import measure as measure_mod
+    from prunelab.searches import run as run_mod
 
     net, train, val = trained
     real, calls = measure_mod.measure, []
 
     def slow_first_confirmation(target, models, shape, protocol):
         times = real(target, models, shape, protocol)
-        if protocol.repeats == 100:                      # a confirmation (the front run: 30)
+        if (protocol.sessions, protocol.min_seconds) == (run_mod.CONFIRM_SESSIONS,
+                                                         run_mod.CONFIRM_SECONDS):  # a confirmation
             calls.append(len(models))
             if len(calls) == 1:
                 import dataclasses

@@ -164,3 +164,26 @@ def test_measured_finish_shrinks_when_every_front_point_is_over(r20_dir, idx_dir
     assert fin["paths"][-1] == "the choice's widths shrunk uniformly", fin["paths"]
     assert c["budget_met"] and not c["overshoot"]
     assert 1.6 <= c["measured_speedup"] <= 1.6 * 1.1, c["measured_speedup"]
+
+
+def test_measured_bisection_aims_off_the_limits_edge():
+    """The measured finish does not stop on a point just under the limit (the confirmation that
+    re-times it can find it over): at 0.98 of the limit it keeps going faster, and stops inside
+    the aim window; the edge point still counts as landed in the band."""
+    from types import SimpleNamespace
+
+    from prunelab.searches.run import AIM, _bisect_measured
+
+    seen = []
+
+    def timed_keep(keep, label):  # measured fraction of the limit falls as x rises
+        frac = 1.2 - 0.44 * keep["x"]
+        seen.append(round(frac, 4))
+        return frac <= 1.0, frac, keep
+
+    ctx = SimpleNamespace(normalize=lambda k: k)
+    landed, closest = _bisect_measured(ctx, lambda x: {"x": x}, 0.0, 1.0, "path", timed_keep)
+    assert seen[:3] == [0.76, 0.98, 0.87]  # fast end, the edge point, then faster
+    assert AIM[0] <= seen[-1] <= AIM[1], seen
+    assert {"x": 0.5} in landed and landed[-1] == {"x": 0.625}
+    assert closest == (0.98, {"x": 0.5})
