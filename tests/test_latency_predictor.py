@@ -155,11 +155,14 @@ def test_targets_command_and_lean_parser():
 def test_compare_interleaves_and_gives_a_verdict(built, capsys):
     folder, _ = built
     r = _run(capsys, "latency", "compare", folder, folder, "--target", "torch-cpu", "--repeats",
-             "5", "--json")
+             "5", "--sessions", "2", "--json")
     a, b = r["models"]
-    assert a["latency"]["repeats"] == b["latency"]["repeats"] == 5
+    assert a["latency"]["repeats"] == b["latency"]["repeats"] == 10  # 5 in each of 2 sessions
+    assert len(a["latency"]["sessions_ms"]) == 2
     assert a["vs_first"]["speedup"] == 1.0 and a["vs_first"]["verdict"] == "within noise"
     assert b["vs_first"]["verdict"] in ("within noise", "a faster", "b faster")
+    assert main(["latency", "compare", folder, folder, "--sessions", "0"]) == 2
+    assert "sessions >= 1" in capsys.readouterr().err
 
 
 @pytest.mark.slow

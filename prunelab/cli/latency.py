@@ -119,7 +119,8 @@ def cmd_compare(args):
     from ..latency import api
     from ..latency.measure import Protocol
 
-    r = api.compare_models(args.models, _cfg(args), Protocol(repeats=args.repeats))
+    r = api.compare_models(args.models, _cfg(args), Protocol(repeats=args.repeats,
+                                                             sessions=args.sessions))
     emit(args, r, lambda o: print_table(
         "interleaved latency", ["model", "MMACs", "median ms", "IQR ms", "vs first"],
         [[m["model"], f"{m['macs'] / 1e6:.2f}", f"{m['latency_ms']:.4f}",
@@ -181,5 +182,9 @@ def register(sub) -> None:
                         description=doc(api.compare_models))
     c.add_argument("models", nargs="+", help="two or more shipped models or model folders")
     _target_opts(c)
-    c.add_argument("--repeats", type=int, default=50, help="timed runs per model (default 50)")
+    c.add_argument("--repeats", type=int, default=50,
+                   help="timed runs per model and session (default 50)")
+    c.add_argument("--sessions", type=int, default=3,
+                   help="fresh runtime sessions per model; the figure is the median of their "
+                   "medians (default 3: one session can run a model slow for its whole life)")
     c.set_defaults(fn=cmd_compare)
