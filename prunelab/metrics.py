@@ -77,20 +77,24 @@ def time_callables(fns: Sequence[Callable[[], object]], repeats: int = 50, warmu
     """Time several callables interleaved; returns per-callable samples in milliseconds.
 
     Runs ``warmup`` untimed rounds, then at least ``repeats`` rounds (more until ``min_seconds``
-    has passed), each round calling every function once in turn.
+    has passed), each round calling every function once in turn; the other prunelab processes on
+    the machine pause their batches meanwhile (:mod:`prunelab.gate`).
     """
-    for _ in range(warmup):
-        for f in fns:
-            f()
-    samples: list[list[float]] = [[] for _ in fns]
-    start = time.perf_counter()
-    r = 0
-    while r < repeats or time.perf_counter() - start < min_seconds:
-        for i, f in enumerate(fns):
-            t = time.perf_counter()
-            f()
-            samples[i].append((time.perf_counter() - t) * 1e3)
-        r += 1
+    from .gate import timing
+
+    with timing():
+        for _ in range(warmup):
+            for f in fns:
+                f()
+        samples: list[list[float]] = [[] for _ in fns]
+        start = time.perf_counter()
+        r = 0
+        while r < repeats or time.perf_counter() - start < min_seconds:
+            for i, f in enumerate(fns):
+                t = time.perf_counter()
+                f()
+                samples[i].append((time.perf_counter() - t) * 1e3)
+            r += 1
     return samples
 
 

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 from .data.core import Splits
 from .errors import PrunelabError
+from .gate import gated
 from .kernels import onednn_safe
 from .ui import log, progress
 
@@ -76,7 +77,7 @@ def evaluate(model: nn.Module, batches, max_batches: int | None = None) -> float
     was = model.training
     model.eval()
     correct = total = 0
-    for i, (x, y) in enumerate(batches):
+    for i, (x, y) in enumerate(gated(batches)):
         if max_batches is not None and i >= max_batches:
             break
         correct += int((model(x).argmax(1) == y).sum())
@@ -249,7 +250,7 @@ def fit(model: nn.Module, data: Splits, cfg: TrainConfig, checkpoint: str | Path
             model.train()
             batches.set_epoch(epoch)
             t0, loss_sum, seen = time.perf_counter(), 0.0, 0
-            for step, (x, y) in enumerate(batches):
+            for step, (x, y) in enumerate(gated(batches)):
                 if step % size != rank or step >= steps_per_epoch - steps_per_epoch % size:
                     continue  # another rank's batch (each rank runs as many steps)
                 it = epoch * steps_per_epoch + step
@@ -343,7 +344,7 @@ def recalibrate_bn(model: nn.Module, batches, num_batches: int = 20) -> nn.Modul
         m.reset_running_stats()
         m.momentum = None  # cumulative average over the calibration batches
     model.train()
-    for i, (x, _) in enumerate(batches):
+    for i, (x, _) in enumerate(gated(batches)):
         if i >= num_batches:
             break
         model(x)

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import PrunelabError
+from ..gate import gated
 from . import CRITERIA
 from .base import Criterion, GroupInfo
 from .calib import Calibrated, calibration_batches, capture, following_norms
@@ -32,7 +33,8 @@ class _Activations(Calibrated):
         totals = {t: 0.0 for t in taps}
         count = 0
         with torch.set_grad_enabled(self.grads), capture(model, taps, self.grads) as (acts, gs):
-            for x, y in calibration_batches(data, self.num_images, self.batch_size):
+            for x, y in gated(calibration_batches(data, self.num_images,
+                                                  self.batch_size)):
                 model.zero_grad(set_to_none=True)
                 logits = model(x)
                 if self.grads:

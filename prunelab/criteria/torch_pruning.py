@@ -20,6 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import PrunelabError
+from ..gate import gated
 from . import CRITERIA
 from .base import Criterion, GroupInfo
 from .calib import calibration_batches
@@ -75,7 +76,8 @@ class TorchPruningImportance(Criterion):
         was = model.training
         model.eval()
         with torch.enable_grad():
-            for x, y in calibration_batches(data, self.num_images, self.batch_size):
+            for x, y in gated(calibration_batches(data, self.num_images,
+                                                  self.batch_size)):
                 F.cross_entropy(model(x), y, reduction="sum").backward()
         model.train(was)
 

@@ -21,6 +21,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import PrunelabError
+from ..gate import gated
 from . import CRITERIA
 from .base import GroupInfo
 from .calib import Calibrated, calibration_batches, capture, check_rule_support
@@ -49,7 +50,7 @@ class Attribution(Calibrated):
         net = self.attribution_copy(model, names)
         totals = {n: None for n in names}
         count = 0
-        for x, y in calibration_batches(data, self.num_images, self.batch_size):
+        for x, y in gated(calibration_batches(data, self.num_images, self.batch_size)):
             with warnings.catch_warnings():  # captum's notes on hooks and input grads are ours
                 warnings.filterwarnings("ignore", category=UserWarning, module=r"captum\.")
                 attributions = self.attribute(net, names, x, y)

@@ -32,6 +32,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import PrunelabError
+from ..gate import gated
 from ..targets import TargetConfig
 from .budget import Budget
 
@@ -282,8 +283,8 @@ def short_train(net: nn.Module, data, batches: int, seed: int, lr: float = 0.01)
 
     net.train()
     with onednn_safe():
-        for i, (x, y) in enumerate(data.batches("train", 128, shuffle=True, augment=True,
-                                                seed=seed + 1)):
+        for i, (x, y) in enumerate(gated(data.batches("train", 128, shuffle=True,
+                                                      augment=True, seed=seed + 1))):
             if i >= batches:
                 break
             opt.zero_grad(set_to_none=True)

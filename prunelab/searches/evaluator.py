@@ -12,6 +12,8 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from ..gate import gated
+
 LOG = "evaluations.jsonl"
 
 
@@ -88,7 +90,7 @@ class Candidates:
     def batches(self, split: str, batch_size: int, **kw):
         """Data batches in the layout candidates run fastest in (channels-last when the model
         takes it: about 1.5-2x faster fp32 convolutions on CPU, same precision)."""
-        for x, y in self.data.batches(split, batch_size, **kw):
+        for x, y in gated(self.data.batches(split, batch_size, **kw)):
             yield x.contiguous(memory_format=self.layout), y
 
     def top1(self, net: nn.Module, images: int | None) -> float:

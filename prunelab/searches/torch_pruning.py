@@ -17,6 +17,7 @@ import copy
 import torch
 
 from ..errors import PrunelabError
+from ..gate import gated
 from . import SEARCHES
 from .driver import Search
 from .methods import front_levels, bisect, staircase_finish
@@ -46,7 +47,7 @@ def tp_widths(model, input_shape, ratio: float, importance: str, global_pruning:
         ignored_layers=[names[n] for n in ignored])
     if importance == "taylor":
         net.zero_grad(set_to_none=True)
-        for x, y in grad_batches or []:
+        for x, y in gated(grad_batches or []):
             F.cross_entropy(net(x), y, reduction="sum").backward()
     pruner.step()
     return {g: _width(names[g]) for g in group_names}

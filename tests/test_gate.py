@@ -1,0 +1,111 @@
+"""The timing gate: while one process times, other prunelab processes on the machine do not
+compute their batches; heavy steps run side by side; nesting in one process does not deadlock."""
+
+import os
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from prunelab import gate
+
+WORKER = textwrap.dedent("""
+    import os, sys, time
+    from prunelab.gate import gated, timing
+    log, role = sys.argv[1], sys.argv[2]
+
+    def mark(what):
+        with open(log, "a") as f:
+            f.write(f"{role} {what} {time.monotonic_ns()}\\n")
+
+    open(log + "." + role + ".ready", "w").close()
+    while not os.path.exists(log + ".go"):
+        time.sleep(0.005)
+    if role.startswith("dangler"):  # times while its own step is still held (a suspended
+        held = gated(range(1))        # generator): must not deadlock with another such process
+        next(held)
+        for _ in range(3):
+            with timing():
+                mark("start"); time.sleep(0.05); mark("end")
+            time.sleep(0.02)
+    elif role.startswith("worker"):
+        for _ in gated(range(12)):  # twelve 'batches' of 40 ms
+            mark("start"); time.sleep(0.04); mark("end")
+    else:
+        for _ in range(3):
+            time.sleep(0.05)
+            with timing():
+                mark("start"); time.sleep(0.1); mark("end")
+""")
+
+
+def _intervals(lines, role):
+    out, start = [], None
+    for who, what, t in (ln.split() for ln in lines):
+        if who == role:
+            if what == "start":
+                start = int(t)
+            else:
+                out.append((start, int(t)))
+    return out
+
+
+def _run(tmp_path, roles, env):
+    log = str(tmp_path / "log")
+    script = tmp_path / "w.py"
+    script.write_text(WORKER)
+    procs = [subprocess.Popen([sys.executable, str(script), log, r], env=env) for r in roles]
+    while not all(os.path.exists(f"{log}.{r}.ready") for r in roles):
+        time.sleep(0.01)
+    open(log + ".go", "w").close()
+    assert all(p.wait(60) == 0 for p in procs)
+    return open(log).read().splitlines()
+
+
+def _overlap(a, b):
+    return any(s1 < e2 and s2 < e1 for s1, e1 in a for s2, e2 in b)
+
+
+@pytest.mark.skipif(gate.fcntl is None, reason="the gate needs POSIX flock")
+def test_timing_waits_for_batches_and_batches_wait_for_timing(tmp_path):
+    env = {**os.environ, gate.ENV: str(tmp_path / "gate")}
+    lines = _run(tmp_path, ["worker1", "worker2", "timer"], env)
+    timer = _intervals(lines, "timer")
+    w1, w2 = _intervals(lines, "worker1"), _intervals(lines, "worker2")
+    assert len(timer) == 3 and len(w1) == len(w2) == 12
+    assert not _overlap(timer, w1) and not _overlap(timer, w2)
+    assert _overlap(w1, w2)  # heavy steps of two processes do run side by side
+
+
+@pytest.mark.skipif(gate.fcntl is None, reason="the gate needs POSIX flock")
+def test_without_the_gate_they_overlap(tmp_path):
+    """The check above can fail: with the gate off, the same processes time during batches."""
+    env = {**os.environ, gate.ENV: "off"}
+    lines = _run(tmp_path, ["worker1", "timer"], env)
+    assert _overlap(_intervals(lines, "timer"), _intervals(lines, "worker1"))
+
+
+def test_nested_sections_in_one_process_do_not_deadlock(tmp_path, monkeypatch):
+    monkeypatch.setenv(gate.ENV, str(tmp_path / "gate"))
+    seen = []
+    for b in gate.gated(range(3)):
+        with gate.timing():  # a timing inside this process's own step
+            with gate.timing():
+                for c in gate.gated(range(2)):  # steps inside its own timing
+                    seen.append((b, c))
+    assert seen == [(b, c) for b in range(3) for c in range(2)]
+    assert gate._GATE.timing == 0 and gate._GATE.working == 0
+    if gate.fcntl is not None:  # everything released: another process can time at once
+        r = subprocess.run([sys.executable, "-c", "from prunelab.gate import timing\n"
+                            "with timing(): pass"], env={**os.environ}, timeout=20)
+        assert r.returncode == 0
+
+
+@pytest.mark.skipif(gate.fcntl is None, reason="the gate needs POSIX flock")
+def test_processes_timing_inside_their_own_steps_take_turns(tmp_path):
+    env = {**os.environ, gate.ENV: str(tmp_path / "gate")}
+    lines = _run(tmp_path, ["dangler1", "dangler2"], env)  # _run: both exit 0 within 60 s
+    a, b = _intervals(lines, "dangler1"), _intervals(lines, "dangler2")
+    assert len(a) == len(b) == 3 and not _overlap(a, b)
