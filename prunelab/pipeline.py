@@ -143,7 +143,7 @@ class VerifySection(_Section):
     repeats: Annotated[int, Field(ge=3)] = Field(200, description="timed runs of the final "
                                                  "measurement, per session")
     min_seconds: Annotated[float, Field(ge=0, le=600)] = Field(
-        1.0, description="time each session for at least this many seconds (more rounds than "
+        3.0, description="time each session for at least this many seconds (more rounds than "
         "repeats on a small model: a median over a fraction of a second is at the mercy of one "
         "burst of load)")
     sessions: Annotated[int, Field(ge=1, le=50)] = Field(
