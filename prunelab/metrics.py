@@ -55,7 +55,7 @@ class Timing:
     iqr_ms: float
     samples_ms: list[float]
     # one median per fresh runtime session when the protocol opened several (``median_ms`` is
-    # then their median); empty for one session
+    # then the fastest of them); empty for one session
     sessions_ms: list[float] = field(default_factory=list)
 
     def to_json(self, samples: bool = False) -> dict:

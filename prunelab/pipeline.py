@@ -147,8 +147,8 @@ class VerifySection(_Section):
         "repeats on a small model: a median over a fraction of a second is at the mercy of one "
         "burst of load)")
     sessions: Annotated[int, Field(ge=1, le=50)] = Field(
-        5, description="fresh runtime sessions per model, the median of their medians reported "
-        "(a session can run in a slow mode for its whole life)")
+        5, description="fresh runtime sessions per model, the fastest session's median reported "
+        "(a stretch of interference can slow a whole session)")
 
 
 SECTIONS = {"run": RunSection, "model": ModelSection, "search": SearchSection,

@@ -1,11 +1,15 @@
 """The measuring protocol on any target: warm-up, many repetitions, median and IQR, fixed
 threads; several models are timed interleaved (A, B, A, B, ...) so load drifts hit them alike.
 
-A runtime session has a speed of its own: on a shared 2-core AMD EPYC VM, ONNX Runtime timed the
-same resnet20 against the same pruned copy at 4.35x in most fresh sessions and 2.78x in some
-(the pruned model's session ran 1.9x slower for its whole life), so interleaving inside one
-session cannot average it out.  ``Protocol.sessions`` > 1 builds fresh runners (sessions) that
-many times, times each round interleaved, and reports the median of the per-session medians.
+Interference comes in stretches longer than one measurement: on a shared 2-core AMD EPYC VM,
+ONNX Runtime timed the same resnet20 against the same pruned copy at 4.35x in most rounds and
+2.78x in some (the pruned model 1.9x slower, the unpruned one 1.2x, for the whole round; in a
+three-model round all three were slow together), so interleaving inside one round cannot average
+it out.  ``Protocol.sessions`` > 1 builds fresh runners (sessions) that many times, times each
+round interleaved, and reports the fastest round's median: interference only ever slows a model
+down, so the fastest of several robust medians is the best estimate of the model on a quiet
+machine (the reason ``timeit`` reports a minimum); a single slow round, or three of five, then
+do not move the figure.
 
 :func:`compare` says whether a difference between two timings stands out of the noise: the
 figures are trusted only when the inter-quartile ranges do not overlap.
@@ -13,7 +17,6 @@ figures are trusted only when the inter-quartile ranges do not overlap.
 
 from __future__ import annotations
 
-import statistics
 from dataclasses import asdict, dataclass
 from typing import Sequence
 
@@ -79,16 +82,15 @@ def measure(target, models: Sequence[nn.Module], input_shape: Sequence[int],
 
 
 def pool_sessions(rounds: Sequence[Timing]) -> Timing:
-    """One model's timings from several sessions as one: the median of the session medians
-    (a session stuck in a slow mode is outvoted), the IQR of all samples pooled (it holds the
-    spread between sessions too, so :func:`compare` calls a difference only when it stands out
-    of both)."""
+    """One model's timings from several sessions as one: the fastest session's median (see the
+    module docstring), the IQR of all samples pooled (it holds the spread between sessions too,
+    so :func:`compare` calls a difference only when it stands out of both)."""
     pooled = [x for t in rounds for x in t.samples_ms]
     q1, _, q3 = quartiles(pooled)
     meds = [t.median_ms for t in rounds]
     first = rounds[0]
     return Timing(first.runtime, first.batch_size, first.threads, len(pooled), first.warmup,
-                  statistics.median(meds), q3 - q1, pooled, meds)
+                  min(meds), q3 - q1, pooled, meds)
 
 
 def compare(a: Timing, b: Timing) -> dict:

@@ -345,8 +345,8 @@ OVERSHOOT = 0.10  # a latency budget is landed within this fraction of it, measu
 # every measurement lasts at least this long (more rounds than the repeats on a small model): a
 # median over a fraction of a second is at the mercy of one burst of load on a shared machine
 # (two resnet20 anchors timed in 0.1 s each measured the unpruned model 40% slow)
-# and is taken over several fresh runtime sessions (the median of their medians): a session can
-# run in a slow mode for its whole life (see prunelab.latency.measure); seconds are per session
+# and is taken over several fresh runtime sessions (the fastest session's median): a stretch of
+# interference can slow a whole session (see prunelab.latency.measure); seconds are per session
 FRONT_SECONDS, CONFIRM_SECONDS, STEP_SECONDS = 1.0, 0.5, 0.2
 FRONT_SESSIONS, CONFIRM_SESSIONS, STEP_SESSIONS = 3, 5, 3
 # the measured finish stops once a point measures in this window of the limit: inside the band
