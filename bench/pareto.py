@@ -212,9 +212,9 @@ def remeasure(model: str, runs: Path) -> int:
     latest run's noise, protocol, time) into each record; returns how many were measured
     (cells whose run folder under ``runs`` holds the run the record was made from).  Each call
     adds one measurement to ``quiet_runs`` (runs under another protocol are dropped first);
-    ``quiet_speedup`` is their median.  Each measurement is itself the median over
-    ``QUIET['sessions']`` fresh runtime sessions: on this machine a session can run a model in a
-    slow mode for its whole life (a pair's ratio 1.3-1.6x apart between sessions), so the first
+    ``quiet_speedup`` is their median.  Each measurement is itself the fastest session's median
+    over ``QUIET['sessions']`` fresh runtime sessions: on this machine a stretch of interference
+    can slow a whole session (a pair's ratio 1.3-1.6x apart between sessions), so the first
     version, one session per run, needed several runs per cell."""
     from prunelab.io import atomic_write_text, load_model
     from prunelab.latency.measure import Protocol, compare, measure

@@ -7,14 +7,15 @@ whose confirmation happened to run beside a fine-tune rejected a point that was 
 budget.  The *gate* is a pair of advisory file locks (``flock``) that every prunelab process on
 the machine honours:
 
-- a timing section (:func:`timing`, held by :func:`prunelab.latency.measure.time_runners`) takes
+- a timing section (:func:`timing`, held by :func:`prunelab.metrics.time_callables`) takes
   the *door* exclusively, then the *room* exclusively: it waits for the batches in flight to end,
   and no new one starts until it is done;
 - a heavy step (:func:`gated`, around each batch of training, evaluation and BN re-estimation)
   passes the door (shared, released at once) and holds the room shared while it computes.
 
-Timing sections of several processes take turns; heavy steps run side by side.  A process that
-times while inside one of its own steps converts its room lock, so nesting never deadlocks.  The
+Timing sections of several processes take turns; heavy steps run side by side.  A process never
+waits at the door while it holds the room (a timing inside its own step lets the room go first;
+a step inside a step does not pass the door again), so no two processes wait on each other.  The
 locks live in ``$PRUNELAB_TIMING_GATE`` (a path prefix; default ``<tmp>/prunelab-gate-<uid>``);
 ``PRUNELAB_TIMING_GATE=off`` turns the gate off.  ``flock`` locks go with the process: a killed
 process leaves nothing held.

@@ -21,6 +21,8 @@ from typing import Callable, Sequence
 import torch
 import torch.nn as nn
 
+from .gate import timing
+
 
 def macs_params(model: nn.Module, input_shape: Sequence[int]) -> tuple[int, int]:
     """Multiply-accumulates for one image and the parameter count (torch-pruning's counter)."""
@@ -80,8 +82,6 @@ def time_callables(fns: Sequence[Callable[[], object]], repeats: int = 50, warmu
     has passed), each round calling every function once in turn; the other prunelab processes on
     the machine pause their batches meanwhile (:mod:`prunelab.gate`).
     """
-    from .gate import timing
-
     with timing():
         for _ in range(warmup):
             for f in fns:

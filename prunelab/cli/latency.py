@@ -185,6 +185,6 @@ def register(sub) -> None:
     c.add_argument("--repeats", type=int, default=50,
                    help="timed runs per model and session (default 50)")
     c.add_argument("--sessions", type=int, default=3,
-                   help="fresh runtime sessions per model; the figure is the median of their "
-                   "medians (default 3: one session can run a model slow for its whole life)")
+                   help="fresh runtime sessions per model; the figure is the fastest session's "
+                   "median (default 3: a stretch of interference can slow a whole session)")
     c.set_defaults(fn=cmd_compare)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from ..errors import PrunelabError
 from ..io import atomic_write_text, read_json
+from ..latency.measure import Protocol
 from ..lock import FolderLock
 from ..ui import log, progress
 from .budget import Budget
@@ -249,7 +250,7 @@ def _finish(ctx: Search, ref: str, budget: Budget, crit_spec: str) -> tuple[dict
     returns the result and the chosen model."""
     from ..api import pruned_spec
     from ..io import save_model
-    from ..latency.measure import Protocol, compare, measure
+    from ..latency.measure import compare, measure
     from .parallel import measuring_on
 
     pool = ctx.finalists if ctx.finalists is not None else \
@@ -263,8 +264,7 @@ def _finish(ctx: Search, ref: str, budget: Budget, crit_spec: str) -> tuple[dict
     models = [_build(ctx, p) for p in pts]
     shape = ctx.spec.input_shape
     times = measure(ctx.target, [ctx.model] + models, shape,
-                    Protocol(warmup=10, repeats=30, min_seconds=FRONT_SECONDS,
-                             sessions=FRONT_SESSIONS))
+                    FRONT_PROTOCOL)
     base = {**ctx.base, "predicted_ms": ctx.base["latency_ms"], "latency_ms": times[0].median_ms}
     measured = [{**p, "predicted_ms": p["latency_ms"], "latency_ms": t.median_ms,
                  "latency_iqr_ms": t.iqr_ms} for p, t in zip(pts, times[1:])]
@@ -347,8 +347,9 @@ OVERSHOOT = 0.10  # a latency budget is landed within this fraction of it, measu
 # (two resnet20 anchors timed in 0.1 s each measured the unpruned model 40% slow)
 # and is taken over several fresh runtime sessions (the fastest session's median): a stretch of
 # interference can slow a whole session (see prunelab.latency.measure); seconds are per session
-FRONT_SECONDS, CONFIRM_SECONDS, STEP_SECONDS = 1.0, 0.5, 0.2
-FRONT_SESSIONS, CONFIRM_SESSIONS, STEP_SESSIONS = 3, 5, 3
+FRONT_PROTOCOL = Protocol(warmup=10, repeats=30, min_seconds=1.0, sessions=3)
+CONFIRM_PROTOCOL = Protocol(warmup=10, repeats=40, min_seconds=0.5, sessions=5)
+STEP_PROTOCOL = Protocol(warmup=10, repeats=20, min_seconds=0.2, sessions=3)
 # the measured finish stops once a point measures in this window of the limit: inside the band
 # (1/1.1 = 0.909 .. 1) but off its slow edge, because the confirmation that follows times the
 # point again, and a point found at 0.98 of the limit measured over it there (nsga2+l1 at 3x on
@@ -359,11 +360,9 @@ AIM = (0.92, 0.965)
 def _confirm(ctx: Search, budget: Budget, point: dict, net) -> tuple:
     """A longer interleaved run of ``net`` against the unpruned model: ``(met, speed-up,
     point, net, timings)``."""
-    from ..latency.measure import Protocol, measure
+    from ..latency.measure import measure
 
-    conf = measure(ctx.target, [ctx.model, net], ctx.spec.input_shape,
-                   Protocol(warmup=10, repeats=40, min_seconds=CONFIRM_SECONDS,
-                            sessions=CONFIRM_SESSIONS))
+    conf = measure(ctx.target, [ctx.model, net], ctx.spec.input_shape, CONFIRM_PROTOCOL)
     met = budget.met({**point, "latency_ms": conf[1].median_ms},
                      {**ctx.base, "latency_ms": conf[0].median_ms})
     return met, conf[0].median_ms / conf[1].median_ms, point, net, conf
@@ -400,7 +399,7 @@ def _measured_finish(ctx: Search, budget: Budget, measured: list[dict], base: di
     points landing between the limit and ``OVERSHOOT`` under it are evaluated (validation top-1)
     and confirmed like front points.  Returns what happened (for ``result.json``) and the
     confirmations."""
-    from ..latency.measure import Protocol, measure
+    from ..latency.measure import measure
     from ..latency.predictor import ModelMeter
 
     info: dict = {"trigger": "over budget" if not met else "overshoot", "steps": [],
@@ -410,8 +409,7 @@ def _measured_finish(ctx: Search, budget: Budget, measured: list[dict], base: di
 
     def timed_keep(keep: dict[str, int], x=None) -> tuple[bool, float, dict]:
         t = measure(ctx.target, [ctx.model, meter.pruned(keep)], shape,
-                    Protocol(warmup=10, repeats=20, min_seconds=STEP_SECONDS,
-                             sessions=STEP_SESSIONS))
+                    STEP_PROTOCOL)
         lim = budget.limit({"latency_ms": t[0].median_ms})
         info["steps"].append({"x": x, "speedup": t[0].median_ms / t[1].median_ms,
                               "of_limit": t[1].median_ms / lim})
