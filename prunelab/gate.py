@@ -10,7 +10,8 @@ the machine honours:
 - a timing section (:func:`timing`, held by :func:`prunelab.metrics.time_callables`) takes
   the *door* exclusively, then the *room* exclusively: it waits for the batches in flight to end,
   and no new one starts until it is done;
-- a heavy step (:func:`gated`, around each batch of training, evaluation and BN re-estimation)
+- a heavy step (:func:`gated`, around each batch of training, evaluation and BN re-estimation;
+  :func:`held`, around pruning a candidate, scoring channels and building a runtime session)
   passes the door (shared, released at once) and holds the room shared while it computes.
 
 Timing sections of several processes take turns; heavy steps run side by side.  A process never
@@ -24,11 +25,12 @@ process leaves nothing held.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import tempfile
 import threading
 from pathlib import Path
-from typing import Iterable, Iterator, TypeVar
+from typing import Callable, Iterable, Iterator, TypeVar
 
 try:
     import fcntl
@@ -37,6 +39,7 @@ except ImportError:  # not POSIX (Windows): no gate
 
 ENV = "PRUNELAB_TIMING_GATE"
 T = TypeVar("T")
+F = TypeVar("F", bound=Callable)
 
 
 class _Gate:
@@ -131,3 +134,15 @@ def gated(batches: Iterable[T]) -> Iterator[T]:
     for b in batches:
         with step():
             yield b
+
+
+def held(fn: F) -> F:
+    """``fn`` run as one :func:`step` (a decorator), for heavy work that is not a batch loop:
+    pruning a candidate (dependency graph, OMP solves, weight surgery), scoring channels,
+    exporting a model and creating its runtime session.  Ungated, omp-search pruned candidates
+    for a quarter of an hour while the cell beside it timed its front and confirmations."""
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        with step():
+            return fn(*args, **kwargs)
+    return run

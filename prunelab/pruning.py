@@ -27,6 +27,7 @@ import torch.nn as nn
 
 from .criteria import Criterion, GroupInfo, make_criterion
 from .errors import PrunelabError
+from .gate import held
 from .metrics import macs_params
 
 
@@ -151,6 +152,7 @@ def prunable_groups(model: nn.Module, input_shape: Sequence[int], num_classes: i
     return DG, groups
 
 
+@held
 def score_groups(model: nn.Module, crit: Criterion, groups: list[GroupInfo], data=None
                  ) -> tuple[dict[str, torch.Tensor], float]:
     """Score every channel of every group; returns the scores and the seconds it took."""
@@ -205,6 +207,7 @@ class PruneResult:
                 "params_after": self.params_after}
 
 
+@held
 def prune(model: nn.Module, criterion: str | Criterion = "l1", ratio: float | None = None,
           keep: dict[str, int] | None = None, input_shape: Sequence[int] = (3, 32, 32),
           data=None, num_classes: int | None = None, round_to: int = 1, inplace: bool = False,

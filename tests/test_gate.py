@@ -109,3 +109,56 @@ def test_processes_timing_inside_their_own_steps_take_turns(tmp_path):
     lines = _run(tmp_path, ["dangler1", "dangler2"], env)  # _run: both exit 0 within 60 s
     a, b = _intervals(lines, "dangler1"), _intervals(lines, "dangler2")
     assert len(a) == len(b) == 3 and not _overlap(a, b)
+
+
+def _room_free(prefix: str) -> bool:
+    """Whether another holder could take the room exclusively now (a fresh open file
+    description conflicts with this process's own flock, as another process's would)."""
+    fd = os.open(prefix + ".room", os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        gate.fcntl.flock(fd, gate.fcntl.LOCK_EX | gate.fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    else:
+        gate.fcntl.flock(fd, gate.fcntl.LOCK_UN)
+        return True
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.skipif(gate.fcntl is None, reason="the gate needs POSIX flock")
+@pytest.mark.parametrize("setting", ["on", "off"])
+def test_pruning_scoring_and_runner_creation_hold_a_step(tmp_path, monkeypatch, setting):
+    """Pruning a candidate (with its scoring) and making a runtime session are heavy work
+    outside any batch loop: each holds the room, so another process's timing waits for it.
+    With the gate off the same probes find the room free (the check can fail)."""
+    from prunelab.criteria.magnitude import L1
+    from prunelab.pruning import prune
+    from prunelab.targets import make_target, onnxruntime as ort_target
+
+    from .conftest import tiny_resnet
+
+    prefix = str(tmp_path / "gate")
+    monkeypatch.setenv(gate.ENV, prefix if setting == "on" else "off")
+    seen = []
+
+    class Probe(L1):
+        def layer_scores(self, name, module, group):
+            seen.append(("score", _room_free(prefix)))
+            return super().layer_scores(name, module, group)
+
+    export = ort_target.to_onnx
+
+    def probed_export(module, inputs):
+        seen.append(("export", _room_free(prefix)))
+        return export(module, inputs)
+
+    monkeypatch.setattr(ort_target, "to_onnx", probed_export)
+    res = prune(tiny_resnet(), Probe(), ratio=0.5, input_shape=(1, 16, 16), num_classes=4)
+    target = make_target("onnxruntime-cpu")
+    run = target.runner(res.model, target.inputs([(1, 16, 16)]))
+    run()
+    assert {what for what, _ in seen} == {"score", "export"}
+    assert all(free == (setting == "off") for _, free in seen), seen
+    assert _room_free(prefix)  # released once the work is done
+    assert gate._GATE.working == 0

@@ -14,6 +14,8 @@ from typing import Callable, Sequence
 import torch
 import torch.nn as nn
 
+from ..gate import held
+
 Runner = Callable[[], object]
 
 
@@ -27,6 +29,13 @@ class Target:
 
     def __init__(self, cfg):
         self.cfg = cfg
+
+    def __init_subclass__(cls, **kwargs):
+        # making a runner (export, compilation, session creation) is heavy work: it holds a
+        # step of the timing gate, so it never runs beside another process's timing
+        super().__init_subclass__(**kwargs)
+        if "runner" in cls.__dict__:
+            cls.runner = held(cls.__dict__["runner"])
 
     @classmethod
     def unavailable(cls) -> str | None:
