@@ -158,8 +158,23 @@ def record(cell: Cell, s: dict, out: Path) -> dict:
         "method_info_staircase": res.get("method_info", {}).get("staircase"),
         **search_fields(res),
         "finetune": FINETUNE, "target": s["target_config"], "protocol": s["protocol"],
-        "commit": _commit(),
+        "commit": _commit(), "cpu": run_cpu(out),
     }
+
+
+def isa_class(isa: list[str]) -> str:
+    """The vector ISA the runtimes pick their kernels for (ONNX Runtime's blocked convolutions
+    and their channel alignment differ between AVX2 and AVX-512 machines)."""
+    return "AVX-512" if "avx512f" in isa else "AVX2" if "avx2" in isa else "pre-AVX2"
+
+
+def run_cpu(out: Path) -> str | None:
+    """The CPU a run folder's measurements were taken on (its environment.json)."""
+    try:
+        dev = json.loads((out / "environment.json").read_text())["target_fingerprint"]["device"]
+    except (OSError, ValueError, KeyError):
+        return None
+    return f"{dev['cpu']} {isa_class(dev['isa'])}"
 
 
 def search_fields(res: dict) -> dict:
@@ -179,6 +194,11 @@ def _quiet_text(r: dict) -> str:
     rs = r.get("quiet_runs") or [r["quiet_speedup"]]
     spread = f", {min(rs):.2f}-{max(rs):.2f}" if len(rs) > 1 else ""
     return f"{r['quiet_speedup']:.2f}x ({len(rs)} runs{spread})"
+
+
+def _cpu_text(r: dict) -> str:
+    cell, quiet = r.get("cpu") or "not recorded", r.get("quiet_cpu")
+    return cell if quiet in (None, cell) else f"{cell} (re-measured on {quiet})"
 
 
 def _finish_text(r: dict) -> str:
@@ -216,6 +236,7 @@ def remeasure(model: str, runs: Path) -> int:
     over ``QUIET['sessions']`` fresh runtime sessions: on this machine a stretch of interference
     can slow a whole session (a pair's ratio 1.3-1.6x apart between sessions), so the first
     version, one session per run, needed several runs per cell."""
+    from prunelab.hardware import cpu_info
     from prunelab.io import atomic_write_text, load_model
     from prunelab.latency.measure import Protocol, compare, measure
     from prunelab.targets import make_target
@@ -243,7 +264,9 @@ def remeasure(model: str, runs: Path) -> int:
                  quiet_noise=cmp["noise_b"],
                  quiet_base_noise=cmp["noise_a"], quiet_protocol=dict(QUIET),
                  quiet_when=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-                 quiet_commit=_commit())
+                 quiet_commit=_commit(),
+                 quiet_cpu=f"{cpu_info()['cpu']} {isa_class(cpu_info()['isa'])}")
+        r.setdefault("cpu", run_cpu(runs / r["cell"]))  # records from before the field
         atomic_write_text(p, json.dumps(r, indent=1))
         print(f"[pareto]   {r['cell']}: {cmp['speedup']:.2f}x (in cell {r['speedup']:.2f}x)",
               flush=True)
@@ -367,8 +390,8 @@ def write_tables(model: str) -> Path | None:
              "(`OMP_NUM_THREADS=1 taskset -c N`).", "",
              "| budget | method | family | seed | top-1 final | top-1 searched | speed-up "
              "(in cell) | quiet re-measure | in search | measured finish | MACs kept | params "
-             "kept | speed-up x MACs kept | evals | search s | fine-tune s | commit |",
-             "|" + "---|" * 17]
+             "kept | speed-up x MACs kept | evals | search s | fine-tune s | commit | CPU |",
+             "|" + "---|" * 18]
     for r in recs:
         noise = "" if r["speedup_verdict"].endswith("faster") else f" ({r['speedup_verdict']})"
         lines.append(
@@ -379,7 +402,7 @@ def write_tables(model: str) -> Path | None:
             f" | {_finish_text(r)} | {100 * r['macs_kept']:.1f}% | "
             f"{100 * r['params_kept']:.1f}% | {speedup_of(r) * r['macs_kept']:.2f} | "
             f"{r['evaluations']} | {r['search_seconds']:.0f} | {r['finetune_seconds']:.0f} | "
-            f"{r.get('commit') or 'before b84d970'} |")
+            f"{r.get('commit') or 'before b84d970'} | {_cpu_text(r)} |")
     base = recs[0]
     lines += ["", f"Unpruned: {100 * base['base_top1']:.2f}% test top-1. "
               "`speed-up (in cell)`: the cell's own verify, run while the other core ran "
@@ -396,7 +419,9 @@ def write_tables(model: str) -> Path | None:
               "`overshoot` or `over budget`: what triggered it; `-`: cells from before it). "
               "`commit`: the prunelab the cell ran (cells from before b84d970 chose without the "
               "run's latency anchor and the top-1 tie rule; before 48ade9e the anchor was cached "
-              "per device).", "", "## Verdicts (computed from the "
+              "per device). `CPU`: the machine the cell ran on (its ISA picks ONNX Runtime's "
+              "kernels, so the speed-ups of cells on different machines are not one scale), "
+              "and the quiet re-measure's where it differs.", "", "## Verdicts (computed from the "
               "cells above)", ""]
     lines += [f"- {v}" for v in verdicts(recs)] or ["- not enough finished cells yet"]
     seeds = [r for r in recs if r["label"] == "nsga2+deeplift" and r["budget_speedup"] == 3]
