@@ -168,13 +168,18 @@ def isa_class(isa: list[str]) -> str:
     return "AVX-512" if "avx512f" in isa else "AVX2" if "avx2" in isa else "pre-AVX2"
 
 
+def cpu_label(dev: dict) -> str:
+    """A device fingerprint (:func:`prunelab.hardware.cpu_info`) as ``AMD EPYC AVX-512``."""
+    return f"{dev['cpu']} {isa_class(dev['isa'])}"
+
+
 def run_cpu(out: Path) -> str | None:
     """The CPU a run folder's measurements were taken on (its environment.json)."""
     try:
         dev = json.loads((out / "environment.json").read_text())["target_fingerprint"]["device"]
     except (OSError, ValueError, KeyError):
         return None
-    return f"{dev['cpu']} {isa_class(dev['isa'])}"
+    return cpu_label(dev)
 
 
 def search_fields(res: dict) -> dict:
@@ -249,6 +254,7 @@ def remeasure(model: str, runs: Path) -> int:
     target = make_target(TARGET["name"], batch_size=TARGET["batch_size"],
                          threads=TARGET["threads"])
     proto = Protocol(**QUIET)
+    here = cpu_label(cpu_info())
     print(f"[pareto] re-measuring {len(recs)} final models of {model}, each interleaved with "
           f"the unpruned one in {QUIET['sessions']} fresh sessions ({QUIET['repeats']} runs "
           f"after {QUIET['warmup']} warm-up, at least {QUIET['min_seconds']:g} s each)",
@@ -265,7 +271,7 @@ def remeasure(model: str, runs: Path) -> int:
                  quiet_base_noise=cmp["noise_a"], quiet_protocol=dict(QUIET),
                  quiet_when=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                  quiet_commit=_commit(),
-                 quiet_cpu=f"{cpu_info()['cpu']} {isa_class(cpu_info()['isa'])}")
+                 quiet_cpu=here)
         r.setdefault("cpu", run_cpu(runs / r["cell"]))  # records from before the field
         atomic_write_text(p, json.dumps(r, indent=1))
         print(f"[pareto]   {r['cell']}: {cmp['speedup']:.2f}x (in cell {r['speedup']:.2f}x)",
