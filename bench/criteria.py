@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from prunelab import api
+from prunelab import commands
 from prunelab.io import atomic_write_text
 from prunelab.sweep import SweepConfig, uniform_sweep
 
@@ -38,8 +38,8 @@ def main():
     ap.add_argument("--criteria", default=",".join(CRITERIA))
     ap.add_argument("--out-dir", default=str(Path(__file__).parent / "results"))
     args = ap.parse_args()
-    model, spec = api.load(args.model)
-    data = api.data_for(spec)
+    model, spec = commands.load(args.model)
+    data = commands.data_for(spec)
     t0 = time.time()
     rows = uniform_sweep(model, spec, data, args.criteria.split(","), [args.ratio], SweepConfig())
     rand = [r["top1"] for r in rows if r["criterion"].startswith("random")]

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from prunelab.io import atomic_write_text
-from prunelab.latency import api
+from prunelab.commands import latency as api
 from prunelab.hardware import cpu_info
 from prunelab.targets import TargetConfig
 

@@ -16,7 +16,8 @@ import time
 from pathlib import Path
 
 from prunelab.io import atomic_write_text
-from prunelab.searches import SearchConfig, run_search
+from prunelab.commands import run_search
+from prunelab.searches import SearchConfig
 from prunelab.targets import TargetConfig
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from prunelab.io import atomic_write_text
-from prunelab.latency import api
+from prunelab.commands import latency as api
 from prunelab.latency.cache import Cache
 from prunelab.latency.measure import Protocol, compare, measure
 from prunelab.latency.predictor import ModelMeter, build_predictor

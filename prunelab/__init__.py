@@ -11,7 +11,7 @@ The public API is the object core (:mod:`prunelab.core`)::
 pymoo) load only when a feature that needs them is used.
 """
 
-__version__ = "0.1.0"
+from .version import __version__
 
 _CORE = ("search", "finetune", "save", "load", "export_onnx", "SearchResult", "FinetuneResult")
 __all__ = [*_CORE, "LoaderData", "__version__"]

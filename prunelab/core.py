@@ -300,7 +300,7 @@ def finetune(model: nn.Module, *, train: Iterable, val: Iterable | None = None,
 
 
 def _score(eval_fn: EvalFn, net: nn.Module) -> float:
-    from .searches.driver import checked_score
+    from .searches.scoring import checked_score
 
     return checked_score(eval_fn, net)
 

@@ -28,6 +28,7 @@ import os
 import shutil
 import sys
 import tempfile
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -656,3 +657,29 @@ def load_into(folder: str | os.PathLike, like: nn.Module) -> nn.Module:
     apply_widths(net, spec.layers)
     load_weights(net, folder / "model.safetensors")
     return net.eval()
+
+
+def pruned_spec(spec: ModelSpec, name: str, parent_ref: str, pruned: dict) -> ModelSpec:
+    """The spec of a model pruned from ``spec``: its provenance names the parent (as the user
+    referred to it, so a fine-tune can find its teacher) and what was done to it."""
+    pspec = ModelSpec(**{**spec.__dict__, "provenance": {
+        "name": name, "parent": spec.name,
+        "parent_ref": ref_of(parent_ref),
+        "parent_provenance": {k: v for k, v in spec.provenance.items()
+                              if k in ("name", "trained")},
+        "pruned": pruned, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "prunelab": _version()}})
+    pspec.layers = {}
+    return pspec
+
+
+def ref_of(ref: str) -> str:
+    """How to find a model again: a folder's absolute path, else the ref as given."""
+    p = Path(str(ref))
+    return str(p.resolve()) if p.is_dir() else str(ref)
+
+
+def _version() -> str:
+    from .version import __version__
+
+    return __version__

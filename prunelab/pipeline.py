@@ -31,8 +31,8 @@ except ``[model] ref`` and ``[search] method``:
     warmup = 20
     repeats = 200
 
-Stages: ``search`` (:func:`prunelab.searches.run_search` into ``RUN/search/``), ``finetune``
-(:func:`prunelab.api.finetune` into ``RUN/finetuned/``) and ``verify`` (test top-1 of the
+Stages: ``search`` (:func:`prunelab.commands.run_search` into ``RUN/search/``), ``finetune``
+(:func:`prunelab.commands.finetune` into ``RUN/finetuned/``) and ``verify`` (test top-1 of the
 unpruned, searched and final models, their latency measured interleaved on the target, MACs and
 parameters, into ``verify.json``).  Each stage is skipped when finished and resumed when
 interrupted (the search from its log, fine-tuning from ``finetuned.ckpt/``).  The run folder
@@ -330,8 +330,8 @@ def environment(cfg: PipelineConfig) -> dict:
     import importlib.metadata as md
     import platform
 
-    from . import __version__
-    from .api import environment as env
+    from .version import __version__
+    from .commands import environment as env
     from .targets import make_target
 
     libs = {}
@@ -431,7 +431,7 @@ def _stage_finetune(cfg: PipelineConfig, out: Path, searched, model, spec, data)
     the teacher the config names); returns the summary and the fine-tuned model."""
     import copy
 
-    from .api import ref_of, finetune_model
+    from .commands import ref_of, finetune_model
     from .io import load_into, read_spec, resolve
     from .train import TrainConfig
 
@@ -459,7 +459,7 @@ def _stage_finetune(cfg: PipelineConfig, out: Path, searched, model, spec, data)
     if f.teacher == "parent":
         teacher, tspec, tid = model, spec, ref_of(str(resolve(cfg.model.ref)))
     elif f.teacher != "none":
-        from .api import load
+        from .commands import load
 
         teacher, tspec = load(f.teacher)
         tid = ref_of(f.teacher)
@@ -480,7 +480,7 @@ def finetune_rank(out: Path) -> None:
     """One torchrun rank of the fine-tune stage of the run in ``out`` (``[finetune] nproc`` >
     1): the model, data and searched widths come from the run folder's resolved config and
     ``search/model``, as the starting process had them."""
-    from .api import data_for, load
+    from .commands import data_for, load
     from .distributed import init_from_env
     from .io import load_into
 
@@ -574,7 +574,7 @@ def _run(cfg: PipelineConfig, out: Path, text: str) -> dict:
     trusted = contextlib.ExitStack()  # the user's [model] factory, trusted for this run
     try:
         # the model, its data and the target are resolved once and handed to every stage
-        from .api import data_for, load
+        from .commands import data_for, load
         from .io import read_spec
         from .searches.parallel import measuring_target
 

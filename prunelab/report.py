@@ -1,7 +1,7 @@
 """Run reports and the comparison of runs.
 
 :func:`report` reads a run folder written by :func:`prunelab.pipeline.run_pipeline` (or a bare
-search folder written by :func:`prunelab.searches.run_search`) and writes ``report.md`` (charts as
+search folder written by :func:`prunelab.commands.run_search`) and writes ``report.md`` (charts as
 PNG files in ``report_files/``) and ``report.html`` (self-contained: the same charts embedded as
 ``data:`` URIs).  It shows what the folder holds: the before/after table, the Pareto front, the
 per-layer widths before and after, the per-layer latency before and after *as predicted* by the

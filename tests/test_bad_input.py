@@ -230,7 +230,7 @@ def test_cli_bad_input(case, ws):
 
 def _lib_cases(ws):
     import prunelab as pl
-    from prunelab import api
+    from prunelab import commands
     from prunelab.io import load_model
     from prunelab.searches import Budget, SearchConfig
     from prunelab.train import TrainConfig
@@ -256,10 +256,10 @@ def _lib_cases(ws):
         "train-threads": lambda: TrainConfig(threads=-1),
         "budget-inf": lambda: Budget.parse("speedup=inf"),
         "budget-nan": lambda: Budget.parse("macs=nan"),
-        "prune-round-to": lambda: api.prune(str(ws / "model"), "l1", ratio=0.5, round_to=-4,
+        "prune-round-to": lambda: commands.prune(str(ws / "model"), "l1", ratio=0.5, round_to=-4,
                                             data_dir=str(ws / "idx")),
-        "measure-threads": lambda: api.check_timing(1, -1, 50),
-        "data-size": lambda: api.data_for(load_model(ws / "model")[1], "mnist-idx",
+        "measure-threads": lambda: commands.check_timing(1, -1, 50),
+        "data-size": lambda: commands.data_for(load_model(ws / "model")[1], "mnist-idx",
                                           str(ws / "idx-40px")),
     }
 

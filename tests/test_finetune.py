@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import prunelab.train as T
-from prunelab import api
+from prunelab import commands
 from prunelab.errors import PrunelabError
 from prunelab.io import load_model
 from prunelab.train import TrainConfig, fit
@@ -29,7 +29,7 @@ def base(tmp_path_factory, idx_dir):
     """A tiny conv net trained for a few seconds on the tiny IDX set: the unpruned parent."""
     d = tmp_path_factory.mktemp("ft")
     (d / "net.py").write_text(NET)
-    api.train(f"{d / 'net.py'}:make", str(d / "base"), "mnist-idx", str(idx_dir),
+    commands.train(f"{d / 'net.py'}:make", str(d / "base"), "mnist-idx", str(idx_dir),
               cfg=TrainConfig(epochs=6, lr=0.1, batch_size=16, precision="fp32"))
     return d / "base"
 
@@ -45,7 +45,7 @@ def trusted_code(base):
 
 @pytest.fixture(scope="module")
 def pruned(base, idx_dir):
-    api.prune(str(base), "l1", ratio=0.5, out=str(base.parent / "pruned"),
+    commands.prune(str(base), "l1", ratio=0.5, out=str(base.parent / "pruned"),
               data_dir=str(idx_dir), repeats=2, evaluate=False)
     return base.parent / "pruned"
 
@@ -60,7 +60,7 @@ def _same_weights(a: dict, b: dict) -> bool:
 
 def test_finetune_distils_from_parent_and_saves_a_safe_folder(pruned, base, idx_dir, tmp_path):
     out = tmp_path / "ft"
-    r = api.finetune(str(pruned), 3, str(out), data_dir=str(idx_dir), lr=0.05, **FAST)
+    r = commands.finetune(str(pruned), 3, str(out), data_dir=str(idx_dir), lr=0.05, **FAST)
     assert r["teacher"]["ref"] == str(base.resolve())  # default: the recorded parent
     assert r["kd_weight"] == 0.5 and r["epochs"] == 3 and 0 <= r["best_epoch"] <= 3
     assert len(r["history"]) == 3 and r["seconds"] > 0
@@ -75,16 +75,16 @@ def test_finetune_distils_from_parent_and_saves_a_safe_folder(pruned, base, idx_
     ft = prov["finetuned"]
     assert ft["teacher"]["model"] == "base" and ft["best_epoch"] == r["best_epoch"]
     assert [h["epoch"] for h in ft["history"]] == [1, 2, 3] and ft["config"]["lr"] == 0.05
-    data = api.data_for(spec, data_dir=str(idx_dir))
+    data = commands.data_for(spec, data_dir=str(idx_dir))
     assert T.evaluate(model, data.batches("val", 500)) == r["after_val_top1"]
     assert T.evaluate(model, data.batches("test", 500)) == r["test_top1"]
 
 
 def test_finetune_can_improve_an_untrained_prune(saved_tiny, idx_dir, tmp_path):
     """A net pruned before it learnt anything: fine-tuning (no parent worth distilling) learns."""
-    p = api.prune(str(saved_tiny), "l1", ratio=0.5, out=str(tmp_path / "p"),
+    p = commands.prune(str(saved_tiny), "l1", ratio=0.5, out=str(tmp_path / "p"),
                   data_dir=str(idx_dir), repeats=2, evaluate=False)
-    r = api.finetune(p["out"], 2, str(tmp_path / "ft"), teacher=None, data_dir=str(idx_dir),
+    r = commands.finetune(p["out"], 2, str(tmp_path / "ft"), teacher=None, data_dir=str(idx_dir),
                      lr=0.1, **FAST)
     assert r["teacher"] is None and r["kd_weight"] == 0.0
     assert r["after_val_top1"] > r["before_val_top1"]
@@ -95,7 +95,7 @@ def test_best_epoch_is_restored_and_survives_a_resume(pruned, idx_dir, tmp_path,
     epoch 2's weights, also when the run is interrupted after epoch 2 and resumed for epoch 3."""
     cfg = TrainConfig(epochs=3, lr=0.05, batch_size=32, precision="fp32")
     model, spec = load_model(pruned)
-    data = api.data_for(spec, data_dir=str(idx_dir))
+    data = commands.data_for(spec, data_dir=str(idx_dir))
     script = iter([0.4, 0.5, 0.9, 0.3])
     monkeypatch.setattr(T, "evaluate", lambda *a, **k: next(script))
     states = {}
@@ -133,19 +133,19 @@ def test_starting_weights_win_when_no_epoch_beats_them(pruned, idx_dir, monkeypa
     script = iter([0.8, 0.7, 0.8])  # a tie with the start goes to the trained epoch
     monkeypatch.setattr(T, "evaluate", lambda *a, **k: next(script))
     states = {}
-    res = fit(model, api.data_for(spec, data_dir=str(idx_dir)), cfg, keep_best=True,
+    res = fit(model, commands.data_for(spec, data_dir=str(idx_dir)), cfg, keep_best=True,
               on_epoch=lambda e, m, row: states.update({e: T._state_copy(m)}))
     assert res.best_epoch == 2 and _same_weights(T._state_copy(model), states[2])
     script = iter([0.8, 0.7, 0.6])
     model, _ = load_model(pruned)
-    res = fit(model, api.data_for(spec, data_dir=str(idx_dir)), cfg, keep_best=True)
+    res = fit(model, commands.data_for(spec, data_dir=str(idx_dir)), cfg, keep_best=True)
     assert res.best_epoch == 0 and res.best_val_top1 == 0.8
     assert _same_weights(T._state_copy(model), start)
 
 
 def test_interrupted_finetune_resumes_to_the_same_model(pruned, idx_dir, tmp_path, monkeypatch):
     kw = dict(data_dir=str(idx_dir), lr=0.05, **FAST)
-    straight = api.finetune(str(pruned), 3, str(tmp_path / "a"), **kw)
+    straight = commands.finetune(str(pruned), 3, str(tmp_path / "a"), **kw)
 
     class Stop(Exception):
         pass
@@ -159,13 +159,13 @@ def test_interrupted_finetune_resumes_to_the_same_model(pruned, idx_dir, tmp_pat
 
     monkeypatch.setattr(T, "_save_ckpt", save_then_stop)
     with pytest.raises(Stop):
-        api.finetune(str(pruned), 3, str(tmp_path / "b"), **kw)
+        commands.finetune(str(pruned), 3, str(tmp_path / "b"), **kw)
     monkeypatch.setattr(T, "_save_ckpt", orig)
     assert not (tmp_path / "b").exists() and (tmp_path / "b.ckpt" / "state.json").exists()
     # other settings must not silently continue from this checkpoint
     with pytest.raises(PrunelabError, match="other settings"):
-        api.finetune(str(pruned), 3, str(tmp_path / "b"), **{**kw, "lr": 0.02})
-    resumed = api.finetune(str(pruned), 3, str(tmp_path / "b"), **kw)
+        commands.finetune(str(pruned), 3, str(tmp_path / "b"), **{**kw, "lr": 0.02})
+    resumed = commands.finetune(str(pruned), 3, str(tmp_path / "b"), **kw)
     assert not (tmp_path / "b.ckpt").exists()
     for k in ("before_val_top1", "recal_val_top1", "after_val_top1", "best_epoch", "test_top1"):
         assert resumed[k] == straight[k], k
@@ -179,16 +179,16 @@ def test_interrupted_finetune_resumes_to_the_same_model(pruned, idx_dir, tmp_pat
 def test_sandwich_model_finetunes_and_round_trips(base, idx_dir, tmp_path):
     from prunelab.models._common import Sandwich
 
-    p = api.prune(str(base), "fp-omp", ratio=0.5, out=str(tmp_path / "sw"),
+    p = commands.prune(str(base), "fp-omp", ratio=0.5, out=str(tmp_path / "sw"),
                   criterion_options={"compensation": "sandwich"}, data_dir=str(idx_dir),
                   repeats=2, evaluate=False)
-    r = api.finetune(p["out"], 1, str(tmp_path / "ft"), teacher=str(base),
+    r = commands.finetune(p["out"], 1, str(tmp_path / "ft"), teacher=str(base),
                      data_dir=str(idx_dir), **FAST)
     assert r["teacher"]["model"] == "base"
     model, spec = load_model(tmp_path / "ft")
     assert any(isinstance(m, Sandwich) for m in model.modules())
     assert spec.provenance["pruned"]["criterion"] == "fp-omp"
-    data = api.data_for(spec, data_dir=str(idx_dir))
+    data = commands.data_for(spec, data_dir=str(idx_dir))
     assert T.evaluate(model, data.batches("val", 500)) == r["after_val_top1"]
 
 
@@ -259,5 +259,5 @@ def test_parent_that_cannot_be_found_means_no_distillation(pruned, idx_dir, tmp_
     d = json.loads(mj.read_text())
     d["provenance"].update(parent="gone", parent_ref=str(tmp_path / "gone"))
     mj.write_text(json.dumps(d))
-    r = api.finetune(str(moved), 1, str(tmp_path / "ft"), data_dir=str(idx_dir), **FAST)
+    r = commands.finetune(str(moved), 1, str(tmp_path / "ft"), data_dir=str(idx_dir), **FAST)
     assert r["teacher"] is None and r["kd_weight"] == 0.0

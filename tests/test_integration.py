@@ -5,7 +5,7 @@ import subprocess
 import sys
 
 import pytest
-from prunelab import api
+from prunelab import commands
 from prunelab.io import list_pretrained, load_model
 
 from .conftest import FMNIST
@@ -24,8 +24,8 @@ def test_all_three_models_ship():
 
 @pytest.mark.parametrize("name", SHIPPED)
 def test_shipped_model_meets_accuracy_floor(name):
-    model, spec = api.load(name)
-    r = api.measure(model, spec, api.data_for(spec), repeats=5, warmup=2)
+    model, spec = commands.load(name)
+    r = commands.measure(model, spec, commands.data_for(spec), repeats=5, warmup=2)
     assert r["top1"] >= 0.93, r
     # the figure recorded at training time is the one we measure now
     assert abs(spec.provenance["trained"]["test_top1"] - r["top1"]) < 1e-6
@@ -44,6 +44,6 @@ def test_prune_resnet20_l1_half(tmp_path):
     _assert_no_pickle(out)
     # the reloaded folder reproduces the pruned model's test accuracy exactly
     pruned, spec = load_model(out)
-    again = api.measure(pruned, spec, api.data_for(spec), repeats=3, warmup=1)
+    again = commands.measure(pruned, spec, commands.data_for(spec), repeats=3, warmup=1)
     assert again["top1"] == res["top1"] and again["macs"] == res["macs"]
     assert spec.provenance["pruned"]["criterion"] == "l1"

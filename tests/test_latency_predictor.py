@@ -173,7 +173,7 @@ def test_predictor_tracks_onnxruntime_on_a_full_resnet20(tmp_path):
     import torch
 
     from prunelab.io import ModelSpec, save_model
-    from prunelab.latency import api
+    from prunelab.commands import latency as api
     from prunelab.models import build
     from prunelab.targets import TargetConfig
 

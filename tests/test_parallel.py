@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from prunelab.errors import PrunelabError
-from prunelab.searches import SearchConfig, run_search
+from prunelab.commands import run_search
+from prunelab.searches import SearchConfig
 from prunelab.targets import TargetConfig
 
 pytest.importorskip("ray")

@@ -11,7 +11,8 @@ import pytest
 
 from prunelab.errors import PrunelabError
 from prunelab.io import load_model
-from prunelab.searches import SEARCHES, Budget, SearchConfig, run_search
+from prunelab.commands import run_search
+from prunelab.searches import SEARCHES, Budget, SearchConfig
 from prunelab.targets import TargetConfig
 
 SMALL = {

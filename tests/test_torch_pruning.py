@@ -11,7 +11,8 @@ import torch
 from prunelab.criteria import make_criterion
 from prunelab.models import build
 from prunelab.pruning import output_layers, prunable_groups, prune
-from prunelab.searches import SearchConfig, run_search
+from prunelab.commands import run_search
+from prunelab.searches import SearchConfig
 from prunelab.searches.torch_pruning import tp_widths
 from prunelab.targets import TargetConfig
 

@@ -73,7 +73,7 @@ def test_a_model_folder_never_runs_the_code_it_names(argv, tmp_path, saved_tiny,
 
 
 def test_library_and_config_refuse_the_payload_too(tmp_path, saved_tiny, idx_dir):
-    from prunelab import api
+    from prunelab import commands
     from prunelab.pipeline import run_pipeline
 
     marker = tmp_path / "PWNED"
@@ -81,7 +81,7 @@ def test_library_and_config_refuse_the_payload_too(tmp_path, saved_tiny, idx_dir
     with pytest.raises(PrunelabError, match="never runs code"):
         load_model(evil)
     with pytest.raises(PrunelabError, match="never runs code"):
-        api.finetune(str(saved_tiny), 1, str(tmp_path / "ft"), teacher=str(evil),
+        commands.finetune(str(saved_tiny), 1, str(tmp_path / "ft"), teacher=str(evil),
                      data_dir=str(idx_dir))
     cfg = {"model": {"ref": str(evil), "dataset": "mnist-idx", "data_dir": str(idx_dir)},
            "search": {"method": "uniform"}, "target": {"name": "scripted"}}
@@ -94,11 +94,11 @@ def test_library_and_config_refuse_the_payload_too(tmp_path, saved_tiny, idx_dir
 @pytest.fixture
 def factory_folder(tmp_path, idx_dir):
     """A model folder built from the user's own code (tmp/net.py:make)."""
-    from prunelab import api
+    from prunelab import commands
 
     (tmp_path / "net.py").write_text(NET)
     ref = f"{tmp_path / 'net.py'}:make"
-    model, spec = api.load(ref, dataset="mnist-idx", data_dir=str(idx_dir))
+    model, spec = commands.load(ref, dataset="mnist-idx", data_dir=str(idx_dir))
     save_model(model, spec, tmp_path / "mine")
     return tmp_path / "mine", ref
 

@@ -1,4 +1,4 @@
-"""The ``prunelab`` command: a thin layer over :mod:`prunelab.api` and the object core.
+"""The ``prunelab`` command: a thin layer over :mod:`prunelab.commands` and the object core.
 
 Every subcommand's help is the docstring of the library call it makes.  Errors the user can fix
 print one line and exit with code 2 (``--debug`` shows the traceback).  One module per family of
@@ -16,7 +16,7 @@ from .common import Parser
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .. import __version__
+    from ..version import __version__
     from . import latency, models, pipeline, search
 
 

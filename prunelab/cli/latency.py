@@ -1,5 +1,5 @@
 """``prunelab targets`` and ``prunelab latency build|validate|profile|steps|compare``: a thin layer
-over :mod:`prunelab.latency.api` (each command's help is the docstring of its call)."""
+over :mod:`prunelab.commands.latency` (each command's help is the docstring of its call)."""
 
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ def _note(o) -> str:
 
 
 def cmd_targets(args):
-    from ..latency import api
+    from ..commands import latency as api
 
     rows = api.targets()
     emit(args, rows, lambda o: print_table("latency targets", ["name", "runtime", "device",
@@ -48,7 +48,7 @@ def cmd_targets(args):
 
 
 def cmd_build(args):
-    from ..latency import api
+    from ..commands import latency as api
 
     r = api.build(args.model, _cfg(args), args.cache_dir, args.calibrate, _say(), _lut(args))
     emit(args, r, lambda o: print_table(
@@ -67,7 +67,7 @@ def _calib(o) -> str:
 
 
 def cmd_validate(args):
-    from ..latency import api
+    from ..commands import latency as api
 
     r = api.validate(args.model, _cfg(args), args.samples, args.seed, args.cache_dir,
                      args.calibrate, _say(), _lut(args))
@@ -84,7 +84,7 @@ def cmd_validate(args):
 
 
 def cmd_profile(args):
-    from ..latency import api
+    from ..commands import latency as api
     from ..latency.measure import Protocol
 
     r = api.profile(args.model, _cfg(args), args.cache_dir, Protocol(repeats=args.repeats),
@@ -102,7 +102,7 @@ def cmd_profile(args):
 
 
 def cmd_steps(args):
-    from ..latency import api
+    from ..commands import latency as api
 
     r = api.steps(args.model, _cfg(args), args.cache_dir, _say(), args.calibrate, _lut(args))
 
@@ -116,7 +116,7 @@ def cmd_steps(args):
 
 
 def cmd_compare(args):
-    from ..latency import api
+    from ..commands import latency as api
     from ..latency.measure import Protocol
 
     r = api.compare_models(args.models, _cfg(args), Protocol(repeats=args.repeats,
@@ -144,7 +144,7 @@ def _target_opts(p):
 
 def register(sub) -> None:
     """Add ``targets`` and ``latency`` to the main parser's subcommands."""
-    from ..latency import api
+    from ..commands import latency as api
 
     s = sub.add_parser("targets", help=doc(api.targets), description=doc(api.targets))
     s.add_argument("--json", action="store_true")

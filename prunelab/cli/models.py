@@ -1,5 +1,5 @@
 """``prunelab list|models|datasets|criteria|eval|prune|train|finetune|export``: a thin layer over
-:mod:`prunelab.api` (each command's help is the docstring of its call)."""
+:mod:`prunelab.commands` (each command's help is the docstring of its call)."""
 
 from __future__ import annotations
 
@@ -45,19 +45,19 @@ def cmd_list(args):
 
 
 def cmd_eval(args):
-    from .. import api
+    from .. import commands
 
-    model, spec = api.load(args.model, weights=args.weights, dataset=args.dataset,
+    model, spec = commands.load(args.model, weights=args.weights, dataset=args.dataset,
                            data_dir=args.data_dir)
-    data = api.data_for(spec, args.dataset, args.data_dir)
-    r = api.measure(model, spec, data, args.batch_size, args.threads, args.repeats)
+    data = commands.data_for(spec, args.dataset, args.data_dir)
+    r = commands.measure(model, spec, data, args.batch_size, args.threads, args.repeats)
     emit(args, r, lambda o: print_table(f"{o['model']} (test split)",
                                     ["model", "top-1", "MACs", "params", "latency ms"],
                                     [fmt_row(o)], lat_note(o)))
 
 
 def cmd_prune(args):
-    from .. import api
+    from .. import commands
 
     if (args.ratio is None) == (args.keep is None):
         raise PrunelabError("give exactly one of --ratio or --keep")
@@ -74,7 +74,7 @@ def cmd_prune(args):
             raise PrunelabError("--criterion-options must be a JSON object") from None
     if args.no_compensation:
         opts["compensation"] = "none"
-    r = api.prune(args.model, name, ratio=args.ratio, keep=args.keep, out=args.out,
+    r = commands.prune(args.model, name, ratio=args.ratio, keep=args.keep, out=args.out,
                   round_to=args.round_to, dataset=args.dataset, data_dir=args.data_dir,
                   batch_size=args.batch_size, threads=args.threads, repeats=args.repeats,
                   criterion_options=opts, weights=args.weights,
@@ -98,15 +98,15 @@ def cmd_prune(args):
 
 
 def cmd_criteria_evaluate(args):
-    from .. import api
+    from .. import commands
     from ..io import check_out
     from ..sweep import SweepConfig, layer_sweep, uniform_sweep
 
     if args.out:
         check_out(args.out, "file", args.overwrite)
-    model, spec = api.load(args.model, weights=args.weights, dataset=args.dataset,
+    model, spec = commands.load(args.model, weights=args.weights, dataset=args.dataset,
                            data_dir=args.data_dir)
-    data = api.data_for(spec, args.dataset, args.data_dir)
+    data = commands.data_for(spec, args.dataset, args.data_dir)
     crits = [c.strip() for c in args.criteria.split(",") if c.strip()]
     if args.no_compensation:
         crits = [c + ":compensation=none" if c.split(":")[0] in ("fp-omp", "lrf") else c
@@ -145,14 +145,14 @@ def cmd_criteria_evaluate(args):
 
 
 def cmd_train(args):
-    from .. import api
+    from .. import commands
     from ..train import TrainConfig
 
     cfg = TrainConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
                       weight_decay=args.weight_decay, precision=args.precision,
                       threads=args.threads)
     command = "prunelab " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("prunelab") else None
-    r = api.train(args.arch, args.out, args.dataset, args.data_dir, args.width, cfg,
+    r = commands.train(args.arch, args.out, args.dataset, args.data_dir, args.width, cfg,
                   command=command, overwrite=args.overwrite)
     emit(args, r, lambda o: print_table("trained", ["model", "test top-1", "val top-1", "seconds"],
                                     [[o["model"], f"{100 * o['top1']:.2f}%",
@@ -168,7 +168,7 @@ FINETUNE_KEYS = ("kd_weight", "kd_temperature", "lr", "batch_size", "weight_deca
 def cmd_finetune(args):
     import os
 
-    from .. import api
+    from .. import commands
     from ..distributed import init_from_env, is_main, launch, strip_nproc
 
     section_values(args, "finetune", ("epochs", "nproc") + FINETUNE_KEYS)
@@ -179,7 +179,7 @@ def cmd_finetune(args):
         return
     init_from_env()
     command = "prunelab " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("prunelab") else None
-    r = api.finetune(args.model, args.epochs, args.out,
+    r = commands.finetune(args.model, args.epochs, args.out,
                      teacher=None if args.no_teacher else args.teacher,
                      kd_temperature=args.kd_temperature, kd_weight=args.kd_weight, lr=args.lr,
                      batch_size=args.batch_size, seed=args.seed, weight_decay=args.weight_decay,
@@ -212,9 +212,9 @@ def cmd_finetune(args):
 
 
 def cmd_export(args):
-    from .. import api
+    from .. import commands
 
-    r = api.export_onnx(args.model, args.onnx, batch_size=args.batch_size, opset=args.opset,
+    r = commands.export_onnx(args.model, args.onnx, batch_size=args.batch_size, opset=args.opset,
                         dynamic_batch=args.dynamic_batch, overwrite=args.overwrite)
     emit(args, r, lambda o: print(
         f"wrote {o['onnx']} ({o['bytes'] / 1e6:.2f} MB, opset {o['opset']}, input "
@@ -225,7 +225,7 @@ def cmd_export(args):
 
 def register(sub) -> None:
     """Add the model subcommands to the ``prunelab`` parser's ``sub``."""
-    from .. import api
+    from .. import commands
     from ..criteria import CRITERIA
 
     s = sub.add_parser("list", help="list registered models, criteria or datasets")
@@ -268,13 +268,13 @@ def register(sub) -> None:
     c.add_argument("--json", action="store_true")
     c.set_defaults(fn=cmd_criteria_evaluate)
 
-    s = sub.add_parser("eval", help=doc(api.measure), description=doc(api.measure))
+    s = sub.add_parser("eval", help=doc(commands.measure), description=doc(commands.measure))
     s.add_argument("model", help="shipped model name, model folder, or path/file.py:factory")
     factory_arg(s)
     common_measure(s)
     s.set_defaults(fn=cmd_eval)
 
-    s = sub.add_parser("prune", help=doc(api.prune), description=doc(api.prune))
+    s = sub.add_parser("prune", help=doc(commands.prune), description=doc(commands.prune))
     s.add_argument("model", help="shipped model name, model folder, or path/file.py:factory")
     factory_arg(s)
     s.add_argument("--criterion", default="l1", metavar="NAME[:key=value...]",
@@ -294,7 +294,7 @@ def register(sub) -> None:
                    help="replace the output if it is one prunelab wrote (never anything else)")
     s.set_defaults(fn=cmd_prune)
 
-    s = sub.add_parser("train", help=doc(api.train), description=doc(api.train))
+    s = sub.add_parser("train", help=doc(commands.train), description=doc(commands.train))
     s.add_argument("arch", help="zoo architecture (see `prunelab models`) or path/file.py:factory")
     s.add_argument("--out", required=True, help="model folder to write")
     s.add_argument("--dataset", default="fmnist")
@@ -312,7 +312,7 @@ def register(sub) -> None:
                    help="replace the output if it is one prunelab wrote (never anything else)")
     s.set_defaults(fn=cmd_train)
 
-    s = sub.add_parser("finetune", help=doc(api.finetune), description=doc(api.finetune))
+    s = sub.add_parser("finetune", help=doc(commands.finetune), description=doc(commands.finetune))
     s.add_argument("model", help="pruned model folder, shipped model name, or path/file.py:factory")
     factory_arg(s)
     section_flags(s, "finetune", ("epochs",), required=("epochs",))
@@ -332,7 +332,7 @@ def register(sub) -> None:
                    help="replace the output if it is one prunelab wrote (never anything else)")
     s.set_defaults(fn=cmd_finetune)
 
-    s = sub.add_parser("export", help=doc(api.export_onnx), description=doc(api.export_onnx))
+    s = sub.add_parser("export", help=doc(commands.export_onnx), description=doc(commands.export_onnx))
     s.add_argument("model")
     factory_arg(s)
     s.add_argument("--onnx", required=True, help="ONNX file to write")

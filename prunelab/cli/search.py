@@ -1,4 +1,4 @@
-"""``prunelab search``: a thin layer over :func:`prunelab.searches.run_search`."""
+"""``prunelab search``: a thin layer over :func:`prunelab.commands.run_search`."""
 
 from __future__ import annotations
 
@@ -24,7 +24,8 @@ SEARCH_KEYS = ("recal_batches", "val_images", "measure_front")
 
 
 def cmd_search(args):
-    from ..searches import SEARCHES, SearchConfig, run_search
+    from ..commands import run_search
+    from ..searches import SEARCHES, SearchConfig
     from ..targets import TargetConfig
 
     SEARCHES.get(args.method)  # an unknown method fails before anything is loaded

@@ -8,13 +8,12 @@ Every method runs on one driver (:mod:`prunelab.searches.driver`): a cached, log
     ['abc', 'cie', 'global', 'nsga2', 'omp-search', 'torch-pruning', 'uniform']
 """
 
-from ..registry import Registry, import_plugins
-
-SEARCHES = Registry("search method", "see `prunelab search --help`")
+from ..registry import import_plugins
+from .registered import SEARCHES
 
 import_plugins(__name__, __path__)  # every module here registers its methods
 from .budget import Budget  # noqa: E402
 from .driver import SearchConfig  # noqa: E402
-from .run import run_search  # noqa: E402
+from .run import search_model  # noqa: E402
 
-__all__ = ["SEARCHES", "Budget", "SearchConfig", "run_search"]
+__all__ = ["SEARCHES", "Budget", "SearchConfig", "search_model"]

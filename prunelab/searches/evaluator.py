@@ -71,7 +71,7 @@ class Candidates:
               ) -> tuple[nn.Module, object]:
         from ..pruning import prune
         from ..train import recalibrate_bn
-        from .driver import short_train
+        from .scoring import short_train
 
         base, scores = self.contexts[context]
         res = prune(base, self.crit, keep=keep, input_shape=self.input_shape,
@@ -96,7 +96,7 @@ class Candidates:
     def top1(self, net: nn.Module, images: int | None) -> float:
         """Validation top-1 on ``images`` validation images (or the user's ``eval_fn``)."""
         from ..train import evaluate
-        from .driver import checked_score
+        from .scoring import checked_score
 
         if self.eval_fn is not None:
             return checked_score(self.eval_fn, net)

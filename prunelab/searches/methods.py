@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from ..errors import PrunelabError
-from . import SEARCHES
+from .registered import SEARCHES
 from .driver import Search
 from .options import Opt
 
@@ -331,7 +331,7 @@ def omp_search(ctx: Search) -> None:
             if (folder / "model.json").exists():
                 net, _ = load_model(folder)
             else:
-                from .driver import short_train
+                from .scoring import short_train
 
                 net, _ = ctx.build(p["keep"], context)
                 short_train(net, ctx.data, ft, ctx.seed + step)

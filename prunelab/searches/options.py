@@ -90,7 +90,7 @@ class Opt:
 
 def check_options(method: str, options: dict) -> dict:
     """Every option of ``method`` known and in range (coerced values), before any work."""
-    from . import SEARCHES
+    from .registered import SEARCHES
 
     schema = SEARCHES.get(method).meta["options"]
     unknown = sorted(set(options) - set(schema))

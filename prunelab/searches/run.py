@@ -1,4 +1,4 @@
-"""``run_search``: set up (or resume) a search folder, run the method, measure the front, choose,
+"""``search_model``: set up (or resume) a search folder, run the method, measure the front, choose,
 save.  See :mod:`prunelab.searches.driver` for the folder's contents."""
 
 from __future__ import annotations
@@ -90,7 +90,7 @@ def _predictor(model, spec, target, out: Path, cache_dir):
 
 def method_entry(cfg: SearchConfig):
     """The method's registry entry, its options checked (before any work)."""
-    from . import SEARCHES
+    from .registered import SEARCHES
 
     entry = SEARCHES.get(cfg.method)
     unknown = sorted(set(cfg.options) - set(entry.meta["options"]))
@@ -98,22 +98,6 @@ def method_entry(cfg: SearchConfig):
         raise PrunelabError(f"method {cfg.method} has no option {unknown[0]!r}; it takes: "
                             f"{', '.join(entry.meta['options'])}")
     return entry
-
-
-def run_search(ref: str, cfg: SearchConfig, out: str | Path, cache_dir: str | None = None,
-               dataset: str | None = None, data_dir: str | None = None, workers: int = 0,
-               ray_address: str | None = None) -> dict:
-    """Run (or resume) one search on model ``ref`` (a shipped name or model folder: the CLI's
-    edge); returns the ``result.json`` object.  :func:`search_model` is the same on objects."""
-    from ..api import data_for, load
-
-    method_entry(cfg)
-    Budget.parse(cfg.budget)
-    model, spec = load(ref)
-    data = data_for(spec, dataset, data_dir)
-    return search_model(model, spec, data, cfg, out, cache_dir,
-                        record={"model": str(ref), "dataset": dataset}, parent_ref=str(ref),
-                        workers=workers, ray_address=ray_address)[0]
 
 
 def search_model(model, spec, data, cfg: SearchConfig, out: str | Path,
@@ -248,7 +232,7 @@ def _build(ctx: Search, p: dict):
 def _finish(ctx: Search, ref: str, budget: Budget, crit_spec: str) -> tuple[dict, object]:
     """Measure the front on the target, choose the budget point, save model, front and plot;
     returns the result and the chosen model."""
-    from ..api import pruned_spec
+    from ..io import pruned_spec
     from ..io import save_model
     from ..latency.measure import compare, measure
     from .parallel import measuring_on

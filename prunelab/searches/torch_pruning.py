@@ -18,7 +18,7 @@ import torch
 
 from ..errors import PrunelabError
 from ..gate import gated
-from . import SEARCHES
+from .registered import SEARCHES
 from .driver import Search
 from .methods import front_levels, bisect, staircase_finish
 from .options import Opt

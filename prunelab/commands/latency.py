@@ -1,7 +1,7 @@
 """Library calls behind ``prunelab targets`` and ``prunelab latency ...`` (one call per command).
 
-    >>> from prunelab.latency import api                                     # doctest: +SKIP
-    >>> api.validate("resnet56.fmnist", TargetConfig("onnxruntime-cpu"), samples=50)["mape"]  # doctest: +SKIP
+    >>> from prunelab.commands import latency                                # doctest: +SKIP
+    >>> latency.validate("resnet56.fmnist", TargetConfig("onnxruntime-cpu"), samples=50)["mape"]  # doctest: +SKIP
     0.03...
 """
 
@@ -12,12 +12,12 @@ from typing import Callable
 
 from ..errors import PrunelabError
 from ..targets import TargetConfig, make_target, target_table
-from .cache import Cache
-from .lut import LutConfig
-from .measure import Protocol, compare, measure
-from .predictor import (CALIBRATE, MODEL_PROTOCOL, ModelMeter, build_predictor, mape,
+from ..latency.cache import Cache
+from ..latency.lut import LutConfig
+from ..latency.measure import Protocol, compare, measure
+from ..latency.predictor import (CALIBRATE, MODEL_PROTOCOL, ModelMeter, build_predictor, mape,
                         sample_keeps, spearman)
-from .steps import step_of, useful_widths
+from ..latency.steps import step_of, useful_widths
 
 Say = Callable[[str], None]
 
@@ -28,7 +28,7 @@ def targets() -> list[dict]:
 
 
 def _load(ref: str):
-    from ..api import load
+    from . import load
 
     return load(ref)
 
@@ -125,8 +125,8 @@ def profile(ref: str, cfg: TargetConfig, cache_dir: str | None = None,
     """Where the time goes: each layer (with its fused BN/activation/add) timed alone on the
     target, its MACs, and the whole model measured, with the remainder shown as "other"."""
     from ..metrics import macs_params
-    from .lut import PointMeter
-    from .units import extract_units
+    from ..latency.lut import PointMeter
+    from ..latency.units import extract_units
 
     from ..pruning import prunable_groups
 
@@ -152,7 +152,7 @@ def profile(ref: str, cfg: TargetConfig, cache_dir: str | None = None,
            "params": params, "latency_ms": whole.median_ms, "latency": whole.to_json(),
            "layers_sum_ms": total, "other_ms": whole.median_ms - total, "layers": layers}
     if plot:
-        from .plot import bar_chart
+        from ..latency.plot import bar_chart
 
         bar_chart(res, plot)
         res["plot"] = plot

@@ -1,10 +1,16 @@
-"""The library API: every CLI command is one call here.
+"""Commands on names, folders and files: every CLI command is one call here.
 
-    >>> import prunelab.api as pl                                  # doctest: +SKIP
-    >>> model, spec = pl.load("resnet20.fmnist")                   # doctest: +SKIP
-    >>> pl.evaluate(model, spec)["top1"]                           # doctest: +SKIP
-    0.93...
-    >>> r = pl.prune("resnet56.fmnist", "l1", ratio=0.5, out="runs/r56-l1")  # doctest: +SKIP
+This layer resolves what a person types (a shipped model name, a model folder, a
+``path/file.py:factory``, a data set name, an ``--out`` folder) into objects, calls the object
+API (:mod:`prunelab.core`) and the engine, and writes folders with their provenance.  Nothing
+below it imports it.
+
+    >>> from prunelab import commands
+    >>> model, spec = commands.load("resnet20.fmnist")
+    >>> spec.num_classes, spec.input_shape
+    (10, [1, 32, 32])
+    >>> r = commands.prune("resnet20.fmnist", "l1", ratio=0.5, evaluate=False,
+    ...                    repeats=3)                                     # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -15,18 +21,23 @@ import os
 import platform
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn as nn
 
-from .data import Splits, load_dataset
-from .errors import PrunelabError
-from .io import ModelSpec, check_out, load_model, load_user_model, save_model
-from .lock import FolderLock
-from .metrics import macs_params, torch_cpu_latency
-from .train import TrainConfig, discard_checkpoint, evaluate as _top1, fit as _fit
-from .train import train as _train
+from ..data import Splits, load_dataset
+from ..errors import PrunelabError
+from ..figures import check_timing, compare, measure
+from ..io import (ModelSpec, _version, check_out, load_model, load_user_model, pruned_spec,
+                  ref_of, save_model)
+from ..lock import FolderLock
+from ..metrics import macs_params
+from ..train import TrainConfig, discard_checkpoint, evaluate as _top1, fit as _fit
+from ..train import train as _train
+
+if TYPE_CHECKING:
+    from ..searches import SearchConfig
 
 
 def load(ref: str, weights: str | None = None, dataset: str | None = None,
@@ -60,51 +71,6 @@ def data_for(spec: ModelSpec, dataset: str | None = None, data_dir: str | None =
     return d
 
 
-def measure(model: nn.Module, spec: ModelSpec, data: Splits | None = None, batch_size: int = 1,
-            threads: int | None = None, repeats: int = 50, warmup: int = 10,
-            split: str = "test") -> dict:
-    """Test top-1, MACs, parameters and CPU latency of a model (median of timed runs).
-
-    Returns the ``--json`` contract keys: ``model``, ``top1``, ``macs``, ``params``,
-    ``latency_ms`` and ``latency`` (runtime, batch size, threads, repeats).
-    """
-    return compare([model], [spec], data, batch_size, threads, repeats, warmup, split)[0]
-
-
-def compare(models: Sequence[nn.Module], specs: Sequence[ModelSpec], data: Splits | None,
-            batch_size: int = 1, threads: int | None = None, repeats: int = 50,
-            warmup: int = 10, split: str = "test") -> list[dict]:
-    """Like :func:`measure` for several models, with their latency runs interleaved."""
-    check_timing(batch_size, threads, repeats, warmup)
-    times = torch_cpu_latency(models, specs[0].input_shape, batch_size, threads, repeats, warmup)
-    rows = []
-    for m, s, t in zip(models, specs, times):
-        macs, params = macs_params(m, s.input_shape)
-        row = {"model": s.name, "macs": macs, "params": params}
-        if data is not None:
-            row["top1"] = _top1(m, data.batches(split, 500))
-            row["split"] = split
-        row.update(latency_ms=t.median_ms, latency=t.to_json())
-        rows.append(row)
-    return rows
-
-
-def check_timing(batch_size: int, threads: int | None, repeats: int, warmup: int = 0) -> None:
-    """The latency options, before any work."""
-    def integer(v) -> bool:
-        return isinstance(v, int) and not isinstance(v, bool)
-
-    if not integer(batch_size) or batch_size < 1:
-        raise PrunelabError(f"--batch-size must be an integer of at least 1, got {batch_size}")
-    if threads is not None and (not integer(threads) or threads < 1):
-        raise PrunelabError(f"--threads must be an integer of at least 1, got {threads}")
-    if not integer(repeats) or repeats < 1:
-        raise PrunelabError(f"--repeats must be an integer of at least 1 (50 gives a steady "
-                            f"median), got {repeats}")
-    if not integer(warmup) or warmup < 0:
-        raise PrunelabError(f"warm-up runs must be >= 0, got {warmup}")
-
-
 def prune(ref: str, criterion: str = "l1", ratio: float | None = None,
           keep: dict[str, int] | None = None, out: str | None = None, round_to: int = 1,
           dataset: str | None = None, data_dir: str | None = None, batch_size: int = 1,
@@ -117,8 +83,8 @@ def prune(ref: str, criterion: str = "l1", ratio: float | None = None,
     statistics are re-estimated on ``recal_batches`` training batches (0 = keep the old ones;
     weights are never updated).
     """
-    from .criteria import make_criterion
-    from .pruning import prune as _prune
+    from ..criteria import make_criterion
+    from ..pruning import prune as _prune
 
     if out:
         check_out(out, "model", overwrite)
@@ -140,7 +106,7 @@ def prune(ref: str, criterion: str = "l1", ratio: float | None = None,
     res = _prune(model, crit, ratio=ratio, keep=keep, input_shape=spec.input_shape, data=data,
                  num_classes=spec.num_classes, round_to=round_to)
     if recal_batches:
-        from .train import recalibrate_bn
+        from ..train import recalibrate_bn
 
         recalibrate_bn(res.model, data.batches("train", 128, shuffle=True), recal_batches)
     pspec = pruned_spec(spec, Path(out).name if out else f"{spec.name}-pruned", ref, {
@@ -160,30 +126,10 @@ def prune(ref: str, criterion: str = "l1", ratio: float | None = None,
     return result
 
 
-def pruned_spec(spec: ModelSpec, name: str, parent_ref: str, pruned: dict) -> ModelSpec:
-    """The spec of a model pruned from ``spec``: its provenance names the parent (as the user
-    referred to it, so a fine-tune can find its teacher) and what was done to it."""
-    pspec = ModelSpec(**{**spec.__dict__, "provenance": {
-        "name": name, "parent": spec.name,
-        "parent_ref": ref_of(parent_ref),
-        "parent_provenance": {k: v for k, v in spec.provenance.items()
-                              if k in ("name", "trained")},
-        "pruned": pruned, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        "prunelab": _version()}})
-    pspec.layers = {}
-    return pspec
-
-
 def _needs_data(criterion: str) -> bool:
-    from .criteria import CRITERIA
+    from ..criteria import CRITERIA
 
     return bool(CRITERIA.get(criterion).meta.get("needs_data"))
-
-
-def _version() -> str:
-    from . import __version__
-
-    return __version__
 
 
 def train(arch: str, out: str, dataset: str = "fmnist", data_dir: str | None = None,
@@ -193,7 +139,7 @@ def train(arch: str, out: str, dataset: str = "fmnist", data_dir: str | None = N
 
     Resumable: an interrupted run leaves ``OUT.ckpt/`` and the same command continues from it.
     """
-    from .models import MODELS, build
+    from ..models import MODELS, build
 
     cfg = cfg or TrainConfig()
     check_out(out, "model", overwrite)
@@ -225,15 +171,9 @@ def train(arch: str, out: str, dataset: str = "fmnist", data_dir: str | None = N
             "seconds": time.perf_counter() - t0, "epochs": cfg.epochs}
 
 
-def ref_of(ref: str) -> str:
-    """How to find a model again: a folder's absolute path, else the ref as given."""
-    p = Path(str(ref))
-    return str(p.resolve()) if p.is_dir() else str(ref)
-
-
 def _parent_teacher(spec: ModelSpec, folder: Path | None) -> str | None:
     """The unpruned model a pruned one came from, when it can still be found."""
-    from .io import resolve
+    from ..io import resolve
 
     prov = spec.provenance
     cands = [prov.get("parent_ref"), prov.get("parent")]
@@ -280,7 +220,7 @@ def finetune(ref: str, epochs: int, out: str, teacher: str | None = "parent",
     if teacher == "parent":
         teacher_ref = _parent_teacher(spec, folder)
         if teacher_ref is None and spec.provenance.get("parent"):
-            from .ui import log
+            from ..ui import log
 
             log(f"parent {spec.provenance['parent']!r} of {spec.name} not found; fine-tuning "
                 "without distillation (pass --teacher to name it)")
@@ -334,7 +274,7 @@ def finetune_model(model: nn.Module, spec: ModelSpec, data, cfg: TrainConfig, ou
             p.requires_grad_(False)
     else:
         teacher_id = None
-    from .distributed import is_main
+    from ..distributed import is_main
 
     with FolderLock(out) if is_main() else contextlib.nullcontext():  # one writer per output
         return _finetune_locked(model, spec, data, cfg, out, tmodel, tspec, teacher_id,
@@ -344,7 +284,7 @@ def finetune_model(model: nn.Module, spec: ModelSpec, data, cfg: TrainConfig, ou
 
 def _finetune_locked(model, spec, data, cfg, out, tmodel, tspec, teacher_id, kd_temperature,
                      kd_weight, recal_batches, recal_end, model_id, command, overwrite) -> dict:
-    from .distributed import is_main
+    from ..distributed import is_main
 
     val = data.batches("val", 500)
     before = _top1(model, val)
@@ -401,7 +341,7 @@ def export_onnx(ref: str, path: str, batch_size: int = 1, opset: int = 17,
                 dynamic_batch: bool = False, overwrite: bool = False) -> dict:
     """Export a model (a shipped name or folder) to ONNX: the graph the ONNX-based targets time
     (see :func:`prunelab.core.export_onnx`)."""
-    from .core import export_onnx as _export
+    from ..core import export_onnx as _export
 
     if batch_size < 1:
         raise PrunelabError("--batch-size must be at least 1")
@@ -416,3 +356,18 @@ def environment() -> dict:
     return {"python": platform.python_version(), "torch": torch.__version__,
             "threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine(),
             "cores": os.cpu_count()}
+
+
+def run_search(ref: str, cfg: SearchConfig, out: str | Path, cache_dir: str | None = None,
+               dataset: str | None = None, data_dir: str | None = None, workers: int = 0,
+               ray_address: str | None = None) -> dict:
+    """Run (or resume) one search on model ``ref`` (a shipped name or model folder: the CLI's
+    edge); returns the ``result.json`` object.  :func:`prunelab.searches.search_model` is the same on objects."""
+    from ..searches.run import method_entry, search_model
+
+    method_entry(cfg)
+    model, spec = load(ref)
+    data = data_for(spec, dataset, data_dir)
+    return search_model(model, spec, data, cfg, out, cache_dir,
+                        record={"model": str(ref), "dataset": dataset}, parent_ref=str(ref),
+                        workers=workers, ray_address=ray_address)[0]
