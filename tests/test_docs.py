@@ -76,6 +76,8 @@ def test_mkdocs_build_strict(tmp_path):
     for name in ("prunelab.core.search", "prunelab.api.load", "prunelab.latency.api.validate",
                  "prunelab.targets.TargetConfig"):
         assert f'id="{name}"' in api, f"the API reference lacks {name}"
+    raw = sorted(set(re.findall(r":(?:func|class|mod|meth):", api)))
+    assert not raw, f"reST roles shown raw in the API reference: {raw} (docs/griffe_rest.py)"
     assert (site / "results" / "pareto-resnet20.png").is_file()  # charts from bench/results
 
 
