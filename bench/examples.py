@@ -4,8 +4,8 @@
 
 this writes ``bench/results/examples-compare.{md,json,png}`` (``prunelab compare`` of every
 finished example run, plus each run's wall time) and copies each run's ``report.md`` with its
-charts to ``bench/results/examples/<run>/``, so the README can quote them
-(``bench/to_readme.py``).
+charts to ``bench/results/examples/<run>/``, so docs/pipeline.md can quote them
+(``bench/to_docs.py``).
 
     .venv/bin/python bench/examples.py [--runs runs]
 """

@@ -1,7 +1,8 @@
 """Predicted vs measured latency (MAPE, Spearman) and lookup-table build time, per model and target.
 
 Each (model, target) starts from an empty cache so the table build time is a cold figure.
-Writes bench/results/latency_validate.json and .md (the README quotes the .md).
+Writes bench/results/latency_validate.json and .md (docs/latency.md quotes the .md, through
+bench/to_docs.py).
 
     python bench/latency_validate.py --models resnet56.fmnist vgg16.fmnist \
         --targets torch-cpu onnxruntime-cpu openvino-cpu --samples 50 --threads 1 --batch-size 1

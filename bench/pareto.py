@@ -10,7 +10,7 @@ goes on with the cells still missing.  After every cell the script rewrites
 ``bench/results/pareto-<model>.{json,md,png}`` (and ``-searched.png``: the same chart before
 fine-tuning).
 
-Run it on one core, as the README says (a second job may use the other core):
+Run it on one core, as docs/proof.md says (a second job may use the other core):
 
     OMP_NUM_THREADS=1 taskset -c 1 .venv/bin/python bench/pareto.py resnet20
     .venv/bin/python bench/pareto.py resnet20 --list        # the cells and which are done

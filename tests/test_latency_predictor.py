@@ -169,7 +169,7 @@ def test_compare_interleaves_and_gives_a_verdict(built, capsys):
 def test_predictor_tracks_onnxruntime_on_a_full_resnet20(tmp_path):
     """The real thing at small scale: default table, 12 random pruned ResNet-20s on ONNX Runtime.
     Loose bounds: CI shares its cores, and 12 samples under load gave Spearman 0.75 there. A
-    predictor that ignored widths would score about 0; the README reports the 50-sample figures."""
+    predictor that ignored widths would score about 0; docs/latency.md reports the 50-sample figures."""
     import torch
 
     from prunelab.io import ModelSpec, save_model

@@ -5,17 +5,56 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
+
+# reST markup as the docstrings write it: a role (:func:`x`, :py:meth:`~a.b`, :class:`t <a.T>`),
+# a literal (``x``), interpreted text (`x`), and a paragraph ending in "::" before a code block
+_ROLE = re.compile(r":(?:[a-z]+:)?[a-z]+:`([^`]+)`")
+_LITERAL = re.compile(r"``(.+?)``", re.S)
+_TICKS = re.compile(r"`([^`]+)`")
+_DOUBLE_COLON = re.compile(r"(\S)::(?=\s*$)", re.M)
+
+
+def _role_text(m: re.Match) -> str:
+    text = m.group(1)
+    if text.endswith(">") and " <" in text:  # :func:`shown text <target>`
+        return text[:text.rindex(" <")]
+    return text[1:].rsplit(".", 1)[-1] if text.startswith("~") else text
+
+
+def plain(text: str) -> str:
+    """Help text as a terminal shows it: reST markup from a docstring made plain, so that
+    ``:func:`prunelab.api.load``` reads ``prunelab.api.load`` and a double-backquoted literal
+    reads as the literal.
+
+    >>> plain(":func:`prunelab.core.search` writes ``out`` (see `prunelab run`)::")
+    'prunelab.core.search writes out (see prunelab run):'
+    >>> plain(":class:`~prunelab.targets.base.Target`, :meth:`shown <a.b>`")
+    'Target, shown'
+    """
+    text = _ROLE.sub(_role_text, text)
+    text = _LITERAL.sub(r"\1", text)
+    text = _TICKS.sub(r"\1", text)
+    return _DOUBLE_COLON.sub(r"\1:", text)
 
 
 class Parser(argparse.ArgumentParser):
+    """The one-line-error parser; its help is plain text (:func:`plain`), wherever the text came
+    from (a docstring, a config field's description, a registry entry)."""
+
     def error(self, message):  # one line, exit 2, no usage dump
         sys.stderr.write(f"prunelab: error: {message} (see `{self.prog} --help`)\n")
         raise SystemExit(2)
 
+    def format_help(self) -> str:
+        return plain(super().format_help())
+
 
 def doc(fn) -> str:
-    return (fn.__doc__ or "").strip().split("\n\n")[0].replace("\n", " ")
+    """The first paragraph of ``fn``'s docstring on one line, as plain text: a subcommand's help
+    and description."""
+    return plain((fn.__doc__ or "").strip().split("\n\n")[0].replace("\n", " "))
 
 
 def ratio(s: str) -> float:

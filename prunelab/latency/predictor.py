@@ -530,7 +530,7 @@ def anchor_predictor(pred: Predictor, model: nn.Module, spec, target,
     pruned one's is ``offset + scale x`` the table's (least squares on the references; the scale
     kept in [0.5, 2], else a scale alone).  Unlike the table, the anchor is measured afresh by every
     run and never cached per device: an anchor from an earlier sitting of the same (virtual)
-    machine mispredicted narrow networks by 1.1-1.8x (bench/results/pareto, README).  It is kept
+    machine mispredicted narrow networks by 1.1-1.8x (bench/results/pareto, docs/proof.md).  It is kept
     in the run's ``predictor.json``, so a resumed run predicts exactly as before."""
     import numpy as np
 
