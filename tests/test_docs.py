@@ -73,7 +73,7 @@ def test_mkdocs_build_strict(tmp_path):
                        text=True, timeout=120, env={**os.environ, "NO_MKDOCS_2_WARNING": "1"})
     assert r.returncode == 0, f"mkdocs build --strict failed:\n{r.stdout}\n{r.stderr}"
     api = (site / "api" / "index.html").read_text()
-    for name in ("prunelab.core.search", "prunelab.api.load", "prunelab.latency.api.validate",
+    for name in ("prunelab.core.search", "prunelab.commands.load", "prunelab.commands.latency.validate",
                  "prunelab.targets.TargetConfig"):
         assert f'id="{name}"' in api, f"the API reference lacks {name}"
     raw = sorted(set(re.findall(r":(?:func|class|mod|meth):", api)))
