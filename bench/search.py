@@ -82,7 +82,8 @@ def main() -> None:
         if a.only and a.only not in _name(job):
             continue
         model, method, crit, target, budget, opts = job
-        cfg = SearchConfig(method, crit, TargetConfig(target), budget, options=opts)
+        cfg = SearchConfig(method=method, criterion=crit, target=TargetConfig(target), budget=budget,
+                           options=opts)
         t0 = time.perf_counter()
         r = run_search(model, cfg, RUNS / _name(job))
         print(json.dumps({**row(job, r), "wall_s": time.perf_counter() - t0}), flush=True)

@@ -13,7 +13,8 @@ pymoo) load only when a feature that needs them is used.
 
 from .version import __version__
 
-_CORE = ("search", "finetune", "save", "load", "export_onnx", "SearchResult", "FinetuneResult")
+_CORE = ("search", "prune", "finetune", "evaluate", "save", "load", "export_onnx", "SearchResult",
+         "FinetuneResult")
 __all__ = [*_CORE, "LoaderData", "__version__"]
 
 

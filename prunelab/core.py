@@ -25,7 +25,7 @@ import shutil
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 import torch
 import torch.nn as nn
@@ -33,6 +33,9 @@ import torch.nn as nn
 from .errors import PrunelabError
 
 EvalFn = Callable[[nn.Module], float]
+
+if TYPE_CHECKING:
+    from .criteria import Criterion
 
 
 # ----------------------------------------------------------------------------- results
@@ -77,6 +80,7 @@ class FinetuneResult:
     teacher_score: float | None
     seconds: float
     config: dict
+    final_recal: dict | None = None  # the BN re-estimate after the last epoch, and if it was kept
 
     def to_json(self) -> dict:
         d = asdict(self)
@@ -85,6 +89,21 @@ class FinetuneResult:
 
 
 # ----------------------------------------------------------------------------- helpers
+
+def _d(section: str, key: str):
+    """A keyword default, read from its one definition (:mod:`prunelab.config`)."""
+    from .config import default
+
+    return default(section, key)
+
+
+def _criterion_spec(crit) -> str:
+    """How a Criterion object is named in a search folder's record (its name and settings)."""
+    import json
+
+    opts = ":".join(f"{k}={json.dumps(v)}" for k, v in sorted(crit.config().items())
+                    if isinstance(v, (int, float, str, bool)))
+    return f"{crit.name}" + (f":{opts}" if opts else "") + f" ({type(crit).__qualname__})"
 
 def _input_shape(example_inputs) -> tuple[int, ...]:
     if isinstance(example_inputs, torch.Tensor):
@@ -154,11 +173,14 @@ def _layer_names(model: nn.Module, layers: Sequence) -> tuple[str, ...]:
 
 def search(model: nn.Module, example_inputs, *, train: Iterable | None = None,
            val: Iterable | None = None, eval_fn: EvalFn | None = None,
-           target: str = "torch-cpu", budget: str = "macs=0.5", method: str = "nsga2",
-           criterion: str | None = None, out: str | Path | None = None, seed: int = 0,
-           options: dict | None = None, ignored_layers: Sequence = (),
-           recal_batches: int = 6, val_images: int = 1000, measure_front: int = 12,
-           batch_size: int = 1, threads: int = 1, cache_dir: str | None = None,
+           target: str = _d("target", "name"), budget: str = _d("search", "budget"),
+           method: str = "nsga2", criterion: "str | Criterion | None" = None,
+           out: str | Path | None = None, seed: int = 0, options: dict | None = None,
+           ignored_layers: Sequence = (), recal_batches: int = _d("search", "recal_batches"),
+           val_images: int = _d("search", "val_images"),
+           measure_front: int = _d("search", "measure_front"),
+           batch_size: int = _d("target", "batch_size"), threads: int = _d("target", "threads"),
+           cache_dir: str | None = None,
            mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
            name: str | None = None, workers: int = 0,
            ray_address: str | None = None) -> SearchResult:
@@ -171,7 +193,10 @@ def search(model: nn.Module, example_inputs, *, train: Iterable | None = None,
     model) and makes the search resumable; without it a temporary folder is used and removed.
     ``mean``/``std``: how the loaders normalise (a black-image DeepLIFT reference).
     ``workers``: evaluate batches of candidates on that many Ray workers (``ray_address``:
-    join a running cluster); same candidates, same choice as without."""
+    join a running cluster); same candidates, same choice as without.  ``criterion``: a
+    registered name (``"deeplift"``, ``"tp:importance=lamp"``) or a
+    :class:`~prunelab.criteria.Criterion` object of your own.  The defaults are ``[search]``'s
+    and ``[target]``'s (:mod:`prunelab.config`)."""
     from .searches import SearchConfig
     from .searches.run import search_model
     from .targets import TargetConfig
@@ -183,16 +208,24 @@ def search(model: nn.Module, example_inputs, *, train: Iterable | None = None,
                             "(model -> score) to score the candidates")
     if eval_fn is not None and not callable(eval_fn):
         raise PrunelabError("eval_fn must be a callable model -> float")
-    cfg = SearchConfig(method, criterion, TargetConfig(target, batch_size=batch_size,
-                                                       threads=threads),
-                       budget, seed, recal_batches, val_images, measure_front,
-                       dict(options or {}))
+    from .criteria import Criterion, build_criterion
     from .searches.run import method_entry
 
-    crit_name = cfg.criterion or method_entry(cfg).meta["criterion"]
-    if train is None and (recal_batches > 0 or _needs_data(crit_name)):
+    crit_obj = criterion if isinstance(criterion, Criterion) else None
+    if criterion is not None and crit_obj is None and not isinstance(criterion, str):
+        raise PrunelabError("criterion must be a registered name (e.g. \"l1\") or a "
+                            f"prunelab Criterion object, got {type(criterion).__name__}")
+    cfg = SearchConfig(method=method, criterion=_criterion_spec(crit_obj) if crit_obj else
+                       criterion, target=TargetConfig(target, batch_size=batch_size,
+                                                      threads=threads),
+                       budget=budget, seed=seed, recal_batches=recal_batches,
+                       val_images=val_images, measure_front=measure_front,
+                       options=dict(options or {}))
+    crit = crit_obj or build_criterion(cfg.criterion or method_entry(cfg).meta["criterion"],
+                                       seed=seed)
+    if train is None and (recal_batches > 0 or crit.needs_data):
         raise PrunelabError(f"pass train= (a loader): BN re-estimation (recal_batches="
-                            f"{recal_batches}) and criterion {crit_name} read training batches; "
+                            f"{recal_batches}) and criterion {crit.name} reads training batches; "
                             "or set recal_batches=0 with a criterion that needs no data (l1)")
     net = _copy(model)
     ignored = _layer_names(net, [n if isinstance(n, str) else
@@ -214,7 +247,8 @@ def search(model: nn.Module, example_inputs, *, train: Iterable | None = None,
         res, pruned = search_model(net, spec, data, cfg, folder, cache_dir, eval_fn=eval_fn,
                                    ignored=ignored, record={"model": spec.arch["class"],
                                                             "input_shape": list(shape)},
-                                   workers=workers, ray_address=ray_address)
+                                   workers=workers, ray_address=ray_address,
+                                   criterion=crit_obj)
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -233,43 +267,109 @@ def _widths(net: nn.Module, shape, ignored) -> dict[str, int]:
     return {g.name: g.width for g in prunable_groups(net, shape, None, ignored)[1]}
 
 
-def _needs_data(criterion: str) -> bool:
-    from .criteria import CRITERIA
-    from .sweep import parse_criterion
+# ----------------------------------------------------------------------------- one-shot
 
-    return bool(CRITERIA.get(parse_criterion(criterion)[0]).meta.get("needs_data"))
+def prune(model: nn.Module, example_inputs, *, criterion: "str | Criterion" = "l1",
+          ratio: float | None = None, keep: dict[str, int] | None = None, round_to: int = 1,
+          train: Iterable | None = None, ignored_layers: Sequence = (),
+          recal_batches: int = 0):
+    """Prune a copy of ``model`` in one shot: one ``ratio`` for every group, or exact per-group
+    ``keep`` counts (group names as :func:`prunelab.pruning.prunable_groups` gives them).  With a
+    data-free criterion (``l1``, ``l2``, ``fp-omp``, ...) no data is needed at all; a
+    data-driven one (``deeplift``, ``taylor``) reads batches from ``train``, which also feeds
+    ``recal_batches`` batches of BN re-estimation.  No fine-tuning happens here.  Returns a
+    :class:`prunelab.pruning.PruneResult` (``.model``, ``.keep``, MACs and params before/after).
+
+    >>> import torch, prunelab as pl
+    >>> from prunelab.models import build
+    >>> r = pl.prune(build("resnet20", in_channels=1), torch.zeros(1, 1, 32, 32), ratio=0.5)
+    >>> r.macs_after < r.macs_before
+    True
+    """
+    from .criteria import Criterion, build_criterion
+    from .data.loaders import LoaderData
+    from .pruning import prune as _prune
+    from .train import recalibrate_bn
+
+    _check_module(model)
+    shape = _input_shape(example_inputs)
+    if not isinstance(recal_batches, int) or isinstance(recal_batches, bool) or recal_batches < 0:
+        raise PrunelabError(f"recal_batches must be an integer >= 0, got {recal_batches!r}")
+    if ratio is not None and not (isinstance(ratio, (int, float)) and 0 < ratio < 1):
+        raise PrunelabError(f"ratio {ratio!r} is outside (0, 1); give the fraction of filters "
+                            "to remove, e.g. 0.5")
+    crit = criterion if isinstance(criterion, Criterion) else build_criterion(criterion)
+    if train is None and (crit.needs_data or recal_batches):
+        raise PrunelabError(f"pass train= (a loader): criterion {crit.name} and BN re-estimation "
+                            f"(recal_batches={recal_batches}) read training batches")
+    net = _copy(model)
+    names = {m: n for n, m in model.named_modules()}
+    ignored = _layer_names(net, [names.get(n, n) if not isinstance(n, str) else n
+                                 for n in ignored_layers])
+    classes = _num_outputs(net, shape, classifier=False)
+    data = LoaderData(train, None) if train is not None else None
+    res = _prune(net, crit, ratio=ratio, keep=keep, input_shape=shape, data=data,
+                 num_classes=classes, round_to=round_to, inplace=True, ignored=ignored)
+    if recal_batches:
+        recalibrate_bn(res.model, data.batches("train", 128, shuffle=True), recal_batches)
+    res.model.eval()
+    return res
+
+
+def evaluate(model: nn.Module, data: Iterable) -> float:
+    """Top-1 (0-1) of ``model`` on a loader of ``(inputs, labels)`` batches, in eval mode (the
+    module's mode is restored)."""
+    from .train import evaluate as _top1
+
+    _check_module(model)
+    return _top1(model, data)
 
 
 # ----------------------------------------------------------------------------- fine-tuning
 
-def finetune(model: nn.Module, *, train: Iterable, val: Iterable | None = None,
+def _ft(key: str):
+    from .config import default
+
+    return default("finetune", key)
+
+
+def finetune(model: nn.Module, *, train: Iterable | None = None, val: Iterable | None = None,
              teacher: nn.Module | None = None, eval_fn: EvalFn | None = None,
-             test: Iterable | None = None, epochs: int = 1, lr: float = 0.01,
-             kd_weight: float = 0.5, kd_temperature: float = 4.0, weight_decay: float = 5e-4,
-             seed: int = 0, recal_batches: int = 20, recal_end: bool = True,
-             precision: str = "auto", threads: int | None = None,
-             checkpoint: str | Path | None = None) -> FinetuneResult:
+             test: Iterable | None = None, data=None, epochs: int = _ft("epochs"),
+             lr: float = _ft("lr"), batch_size: int | None = None,
+             kd_weight: float = _ft("kd_weight"), kd_temperature: float = _ft("kd_temperature"),
+             weight_decay: float = _ft("weight_decay"), seed: int = 0,
+             recal_batches: int = _ft("recal_batches"), recal_end: bool = _ft("recal_end"),
+             precision: str = _ft("precision"), threads: int | None = None,
+             checkpoint: str | Path | None = None, extra: dict | None = None,
+             desc: str = "finetune") -> FinetuneResult:
     """Fine-tune a copy of ``model`` (SGD + Nesterov, cosine schedule), distilled from
     ``teacher`` (the unpruned model; None: plain cross-entropy), keeping the epoch with the best
     validation score (the starting weights count as epoch 0).  ``train``/``val``/``test`` are
-    loaders of ``(inputs, labels)``; ``eval_fn(model) -> float`` replaces validation top-1.
-    ``checkpoint`` (a folder) makes it resumable."""
+    loaders of ``(inputs, labels)``, or ``data`` is a prunelab data set
+    (:func:`prunelab.data.load_dataset`: seeded shuffling and augmentation per epoch);
+    ``eval_fn(model) -> float`` replaces validation top-1.  ``checkpoint`` (a folder) makes it
+    resumable; ``extra`` is stored in it and must match on a resume.  The defaults are
+    ``[finetune]``'s (:mod:`prunelab.config`); every number is checked there, up front.  This is
+    the one fine-tune path: ``prunelab finetune`` and the pipeline's stage call it."""
+    from .config import check_section
     from .data.loaders import LoaderData
     from .train import TrainConfig, evaluate, fit
 
     _check_module(model)
     if teacher is not None:
         _check_module(teacher, "teacher")
-    if train is None:
+    if data is None and train is None:
         raise PrunelabError("finetune needs train= (a loader of (inputs, labels) batches)")
-    if val is None and eval_fn is None:
+    if data is None and val is None and eval_fn is None:
         raise PrunelabError("pass val= (a loader) or eval_fn= to pick the best epoch")
-    if not 0 <= kd_weight <= 1 or not 0 < kd_temperature < float("inf"):
-        raise PrunelabError("kd_weight must be in [0, 1] and kd_temperature a positive number")
-    if not 0 < lr < float("inf") or not 0 <= weight_decay < float("inf"):
-        raise PrunelabError("lr must be a positive number and weight_decay >= 0")
-    batch = getattr(train, "batch_size", None) or 128
-    cfg = TrainConfig(epochs=epochs, lr=lr, batch_size=batch, seed=seed,
+    if batch_size is None:
+        batch_size = getattr(train, "batch_size", None) or _ft("batch_size")
+    check_section("finetune", dict(
+        epochs=epochs, lr=lr, batch_size=batch_size, kd_weight=kd_weight,
+        kd_temperature=kd_temperature, weight_decay=weight_decay, recal_batches=recal_batches,
+        recal_end=recal_end, precision=precision, threads=threads), style="kwargs")
+    cfg = TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
                       weight_decay=weight_decay, precision=precision, threads=threads)
     net = _copy(model)
     tnet = None
@@ -277,26 +377,28 @@ def finetune(model: nn.Module, *, train: Iterable, val: Iterable | None = None,
         tnet = _copy(teacher)
         for p in tnet.parameters():
             p.requires_grad_(False)
-    data = LoaderData(train, val, test)
+    if data is None:
+        data = LoaderData(train, val, test)
+    has_test = getattr(data, "has", lambda split: True)("test")
     score = (lambda m: _score(eval_fn, m)) if eval_fn is not None else None
     teacher_score = None
     if tnet is not None:
-        teacher_score = score(tnet) if score else evaluate(tnet, data.batches("val"))
+        teacher_score = score(tnet) if score else evaluate(tnet, data.batches("val", 500))
     import time
 
     t0 = time.perf_counter()
     res = fit(net, data, cfg, checkpoint=checkpoint, teacher=tnet,
               kd_temperature=kd_temperature, kd_weight=kd_weight if tnet is not None else 0.0,
-              desc="finetune", keep_best=True, recal_batches=recal_batches,
-              recal_end=recal_end, score=score)
+              desc=desc, keep_best=True, recal_batches=recal_batches,
+              recal_end=recal_end, score=score, extra=extra)
     after = (res.final_recal["val_top1"] if res.final_recal and res.final_recal["kept"]
              else res.best_val_top1)
-    test_top1 = evaluate(net, data.batches("test")) if test is not None else None
+    test_top1 = evaluate(net, data.batches("test", 500)) if has_test else None
     return FinetuneResult(net, res.history, res.best_epoch, res.start_val_top1, after, test_top1,
                           teacher_score, time.perf_counter() - t0,
                           {**asdict(cfg), "kd_weight": kd_weight if tnet is not None else 0.0,
                            "kd_temperature": kd_temperature, "recal_batches": recal_batches,
-                           "recal_end": recal_end})
+                           "recal_end": recal_end}, res.final_recal)
 
 
 def _score(eval_fn: EvalFn, net: nn.Module) -> float:

@@ -58,101 +58,15 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
-
+from .config import (SECTIONS, FinetuneSection, ModelSection, RunSection, SearchSection,
+                     TargetSection, VerifySection, _section, default)
 from .errors import PrunelabError
 from .io import atomic_write_text, read_json, trust_factory
 from .lock import FolderLock
 from .ui import log
 
 # ----------------------------------------------------------------------------- the config
-
-
-class _Section(BaseModel):
-    """One TOML table: unknown keys, wrong types and out-of-range numbers (inf and nan included)
-    are refused by the model itself (pydantic), before any work."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
-
-
-Count = Annotated[int, Field(ge=0)]
-Positive = Annotated[int, Field(ge=1)]
-
-
-class RunSection(_Section):
-    out: str | None = Field(None, description="run folder (--out overrides it)")
-    seed: int = Field(0, description="seed of the search and the fine-tune")
-    workers: Count = Field(0, description="Ray workers evaluating search candidates (0: this "
-                           "process; needs prunelab[ray])")
-    ray_address: str | None = Field(None, description="join this Ray cluster (auto, "
-                                    "ray://host:10001) instead of starting a local one")
-
-
-class ModelSection(_Section):
-    ref: str = Field("", description="shipped model name, model folder or path/file.py:fn")
-    dataset: str | None = Field(None, description="data set (default: the model's own)")
-    data_dir: str | None = Field(None, description="folder with the data set's files")
-    factory: str | None = Field(None, description="path/file.py:fn: trust this code to open a "
-                                "model folder built with it")
-    weights: str | None = Field(None, description="with ref = path/file.py:fn: its weights "
-                                "(safetensors / .pt)")
-
-
-class SearchSection(_Section):
-    method: str = Field("", description="search method (prunelab search --help)")
-    criterion: str | None = Field(None, description="filter criterion (default: the method's)")
-    budget: str = Field("macs=0.5", description="latency=3.2ms | speedup=2 | macs=0.5 | "
-                        "params=0.3")
-    recal_batches: Count = Field(6, description="BN re-estimation batches per candidate")
-    val_images: Count = Field(1000, description="validation images per candidate (0: all)")
-    measure_front: Positive = Field(12, description="front points measured on the target")
-    options: dict[str, Any] = Field(default_factory=dict, description="method options")
-
-
-class TargetSection(_Section):
-    name: str = Field("torch-cpu", description="latency target (prunelab targets)")
-    batch_size: Positive = Field(1, description="batch the latency is measured with")
-    threads: Positive = Field(1, description="target threads")
-    precision: str = Field("fp32", description="fp32 | bf16 | int8 where the target has it")
-    cache_dir: str | None = Field(None, description="latency table cache (default: per user)")
-
-
-class FinetuneSection(_Section):
-    epochs: Count = Field(1, description="fine-tune epochs (0 skips fine-tuning)")
-    teacher: str = Field("parent", description="model to distil from: parent, none, or a "
-                         "model name/folder")
-    kd_weight: float = Field(0.5, ge=0, le=1, description="share of the distillation term in "
-                             "the loss, 0-1")
-    kd_temperature: float = Field(4.0, gt=0, description="softmax temperature")
-    lr: float = Field(0.01, gt=0, description="peak learning rate")
-    batch_size: Positive = Field(128, description="training batch size")
-    weight_decay: float = Field(5e-4, ge=0, description="weight decay")
-    recal_batches: Count = Field(20, description="BN re-estimation batches before the first "
-                                 "epoch (0: off)")
-    recal_end: bool = Field(True, description="re-estimate BN after the last epoch")
-    precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="training precision")
-    threads: Positive | None = Field(None, description="CPU threads (default: all)")
-    nproc: Positive = Field(1, description="processes fine-tuning under torchrun DDP (gloo on "
-                            "CPU, nccl on GPUs); the global batch is nproc x batch_size")
-
-
-class VerifySection(_Section):
-    warmup: Count = Field(20, description="untimed runs before the final measurement")
-    repeats: Annotated[int, Field(ge=3)] = Field(200, description="timed runs of the final "
-                                                 "measurement, per session")
-    min_seconds: Annotated[float, Field(ge=0, le=600)] = Field(
-        3.0, description="time each session for at least this many seconds (more rounds than "
-        "repeats on a small model: a median over a fraction of a second is at the mercy of one "
-        "burst of load)")
-    sessions: Annotated[int, Field(ge=1, le=50)] = Field(
-        5, description="fresh runtime sessions per model, the fastest session's median reported "
-        "(a stretch of interference can slow a whole session)")
-
-
-SECTIONS = {"run": RunSection, "model": ModelSection, "search": SearchSection,
-            "target": TargetSection, "finetune": FinetuneSection, "verify": VerifySection}
 
 
 @dataclass(frozen=True)
@@ -180,50 +94,7 @@ class PipelineConfig:
     def search_config(self):
         from .searches import SearchConfig
 
-        s = self.search
-        return SearchConfig(s.method, s.criterion, self.target_config(), s.budget, self.run.seed,
-                            s.recal_batches, s.val_images, s.measure_front, dict(s.options))
-
-
-def _section(name: str, raw: Any, cli: bool = False):
-    """Validate one table (or, with ``cli``, the command-line flags made from it by
-    :func:`prunelab.cli.common.section_flags`); a pydantic error becomes one line naming the key
-    (or ``--flag``) and what it takes."""
-    from pydantic import ValidationError
-
-    cls = SECTIONS[name]
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise PrunelabError(f"config [{name}] must be a table of keys, e.g. [{name}] on its own "
-                            "line followed by key = value lines")
-    # TOML has no float literal for a whole number: 1 is a fine learning rate
-    raw = {k: float(v) if type(v) is int and k in cls.model_fields
-           and cls.model_fields[k].annotation is float else v for k, v in raw.items()}
-    try:
-        return cls.model_validate(raw)
-    except ValidationError as e:
-        err = e.errors()[0]
-        key = ".".join(str(x) for x in err["loc"])
-        if err["type"] == "extra_forbidden":
-            raise PrunelabError(f"config section [{name}] has no key {key!r}; it takes: "
-                                f"{', '.join(cls.model_fields)}") from None
-        f = cls.model_fields.get(str(err["loc"][0]))
-        what = f" ({f.description})" if f is not None and f.description else ""
-        where = (f"--{key.replace('_', '-')} {raw.get(err['loc'][0])}" if cli else
-                 f"config [{name}] {key} = {raw.get(err['loc'][0])!r}")
-        raise PrunelabError(f"{where}: {err['msg'].lower()}{what}") from None
-
-
-def check_section(name: str, values: dict, cli: bool = False):
-    """The typed section ``name`` of ``values`` (unknown keys, types, ranges checked)."""
-    return _section(name, values, cli)
-
-
-def section_default(section: str, key: str):
-    """A key's default (None where the section or key does not exist)."""
-    f = SECTIONS[section].model_fields.get(key) if section in SECTIONS else None
-    return None if f is None else f.get_default(call_default_factory=True)
+        return SearchConfig.from_sections(self.search, self.target_config(), self.run.seed)
 
 
 def read_toml(path: str | os.PathLike) -> dict:
@@ -379,7 +250,7 @@ def _prepare(out: Path, cfg: PipelineConfig, text: str) -> bool:
                       if old.get(sec, {}).get(k, missing) != resolved.get(sec, {}).get(k)
                       # a key added by a later prunelab, at its default: the same run
                       and not (k not in old.get(sec, {}) and
-                               resolved.get(sec, {}).get(k) == section_default(sec, k)))
+                               resolved.get(sec, {}).get(k) == default(sec, k)))
         if diff:
             started = _started(out)
             locked = {sec for st in started for sec in STAGE_SECTIONS[st]}

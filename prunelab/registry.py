@@ -68,14 +68,36 @@ class Registry:
         return name in self._entries
 
 
-def import_plugins(package: str, path) -> None:
-    """Import every module of a plugin package (``import_plugins(__name__, __path__)`` in its
-    ``__init__``), so that a new criterion, search method or target is one file that registers
+def import_plugins(package: str, path, group: str | None = None) -> None:
+    """Import every module of a plugin package (``import_plugins(__name__, __path__, group)`` in
+    its ``__init__``), so that a new criterion, search method or target is one file that registers
     itself by name: no import list to edit.  Modules whose name starts with ``_`` are helpers
-    and are imported only by the plugins that use them."""
+    and are imported only by the plugins that use them.
+
+    Out-of-tree plugins: an installed distribution that declares an entry point in ``group``
+    (``[project.entry-points."prunelab.criteria"] mine = "my_pkg.criteria"``) is imported too,
+    and registers itself the same way.  A plugin that fails to import is reported in one line
+    naming the distribution, not a traceback."""
     import importlib
+    import importlib.metadata
     import pkgutil
 
     for m in sorted(pkgutil.iter_modules(path), key=lambda m: m.name):
         if not m.name.startswith("_"):
             importlib.import_module(f"{package}.{m.name}")
+    if group is not None:
+        load_entry_points(group)
+
+
+def load_entry_points(group: str) -> None:
+    """Import the installed plugins of one entry-point group (see :func:`import_plugins`)."""
+    import importlib.metadata
+
+    for ep in sorted(importlib.metadata.entry_points(group=group), key=lambda e: e.name):
+        try:
+            ep.load()
+        except Exception as e:  # a broken third-party plugin must not take prunelab down
+            dist = getattr(ep.dist, "name", "?")
+            raise PrunelabError(f"plugin {ep.name!r} ({ep.value}, from {dist}) in entry-point "
+                                f"group {group} failed to import: {type(e).__name__}: {e}; fix "
+                                "or uninstall it") from None

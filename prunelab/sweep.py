@@ -17,35 +17,11 @@ from typing import Sequence
 
 import torch.nn as nn
 
-from .criteria import Criterion, make_criterion
+from .criteria import Criterion, build_criterion, make_criterion, parse_criterion  # noqa: F401
 from .errors import PrunelabError
 from .pruning import prunable_groups, prune, score_groups
 from .train import evaluate, recalibrate_bn
 from .ui import progress
-
-
-def parse_criterion(spec: str) -> tuple[str, dict]:
-    """``name`` or ``name:key=value:key=value`` (values parsed as JSON where they can be)."""
-    name, *opts = spec.strip().split(":")
-    options = {}
-    for o in opts:
-        if "=" not in o:
-            raise PrunelabError(f"criterion option {o!r} in {spec!r} must look like key=value")
-        k, v = o.split("=", 1)
-        try:
-            options[k] = json.loads(v)
-        except json.JSONDecodeError:
-            options[k] = v
-    return name, options
-
-
-def build_criterion(spec: str, **extra) -> Criterion:
-    name, options = parse_criterion(spec)
-    try:
-        return make_criterion(name, **{**extra, **options})
-    except TypeError as e:
-        raise PrunelabError(f"criterion {name} does not take these options ({e}); see "
-                            "`prunelab criteria list`") from None
 
 
 @dataclass(frozen=True)

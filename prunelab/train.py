@@ -32,17 +32,25 @@ from .kernels import onednn_safe
 from .ui import log, progress
 
 
+def _tr(key: str):
+    from .config import default
+
+    return default("train", key)
+
+
 @dataclass(frozen=True)
 class TrainConfig:
-    epochs: int = 30
-    lr: float = 0.1
+    """How a model is trained; the defaults are ``prunelab train``'s (:mod:`prunelab.config`)."""
+
+    epochs: int = _tr("epochs")
+    lr: float = _tr("lr")
     momentum: float = 0.9
-    weight_decay: float = 5e-4
-    batch_size: int = 128
-    seed: int = 0
-    precision: str = "auto"  # auto | fp32 | bf16
+    weight_decay: float = _tr("weight_decay")
+    batch_size: int = _tr("batch_size")
+    seed: int = _tr("seed")
+    precision: str = _tr("precision")  # auto | fp32 | bf16
     label_smoothing: float = 0.0
-    threads: int | None = None
+    threads: int | None = _tr("threads")
 
     def __post_init__(self):
         def integer(v) -> bool:

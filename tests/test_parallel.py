@@ -22,7 +22,8 @@ OPTS = {"nsga2": {"pop": 6, "gens": 2, "sens_ratios": [0.5], "max_options": 4},
 
 
 def _cfg(method, budget="macs=0.6"):
-    return SearchConfig(method, "l1", TargetConfig("scripted"), budget, 0, recal_batches=1,
+    return SearchConfig(method=method, criterion="l1", target=TargetConfig("scripted"), budget=budget,
+                        recal_batches=1,
                         val_images=0, measure_front=3, options=OPTS[method])
 
 

@@ -37,7 +37,8 @@ def cache_dir(session_cache_dir):
 
 
 def _run(method, model_dir, cache_dir, idx_dir, out, budget="macs=0.6", seed=0, **opts):
-    cfg = SearchConfig(method, None, TargetConfig("torch-cpu"), budget, seed, recal_batches=1,
+    cfg = SearchConfig(method=method, target=TargetConfig("torch-cpu"), budget=budget, seed=seed,
+                       recal_batches=1,
                        val_images=0, measure_front=3, options={**SMALL[method], **opts})
     return run_search(str(model_dir), cfg, out, cache_dir, "mnist-idx", str(idx_dir))
 

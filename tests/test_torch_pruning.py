@@ -47,8 +47,8 @@ def test_widths_and_channels_match_torch_pruning_itself(importance, glob):
 
 
 def _staircase_run(method, model_dir, idx_dir, cache_dir, out, **opts):
-    cfg = SearchConfig(method, "l1" if method != "torch-pruning" else None,
-                       TargetConfig("scripted"), "speedup=1.6", 0, recal_batches=1,
+    cfg = SearchConfig(method=method, criterion="l1" if method != "torch-pruning" else None,
+                       target=TargetConfig("scripted"), budget="speedup=1.6", recal_batches=1,
                        val_images=0, measure_front=4, options={"front": 0, **opts})
     return run_search(str(model_dir), cfg, out, cache_dir, "mnist-idx", str(idx_dir))
 
@@ -109,7 +109,8 @@ def _skew_anchor(monkeypatch, factor: float) -> None:
 
 
 def _nsga2_run(r20_dir, idx_dir, tmp_path):
-    cfg = SearchConfig("nsga2", "l1", TargetConfig("scripted"), "speedup=1.6", 0,
+    cfg = SearchConfig(method="nsga2", criterion="l1", target=TargetConfig("scripted"),
+                       budget="speedup=1.6",
                        recal_batches=1, val_images=0, measure_front=4,
                        options={"pop": 8, "gens": 2, "sens_ratios": [0.5], "max_options": 4})
     return run_search(str(r20_dir), cfg, tmp_path / "s", str(tmp_path / "cache"), "mnist-idx",

@@ -148,16 +148,16 @@ def common_measure(p):
 
 
 def section_flags(p, section: str, keys, required=(), defaults=None) -> None:
-    """One ``--flag`` per key of a typed run-config section (:data:`prunelab.pipeline.SECTIONS`),
+    """One ``--flag`` per key of a typed run-config section (:data:`prunelab.config.SECTIONS`),
     with the section's type, default, choices and description: ``prunelab run`` and the command
     take the same options, defined once.  ``defaults`` overrides a default where the command's
     differs (said in its help).  Check the parsed values with :func:`section_values`."""
     import types
     import typing
 
-    from ..pipeline import SECTIONS
+    from ..config import SECTIONS, COMMAND_SECTIONS
 
-    fields = SECTIONS[section].model_fields
+    fields = {**SECTIONS, **COMMAND_SECTIONS}[section].model_fields
     for key in keys:
         f = fields[key]
         default = (defaults or {}).get(key, f.get_default(call_default_factory=True))
@@ -194,7 +194,7 @@ def _flag_type(flag: str, base):
 def section_values(args, section: str, keys) -> dict:
     """The parsed flags of :func:`section_flags`, checked by the section's model (one line on a
     bad value: ``--lr inf: input should be a finite number (peak learning rate)``)."""
-    from ..pipeline import check_section
+    from ..config import check_section
 
     values = {k: getattr(args, k) for k in keys}
     check_section(section, {k: v for k, v in values.items() if v is not None}, cli=True)

@@ -39,6 +39,10 @@ def cmd_list(args):
         return
     reg = {"criteria": CRITERIA, "datasets": DATASETS}[args.kind]
     obj = [{"name": e.name, "description": e.description, **e.meta} for e in reg.entries()]
+    if args.kind == "criteria":  # said once, on the criterion class ("options": depends on them)
+        for o, e in zip(obj, reg.entries()):
+            nd = e.fn.needs_data
+            o["needs_data"] = nd if isinstance(nd, bool) else "options"
     emit(args, obj, lambda o: print_table(args.kind, ["name", "description", "needs data"],
                                       [[e["name"], e["description"],
                                         str(e.get("needs_data", "-"))] for e in o]))
@@ -144,13 +148,14 @@ def cmd_criteria_evaluate(args):
     emit(args, rows, table)
 
 
+TRAIN_KEYS = ("epochs", "lr", "weight_decay", "batch_size", "seed", "precision", "threads")
+
+
 def cmd_train(args):
     from .. import commands
     from ..train import TrainConfig
 
-    cfg = TrainConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
-                      weight_decay=args.weight_decay, precision=args.precision,
-                      threads=args.threads)
+    cfg = TrainConfig(**section_values(args, "train", TRAIN_KEYS))
     command = "prunelab " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("prunelab") else None
     r = commands.train(args.arch, args.out, args.dataset, args.data_dir, args.width, cfg,
                   command=command, overwrite=args.overwrite)
@@ -300,13 +305,7 @@ def register(sub) -> None:
     s.add_argument("--dataset", default="fmnist")
     s.add_argument("--data-dir")
     s.add_argument("--width", type=float, default=1.0, help="width multiplier")
-    s.add_argument("--epochs", type=int, default=30)
-    s.add_argument("--lr", type=float, default=0.1)
-    s.add_argument("--weight-decay", type=float, default=5e-4)
-    s.add_argument("--batch-size", type=int, default=128)
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
-    s.add_argument("--threads", type=int)
+    section_flags(s, "train", TRAIN_KEYS)  # from [train]'s one definition (prunelab.config)
     s.add_argument("--json", action="store_true")
     s.add_argument("--overwrite", action="store_true",
                    help="replace the output if it is one prunelab wrote (never anything else)")

@@ -75,18 +75,22 @@ def cmd_compare(args):
     emit(args, compare(args.run_dirs, args.plot), table)
 
 
+def _keys() -> str:
+    """Every key of every [section], read from the sections themselves (prunelab.config)."""
+    from ..config import SECTIONS
+
+    return "; ".join(f"[{name}] " + ", ".join(
+        k if k != "options" else f"[{name}.options]" for k in cls.model_fields)
+        for name, cls in SECTIONS.items())
+
+
 def register(sub) -> None:
     from ..pipeline import run_pipeline
     from ..report import compare, report
 
     s = sub.add_parser("run", help=doc(run_pipeline),
-                       description=doc(run_pipeline) + " Config sections: [run] out, seed; "
-                       "[model] ref, dataset, data_dir; [search] method, criterion, budget, "
-                       "recal_batches, val_images, measure_front, [search.options]; [target] "
-                       "name, batch_size, threads, precision, cache_dir; [finetune] epochs, "
-                       "teacher, kd_weight, kd_temperature, lr, batch_size, weight_decay, "
-                       "recal_batches, recal_end, precision, threads; [verify] warmup, repeats. "
-                       "See examples/*.toml.")
+                       description=doc(run_pipeline) + " Config sections: " + _keys() +
+                       ". See examples/*.toml.")
     s.add_argument("config", help="pipeline config (TOML), e.g. examples/quick.toml")
     s.add_argument("--out", help="run folder (default: [run] out, else runs/<config name>)")
     s.add_argument("--json", action="store_true", help="print the summary as JSON")

@@ -37,9 +37,10 @@ def cmd_search(args):
     section_values(args, "target", TARGET_KEYS)
     section_values(args, "search", SEARCH_KEYS)
     section_values(args, "run", ("workers", "ray_address"))
-    cfg = SearchConfig(args.method, args.criterion, TargetConfig(
-        args.target, batch_size=args.batch_size, threads=args.threads), args.budget, args.seed,
-        args.recal_batches, args.val_images, args.measure_front, dict(args.option or []))
+    cfg = SearchConfig(method=args.method, criterion=args.criterion, target=TargetConfig(
+        args.target, batch_size=args.batch_size, threads=args.threads), budget=args.budget,
+        seed=args.seed, recal_batches=args.recal_batches, val_images=args.val_images,
+        measure_front=args.measure_front, options=dict(args.option or []))
     r = run_search(args.model, cfg, args.out, args.cache_dir, args.dataset, args.data_dir,
                    workers=args.workers, ray_address=args.ray_address)
 

@@ -27,8 +27,9 @@ import torch
 import torch.nn as nn
 
 from ..data import Splits, load_dataset
+from ..config import check_section, default
 from ..errors import PrunelabError
-from ..figures import check_timing, compare, measure
+from ..figures import check_timing, compare, measure  # noqa: F401  (measure: `prunelab eval`)
 from ..io import (ModelSpec, _version, check_out, load_model, load_user_model, pruned_spec,
                   ref_of, save_model)
 from ..lock import FolderLock
@@ -38,6 +39,10 @@ from ..train import train as _train
 
 if TYPE_CHECKING:
     from ..searches import SearchConfig
+
+
+def _ft(key: str):
+    return default("finetune", key)
 
 
 def load(ref: str, weights: str | None = None, dataset: str | None = None,
@@ -96,13 +101,13 @@ def prune(ref: str, criterion: str = "l1", ratio: float | None = None,
     if ratio is not None and not 0 < ratio < 1:
         raise PrunelabError(f"--ratio {ratio} is outside (0, 1); give the fraction of filters "
                             "to remove")
-    model, spec = load(ref, weights=weights, dataset=dataset, data_dir=data_dir)
-    need = evaluate or recal_batches > 0 or _needs_data(criterion)
-    data = data_for(spec, dataset, data_dir) if need else None
-    try:
+    try:  # built first: whether it reads data depends on its options (tp:importance=taylor)
         crit = make_criterion(criterion, **(criterion_options or {}))
     except TypeError as e:
         raise PrunelabError(f"criterion {criterion} does not take these options ({e})") from None
+    model, spec = load(ref, weights=weights, dataset=dataset, data_dir=data_dir)
+    need = evaluate or recal_batches > 0 or crit.needs_data
+    data = data_for(spec, dataset, data_dir) if need else None
     res = _prune(model, crit, ratio=ratio, keep=keep, input_shape=spec.input_shape, data=data,
                  num_classes=spec.num_classes, round_to=round_to)
     if recal_batches:
@@ -124,12 +129,6 @@ def prune(ref: str, criterion: str = "l1", ratio: float | None = None,
     result["macs_removed"] = 1 - result["macs"] / result["base"]["macs"]
     result["measured_speedup"] = result["base"]["latency_ms"] / result["latency_ms"]
     return result
-
-
-def _needs_data(criterion: str) -> bool:
-    from ..criteria import CRITERIA
-
-    return bool(CRITERIA.get(criterion).meta.get("needs_data"))
 
 
 def train(arch: str, out: str, dataset: str = "fmnist", data_dir: str | None = None,
@@ -190,10 +189,11 @@ def _parent_teacher(spec: ModelSpec, folder: Path | None) -> str | None:
 
 
 def finetune(ref: str, epochs: int, out: str, teacher: str | None = "parent",
-             kd_temperature: float = 4.0, kd_weight: float = 0.5, lr: float = 0.01,
-             batch_size: int = 128, seed: int = 0, weight_decay: float = 5e-4,
-             dataset: str | None = None, data_dir: str | None = None,
-             recal_batches: int = 20, recal_end: bool = True, precision: str = "auto",
+             kd_temperature: float = _ft("kd_temperature"), kd_weight: float = _ft("kd_weight"),
+             lr: float = _ft("lr"), batch_size: int = _ft("batch_size"), seed: int = 0,
+             weight_decay: float = _ft("weight_decay"), dataset: str | None = None,
+             data_dir: str | None = None, recal_batches: int = _ft("recal_batches"),
+             recal_end: bool = _ft("recal_end"), precision: str = _ft("precision"),
              threads: int | None = None, weights: str | None = None,
              command: str | None = None, overwrite: bool = False) -> dict:
     """Fine-tune a (pruned) model with SGD + cosine and optional distillation from the unpruned one.
@@ -210,9 +210,12 @@ def finetune(ref: str, epochs: int, out: str, teacher: str | None = "parent",
     """
     if not out:
         raise PrunelabError("--out is required: the folder to write the fine-tuned model to")
+    check_section("finetune", dict(  # every number, before any work (the one definition)
+        epochs=epochs, lr=lr, batch_size=batch_size, kd_weight=kd_weight,
+        kd_temperature=kd_temperature, weight_decay=weight_decay, recal_batches=recal_batches,
+        recal_end=recal_end, precision=precision, threads=threads), style="kwargs")
     cfg = TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
                       weight_decay=weight_decay, precision=precision, threads=threads)
-    _check_kd(kd_weight, kd_temperature, recal_batches)
     check_out(out, "model", overwrite)
     model, spec = load(ref, weights=weights, dataset=dataset, data_dir=data_dir)
     folder = Path(str(ref)) if Path(str(ref)).is_dir() else None
@@ -238,27 +241,16 @@ def finetune(ref: str, epochs: int, out: str, teacher: str | None = "parent",
                           command, overwrite)
 
 
-def _check_kd(kd_weight: float, kd_temperature: float, recal_batches: int) -> None:
-    import math
-
-    if not 0 <= kd_weight <= 1:
-        raise PrunelabError("--kd-weight must be between 0 and 1")
-    if not (kd_temperature > 0 and math.isfinite(kd_temperature)):
-        raise PrunelabError("--kd-temperature must be a positive number")
-    if recal_batches < 0:
-        raise PrunelabError("--recal-batches must be >= 0")
-
-
 def finetune_model(model: nn.Module, spec: ModelSpec, data, cfg: TrainConfig, out: str,
                    teacher: nn.Module | None = None, teacher_spec: ModelSpec | None = None,
-                   teacher_id: str | None = None, kd_temperature: float = 4.0,
-                   kd_weight: float = 0.5, recal_batches: int = 20, recal_end: bool = True,
+                   teacher_id: str | None = None, kd_temperature: float = _ft("kd_temperature"),
+                   kd_weight: float = _ft("kd_weight"),
+                   recal_batches: int = _ft("recal_batches"), recal_end: bool = _ft("recal_end"),
                    model_id: str | None = None, command: str | None = None,
                    overwrite: bool = False) -> dict:
-    """:func:`finetune` on objects: fine-tunes ``model`` in place, saves it to ``out`` (a model
-    folder with the provenance) and returns the summary; ``teacher`` is used as given (not
-    modified: its memory layout is restored)."""
-    _check_kd(kd_weight, kd_temperature, recal_batches)
+    """:func:`prunelab.core.finetune` into a model folder: fine-tunes ``model`` (its weights are
+    replaced by the tuned ones), saves it to ``out`` with the provenance (resumable from
+    ``OUT.ckpt/``) and returns the summary; ``teacher`` is used as given (not modified)."""
     check_out(out, "model", overwrite)
     tmodel, tspec = (teacher, teacher_spec) if kd_weight > 0 else (None, None)
     if tmodel is not None:
@@ -270,8 +262,6 @@ def finetune_model(model: nn.Module, spec: ModelSpec, data, cfg: TrainConfig, ou
                 f"classes) does not match {spec.name} (input {tuple(spec.input_shape)}, "
                 f"{spec.num_classes} classes); pass the unpruned model with --teacher or use "
                 "--no-teacher")
-        for p in tmodel.parameters():
-            p.requires_grad_(False)
     else:
         teacher_id = None
     from ..distributed import is_main
@@ -284,27 +274,27 @@ def finetune_model(model: nn.Module, spec: ModelSpec, data, cfg: TrainConfig, ou
 
 def _finetune_locked(model, spec, data, cfg, out, tmodel, tspec, teacher_id, kd_temperature,
                      kd_weight, recal_batches, recal_end, model_id, command, overwrite) -> dict:
+    from ..core import finetune as _finetune
     from ..distributed import is_main
 
-    val = data.batches("val", 500)
-    before = _top1(model, val)
-    teacher_val = _top1(tmodel, val) if tmodel is not None else None
+    before = _top1(model, data.batches("val", 500))
     ckpt = f"{str(out).rstrip('/')}.ckpt"
     model_id = model_id or spec.name
     extra = {"model": model_id, "teacher": teacher_id,
              "kd_weight": kd_weight if tmodel is not None else 0.0,
              "kd_temperature": kd_temperature, "recal_end": recal_end}
     t0 = time.perf_counter()
-    res = _fit(model, data, cfg, checkpoint=ckpt, teacher=tmodel, kd_temperature=kd_temperature,
-               kd_weight=kd_weight if tmodel is not None else 0.0, desc=f"finetune {spec.name}",
-               keep_best=True, recal_batches=recal_batches, recal_end=recal_end, extra=extra)
-    recal_val = res.start_val_top1 if recal_batches else None
-    after = (res.final_recal["val_top1"] if res.final_recal and res.final_recal["kept"]
-             else res.best_val_top1)
-    top1 = _top1(model, data.batches("test", 500))
+    r = _finetune(model, data=data, teacher=tmodel, epochs=cfg.epochs, lr=cfg.lr,
+                  batch_size=cfg.batch_size, kd_weight=kd_weight,
+                  kd_temperature=kd_temperature, weight_decay=cfg.weight_decay, seed=cfg.seed,
+                  recal_batches=recal_batches, recal_end=recal_end, precision=cfg.precision,
+                  threads=cfg.threads, checkpoint=ckpt, extra=extra,
+                  desc=f"finetune {spec.name}")
+    model.load_state_dict(r.model.state_dict())  # the caller's model holds the tuned weights
+    recal_val = r.before_score if recal_batches else None
     seconds = time.perf_counter() - t0
     macs, params = macs_params(model, spec.input_shape)
-    tinfo = ({"model": tspec.name, "ref": teacher_id, "val_top1": teacher_val}
+    tinfo = ({"model": tspec.name, "ref": teacher_id, "val_top1": r.teacher_score}
              if tmodel is not None else None)
     prov = dict(spec.provenance)
     name = Path(out).name
@@ -312,11 +302,11 @@ def _finetune_locked(model, spec, data, cfg, out, tmodel, tspec, teacher_id, kd_
         "from": spec.name, "from_ref": model_id, "config": dataclasses.asdict(cfg),
         "teacher": tinfo, "kd_weight": kd_weight if tmodel is not None else 0.0,
         "kd_temperature": kd_temperature, "bn_recalibration_batches": recal_batches,
-        "final_bn_recalibration": res.final_recal, "dataset": data.name,
+        "final_bn_recalibration": r.final_recal, "dataset": data.name,
         "before_val_top1": before, "recal_val_top1": recal_val,
-        "best_epoch": res.best_epoch, "val_top1": after, "test_top1": top1,
-        "history": res.history, "seconds": seconds,
-        "train_seconds": sum(h["seconds"] for h in res.history), "command": command,
+        "best_epoch": r.best_epoch, "val_top1": r.score, "test_top1": r.test_top1,
+        "history": r.history, "seconds": seconds,
+        "train_seconds": sum(h["seconds"] for h in r.history), "command": command,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "prunelab": _version(),
         "torch": torch.__version__, "threads": torch.get_num_threads()}
     if "finetuned" in prov:
@@ -330,11 +320,11 @@ def _finetune_locked(model, spec, data, cfg, out, tmodel, tspec, teacher_id, kd_
             "epochs": cfg.epochs, "lr": cfg.lr, "batch_size": cfg.batch_size, "seed": cfg.seed,
             "teacher": tinfo, "kd_weight": finetuned["kd_weight"],
             "kd_temperature": kd_temperature, "bn_recalibration_batches": recal_batches,
-            "final_bn_recalibration": res.final_recal,
+            "final_bn_recalibration": r.final_recal,
             "before_val_top1": before, "recal_val_top1": recal_val,
-            "after_val_top1": after, "best_epoch": res.best_epoch, "test_top1": top1,
-            "top1": top1, "macs": macs, "params": params, "seconds": seconds,
-            "history": res.history}
+            "after_val_top1": r.score, "best_epoch": r.best_epoch, "test_top1": r.test_top1,
+            "top1": r.test_top1, "macs": macs, "params": params, "seconds": seconds,
+            "history": r.history}
 
 
 def export_onnx(ref: str, path: str, batch_size: int = 1, opset: int = 17,

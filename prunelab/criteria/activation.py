@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from ..errors import PrunelabError
 from ..gate import gated
-from . import CRITERIA
+from . import criterion
 from .base import Criterion, GroupInfo
 from .calib import Calibrated, calibration_batches, capture, following_norms
 
@@ -55,8 +55,8 @@ class _Activations(Calibrated):
         return self._scores[name]
 
 
-@CRITERIA.register("taylor", description="first-order Taylor |mean(activation x gradient)| of "
-                   "the loss (Molchanov et al. 2017)", needs_data=True)
+@criterion(description="first-order Taylor |mean(activation x gradient)| of "
+           "the loss (Molchanov et al. 2017)")
 class Taylor(_Activations):
     name, grads = "taylor", True
 
@@ -66,8 +66,8 @@ class Taylor(_Activations):
         return per.abs().sum(0)
 
 
-@CRITERIA.register("hrank", description="average rank of each channel's feature maps after ReLU "
-                   "(Lin et al. 2020)", needs_data=True)
+@criterion(description="average rank of each channel's feature maps after ReLU "
+           "(Lin et al. 2020)")
 class HRank(_Activations):
     name = "hrank"
 
@@ -81,8 +81,8 @@ class HRank(_Activations):
         return (a != 0).float().sum(0)
 
 
-@CRITERIA.register("bn-scale", description="|gamma| of the BN layers in the group (Network "
-                   "Slimming, Liu et al. 2017)", needs_data=False)
+@criterion(description="|gamma| of the BN layers in the group (Network "
+           "Slimming, Liu et al. 2017)")
 class BNScale(Criterion):
     name = "bn-scale"
 

@@ -7,7 +7,7 @@ import zlib
 import torch
 import torch.nn as nn
 
-from . import CRITERIA
+from . import criterion
 from .base import Criterion, GroupInfo
 
 
@@ -20,18 +20,18 @@ class Magnitude(Criterion):
         return w.flatten(1).norm(p=self.p, dim=1)
 
 
-@CRITERIA.register("l1", description="L1 norm of each filter (Li et al. 2017)", needs_data=False)
+@criterion(description="L1 norm of each filter (Li et al. 2017)")
 class L1(Magnitude):
     name, p = "l1", 1
 
 
-@CRITERIA.register("l2", description="L2 norm of each filter", needs_data=False)
+@criterion(description="L2 norm of each filter")
 class L2(Magnitude):
     name, p = "l2", 2
 
 
-@CRITERIA.register("random", description="uniform random scores (the control every criterion "
-                   "must beat); seeded per group", needs_data=False)
+@criterion(description="uniform random scores (the control every criterion "
+           "must beat); seeded per group")
 class Random(Criterion):
     name = "random"
 

@@ -37,7 +37,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import PrunelabError
-from . import CRITERIA
+from . import criterion
 from .base import Criterion, GroupInfo
 
 MODES = ("fold", "sandwich", "none")
@@ -211,8 +211,8 @@ def _fold_into(mods, name, keep, removed, lam_bn, shift, bn_after_consumer):
         mods[bn_after_consumer].running_mean -= const
 
 
-@CRITERIA.register("fp-omp", description="simultaneous OMP over the layer's filters, removed "
-                   "filters compensated in the weights (Purohit et al. 2022)", needs_data=False)
+@criterion(description="simultaneous OMP over the layer's filters, removed "
+           "filters compensated in the weights (Purohit et al. 2022)")
 class FPOMP(Compensating):
     name = "fp-omp"
 
@@ -221,8 +221,8 @@ class FPOMP(Compensating):
         return somp_order(F / F.norm(dim=1, keepdim=True).clamp_min(1e-12), self.ridge)
 
 
-@CRITERIA.register("lrf", description="least-squares replaceability x next-layer weight norm, one "
-                   "filter at a time, with compensation (Joo et al. 2021)", needs_data=False)
+@criterion(description="least-squares replaceability x next-layer weight norm, one "
+           "filter at a time, with compensation (Joo et al. 2021)")
 class LRF(Compensating):
     name = "lrf"
 

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from ..errors import PrunelabError
 from ..gate import gated
-from . import CRITERIA
+from . import criterion
 from .base import Criterion, GroupInfo
 from .calib import calibration_batches
 
@@ -47,9 +47,8 @@ def tp_importance(name: str):
     return getattr(tp.importance, cls)(**kw)
 
 
-@CRITERIA.register("tp", description="Torch-Pruning's own importance classes (importance="
-                   "magnitude-l1/-l2, taylor, lamp, bn-scale, fpgm, random) through one adapter",
-                   needs_data=False)
+@criterion(description="Torch-Pruning's own importance classes (importance="
+           "magnitude-l1/-l2, taylor, lamp, bn-scale, fpgm, random) through one adapter")
 class TorchPruningImportance(Criterion):
     name = "tp"
 

@@ -22,7 +22,7 @@ import torch.nn as nn
 
 from ..errors import PrunelabError
 from ..gate import gated
-from . import CRITERIA
+from . import criterion
 from .base import GroupInfo
 from .calib import Calibrated, calibration_batches, capture, check_rule_support
 from .rewrite import one_module_per_use
@@ -99,8 +99,8 @@ class Attribution(Calibrated):
         return self._scores[name]
 
 
-@CRITERIA.register("grad-x-act", description="gradient x activation of each channel to the "
-                   "correct-class logit (captum LayerGradientXActivation)", needs_data=True)
+@criterion(description="gradient x activation of each channel to the "
+           "correct-class logit (captum LayerGradientXActivation)")
 class GradXAct(Attribution):
     name = "grad-x-act"
 
@@ -112,8 +112,8 @@ class GradXAct(Attribution):
         return dict(zip(names, out))
 
 
-@CRITERIA.register("integrated-gradients", description="Integrated Gradients from a black image, "
-                   "split over each layer's channels (layer conductance)", needs_data=True)
+@criterion(description="Integrated Gradients from a black image, "
+           "split over each layer's channels (layer conductance)")
 class IntegratedGrads(Attribution):
     """Integrated Gradients along the straight input path from the black reference, attributed
     to each channel as its *conductance* (Dhamdhere et al. 2018): the sum over path steps of
@@ -167,8 +167,8 @@ def _deeplift_nonlinear():
     return table
 
 
-@CRITERIA.register("deeplift", description="DeepLIFT rescale rule against a black reference "
-                   "(captum DeepLift; seed A's criterion)", needs_data=True)
+@criterion(description="DeepLIFT rescale rule against a black reference (captum DeepLift; "
+           "seed A's criterion)")
 class DeepLiftCriterion(Attribution):
     name = "deeplift"
 
@@ -240,12 +240,12 @@ class LRPBase(Attribution):
         return dict(zip(names, out))
 
 
-@CRITERIA.register("lrp", description="LRP epsilon rule (captum LayerLRP)", needs_data=True)
+@criterion(description="LRP epsilon rule (captum LayerLRP)")
 class LRPEpsilon(LRPBase):
     name, rule = "lrp", "epsilon"
 
 
-@CRITERIA.register("lrp-zplus", description="LRP z+ rule (alpha1-beta0) on conv/linear, epsilon "
-                   "elsewhere (captum LayerLRP)", needs_data=True)
+@criterion(description="LRP z+ rule (alpha1-beta0) on conv/linear, epsilon "
+           "elsewhere (captum LayerLRP)")
 class LRPZPlus(LRPBase):
     name, rule = "lrp-zplus", "zplus"

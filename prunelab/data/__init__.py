@@ -13,3 +13,7 @@ from __future__ import annotations
 
 from .core import DATASETS, Batches, Splits, load_dataset  # noqa: F401
 from . import idx, cifar, folder  # noqa: F401  (register the loaders)
+
+from ..registry import load_entry_points  # noqa: E402
+
+load_entry_points("prunelab.datasets")  # installed out-of-tree data sets register too

@@ -17,7 +17,7 @@ from functools import partial
 
 import torch.nn as nn
 
-from ..registry import Registry
+from ..registry import Registry, load_entry_points
 from .mobilenetv2 import MobileNetV2
 from .resnet_cifar import CifarResNet
 from .resnet_imagenet import ImageNetResNet
@@ -43,3 +43,6 @@ def build(name: str, in_channels: int = 3, num_classes: int = 10, width: float =
     """Build a registered architecture with fresh weights."""
     return MODELS.get(name).fn(in_channels=in_channels, num_classes=num_classes, width=width,
                                **kwargs)
+
+
+load_entry_points("prunelab.models")  # installed out-of-tree architectures register too

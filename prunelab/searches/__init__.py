@@ -11,7 +11,7 @@ Every method runs on one driver (:mod:`prunelab.searches.driver`): a cached, log
 from ..registry import import_plugins
 from .registered import SEARCHES
 
-import_plugins(__name__, __path__)  # every module here registers its methods
+import_plugins(__name__, __path__, "prunelab.searches")  # every module here registers itself
 from .budget import Budget  # noqa: E402
 from .driver import SearchConfig  # noqa: E402
 from .run import search_model  # noqa: E402

@@ -28,27 +28,45 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
-import torch
 import torch.nn as nn
 
 from ..errors import PrunelabError
-from ..gate import gated
 from ..targets import TargetConfig
 from .budget import Budget
 
 
 
-@dataclass(frozen=True)
+def _d(key: str):
+    from ..config import default
+
+    return default("search", key)
+
+
+@dataclass(frozen=True, kw_only=True)
 class SearchConfig:
+    """A search's settings, keyword only; the defaults are [search]'s (:mod:`prunelab.config`).
+
+    >>> SearchConfig(method="uniform").recal_batches
+    6
+    """
+
     method: str
     criterion: str | None = None          # None: the method's default
     target: TargetConfig = field(default_factory=lambda: TargetConfig("torch-cpu"))
-    budget: str = "macs=0.5"
+    budget: str = _d("budget")
     seed: int = 0
-    recal_batches: int = 6                # BN re-estimation per candidate (batches of 128)
-    val_images: int = 1000                # validation images per candidate (0 = whole split)
-    measure_front: int = 12               # front points measured on the target at the end
+    recal_batches: int = _d("recal_batches")  # BN re-estimation per candidate (batches of 128)
+    val_images: int = _d("val_images")        # validation images per candidate (0 = whole split)
+    measure_front: int = _d("measure_front")  # front points measured on the target at the end
     options: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_sections(cls, search, target: TargetConfig, seed: int = 0) -> "SearchConfig":
+        """From a validated [search] section (:class:`prunelab.config.SearchSection`)."""
+        return cls(method=search.method, criterion=search.criterion, target=target,
+                   budget=search.budget, seed=seed, recal_batches=search.recal_batches,
+                   val_images=search.val_images, measure_front=search.measure_front,
+                   options=dict(search.options))
 
     def __post_init__(self):
         # one spelling per budget (macs=0.50 is macs=0.5), so a resume compares like with like

@@ -104,7 +104,7 @@ def search_model(model, spec, data, cfg: SearchConfig, out: str | Path,
                  cache_dir: str | None = None, *, target=None, eval_fn=None,
                  ignored: tuple[str, ...] = (), record: dict | None = None,
                  parent_ref: str | None = None, workers: int = 0,
-                 ray_address: str | None = None) -> tuple[dict, object]:
+                 ray_address: str | None = None, criterion=None) -> tuple[dict, object]:
     """Run (or resume) a search on a model object; returns ``(result, chosen pruned model)``.
 
     ``data`` has ``batches(split, ...)`` (a registered data set's :class:`Splits` or the user's
@@ -113,7 +113,9 @@ def search_model(model, spec, data, cfg: SearchConfig, out: str | Path,
     ``ignored`` names layers never pruned; ``record`` is written into ``config.json`` beside the
     settings (what the model and data were, for a resume check).  ``workers``: evaluate batches
     of candidates on that many Ray workers (:mod:`.parallel`; ``ray_address`` joins a cluster);
-    the log, the choice and a resume are the same as without them."""
+    the log, the choice and a resume are the same as without them.  ``criterion``: a
+    :class:`~prunelab.criteria.Criterion` object to use instead of building ``cfg.criterion``
+    (which then only names it in the record)."""
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
         raise PrunelabError(f"workers={workers!r}: give a whole number of Ray workers >= 1 (or "
                             "0: evaluate in this process)")
@@ -123,7 +125,7 @@ def search_model(model, spec, data, cfg: SearchConfig, out: str | Path,
         if importlib.util.find_spec("ray") is None:
             raise PrunelabError("workers needs Ray: pip install 'prunelab[ray]' (or leave "
                                 "workers out to evaluate in this process)")
-    from ..sweep import build_criterion
+    from ..criteria import build_criterion
     from .parallel import measuring_target
 
     entry = method_entry(cfg)
@@ -133,7 +135,7 @@ def search_model(model, spec, data, cfg: SearchConfig, out: str | Path,
     config = {**cfg.to_json(), "criterion": crit_spec, **(record or {})}
     if ignored:
         config["ignored_layers"] = list(ignored)
-    crit = build_criterion(crit_spec, seed=cfg.seed)
+    crit = criterion if criterion is not None else build_criterion(crit_spec, seed=cfg.seed)
     with FolderLock(out), measuring_target(cfg.target, target, workers, ray_address) as target:
         fresh = not out.exists()
         state = _prepare_folder(out, config)

@@ -21,7 +21,7 @@ from .base import Target
 
 TARGETS = Registry("target", hint="(see `prunelab targets`)")
 
-import_plugins(__name__, __path__)  # every module here registers its targets
+import_plugins(__name__, __path__, "prunelab.targets")  # every module here registers itself
 
 PRECISIONS = ("fp32", "fp16", "int8")
 
