@@ -360,7 +360,11 @@ def atomic_dir(out: str | os.PathLike):
         if out.exists():
             old = out.with_name(f".{out.name}.old-{os.getpid()}")
             os.replace(out, old)
-            os.replace(tmp, out)
+            try:
+                os.replace(tmp, out)
+            except OSError:
+                os.replace(old, out)  # the previous folder stays where it was
+                raise
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, out)
@@ -373,13 +377,32 @@ def atomic_dir(out: str | os.PathLike):
 
 
 def _write_error(path: Path, e: OSError) -> PrunelabError:
-    import errno
+    from .errors import write_error
 
-    why = {errno.ENOSPC: "the disk is full", errno.EROFS: "the file system is read-only",
-           errno.EACCES: "permission denied", errno.EPERM: "permission denied",
-           errno.EISDIR: "it is a folder", errno.ENOTDIR: "a parent is not a folder",
-           errno.EDQUOT: "the disk quota is exceeded"}.get(e.errno, e.strerror or str(e))
-    return PrunelabError(f"cannot write {path}: {why}; free space or choose another path")
+    return write_error(path, e)
+
+
+def make_dir(path: str | os.PathLike) -> Path:
+    """``mkdir -p`` whose refusal (a full or read-only disk) is one line naming the folder."""
+    p = Path(path)
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise _write_error(p, e) from None
+    return p
+
+
+def write_safetensors(state: dict, path: str | os.PathLike) -> None:
+    """``safetensors.torch.save_file``, but a full disk raises :class:`OSError` (then
+    :class:`PrunelabError` in :func:`atomic_dir`), not a ``SafetensorError`` traceback: the
+    tensors are serialised in memory and written with Python's own file calls."""
+    from safetensors.torch import save
+
+    data = save(state)
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def _umask() -> int:
@@ -473,13 +496,11 @@ def save_model(model: nn.Module, spec: ModelSpec, out: str | os.PathLike,
 
     ``out`` must not exist, be an empty folder, or (``overwrite``) be a prunelab model folder:
     nothing else is ever replaced (:func:`check_out`)."""
-    from safetensors.torch import save_file
-
     check_out(out, "model", overwrite)
     spec.layers = layer_widths(model)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     with atomic_dir(out) as tmp:
-        save_file(state, str(tmp / "model.safetensors"))
+        write_safetensors(state, tmp / "model.safetensors")
         (tmp / "model.json").write_text(json.dumps(spec.to_json(), indent=1))
     return Path(out)
 
