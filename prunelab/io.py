@@ -469,6 +469,7 @@ def check_out(out: str | os.PathLike, kind: str = "model", overwrite: bool = Fal
     if p.parent.exists() and not p.parent.is_dir():
         raise PrunelabError(f"{flag} {p}: {p.parent} is a file, not a folder; choose another path")
     if not p.exists() and not p.is_symlink():
+        _check_writable(p)
         return p
     if kind == "file":
         if p.is_dir():
@@ -488,6 +489,23 @@ def check_out(out: str | os.PathLike, kind: str = "model", overwrite: bool = Fal
     what = "a file" if not p.is_dir() else "a folder that prunelab did not write"
     raise PrunelabError(f"{flag} {p} exists and is {what}; prunelab never replaces what it did "
                         "not write: choose a new path")
+
+
+def _check_writable(p: Path) -> None:
+    """Before any work: the nearest existing folder above ``p`` takes new entries (a read-only
+    mount or a folder without write permission fails here in one line, not after the work)."""
+    import errno
+
+    anc = p.absolute().parent
+    while not anc.exists() and anc != anc.parent:
+        anc = anc.parent
+    if not anc.is_dir() or os.access(anc, os.W_OK | os.X_OK):
+        return
+    try:
+        ro = bool(os.statvfs(anc).f_flag & os.ST_RDONLY)
+    except OSError:
+        ro = False
+    raise _write_error(p, OSError(errno.EROFS if ro else errno.EACCES, ""))
 
 
 def save_model(model: nn.Module, spec: ModelSpec, out: str | os.PathLike,

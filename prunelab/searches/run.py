@@ -109,7 +109,7 @@ def run_search(ref: str, cfg: SearchConfig, out: str | Path, cache_dir: str | No
 
     method_entry(cfg)
     Budget.parse(cfg.budget)
-    model, spec = load(ref)
+    model, spec = load(ref, dataset=dataset, data_dir=data_dir)  # a factory: the data's shape
     data = data_for(spec, dataset, data_dir)
     return search_model(model, spec, data, cfg, out, cache_dir,
                         record={"model": str(ref), "dataset": dataset}, parent_ref=str(ref),
