@@ -361,7 +361,11 @@ def atomic_dir(out: str | os.PathLike):
         if out.exists():
             old = out.with_name(f".{out.name}.old-{os.getpid()}")
             os.replace(out, old)
-            os.replace(tmp, out)
+            try:
+                os.replace(tmp, out)
+            except OSError:
+                os.replace(old, out)  # the previous folder stays where it was
+                raise
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, out)
@@ -374,13 +378,32 @@ def atomic_dir(out: str | os.PathLike):
 
 
 def _write_error(path: Path, e: OSError) -> PrunelabError:
-    import errno
+    from .errors import write_error
 
-    why = {errno.ENOSPC: "the disk is full", errno.EROFS: "the file system is read-only",
-           errno.EACCES: "permission denied", errno.EPERM: "permission denied",
-           errno.EISDIR: "it is a folder", errno.ENOTDIR: "a parent is not a folder",
-           errno.EDQUOT: "the disk quota is exceeded"}.get(e.errno, e.strerror or str(e))
-    return PrunelabError(f"cannot write {path}: {why}; free space or choose another path")
+    return write_error(path, e)
+
+
+def make_dir(path: str | os.PathLike) -> Path:
+    """``mkdir -p`` whose refusal (a full or read-only disk) is one line naming the folder."""
+    p = Path(path)
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise _write_error(p, e) from None
+    return p
+
+
+def write_safetensors(state: dict, path: str | os.PathLike) -> None:
+    """``safetensors.torch.save_file``, but a full disk raises :class:`OSError` (then
+    :class:`PrunelabError` in :func:`atomic_dir`), not a ``SafetensorError`` traceback: the
+    tensors are serialised in memory and written with Python's own file calls."""
+    from safetensors.torch import save
+
+    data = save(state)
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def _umask() -> int:
@@ -447,6 +470,7 @@ def check_out(out: str | os.PathLike, kind: str = "model", overwrite: bool = Fal
     if p.parent.exists() and not p.parent.is_dir():
         raise PrunelabError(f"{flag} {p}: {p.parent} is a file, not a folder; choose another path")
     if not p.exists() and not p.is_symlink():
+        _check_writable(p)
         return p
     if kind == "file":
         if p.is_dir():
@@ -468,19 +492,34 @@ def check_out(out: str | os.PathLike, kind: str = "model", overwrite: bool = Fal
                         "not write: choose a new path")
 
 
+def _check_writable(p: Path) -> None:
+    """Before any work: the nearest existing folder above ``p`` takes new entries (a read-only
+    mount or a folder without write permission fails here in one line, not after the work)."""
+    import errno
+
+    anc = p.absolute().parent
+    while not anc.exists() and anc != anc.parent:
+        anc = anc.parent
+    if not anc.is_dir() or os.access(anc, os.W_OK | os.X_OK):
+        return
+    try:
+        ro = bool(os.statvfs(anc).f_flag & os.ST_RDONLY)
+    except OSError:
+        ro = False
+    raise _write_error(p, OSError(errno.EROFS if ro else errno.EACCES, ""))
+
+
 def save_model(model: nn.Module, spec: ModelSpec, out: str | os.PathLike,
                overwrite: bool = False) -> Path:
     """Save a model folder (model.json + model.safetensors) atomically; returns its path.
 
     ``out`` must not exist, be an empty folder, or (``overwrite``) be a prunelab model folder:
     nothing else is ever replaced (:func:`check_out`)."""
-    from safetensors.torch import save_file
-
     check_out(out, "model", overwrite)
     spec.layers = layer_widths(model)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     with atomic_dir(out) as tmp:
-        save_file(state, str(tmp / "model.safetensors"))
+        write_safetensors(state, tmp / "model.safetensors")
         (tmp / "model.json").write_text(json.dumps(spec.to_json(), indent=1))
     return Path(out)
 

@@ -79,6 +79,14 @@ class FolderLock:
         return started is not None and _start_time(pid) not in (None, started)
 
     def acquire(self) -> "FolderLock":
+        try:
+            return self._acquire()
+        except OSError as e:  # a read-only or full disk: one line naming the lock file
+            from .errors import write_error
+
+            raise write_error(f"{self.folder} (its lock file {self.path.name})", e) from None
+
+    def _acquire(self) -> "FolderLock":
         self.path.parent.mkdir(parents=True, exist_ok=True)
         me = {"pid": os.getpid(), "host": socket.gethostname(),
               "started_ticks": _start_time(os.getpid()),
@@ -101,8 +109,12 @@ class FolderLock:
                 except FileNotFoundError:
                     pass
                 continue
-            with os.fdopen(fd, "w") as f:
-                json.dump(me, f)
+            try:
+                with os.fdopen(fd, "w") as f:
+                    json.dump(me, f)
+            except BaseException:  # e.g. a full disk: no empty lock file left behind
+                self.path.unlink(missing_ok=True)
+                raise
             self._mine = True
             return self
         raise PrunelabError(f"could not take the lock {self.path}; another process keeps "

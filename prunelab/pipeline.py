@@ -62,7 +62,7 @@ from pathlib import Path
 from .config import (SECTIONS, FinetuneSection, ModelSection, RunSection, SearchSection,
                      TargetSection, VerifySection, _section, default)
 from .errors import PrunelabError
-from .io import atomic_write_text, read_json, trust_factory
+from .io import atomic_write_text, make_dir, read_json, trust_factory
 from .lock import FolderLock
 from .ui import log
 
@@ -264,7 +264,7 @@ def _prepare(out: Path, cfg: PipelineConfig, text: str) -> bool:
             atomic_write_text(out / "config.json", json.dumps(resolved, indent=1))
         return False
     env = environment(cfg)
-    out.mkdir(parents=True, exist_ok=True)
+    make_dir(out)
     atomic_write_text(out / "config.toml", text)
     atomic_write_text(out / "config.json", json.dumps(resolved, indent=1))
     atomic_write_text(out / "environment.json", json.dumps(env, indent=1))

@@ -11,7 +11,6 @@ top-1 (never test).  A criterion scores the unpruned model once; all ratios reus
 from __future__ import annotations
 
 import copy
-import json
 from dataclasses import dataclass
 from typing import Sequence
 

@@ -97,9 +97,7 @@ def evaluate(model: nn.Module, batches, max_batches: int | None = None) -> float
 def _save_ckpt(ckpt: Path, model, opt, epoch: int, history, cfg: TrainConfig,
                extra: dict | None = None, best: dict | None = None,
                info: dict | None = None) -> None:
-    from safetensors.torch import save_file
-
-    from .io import atomic_dir
+    from .io import atomic_dir, write_safetensors
 
     tensors = {f"model.{k}": v.detach().contiguous() for k, v in model.state_dict().items()}
     for i, group in enumerate(opt.param_groups):
@@ -113,9 +111,9 @@ def _save_ckpt(ckpt: Path, model, opt, epoch: int, history, cfg: TrainConfig,
     if info:
         meta["info"] = info
     with atomic_dir(ckpt) as tmp:
-        save_file(tensors, str(tmp / "state.safetensors"))
+        write_safetensors(tensors, tmp / "state.safetensors")
         if best is not None:  # the best epoch's weights survive an interruption too
-            save_file(best["state"], str(tmp / "best.safetensors"))
+            write_safetensors(best["state"], tmp / "best.safetensors")
             meta["best"] = {k: v for k, v in best.items() if k != "state"}
         (tmp / "state.json").write_text(json.dumps(meta, indent=1))
 

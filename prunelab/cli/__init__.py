@@ -44,6 +44,13 @@ def main(argv=None) -> int:
             raise
         sys.stderr.write(f"prunelab: error: {e}\n")
         return e.exit_code
+    except OSError as e:  # a write the file system refused that no layer above caught
+        from ..errors import is_write_error, write_error
+
+        if debug or not is_write_error(e) or not e.filename:
+            raise
+        sys.stderr.write(f"prunelab: error: {write_error(e.filename, e)}\n")
+        return 2
     except KeyboardInterrupt:
         sys.stderr.write("prunelab: interrupted\n")
         return 130

@@ -137,10 +137,50 @@ def factory_arg(p) -> None:
                         "must be the file and function recorded in its model.json)")
 
 
-def common_measure(p):
-    p.add_argument("--dataset", help="dataset name (default: the one the model was trained on)")
+MODEL_HELP = "shipped model name, model folder, or path/file.py:factory"
+
+
+def model_options(p, many: bool = False, help: str = MODEL_HELP) -> None:
+    """The options of every command that opens a model, defined once: the model reference
+    (``models``, two or more, with ``many``), ``--factory``, ``--weights``, ``--dataset`` and
+    ``--data-dir``.  :func:`open_model` resolves them."""
+    if many:
+        p.add_argument("models", nargs="+", metavar="MODEL", help="two or more: " + help)
+    else:
+        p.add_argument("model", help=help)
+    factory_arg(p)
+    p.add_argument("--weights", help="safetensors / .pt state dict for a path/file.py:factory "
+                   "model")
+    p.add_argument("--dataset", help="dataset name (default: the one the model was trained on; "
+                   "for a path/file.py:factory model it sets the input shape, default fmnist)")
     p.add_argument("--data-dir", help="folder with the dataset files")
-    p.add_argument("--weights", help="safetensors / .pt state dict for a path/file.py:factory model")
+
+
+def model_kwargs(args) -> dict:
+    """The parsed :func:`model_options` as the keyword arguments of :func:`prunelab.commands.load`
+    (for library calls that open the model themselves, the same way)."""
+    return {"weights": args.weights, "dataset": args.dataset, "data_dir": args.data_dir}
+
+
+def open_model(args, ref: str | None = None, data: bool = True):
+    """The one resolver of :func:`model_options`: ``(model, spec, data)`` for ``ref`` (default
+    ``args.model``).  A ``path/file.py:factory`` is built for ``--dataset``'s input shape,
+    classes and normalisation (with ``--weights``); a folder or shipped name is opened (its own
+    architecture trusted by ``--factory``, see :func:`prunelab.io.trust_factory`); with ``data``
+    the data set (``--dataset``, else the model's own) is loaded and checked against the model,
+    else ``None``."""
+    from .. import commands
+
+    ref = args.model if ref is None else ref
+    kw = model_kwargs(args)
+    factory = str(ref).rpartition(":")[0].endswith(".py")
+    if len(getattr(args, "models", None) or ()) > 1 and not factory:
+        kw["weights"] = None  # several models: --weights belongs to the factory ones
+    model, spec = commands.load(ref, **kw)
+    return model, spec, (commands.data_for(spec, args.dataset, args.data_dir) if data else None)
+
+
+def common_measure(p):
     p.add_argument("--batch-size", type=int, default=1, help="latency batch size (default 1)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all)")
     p.add_argument("--repeats", type=int, default=50, help="timed runs (default 50)")

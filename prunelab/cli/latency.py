@@ -4,7 +4,7 @@ over :mod:`prunelab.commands.latency` (each command's help is the docstring of i
 from __future__ import annotations
 
 
-from .common import doc, emit, factory_arg, Parser, print_table
+from .common import doc, emit, model_options, open_model, Parser, print_table
 
 
 def _cfg(args):
@@ -32,6 +32,12 @@ def _say():
 
 
 
+def _model(args):
+    """The model options resolved once (:func:`.common.open_model`), as a ``(model, spec)``."""
+    model, spec, _ = open_model(args, data=False)
+    return model, spec
+
+
 def _note(o) -> str:
     return f"{o['target']}, batch {o['batch_size']}, {o['threads']} threads, {o['precision']}"
 
@@ -50,7 +56,7 @@ def cmd_targets(args):
 def cmd_build(args):
     from ..commands import latency as api
 
-    r = api.build(args.model, _cfg(args), args.cache_dir, args.calibrate, _say(), _lut(args))
+    r = api.build(_model(args), _cfg(args), args.cache_dir, args.calibrate, _say(), _lut(args))
     emit(args, r, lambda o: print_table(
         f"lookup table of {o['model']}", ["signature", "step in", "step out", "grid"],
         [[t["signature"], str(t["step_in"]), str(t["step_out"]),
@@ -69,7 +75,7 @@ def _calib(o) -> str:
 def cmd_validate(args):
     from ..commands import latency as api
 
-    r = api.validate(args.model, _cfg(args), args.samples, args.seed, args.cache_dir,
+    r = api.validate(_model(args), _cfg(args), args.samples, args.seed, args.cache_dir,
                      args.calibrate, _say(), _lut(args))
     if args.json and not args.rows:
         r = {k: v for k, v in r.items() if k != "rows"}
@@ -87,7 +93,7 @@ def cmd_profile(args):
     from ..commands import latency as api
     from ..latency.measure import Protocol
 
-    r = api.profile(args.model, _cfg(args), args.cache_dir, Protocol(repeats=args.repeats),
+    r = api.profile(_model(args), _cfg(args), args.cache_dir, Protocol(repeats=args.repeats),
                     args.plot, _say())
     rows = [[x["layer"], x["kind"], f"{x['cin']}->{x['cout']}", f"{x['k']}/{x['stride']}",
              f"{x['hw'][0]}x{x['hw'][1]}", x["fused"], f"{x['macs'] / 1e6:.2f}",
@@ -104,7 +110,7 @@ def cmd_profile(args):
 def cmd_steps(args):
     from ..commands import latency as api
 
-    r = api.steps(args.model, _cfg(args), args.cache_dir, _say(), args.calibrate, _lut(args))
+    r = api.steps(_model(args), _cfg(args), args.cache_dir, _say(), args.calibrate, _lut(args))
 
     def short(ws):
         return ",".join(map(str, ws)) if len(ws) <= 12 else (
@@ -119,8 +125,9 @@ def cmd_compare(args):
     from ..commands import latency as api
     from ..latency.measure import Protocol
 
-    r = api.compare_models(args.models, _cfg(args), Protocol(repeats=args.repeats,
-                                                             sessions=args.sessions))
+    models = [open_model(args, m, data=False)[:2] for m in args.models]
+    r = api.compare_models(models, _cfg(args), Protocol(repeats=args.repeats,
+                                                        sessions=args.sessions))
     emit(args, r, lambda o: print_table(
         "interleaved latency", ["model", "MMACs", "median ms", "IQR ms", "vs first"],
         [[m["model"], f"{m['macs'] / 1e6:.2f}", f"{m['latency_ms']:.4f}",
@@ -157,8 +164,7 @@ def register(sub) -> None:
                                                              api.validate),
                            ("profile", cmd_profile, api.profile), ("steps", cmd_steps, api.steps)):
         c = lsub.add_parser(name, help=doc(call), description=doc(call))
-        c.add_argument("model", help="shipped model name or model folder")
-        factory_arg(c)
+        model_options(c)
         _target_opts(c)
         c.set_defaults(fn=fn)
         if name in ("build", "validate", "steps"):
@@ -180,7 +186,7 @@ def register(sub) -> None:
             c.add_argument("--repeats", type=int, default=50, help="whole-model timed runs")
     c = lsub.add_parser("compare", help=doc(api.compare_models),
                         description=doc(api.compare_models))
-    c.add_argument("models", nargs="+", help="two or more shipped models or model folders")
+    model_options(c, many=True)
     _target_opts(c)
     c.add_argument("--repeats", type=int, default=50,
                    help="timed runs per model and session (default 50)")

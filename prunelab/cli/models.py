@@ -7,8 +7,9 @@ import json
 import sys
 
 from ..errors import PrunelabError
-from .common import (Parser, common_measure, doc, emit, factory_arg, floats, fmt_row, keep_counts,
-                     lat_note, print_table, ratio, section_flags, section_values)
+from .common import (Parser, common_measure, doc, emit, floats, fmt_row, keep_counts, lat_note,
+                     model_kwargs, model_options, open_model, print_table, ratio, section_flags,
+                     section_values)
 
 
 def cmd_list(args):
@@ -51,9 +52,7 @@ def cmd_list(args):
 def cmd_eval(args):
     from .. import commands
 
-    model, spec = commands.load(args.model, weights=args.weights, dataset=args.dataset,
-                           data_dir=args.data_dir)
-    data = commands.data_for(spec, args.dataset, args.data_dir)
+    model, spec, data = open_model(args)
     r = commands.measure(model, spec, data, args.batch_size, args.threads, args.repeats)
     emit(args, r, lambda o: print_table(f"{o['model']} (test split)",
                                     ["model", "top-1", "MACs", "params", "latency ms"],
@@ -65,7 +64,7 @@ def cmd_prune(args):
 
     if (args.ratio is None) == (args.keep is None):
         raise PrunelabError("give exactly one of --ratio or --keep")
-    from ..sweep import parse_criterion
+    from ..criteria import parse_criterion
 
     from ..criteria import CRITERIA
 
@@ -79,9 +78,8 @@ def cmd_prune(args):
     if args.no_compensation:
         opts["compensation"] = "none"
     r = commands.prune(args.model, name, ratio=args.ratio, keep=args.keep, out=args.out,
-                  round_to=args.round_to, dataset=args.dataset, data_dir=args.data_dir,
-                  batch_size=args.batch_size, threads=args.threads, repeats=args.repeats,
-                  criterion_options=opts, weights=args.weights,
+                  round_to=args.round_to, batch_size=args.batch_size, threads=args.threads,
+                  repeats=args.repeats, criterion_options=opts, **model_kwargs(args),
                   recal_batches=args.recal_batches, overwrite=args.overwrite)
 
     def table(o):
@@ -102,15 +100,12 @@ def cmd_prune(args):
 
 
 def cmd_criteria_evaluate(args):
-    from .. import commands
     from ..io import check_out
     from ..sweep import SweepConfig, layer_sweep, uniform_sweep
 
     if args.out:
         check_out(args.out, "file", args.overwrite)
-    model, spec = commands.load(args.model, weights=args.weights, dataset=args.dataset,
-                           data_dir=args.data_dir)
-    data = commands.data_for(spec, args.dataset, args.data_dir)
+    model, spec, data = open_model(args)
     crits = [c.strip() for c in args.criteria.split(",") if c.strip()]
     if args.no_compensation:
         crits = [c + ":compensation=none" if c.split(":")[0] in ("fp-omp", "lrf") else c
@@ -188,9 +183,8 @@ def cmd_finetune(args):
                      teacher=None if args.no_teacher else args.teacher,
                      kd_temperature=args.kd_temperature, kd_weight=args.kd_weight, lr=args.lr,
                      batch_size=args.batch_size, seed=args.seed, weight_decay=args.weight_decay,
-                     dataset=args.dataset, data_dir=args.data_dir,
                      recal_batches=args.recal_batches, recal_end=args.recal_end,
-                     precision=args.precision, threads=args.threads, weights=args.weights,
+                     precision=args.precision, threads=args.threads, **model_kwargs(args),
                      command=command, overwrite=args.overwrite)
 
     def table(o):
@@ -217,10 +211,18 @@ def cmd_finetune(args):
 
 
 def cmd_export(args):
-    from .. import commands
+    import torch
 
-    r = commands.export_onnx(args.model, args.onnx, batch_size=args.batch_size, opset=args.opset,
-                        dynamic_batch=args.dynamic_batch, overwrite=args.overwrite)
+    from ..core import export_onnx
+    from ..io import check_out
+
+    if args.batch_size < 1:
+        raise PrunelabError("--batch-size must be at least 1")
+    check_out(args.onnx, "file", args.overwrite, "--onnx")  # before the model is opened
+    model, spec, _ = open_model(args, data=False)
+    r = {"model": spec.name, **export_onnx(
+        model, args.onnx, torch.zeros(args.batch_size, *spec.input_shape), opset=args.opset,
+        dynamic_batch=args.dynamic_batch, overwrite=args.overwrite)}
     emit(args, r, lambda o: print(
         f"wrote {o['onnx']} ({o['bytes'] / 1e6:.2f} MB, opset {o['opset']}, input "
         f"{o['input_shape']}): "
@@ -252,8 +254,7 @@ def register(sub) -> None:
                         description="For each criterion and ratio: prune (uniformly, or one layer "
                         "at a time with --per-layer), recalibrate BN, report validation top-1 and "
                         "the seconds the criterion took to score all filters.")
-    c.add_argument("model", help="shipped model name, model folder, or path/file.py:factory")
-    factory_arg(c)
+    model_options(c)
     c.add_argument("--criteria", required=True,
                    help="comma-separated criteria; options as name:key=value, e.g. "
                         "fp-omp:compensation=sandwich")
@@ -267,21 +268,16 @@ def register(sub) -> None:
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--out", help="also write the JSON rows to this file")
     c.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
-    c.add_argument("--dataset")
-    c.add_argument("--data-dir")
-    c.add_argument("--weights")
     c.add_argument("--json", action="store_true")
     c.set_defaults(fn=cmd_criteria_evaluate)
 
     s = sub.add_parser("eval", help=doc(commands.measure), description=doc(commands.measure))
-    s.add_argument("model", help="shipped model name, model folder, or path/file.py:factory")
-    factory_arg(s)
+    model_options(s)
     common_measure(s)
     s.set_defaults(fn=cmd_eval)
 
     s = sub.add_parser("prune", help=doc(commands.prune), description=doc(commands.prune))
-    s.add_argument("model", help="shipped model name, model folder, or path/file.py:factory")
-    factory_arg(s)
+    model_options(s)
     s.add_argument("--criterion", default="l1", metavar="NAME[:key=value...]",
                    help=f"filter criterion: {', '.join(CRITERIA.names())} (default l1); options "
                         "as name:key=value")
@@ -312,8 +308,7 @@ def register(sub) -> None:
     s.set_defaults(fn=cmd_train)
 
     s = sub.add_parser("finetune", help=doc(commands.finetune), description=doc(commands.finetune))
-    s.add_argument("model", help="pruned model folder, shipped model name, or path/file.py:factory")
-    factory_arg(s)
+    model_options(s, help="pruned model folder, shipped model name, or path/file.py:factory")
     section_flags(s, "finetune", ("epochs",), required=("epochs",))
     s.add_argument("--out", required=True, help="model folder to write")
     g = s.add_mutually_exclusive_group()
@@ -323,17 +318,13 @@ def register(sub) -> None:
     section_flags(s, "finetune", FINETUNE_KEYS)
     s.add_argument("--seed", type=int, default=0)
     section_flags(s, "finetune", ("nproc",))
-    s.add_argument("--dataset", help="dataset name (default: the one the model was trained on)")
-    s.add_argument("--data-dir", help="folder with the dataset files")
-    s.add_argument("--weights", help="weights for a path/file.py:factory model")
     s.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     s.add_argument("--overwrite", action="store_true",
                    help="replace the output if it is one prunelab wrote (never anything else)")
     s.set_defaults(fn=cmd_finetune)
 
     s = sub.add_parser("export", help=doc(commands.export_onnx), description=doc(commands.export_onnx))
-    s.add_argument("model")
-    factory_arg(s)
+    model_options(s)
     s.add_argument("--onnx", required=True, help="ONNX file to write")
     s.add_argument("--opset", type=int, default=17)
     s.add_argument("--batch-size", type=int, default=1,

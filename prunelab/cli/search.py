@@ -1,11 +1,11 @@
-"""``prunelab search``: a thin layer over :func:`prunelab.commands.run_search`."""
+"""``prunelab search``: a thin layer over :func:`prunelab.searches.search_model`."""
 
 from __future__ import annotations
 
 import argparse
 import json
 
-from .common import emit, factory_arg, print_table, section_flags, section_values
+from .common import emit, model_options, open_model, print_table, section_flags, section_values
 
 
 
@@ -24,14 +24,14 @@ SEARCH_KEYS = ("recal_batches", "val_images", "measure_front")
 
 
 def cmd_search(args):
-    from ..commands import run_search
     from ..searches import SEARCHES, SearchConfig
+    from ..searches.run import method_entry, search_model
     from ..targets import TargetConfig
 
     SEARCHES.get(args.method)  # an unknown method fails before anything is loaded
     if args.criterion:
         from ..criteria import CRITERIA
-        from ..sweep import parse_criterion
+        from ..criteria import parse_criterion
 
         CRITERIA.get(parse_criterion(args.criterion)[0])
     section_values(args, "target", TARGET_KEYS)
@@ -41,8 +41,12 @@ def cmd_search(args):
         args.target, batch_size=args.batch_size, threads=args.threads), budget=args.budget,
         seed=args.seed, recal_batches=args.recal_batches, val_images=args.val_images,
         measure_front=args.measure_front, options=dict(args.option or []))
-    r = run_search(args.model, cfg, args.out, args.cache_dir, args.dataset, args.data_dir,
-                   workers=args.workers, ray_address=args.ray_address)
+    method_entry(cfg)  # the method's options, before anything is loaded
+    model, spec, data = open_model(args)  # a factory is probed with --dataset's input shape
+    r = search_model(model, spec, data, cfg, args.out, args.cache_dir,
+                     record={"model": str(args.model), "dataset": args.dataset},
+                     parent_ref=str(args.model), workers=args.workers,
+                     ray_address=args.ray_address)[0]
 
     def table(o):
         b, c = o["base"], o["chosen"]
@@ -75,8 +79,7 @@ def register(sub) -> None:
     s = sub.add_parser("search", help="per-layer allocation search under a budget on a target",
                        description="Search per-layer widths under a budget, measured on a "
                        f"target. Methods: {methods}. Rerun the same command to resume.")
-    s.add_argument("model", help="shipped model name or model folder")
-    factory_arg(s)
+    model_options(s)
     s.add_argument("--method", required=True, help="search method (see above)")
     s.add_argument("--criterion", help="criterion spec name[:k=v] (default: the method's own: "
                    + ", ".join(f"{e.name} {e.meta['criterion']}" for e in SEARCHES.entries())
@@ -92,7 +95,5 @@ def register(sub) -> None:
     section_flags(s, "search", SEARCH_KEYS)
     section_flags(s, "run", ("workers", "ray_address"))
     s.add_argument("--cache-dir", help="latency cache folder (default ~/.cache/prunelab)")
-    s.add_argument("--dataset")
-    s.add_argument("--data-dir")
     s.add_argument("--json", action="store_true", help="print the result as JSON")
     s.set_defaults(fn=cmd_search)

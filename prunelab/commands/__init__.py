@@ -34,7 +34,7 @@ from ..io import (ModelSpec, _version, check_out, load_model, load_user_model, p
                   ref_of, save_model)
 from ..lock import FolderLock
 from ..metrics import macs_params
-from ..train import TrainConfig, discard_checkpoint, evaluate as _top1, fit as _fit
+from ..train import TrainConfig, discard_checkpoint, evaluate as _top1
 from ..train import train as _train
 
 if TYPE_CHECKING:
@@ -356,7 +356,7 @@ def run_search(ref: str, cfg: SearchConfig, out: str | Path, cache_dir: str | No
     from ..searches.run import method_entry, search_model
 
     method_entry(cfg)
-    model, spec = load(ref)
+    model, spec = load(ref, dataset=dataset, data_dir=data_dir)  # a factory: the data's shape
     data = data_for(spec, dataset, data_dir)
     return search_model(model, spec, data, cfg, out, cache_dir,
                         record={"model": str(ref), "dataset": dataset}, parent_ref=str(ref),

@@ -27,7 +27,11 @@ def targets() -> list[dict]:
     return target_table()
 
 
-def _load(ref: str):
+def _load(ref):
+    """``ref``: a shipped name or model folder, or an opened ``(model, spec)`` pair (the CLI
+    resolves its model options once, see :func:`prunelab.cli.common.open_model`)."""
+    if isinstance(ref, tuple):
+        return ref
     from . import load
 
     return load(ref)
@@ -159,7 +163,7 @@ def profile(ref: str, cfg: TargetConfig, cache_dir: str | None = None,
     return res
 
 
-def compare_models(refs: list[str], cfg: TargetConfig, protocol: Protocol = Protocol()) -> dict:
+def compare_models(refs: list, cfg: TargetConfig, protocol: Protocol = Protocol()) -> dict:
     """Two or more models timed interleaved on one target, with a noise verdict for each vs the
     first."""
     from ..metrics import macs_params

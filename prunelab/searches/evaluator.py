@@ -23,24 +23,45 @@ class EvalLog:
     def __init__(self, path: Path):
         self.path = path
         self.rows: list[dict] = []
-        if path.exists():
-            good = 0
-            with open(path, "rb") as f:
-                for line in f:
-                    try:
-                        self.rows.append(json.loads(line))
-                    except json.JSONDecodeError:
-                        break
-                    good += len(line)
-            if good != path.stat().st_size:
-                with open(path, "r+b") as f:
-                    f.truncate(good)
-        self._f = open(path, "a", encoding="utf-8")
+        self._good = 0  # bytes of whole lines: what a failed append is cut back to
+        try:
+            if path.exists():
+                with open(path, "rb") as f:
+                    for line in f:
+                        try:
+                            row = json.loads(line)
+                        except json.JSONDecodeError:
+                            break
+                        if not line.endswith(b"\n"):
+                            break  # a line cut short that still parses: torn all the same
+                        self.rows.append(row)
+                        self._good += len(line)
+                if self._good != path.stat().st_size:
+                    with open(path, "r+b") as f:
+                        f.truncate(self._good)
+            self._f = open(path, "ab", buffering=0)
+        except OSError as e:
+            from ..errors import write_error
+
+            raise write_error(path, e) from None
 
     def append(self, row: dict) -> None:
-        self._f.write(json.dumps(row, sort_keys=True) + "\n")
-        self._f.flush()
-        os.fsync(self._f.fileno())
+        """One line, synced; a write the disk refuses leaves no torn line and raises one line."""
+        data = (json.dumps(row, sort_keys=True) + "\n").encode()
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[self._f.write(view):]
+            os.fsync(self._f.fileno())
+        except OSError as e:
+            from ..errors import write_error
+
+            try:
+                os.ftruncate(self._f.fileno(), self._good)
+            except OSError:
+                pass  # the next open drops the torn line
+            raise write_error(self.path, e) from None
+        self._good += len(data)
         self.rows.append(row)
 
     def close(self) -> None:

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from ..errors import PrunelabError
-from ..io import atomic_write_text, read_json
+from ..io import atomic_write_text, make_dir, read_json
 from ..latency.measure import Protocol
 from ..lock import FolderLock
 from ..ui import log, progress
@@ -32,7 +32,7 @@ def _prepare_folder(out: Path, config: dict) -> dict | None:
             raise PrunelabError(f"{out} holds a search with other settings ({', '.join(diff)}); "
                                 "rerun with the same options to resume, or use another --out")
         return read_json(out / "state.json") or {}
-    out.mkdir(parents=True, exist_ok=True)
+    make_dir(out)
     atomic_write_text(out / "config.json", json.dumps(config, indent=1, sort_keys=True))
     return None
 
