@@ -13,6 +13,7 @@ interleave their runs (A, B, A, B, ...) so that drifts in machine load hit both 
 
 from __future__ import annotations
 
+import contextlib
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
@@ -75,25 +76,29 @@ def quartiles(xs: list[float]) -> tuple[float, float, float]:
 
 
 def time_callables(fns: Sequence[Callable[[], object]], repeats: int = 50, warmup: int = 10,
-                   min_seconds: float = 0.0) -> list[list[float]]:
+                   min_seconds: float = 0.0, clock: Callable[[], float] | None = None
+                   ) -> list[list[float]]:
     """Time several callables interleaved; returns per-callable samples in milliseconds.
 
     Runs ``warmup`` untimed rounds, then at least ``repeats`` rounds (more until ``min_seconds``
     has passed), each round calling every function once in turn; the other prunelab processes on
-    the machine pause their batches meanwhile (:mod:`prunelab.gate`).
+    the machine pause their batches meanwhile (:mod:`prunelab.gate`).  ``clock`` (seconds) replaces
+    the wall clock, and the gate, for a scripted target's virtual one.
     """
-    with timing():
+    quiet = timing() if clock is None else contextlib.nullcontext()
+    clock = clock or time.perf_counter
+    with quiet:
         for _ in range(warmup):
             for f in fns:
                 f()
         samples: list[list[float]] = [[] for _ in fns]
-        start = time.perf_counter()
+        start = clock()
         r = 0
-        while r < repeats or time.perf_counter() - start < min_seconds:
+        while r < repeats or clock() - start < min_seconds:
             for i, f in enumerate(fns):
-                t = time.perf_counter()
+                t = clock()
                 f()
-                samples[i].append((time.perf_counter() - t) * 1e3)
+                samples[i].append((clock() - t) * 1e3)
             r += 1
     return samples
 
