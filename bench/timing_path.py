@@ -23,7 +23,7 @@ import subprocess
 import sys
 import time
 
-VARIANTS = ("fresh", "trained", "trained_t1", "heap", "trained_child")
+VARIANTS = ("fresh", "trained", "trained_t1", "heap", "front8", "trained_child")
 
 
 def _prepare(variant: str) -> None:
@@ -62,15 +62,27 @@ def child(variant: str, calls: int) -> dict:
     from prunelab.latency.measure import Protocol, measure
     from prunelab.targets import TargetConfig, make_target
 
+    import copy
+
+    from prunelab.latency.paired import paired_speedup
+
     model, spec = load("resnet20.fmnist")
+    twin = copy.deepcopy(model)
     target = make_target(TargetConfig("onnxruntime-cpu", threads=1))
     proto = Protocol(warmup=200, repeats=calls)
-    if variant == "trained_child":  # the same state, but the timing itself in a clean child
-        from prunelab.latency.paired import time_in_child
+    if variant == "trained_child":  # the same state, but the timing in clean child processes
+        e = paired_speedup(model, twin, target, spec.input_shape,
+                           Protocol(warmup=200, repeats=calls // 2, sessions=1), processes=2)
+        t = type("T", (), {"median_ms": e.base_ms, "iqr_ms": float("nan")})
+    elif variant == "front8":  # as a search's front run: the model among 7 other widths
+        from prunelab.pruning import prune
 
-        t = time_in_child(target, [model], spec.input_shape, proto)[0]
-    else:
-        t = measure(target, [model], spec.input_shape, proto)[0]
+        others = [prune(model, "l1", r, input_shape=spec.input_shape,
+                        num_classes=spec.num_classes, count=False).model
+                  for r in (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)]
+        t = measure(target, [model, *others], spec.input_shape, proto)[0]
+    else:  # as `latency compare` and a confirmation: the model interleaved with one other
+        t = measure(target, [model, twin], spec.input_shape, proto)[0]
     threads = len(os.listdir("/proc/self/task")) if os.path.isdir("/proc/self/task") else -1
     return {"variant": variant, "median_ms": t.median_ms, "iqr_ms": t.iqr_ms,
             "torch_threads": torch.get_num_threads(), "process_threads": threads,
