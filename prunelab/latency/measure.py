@@ -77,12 +77,19 @@ def measure(target, models: Sequence[nn.Module], input_shape: Sequence[int],
     ``protocol.sessions`` rounds of fresh runners (see the module docstring)."""
     rounds = []
     for s in range(protocol.sessions):
-        t = target.for_session(s)
+        t = session_target(target, s)
         with t.scope():
             runners = [t.runner(m, t.inputs([input_shape])) for m in models]
         rounds.append(time_runners(t, runners, protocol))
         del runners  # free this round's sessions before the next are made
     return rounds[0] if len(rounds) == 1 else [pool_sessions(ts) for ts in zip(*rounds)]
+
+
+def session_target(target, session: int):
+    """``target.for_session(session)`` (see :meth:`Target.for_session`); a duck-typed target
+    without one (a test's, a remote one) is its own every session."""
+    fn = getattr(target, "for_session", None)
+    return fn(session) if fn is not None else target
 
 
 def pool_sessions(rounds: Sequence[Timing]) -> Timing:

@@ -47,7 +47,7 @@ from typing import Callable, Sequence
 import torch.nn as nn
 
 from ..errors import PrunelabError
-from .measure import Protocol
+from .measure import Protocol, session_target
 
 # a decision: 6 processes x 2 sessions of 60 ABBA-paired calls per model (>= 0.3 s each)
 DECISION_PROTOCOL = Protocol(warmup=20, repeats=60, min_seconds=0.3, sessions=2)
@@ -132,7 +132,7 @@ def time_session(target, base: nn.Module, candidate: nn.Module, input_shape: Seq
     code of both modes of :func:`paired_speedup`."""
     from ..gate import timing
 
-    t = target.for_session(session)
+    t = session_target(target, session)
     with t.scope():
         inputs = t.inputs([input_shape])
         order = [base, candidate] if base_first else [candidate, base]
@@ -201,6 +201,9 @@ def paired_speedup(base: nn.Module, candidate: nn.Module, target, input_shape: S
     """
     from ..hardware import cpu_info
 
+    if hasattr(target, "time_jobs"):
+        raise PrunelabError("paired_speedup times on this machine; a remote (Ray) target's "
+                            "models must be paired on its node: call it there")
     if not isinstance(processes, int) or processes < 0 or processes == 1:
         raise PrunelabError(f"processes must be 0 (in-process) or >= 2, got {processes!r}; "
                             f"e.g. processes={DECISION_PROCESSES} for a final decision")
