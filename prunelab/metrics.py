@@ -1,6 +1,6 @@
 """MACs, parameters and latency of a model.
 
-Latency here is eager PyTorch on the local CPU: warm-up runs, then ``repeats`` timed runs, median
+Latency here is eager PyTorch on the local CPU (the ``torch-cpu`` target): warm-up runs, then ``repeats`` timed runs, median
 and inter-quartile range, with the thread count and batch size stated.  Comparisons of two models
 interleave their runs (A, B, A, B, ...) so that drifts in machine load hit both alike.
 
@@ -106,26 +106,13 @@ def time_callables(fns: Sequence[Callable[[], object]], repeats: int = 50, warmu
 def torch_cpu_latency(models: Sequence[nn.Module], input_shape: Sequence[int], batch_size: int = 1,
                       threads: int | None = None, repeats: int = 50, warmup: int = 10
                       ) -> list[Timing]:
-    """Eager PyTorch CPU latency of one or more models, interleaved, in fp32 eval mode."""
-    old = torch.get_num_threads()
-    threads = threads or old
-    torch.set_num_threads(threads)
-    x = torch.randn(batch_size, *input_shape)
-    try:
-        fns = []
-        for m in models:
-            m.eval()
+    """Eager PyTorch CPU latency of one or more models, interleaved, in fp32 eval mode: the
+    ``torch-cpu`` target under :func:`prunelab.latency.measure.measure` (one timing path; no loop
+    of its own).  ``threads`` defaults to torch's current thread count; fewer than 3 ``repeats``
+    (a median and quartiles need 3) are taken as 3."""
+    from .latency.measure import Protocol, measure
+    from .targets import TargetConfig, make_target
 
-            def run(m=m):
-                with torch.inference_mode():
-                    m(x)
-
-            fns.append(run)
-        samples = time_callables(fns, repeats, warmup)
-    finally:
-        torch.set_num_threads(old)
-    out = []
-    for s in samples:
-        q1, med, q3 = quartiles(s)
-        out.append(Timing("torch-cpu", batch_size, threads, len(s), warmup, med, q3 - q1, s))
-    return out
+    target = make_target(TargetConfig("torch-cpu", batch_size=batch_size,
+                                      threads=threads or torch.get_num_threads()))
+    return measure(target, models, input_shape, Protocol(warmup=warmup, repeats=max(repeats, 3)))
