@@ -5,12 +5,13 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import torch
 import torch.nn as nn
 
 from .data import Splits
 from .errors import PrunelabError
 from .io import ModelSpec
-from .metrics import macs_params, torch_cpu_latency
+from .metrics import Timing, macs_params
 from .train import evaluate as _top1
 
 
@@ -57,3 +58,18 @@ def check_timing(batch_size: int, threads: int | None, repeats: int, warmup: int
                             f"median), got {repeats}")
     if not integer(warmup) or warmup < 0:
         raise PrunelabError(f"warm-up runs must be >= 0, got {warmup}")
+
+
+def torch_cpu_latency(models: Sequence[nn.Module], input_shape: Sequence[int], batch_size: int = 1,
+                      threads: int | None = None, repeats: int = 50, warmup: int = 10
+                      ) -> list[Timing]:
+    """Eager PyTorch CPU latency of one or more models, interleaved, in fp32 eval mode: the
+    ``torch-cpu`` target under :func:`prunelab.latency.measure.measure` (one timing path; no loop
+    of its own).  ``threads`` defaults to torch's current thread count; fewer than 3 ``repeats``
+    (a median and quartiles need 3) are taken as 3."""
+    from .latency.measure import Protocol, measure
+    from .targets import TargetConfig, make_target
+
+    target = make_target(TargetConfig("torch-cpu", batch_size=batch_size,
+                                      threads=threads or torch.get_num_threads()))
+    return measure(target, models, input_shape, Protocol(warmup=warmup, repeats=max(repeats, 3)))

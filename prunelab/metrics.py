@@ -1,6 +1,6 @@
 """MACs, parameters and latency of a model.
 
-Latency here is eager PyTorch on the local CPU: warm-up runs, then ``repeats`` timed runs, median
+Latency here is eager PyTorch on the local CPU (the ``torch-cpu`` target): warm-up runs, then ``repeats`` timed runs, median
 and inter-quartile range, with the thread count and batch size stated.  Comparisons of two models
 interleave their runs (A, B, A, B, ...) so that drifts in machine load hit both alike.
 
@@ -13,6 +13,7 @@ interleave their runs (A, B, A, B, ...) so that drifts in machine load hit both 
 
 from __future__ import annotations
 
+import contextlib
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
@@ -75,52 +76,28 @@ def quartiles(xs: list[float]) -> tuple[float, float, float]:
 
 
 def time_callables(fns: Sequence[Callable[[], object]], repeats: int = 50, warmup: int = 10,
-                   min_seconds: float = 0.0) -> list[list[float]]:
+                   min_seconds: float = 0.0, clock: Callable[[], float] | None = None
+                   ) -> list[list[float]]:
     """Time several callables interleaved; returns per-callable samples in milliseconds.
 
     Runs ``warmup`` untimed rounds, then at least ``repeats`` rounds (more until ``min_seconds``
     has passed), each round calling every function once in turn; the other prunelab processes on
-    the machine pause their batches meanwhile (:mod:`prunelab.gate`).
+    the machine pause their batches meanwhile (:mod:`prunelab.gate`).  ``clock`` (seconds) replaces
+    the wall clock, and the gate, for a scripted target's virtual one.
     """
-    with timing():
+    quiet = timing() if clock is None else contextlib.nullcontext()
+    clock = clock or time.perf_counter
+    with quiet:
         for _ in range(warmup):
             for f in fns:
                 f()
         samples: list[list[float]] = [[] for _ in fns]
-        start = time.perf_counter()
+        start = clock()
         r = 0
-        while r < repeats or time.perf_counter() - start < min_seconds:
+        while r < repeats or clock() - start < min_seconds:
             for i, f in enumerate(fns):
-                t = time.perf_counter()
+                t = clock()
                 f()
-                samples[i].append((time.perf_counter() - t) * 1e3)
+                samples[i].append((clock() - t) * 1e3)
             r += 1
     return samples
-
-
-def torch_cpu_latency(models: Sequence[nn.Module], input_shape: Sequence[int], batch_size: int = 1,
-                      threads: int | None = None, repeats: int = 50, warmup: int = 10
-                      ) -> list[Timing]:
-    """Eager PyTorch CPU latency of one or more models, interleaved, in fp32 eval mode."""
-    old = torch.get_num_threads()
-    threads = threads or old
-    torch.set_num_threads(threads)
-    x = torch.randn(batch_size, *input_shape)
-    try:
-        fns = []
-        for m in models:
-            m.eval()
-
-            def run(m=m):
-                with torch.inference_mode():
-                    m(x)
-
-            fns.append(run)
-        samples = time_callables(fns, repeats, warmup)
-    finally:
-        torch.set_num_threads(old)
-    out = []
-    for s in samples:
-        q1, med, q3 = quartiles(s)
-        out.append(Timing("torch-cpu", batch_size, threads, len(s), warmup, med, q3 - q1, s))
-    return out

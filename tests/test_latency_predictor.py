@@ -155,8 +155,11 @@ def test_targets_command_and_lean_parser():
 def test_compare_interleaves_and_gives_a_verdict(built, capsys):
     folder, _ = built
     r = _run(capsys, "latency", "compare", folder, folder, "--target", "torch-cpu", "--repeats",
-             "5", "--sessions", "2", "--json")
+             "5", "--sessions", "2", "--processes", "0", "--json")
     a, b = r["models"]
+    v = b["vs_first"]  # the paired interval of the speed-up (two copies: around 1)
+    assert v["low"] <= v["estimate"] <= v["high"] and v["paired"]["samples"] and \
+        v["paired"]["processes"] == 0 and "low" not in a["vs_first"]
     assert a["latency"]["repeats"] == b["latency"]["repeats"] == 10  # 5 in each of 2 sessions
     assert len(a["latency"]["sessions_ms"]) == 2
     assert a["vs_first"]["speedup"] == 1.0 and a["vs_first"]["verdict"] == "within noise"

@@ -127,13 +127,21 @@ def cmd_compare(args):
 
     models = [open_model(args, m, data=False)[:2] for m in args.models]
     r = api.compare_models(models, _cfg(args), Protocol(repeats=args.repeats,
-                                                        sessions=args.sessions))
+                                                        sessions=args.sessions),
+                           args.processes, args.seed)
+
+    def vs(v):
+        if "low" not in v:
+            return "1 (reference)"
+        return (f"{v['estimate']:.3f}x [{v['low']:.3f}, {v['high']:.3f}] ({v['verdict']})")
     emit(args, r, lambda o: print_table(
-        "interleaved latency", ["model", "MMACs", "median ms", "IQR ms", "vs first"],
+        "interleaved latency", ["model", "MMACs", "median ms", "IQR ms",
+                                "speed-up vs first [95% interval]"],
         [[m["model"], f"{m['macs'] / 1e6:.2f}", f"{m['latency_ms']:.4f}",
-          f"{m['latency']['iqr_ms']:.4f}",
-          f"{m['vs_first']['speedup']:.3f}x ({m['vs_first']['verdict']})"]
-         for m in o["models"]], _note(o)))
+          f"{m['latency']['iqr_ms']:.4f}", vs(m["vs_first"])] for m in o["models"]],
+        _note(o) + (f"; interval from {o['processes']} fresh processes (paired ABBA sessions)"
+                    if o["processes"] else f"; interval from {args.sessions} paired sessions "
+                    "in this process")))
 
 
 def _target_opts(p):
@@ -192,5 +200,11 @@ def register(sub) -> None:
                    help="timed runs per model and session (default 50)")
     c.add_argument("--sessions", type=int, default=3,
                    help="fresh runtime sessions per model; the figure is the fastest session's "
-                   "median (default 3: a stretch of interference can slow a whole session)")
+                   "median (default 3: a stretch of interference can slow a whole session); with "
+                   "--processes 0 the paired samples of the interval")
+    c.add_argument("--processes", type=int, default=6,
+                   help="fresh processes, one paired sample of the speed-up each, for the 95%% "
+                   "interval (default 6, the fewest for a decision; 0: sessions in this process)")
+    c.add_argument("--seed", type=int, default=0, help="which model is made first in the first "
+                   "sample (then alternating)")
     c.set_defaults(fn=cmd_compare)

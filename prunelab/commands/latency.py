@@ -163,17 +163,27 @@ def profile(ref: str, cfg: TargetConfig, cache_dir: str | None = None,
     return res
 
 
-def compare_models(refs: list, cfg: TargetConfig, protocol: Protocol = Protocol()) -> dict:
+def compare_models(refs: list, cfg: TargetConfig, protocol: Protocol = Protocol(),
+                   processes: int = 6, seed: int = 0) -> dict:
     """Two or more models timed interleaved on one target, with a noise verdict for each vs the
-    first."""
+    first, and each one's speed-up over the first with a 95% interval: paired ABBA sessions in
+    ``processes`` fresh processes (0: ``sessions`` in this process), see
+    :func:`prunelab.latency.paired.paired_speedup`."""
     from ..metrics import macs_params
+    from ..latency.paired import paired_speedup
 
     loaded = [_load(r) for r in refs]
     target = make_target(cfg)
-    ts = measure(target, [m for m, _ in loaded], loaded[0][1].input_shape, protocol)
+    shape = loaded[0][1].input_shape
+    ts = measure(target, [m for m, _ in loaded], shape, protocol)
     rows = []
-    for (m, s), t in zip(loaded, ts):
+    for i, ((m, s), t) in enumerate(zip(loaded, ts)):
+        vs = compare(ts[0], t)
+        if i:
+            e = paired_speedup(loaded[0][0], m, target, shape, protocol, processes, seed)
+            vs.update(paired=e.to_json(), estimate=e.estimate, low=e.low, high=e.high,
+                      level=e.level, verdict=e.verdict.replace("candidate", "b").replace(
+                          "base", "a"))
         rows.append({"model": s.name, "macs": macs_params(m, s.input_shape)[0],
-                     "latency_ms": t.median_ms, "latency": t.to_json(),
-                     "vs_first": compare(ts[0], t)})
-    return {"target": cfg.target, **cfg.to_json(), "models": rows}
+                     "latency_ms": t.median_ms, "latency": t.to_json(), "vs_first": vs})
+    return {"target": cfg.target, **cfg.to_json(), "processes": processes, "models": rows}

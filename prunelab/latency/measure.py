@@ -54,8 +54,11 @@ def time_runners(target, runners: Sequence, protocol: Protocol = Protocol()) -> 
     """Time ready runners (see :meth:`Target.runner`) interleaved; one Timing per runner."""
     if hasattr(target, "time_jobs"):  # a target on another Ray node times them there
         return target.time_jobs(list(runners), protocol)
-    if getattr(target, "scripted", False):  # a formula target: its figures, never a clock
-        samples = [[float(r.ms)] * protocol.repeats for r in runners]
+    if getattr(target, "scripted", False) and getattr(target, "exact", True):
+        samples = [[float(r.ms)] * protocol.repeats for r in runners]  # the formula, call for call
+    elif getattr(target, "scripted", False):  # with noise / order bias: on its virtual clock
+        samples = time_callables(list(runners), protocol.repeats, protocol.warmup,
+                                 protocol.min_seconds, clock=target.clock)
     else:
         with target.scope():
             samples = time_callables(list(runners), protocol.repeats, protocol.warmup,
@@ -73,12 +76,20 @@ def measure(target, models: Sequence[nn.Module], input_shape: Sequence[int],
     """Latency of one or more models on ``target`` (interleaved when several), over
     ``protocol.sessions`` rounds of fresh runners (see the module docstring)."""
     rounds = []
-    for _ in range(protocol.sessions):
-        with target.scope():
-            runners = [target.runner(m, target.inputs([input_shape])) for m in models]
-        rounds.append(time_runners(target, runners, protocol))
+    for s in range(protocol.sessions):
+        t = session_target(target, s)
+        with t.scope():
+            runners = [t.runner(m, t.inputs([input_shape])) for m in models]
+        rounds.append(time_runners(t, runners, protocol))
         del runners  # free this round's sessions before the next are made
     return rounds[0] if len(rounds) == 1 else [pool_sessions(ts) for ts in zip(*rounds)]
+
+
+def session_target(target, session: int):
+    """``target.for_session(session)`` (see :meth:`Target.for_session`); a duck-typed target
+    without one (a test's, a remote one) is its own every session."""
+    fn = getattr(target, "for_session", None)
+    return fn(session) if fn is not None else target
 
 
 def pool_sessions(rounds: Sequence[Timing]) -> Timing:

@@ -68,6 +68,11 @@ class Target:
         (0, 0): no such choice."""
         return 0, 0
 
+    def for_session(self, session: int) -> "Target":
+        """The target to make one fresh timing session's runners with (``session`` numbers the
+        sessions of one measurement); a real runtime needs nothing per session: itself."""
+        return self
+
     def scope(self):
         """A context held while timing (e.g. torch's global thread count)."""
         return nullcontext()

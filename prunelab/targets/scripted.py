@@ -7,6 +7,13 @@ channel counts were rounded up to multiples of 8, an output width that is not a 
 costs 30% more on top (a runtime falling back from its blocked layout), and every call costs
 0.02 ms.  Nothing here describes a real device.
 
+For tests of the timing protocol itself, ``Scripted(cfg, noise=..., order_bias=..., seed=...)``
+adds what a real machine does to a figure: ``noise`` is the sigma of a log-normal factor drawn
+per runner (a session that runs slow throughout) and again per call; ``order_bias`` makes the
+runner made first in a session read that much slower (``0.1``: 10%).  Such a target times on a
+virtual clock (:meth:`Scripted.clock`, advanced by each call), seeded per session
+(:meth:`Scripted.for_session`), so every figure is reproducible and no test reads a wall clock.
+
     >>> import torch.nn as nn
     >>> a = nn.Sequential(nn.Conv2d(8, 16, 3, padding=1))
     >>> b = nn.Sequential(nn.Conv2d(8, 15, 3, padding=1))     # unaligned: slower than 16
@@ -17,6 +24,7 @@ costs 30% more on top (a runtime falling back from its blocked layout), and ever
 from __future__ import annotations
 
 import math
+import random
 
 import torch
 import torch.nn as nn
@@ -56,13 +64,31 @@ def scripted_ms(module: nn.Module, shapes, batch_size: int) -> float:
     return CALL_MS + cost[0]
 
 
-class ScriptedRunner:
-    """Runs nothing; carries the scripted figure the protocol reports for it."""
+class VirtualClock:
+    """Seconds that pass only when a scripted runner is called."""
 
-    def __init__(self, ms: float):
-        self.ms = ms
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, ms: float) -> None:
+        self.now += ms / 1e3
+
+
+class ScriptedRunner:
+    """Carries the scripted figure the protocol reports for it; a call advances ``clock`` by it
+    (times ``factor`` and a per-call log-normal draw of sigma ``noise``)."""
+
+    def __init__(self, ms: float, clock: VirtualClock | None = None, factor: float = 1.0,
+                 noise: float = 0.0, rng: random.Random | None = None):
+        self.ms, self.clock, self.factor, self.noise, self.rng = ms, clock, factor, noise, rng
 
     def __call__(self):
+        if self.clock is not None:
+            jitter = math.exp(self.rng.gauss(0.0, self.noise)) if self.noise else 1.0
+            self.clock.advance(self.ms * self.factor * jitter)
         return None
 
 
@@ -73,10 +99,36 @@ class Scripted(Target):
     name, runtime, device = "scripted", "formula", "none"
     scripted = True  # :func:`prunelab.latency.measure.time_runners` reads ``runner.ms``
 
+    def __init__(self, cfg, noise: float = 0.0, order_bias: float = 0.0, seed: int = 0,
+                 session: int = 0):
+        from ..errors import PrunelabError
+
+        super().__init__(cfg)
+        if not noise >= 0 or not order_bias > -1:
+            raise PrunelabError(f"scripted needs noise >= 0 and order_bias > -1 (got {noise}, "
+                                f"{order_bias}); e.g. noise=0.05, order_bias=0.1")
+        self.noise, self.order_bias, self.seed, self.session = noise, order_bias, seed, session
+        self.exact = noise == 0 and order_bias == 0  # figures are the formula, call for call
+        self.clock = VirtualClock()
+        self._rng = random.Random(f"{seed}/{session}")
+        self._made = 0
+
+    def for_session(self, session: int) -> "Scripted":
+        """A fresh session: its own clock, noise stream (from ``seed`` and ``session``) and
+        first-made runner."""
+        return Scripted(self.cfg, self.noise, self.order_bias, self.seed, session)
+
     def device_info(self) -> dict:
-        return {"scripted": f"step {STEP}, unaligned x{UNALIGNED}, call {CALL_MS} ms, "
-                            f"{MS_PER_MMAC} ms per MMAC"}
+        out = {"scripted": f"step {STEP}, unaligned x{UNALIGNED}, call {CALL_MS} ms, "
+                           f"{MS_PER_MMAC} ms per MMAC"}
+        if not self.exact:
+            out.update(noise=self.noise, order_bias=self.order_bias, seed=self.seed)
+        return out
 
     def runner(self, module: nn.Module, inputs):
-        return ScriptedRunner(scripted_ms(module, [tuple(x.shape[1:]) for x in inputs],
-                                          self.cfg.batch_size))
+        ms = scripted_ms(module, [tuple(x.shape[1:]) for x in inputs], self.cfg.batch_size)
+        factor = (1 + self.order_bias) if self._made == 0 else 1.0
+        if self.noise:
+            factor *= math.exp(self._rng.gauss(0.0, self.noise))
+        self._made += 1
+        return ScriptedRunner(ms, self.clock, factor, self.noise, self._rng)
