@@ -53,8 +53,9 @@ class Parser(argparse.ArgumentParser):
 
 def doc(fn) -> str:
     """The first paragraph of ``fn``'s docstring on one line, as plain text: a subcommand's help
-    and description."""
-    return plain((fn.__doc__ or "").strip().split("\n\n")[0].replace("\n", " "))
+    and description (``%`` escaped: argparse %-formats help text)."""
+    return plain((fn.__doc__ or "").strip().split("\n\n")[0].replace("\n", " ")).replace(
+        "%", "%%")
 
 
 def ratio(s: str) -> float:
