@@ -182,7 +182,7 @@ def test_confirmation_retry_takes_the_next_point(trained, tmp_path, monkeypatch)
     over the budget (here: the first confirmation is made 3x slower), the next point is tried and
     chosen, and the result says two confirmations were run."""
     from prunelab.latency import measure as measure_mod
-    from prunelab.searches import run as run_mod
+    from prunelab.searches import selection as run_mod
 
     net, train, val = trained
     real, calls = measure_mod.measure, []

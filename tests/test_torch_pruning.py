@@ -152,7 +152,7 @@ def test_measured_finish_shrinks_when_every_front_point_is_over(r20_dir, idx_dir
     points predicted between 0.6x the limit and the limit measured): nothing measured is faster
     to bisect towards, so the finish shrinks the choice's own widths, on measured latency, into
     the band."""
-    from prunelab.searches import run as run_mod
+    from prunelab.searches import selection as run_mod
 
     _skew_anchor(monkeypatch, 0.6)
     to_measure = run_mod._to_measure
@@ -174,7 +174,7 @@ def test_measured_bisection_aims_off_the_limits_edge():
     the aim window; the edge point still counts as landed in the band."""
     from types import SimpleNamespace
 
-    from prunelab.searches.run import AIM, _bisect_measured
+    from prunelab.searches.selection import AIM, _bisect_measured
 
     seen = []
 

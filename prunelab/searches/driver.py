@@ -135,7 +135,7 @@ class Search:
         self.finalists: list[dict] | None = None  # the method's say on the final choice's pool
         self.staircase_points: list[dict] = []  # evaluated by methods.staircase_finish
         # a bisected method's one-dimensional path (make_keep, lo, hi; cost falls as x rises):
-        # the measured finish (run._measured_finish) bisects along it on measured latency
+        # the measured finish (selection._measured_finish) bisects along it on measured latency
         self.family: tuple | None = None
         self._val_count: int | None = None      # validation images a candidate is scored on
         self.evaluator = Evaluator(self, model, data, crit, out, eval_fn, seconds_before,
