@@ -56,6 +56,9 @@ class SearchSection(_Section):
     recal_batches: Count = Field(6, description="BN re-estimation batches per candidate")
     val_images: Count = Field(1000, description="validation images per candidate (0: all)")
     measure_front: Positive = Field(12, description="front points measured on the target")
+    decision_processes: Annotated[int, Field(ge=0, le=64)] = Field(
+        6, description="fresh processes that decide a landed speed-up (paired, one sample each; "
+        "0: paired sessions in the search process)")
     options: dict[str, Any] = Field(default_factory=dict, description="method options")
 
 

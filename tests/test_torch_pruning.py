@@ -49,7 +49,8 @@ def test_widths_and_channels_match_torch_pruning_itself(importance, glob):
 def _staircase_run(method, model_dir, idx_dir, cache_dir, out, **opts):
     cfg = SearchConfig(method=method, criterion="l1" if method != "torch-pruning" else None,
                        target=TargetConfig("scripted"), budget="speedup=1.6", recal_batches=1,
-                       val_images=0, measure_front=4, options={"front": 0, **opts})
+                       val_images=0, measure_front=4, decision_processes=0,
+                       options={"front": 0, **opts})
     return run_search(str(model_dir), cfg, out, cache_dir, "mnist-idx", str(idx_dir))
 
 
@@ -111,7 +112,7 @@ def _skew_anchor(monkeypatch, factor: float) -> None:
 def _nsga2_run(r20_dir, idx_dir, tmp_path):
     cfg = SearchConfig(method="nsga2", criterion="l1", target=TargetConfig("scripted"),
                        budget="speedup=1.6",
-                       recal_batches=1, val_images=0, measure_front=4,
+                       recal_batches=1, val_images=0, measure_front=4, decision_processes=0,
                        options={"pop": 8, "gens": 2, "sens_ratios": [0.5], "max_options": 4})
     return run_search(str(r20_dir), cfg, tmp_path / "s", str(tmp_path / "cache"), "mnist-idx",
                       str(idx_dir))
@@ -119,73 +120,44 @@ def _nsga2_run(r20_dir, idx_dir, tmp_path):
 
 @pytest.mark.parametrize("method, factor", [("uniform", 1.5), ("uniform", 0.6),
                                             ("torch-pruning", 1.5), ("nsga2", 1.5)])
-def test_measured_finish_lands_when_the_predictor_is_wrong(method, factor, r20_dir, idx_dir,
-                                                           tmp_path, monkeypatch):
-    """When the predictor disagrees with the target (here every pruned point's prediction is
-    scaled by ``factor``: 1.5 makes the search choose points that measure far past a speed-up
-    budget, 0.6 points that measure over it), the run bisects on *measured* latency along the
-    method's path (nsga2: widths interpolated between two measured points) and lands within 10%
-    of the budget, measured; without the finish it would not."""
+def test_landing_lands_when_the_predictor_is_wrong(method, factor, r20_dir, idx_dir, tmp_path,
+                                                   monkeypatch):
+    """When the predictor disagrees with the target (every pruned point's prediction scaled by
+    ``factor``: 1.5 makes the search choose points that measure far past a speed-up budget, 0.6
+    points that measure short of it), the landing stage bisects the path anchored on the method's
+    choice on *measured* speed-up and lands in [1, 1.05] x the budget; the method's own choice
+    stays visible beside it."""
     _skew_anchor(monkeypatch, factor)
     if method == "nsga2":
         r = _nsga2_run(r20_dir, idx_dir, tmp_path)
     else:
         r = _staircase_run(method, r20_dir, idx_dir, str(tmp_path / "cache"), tmp_path / "s")
     c = r["chosen"]
-    fin = c["measured_finish"]
-    assert fin is not None, "the misprediction did not trigger the measured finish"
-    # 1.5: every point the search trusted measures far past the budget; 0.6: its choice measures
-    # over it, and the fastest fallbacks past it
-    assert fin["trigger"] == "overshoot" or factor < 1, fin
-    assert fin["paths"][0] == ("widths interpolated between two measured points"
-                               if method == "nsga2" else "the method's own")
-    assert fin["chosen_from_finish"] and len(fin["steps"]) >= 2
-    assert c["budget_met"] and not c["overshoot"]
-    assert 1.6 <= c["measured_speedup"] <= 1.6 * 1.1, c["measured_speedup"]
+    land, own = c["landing"], c["method_choice"]["measured_speedup"]
+    assert not 1.6 <= own <= 1.6 * 1.05, f"the method's choice ({own:.3f}x) already landed"
+    assert land["status"] == "landed" and len(land["steps"]) >= 2, land
+    assert c["budget_met"] and 1.6 <= c["measured_speedup"] <= 1.6 * 1.05, c["measured_speedup"]
+    assert c["speedup_interval"][0] >= 0.97 * 1.6
     rows = [json.loads(x) for x in (tmp_path / "s" / "evaluations.jsonl").open()]
-    assert [x for x in rows if x["phase"] == "measured-finish"]   # evaluated, logged, resumable
+    assert [x for x in rows if x["phase"] == "landing"]   # evaluated, logged, resumable
 
 
-def test_measured_finish_shrinks_when_every_front_point_is_over(r20_dir, idx_dir, tmp_path,
-                                                                 monkeypatch):
-    """Every measured front point over the budget (predictions 0.6x the truth, and only the
-    points predicted between 0.6x the limit and the limit measured): nothing measured is faster
-    to bisect towards, so the finish shrinks the choice's own widths, on measured latency, into
-    the band."""
-    from prunelab.searches import selection as run_mod
+def test_landing_goes_past_the_front_when_every_point_is_slow(r20_dir, idx_dir, tmp_path,
+                                                              monkeypatch):
+    """Every measured front point short of the budget (predictions 0.6x the truth, and only the
+    points predicted between 0.6x the limit and the limit measured): the choice is the closest,
+    and the landing prunes further along its own path, on measured speed-up, into the band."""
+    from prunelab.searches import selection as sel
 
     _skew_anchor(monkeypatch, 0.6)
-    to_measure = run_mod._to_measure
-    monkeypatch.setattr(run_mod, "_to_measure", lambda ctx, pool, n: [  # true: 1-1.67x the limit
+    to_measure = sel._to_measure
+    monkeypatch.setattr(sel, "_to_measure", lambda ctx, pool, n: [  # true: 1-1.67x the limit
         p for p in to_measure(ctx, pool, n)
         if 0.6 * ctx.limit() <= p["latency_ms"] <= ctx.limit()])
     r = _nsga2_run(r20_dir, idx_dir, tmp_path)
     assert all(p["latency_ms"] > r["budget_limit"] for p in r["measured"])  # as set up
-    c, fin = r["chosen"], r["chosen"]["measured_finish"]
-    assert fin["trigger"] == "over budget" and fin["chosen_from_finish"], fin
-    assert fin["paths"][-1] == "the choice's widths shrunk uniformly", fin["paths"]
-    assert c["budget_met"] and not c["overshoot"]
-    assert 1.6 <= c["measured_speedup"] <= 1.6 * 1.1, c["measured_speedup"]
-
-
-def test_measured_bisection_aims_off_the_limits_edge():
-    """The measured finish does not stop on a point just under the limit (the confirmation that
-    re-times it can find it over): at 0.98 of the limit it keeps going faster, and stops inside
-    the aim window; the edge point still counts as landed in the band."""
-    from types import SimpleNamespace
-
-    from prunelab.searches.selection import AIM, _bisect_measured
-
-    seen = []
-
-    def timed_keep(keep, label):  # measured fraction of the limit falls as x rises
-        frac = 1.2 - 0.44 * keep["x"]
-        seen.append(round(frac, 4))
-        return frac <= 1.0, frac, keep
-
-    ctx = SimpleNamespace(normalize=lambda k: k)
-    landed, closest = _bisect_measured(ctx, lambda x: {"x": x}, 0.0, 1.0, "path", timed_keep)
-    assert seen[:3] == [0.76, 0.98, 0.87]  # fast end, the edge point, then faster
-    assert AIM[0] <= seen[-1] <= AIM[1], seen
-    assert {"x": 0.5} in landed and landed[-1] == {"x": 0.625}
-    assert closest == (0.98, {"x": 0.5})
+    c = r["chosen"]
+    assert c["method_choice"]["measured_speedup"] < 1.6
+    assert c["landing"]["status"] == "landed"
+    assert any(s["t"] > 1 for s in c["landing"]["steps"])   # further than the choice
+    assert c["budget_met"] and 1.6 <= c["measured_speedup"] <= 1.6 * 1.05

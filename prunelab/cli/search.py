@@ -20,7 +20,7 @@ def _option(s: str) -> tuple[str, object]:
 
 
 TARGET_KEYS = ("batch_size", "threads")
-SEARCH_KEYS = ("recal_batches", "val_images", "measure_front")
+SEARCH_KEYS = ("recal_batches", "val_images", "measure_front", "decision_processes")
 
 
 def cmd_search(args):
@@ -40,7 +40,8 @@ def cmd_search(args):
     cfg = SearchConfig(method=args.method, criterion=args.criterion, target=TargetConfig(
         args.target, batch_size=args.batch_size, threads=args.threads), budget=args.budget,
         seed=args.seed, recal_batches=args.recal_batches, val_images=args.val_images,
-        measure_front=args.measure_front, options=dict(args.option or []))
+        measure_front=args.measure_front, decision_processes=args.decision_processes,
+        options=dict(args.option or []))
     method_entry(cfg)  # the method's options, before anything is loaded
     model, spec, data = open_model(args)  # a factory is probed with --dataset's input shape
     r = search_model(model, spec, data, cfg, args.out, args.cache_dir,

@@ -58,6 +58,7 @@ class SearchConfig:
     recal_batches: int = _d("recal_batches")  # BN re-estimation per candidate (batches of 128)
     val_images: int = _d("val_images")        # validation images per candidate (0 = whole split)
     measure_front: int = _d("measure_front")  # front points measured on the target at the end
+    decision_processes: int = _d("decision_processes")  # the landing's final speed-up decision
     options: dict = field(default_factory=dict)
 
     @classmethod
@@ -66,6 +67,7 @@ class SearchConfig:
         return cls(method=search.method, criterion=search.criterion, target=target,
                    budget=search.budget, seed=seed, recal_batches=search.recal_batches,
                    val_images=search.val_images, measure_front=search.measure_front,
+                   decision_processes=search.decision_processes,
                    options=dict(search.options))
 
     def __post_init__(self):
@@ -74,6 +76,9 @@ class SearchConfig:
         from .options import check_options
 
         check_options(self.method, self.options)  # every option known and in range, up front
+        from .landing import check_processes
+
+        check_processes(self.decision_processes)
         if self.recal_batches < 0 or self.val_images < 0 or self.measure_front < 1:
             raise PrunelabError("--recal-batches and --val-images must be >= 0 and "
                                 "--measure-front >= 1")
@@ -134,9 +139,6 @@ class Search:
         self.info: dict = {}  # what a method wants kept in result.json ("method_info")
         self.finalists: list[dict] | None = None  # the method's say on the final choice's pool
         self.staircase_points: list[dict] = []  # evaluated by methods.staircase_finish
-        # a bisected method's one-dimensional path (make_keep, lo, hi; cost falls as x rises):
-        # the measured finish (selection._measured_finish) bisects along it on measured latency
-        self.family: tuple | None = None
         self._val_count: int | None = None      # validation images a candidate is scored on
         self.evaluator = Evaluator(self, model, data, crit, out, eval_fn, seconds_before,
                                    workers, ray_address)

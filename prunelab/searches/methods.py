@@ -77,8 +77,6 @@ def staircase_finish(ctx: Search, keep: dict[str, int], max_rounds: int = 64, ke
     keep = ctx.normalize(keep)
     if ctx.budget.kind != "latency":
         return keep
-    if keep_at is not None:
-        ctx.family = (keep_at, lo, 1.0 if hi is None else hi)
     limit = ctx.limit()
     start = ctx.predict(keep)
     steps = {g: sorted(useful_widths(ctx.predictor.group_curve(g, keep), rel=0.01))

@@ -1,0 +1,400 @@
+"""The landing stage, shared by every method: after the method has chosen, land its choice on the
+budget, measured.
+
+The method's choice (``keep``) anchors a monotone path of widths: every group's removed fraction
+is scaled by ``t`` (``t = 0`` is the unpruned model, ``t = 1`` the choice, larger ``t`` prunes
+more, each group stopping at one channel), and for a latency budget each width is snapped up to
+the target's stair top (the widest width that costs no more: :func:`~prunelab.latency.steps.
+useful_widths`).  The stage bisects ``t`` on what the budget is about:
+
+* ``speedup=B`` is a floor: landed = the speed-up estimate in ``[1, 1 + BAND] x B`` and its 95%
+  interval's lower end at least ``FLOOR x B``; each step is timed paired against the unpruned
+  model (:func:`~prunelab.latency.paired.paired_speedup`, in-process sessions), a step whose
+  interval is wider than the band is measured again with more sessions before it decides, and
+  the landed point is confirmed in ``decision_processes`` fresh processes (0: in-process
+  sessions).  ``latency=X`` is the same ceiling on latency (``B`` = the unpruned model's
+  measured latency / ``X``).
+* ``macs=v`` / ``params=v`` are ceilings on what is kept: landed = within ``CEIL_BAND`` (3%)
+  below ``v``, exact counts, nothing timed.
+
+Where the width staircase jumps over the band (two neighbouring points of the path, one too
+slow, the next too fast), the faster one (it meets the floor) is taken and both neighbours are
+reported.  A budget that cannot be met (the most pruned point of the path is still too slow) ends
+with that point and one line saying what was reached; when the unpruned model already meets the
+budget, it is returned and said so.
+
+    >>> path = anchored_path({"a": 16, "b": 8}, {"a": 8, "b": 8})
+    >>> path(0.0), path(1.0), path(1.5)
+    ({'a': 16, 'b': 8}, {'a': 8, 'b': 8}, {'a': 4, 'b': 8})
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+from ..errors import PrunelabError
+from ..ui import log
+from .budget import Budget
+
+BAND = 0.05        # speedup=B: landed = estimate in [1, 1.05] x B ...
+FLOOR = 0.97       # ... with the interval's lower end >= 0.97 x B
+CEIL_BAND = 0.03   # macs=/params=v: landed = kept in [0.97 v, v]
+MAX_STEPS = 16     # timed (or counted) points of one bisection
+MAX_DECISIONS = 3  # separate-process confirmations before the stage settles
+
+
+def _fractions(widths: dict[str, int], choice: dict[str, int]) -> dict[str, float]:
+    r = {g: 1 - choice.get(g, w) / w for g, w in widths.items()}
+    return r if any(v > 0 for v in r.values()) else {g: 1.0 for g in widths}
+
+
+def _anchored_end(widths: dict[str, int], r: dict[str, float]) -> float:
+    """Where every group the choice prunes has reached one channel."""
+    ends = [(1 - 1 / w) / r[g] for g, w in widths.items() if r[g] > 0 and w > 1]
+    return max(ends) if ends else 0.0
+
+
+def anchored_path(widths: dict[str, int], choice: dict[str, int],
+                  stairs: dict[str, list[int]] | None = None) -> Callable[[float], dict]:
+    """Widths along the path anchored on ``choice``: group ``g`` keeps
+    ``width * (1 - min(t * r_g, 1 - 1/width))`` channels (``r_g`` its removed fraction in the
+    choice; every group when the choice removes nothing), snapped up to ``stairs[g]`` when given.
+    Past the point where the choice's groups reach one channel, the path goes on for one more
+    unit of ``t``, narrowing every group left uniformly to one channel (so a lopsided choice can
+    still reach a budget its own groups cannot).  Non-increasing in ``t`` for every group; see
+    :func:`path_end` for where it ends."""
+    r = _fractions(widths, choice)
+    t_a = _anchored_end(widths, r)
+
+    def raw(t: float) -> dict[str, int]:
+        out = {}
+        for g, w in widths.items():
+            frac = min(max(t, 0.0) * r[g], 1 - 1 / w)
+            out[g] = max(1, min(w, int(round(w * (1 - frac)))))
+        return out
+
+    def keep(t: float) -> dict[str, int]:
+        out = raw(t)
+        if t > t_a:  # the choice's groups are at one channel: narrow the rest uniformly
+            u = min(1.0, t - t_a)
+            out = {g: max(1, int(round(k * (1 - u * (1 - 1 / k))))) for g, k in out.items()}
+        if stairs:
+            out = {g: next((s for s in stairs.get(g) or [] if s >= k), k)
+                   for g, k in out.items()}
+        return out
+
+    return keep
+
+
+def path_end(widths: dict[str, int], choice: dict[str, int]) -> float:
+    """The ``t`` at which every group of the path is at one channel."""
+    r = _fractions(widths, choice)
+    return _anchored_end(widths, r) + (1.0 if any(r[g] == 0 and w > 1
+                                                  for g, w in widths.items()) else 0.0)
+
+
+class _Scaled:
+    """A step's estimate with the steps' calibration on the decisions applied."""
+
+    def __init__(self, est, c: float):
+        self._est, self.correction = est, c
+        self.estimate, self.low, self.high = est.estimate * c, est.low * c, est.high * c
+        self.base_ms, self.level = est.base_ms, getattr(est, "level", None)
+        self.candidate_ms = est.base_ms / self.estimate
+
+    def to_json(self) -> dict:
+        return {**self._est.to_json(), "estimate": self.estimate, "low": self.low,
+                "high": self.high, "candidate_ms": self.candidate_ms,
+                "correction": self.correction}
+
+
+@dataclass
+class Step:
+    t: float
+    keep: dict[str, int] = field(repr=False)
+    value: float                    # speed-up estimate, or the kept fraction (macs/params)
+    low: float | None = None        # the interval (speed-up only)
+    high: float | None = None
+    how: str = "step"               # step | more | decision
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        d.pop("keep")
+        return d
+
+
+@dataclass
+class Landing:
+    """What the stage did: ``status`` landed | staircase | unreachable | unpruned, the landed
+    ``keep``, its ``estimate`` (a :class:`~prunelab.latency.paired.SpeedupEstimate` as JSON, for
+    latency budgets) or ``kept`` fraction (MACs/params), the steps, and the neighbours where the
+    staircase jumps over the band."""
+
+    status: str
+    keep: dict[str, int]
+    target: float                   # the budget's speed-up (or kept fraction)
+    value: float                    # what the landed point reached
+    estimate: dict | None = None
+    steps: list[Step] = field(default_factory=list)
+    neighbours: list[dict] = field(default_factory=list)
+    message: str = ""
+
+    @property
+    def met(self) -> bool:
+        """The budget holds at the landed point (a floor on speed-up, a ceiling on kept)."""
+        return self.status in ("landed", "staircase", "unpruned")
+
+    correction: float = 1.0         # in-process steps calibrated on the decisions by this
+
+    def to_json(self) -> dict:
+        return {"status": self.status, "met": self.met, "target": self.target,
+                "step_correction": self.correction,
+                "value": self.value, "estimate": self.estimate,
+                "steps": [s.to_json() for s in self.steps], "neighbours": self.neighbours,
+                "message": self.message}
+
+
+def landed_speedup(est, target: float) -> bool:
+    """The landing rule of a floor: estimate in [1, 1 + BAND] x target, low >= FLOOR x target."""
+    return target <= est.estimate <= (1 + BAND) * target and est.low >= FLOOR * target
+
+
+def landed_kept(kept: float, limit: float) -> bool:
+    """The landing rule of a ceiling on what is kept: within CEIL_BAND below it."""
+    return (1 - CEIL_BAND) * limit <= kept <= limit
+
+
+class Lander:
+    """Lands one choice; ``timer(keep, processes, sessions)`` returns a speed-up estimate of the
+    pruned widths against the unpruned model, ``counter(keep)`` the kept fraction."""
+
+    def __init__(self, budget: Budget, widths: dict[str, int], choice: dict[str, int],
+                 timer=None, counter=None, stairs: dict[str, list[int]] | None = None,
+                 decision_processes: int = 6, base_ms: float | None = None,
+                 saving: Callable[[dict, str, int], float] | None = None):
+        self.budget, self.widths = budget, dict(widths)
+        self.choice = {g: choice.get(g, w) for g, w in widths.items()}
+        self.timer, self.counter = timer, counter
+        self.path = anchored_path(self.widths, self.choice,
+                                  stairs if budget.kind == "latency" else None)
+        self.t_end = path_end(self.widths, self.choice)
+        self.decision_processes = decision_processes
+        self.steps: list[Step] = []
+        self.base_ms = base_ms
+        self.saving = saving  # saving(keep, group, width): what narrowing one group buys
+        self.decisions = 0
+        self.correction = 1.0  # decision / in-process step, for the same widths (the last one)
+        self.raw = None
+
+    # -- one point --------------------------------------------------------------------------
+    def _target(self, est=None) -> float:
+        if self.budget.kind != "latency":
+            return self.budget.value
+        if self.budget.relative:
+            return self.budget.value
+        base_ms = est.base_ms if est is not None else self.base_ms
+        return base_ms / self.budget.value
+
+    def _measure(self, t: float, keep: dict[str, int]) -> tuple[Step, object]:
+        """One step: kept fraction, or a paired speed-up (more sessions while its interval is
+        wider than the band and straddles the decision)."""
+        if self.budget.kind != "latency":
+            s = Step(t, keep, self.counter(keep), how="count")
+            self.steps.append(s)
+            return s, None
+        sessions, how = None, "step"
+        for _ in range(3):
+            self.raw = self.timer(keep, 0, sessions)
+            est = _Scaled(self.raw, self.correction)
+            b = self._target(est)
+            s = Step(t, keep, est.estimate, est.low, est.high, how)
+            self.steps.append(s)
+            undecided = (est.low < b <= est.high) or \
+                (b <= est.estimate <= (1 + BAND) * b and est.low < FLOOR * b)
+            if not undecided:
+                break
+            sessions, how = (sessions or 6) * 2, "more"
+        return s, est
+
+    def _side(self, s: Step, est) -> int:
+        """-1: too little pruned (slow / keeps too much), 0: in the band, +1: too much."""
+        if self.budget.kind != "latency":
+            lim = self.budget.value
+            return -1 if s.value > lim else (0 if landed_kept(s.value, lim) else 1)
+        b = self._target(est)
+        if est.estimate < b:
+            return -1
+        return 0 if landed_speedup(est, b) else (1 if est.estimate > (1 + BAND) * b else -1)
+
+    def _decide(self, t: float, keep: dict[str, int]) -> tuple[Step, object]:
+        # in-process (0 processes): twice a step's sessions
+        est = self.timer(keep, self.decision_processes, None if self.decision_processes else 12)
+        s = Step(t, keep, est.estimate, est.low, est.high, "decision")
+        self.steps.append(s)
+        return s, est
+
+    # -- the bisection ----------------------------------------------------------------------
+    def _point(self, t: float, keep: dict[str, int]) -> tuple[Step, object, bool]:
+        """One point of a path, measured once (a width set seen before is remembered, its step
+        re-read under the current calibration); an in-band step is decided in fresh processes.
+        Returns (step, estimate, new)."""
+        key = tuple(sorted(keep.items()))
+        new = key not in self.seen
+        if new:
+            s, est = self._measure(t, keep)
+            self.seen[key] = {"t": t, "step": s, "raw": self.raw, "decided": None}
+            if self._side(s, est) == 0 and self.budget.kind == "latency" and \
+                    self.decisions < MAX_DECISIONS:
+                self.decisions += 1
+                raw = self.raw
+                ds, dest = self._decide(t, keep)
+                self.seen[key]["decided"] = (ds, dest)
+                # the steps are calibrated on the decisions: the step process reads the same
+                # widths this much faster than fresh processes do (its state, its order)
+                self.correction = dest.estimate / raw.estimate
+        return (*self._current(key), new)
+
+    def _current(self, key: tuple) -> tuple[Step, object]:
+        p = self.seen[key]
+        if p["decided"] is not None:
+            return p["decided"]
+        if p["raw"] is None:  # a count
+            return p["step"], None
+        est = _Scaled(p["raw"], self.correction)
+        st = p["step"]
+        return Step(st.t, st.keep, est.estimate, est.low, est.high, st.how), est
+
+    def _bracket(self, ts: dict[tuple, float]) -> tuple:
+        """The tightest (too slow, too fast) pair among the points ``ts`` (key -> t) as they read
+        now: a decision recalibrates every step, so sides are re-read, not remembered."""
+        lo = hi = None
+        for key, t in ts.items():
+            s, est = self._current(key)
+            side = self._side(s, est)
+            if side < 0 and (lo is None or t > lo[0]):
+                lo = (t, (s, est))
+            if side > 0 and (hi is None or t < hi[0]):
+                hi = (t, (s, est))
+        return lo, hi
+
+    def land(self) -> Landing:
+        """Bisect the anchored path; where two neighbouring points of it bracket the band, bisect
+        the groups between them (narrowed one at a time, the best saving per channel first)."""
+        self.seen: dict[tuple, dict] = {}
+        on_path: dict[tuple, float] = {}
+        measured = 0
+        t = 1.0
+        lo = hi = None
+        for _ in range(4 * MAX_STEPS):  # repeated widths cost nothing: they are remembered
+            if measured >= MAX_STEPS:
+                break
+            keep = self.path(t)
+            s, est, new = self._point(t, keep)
+            measured += new
+            on_path.setdefault(tuple(sorted(keep.items())), t)
+            if self._side(s, est) == 0:
+                return self._result("landed", s, est)
+            lo, hi = self._bracket(on_path)
+            lo_t = lo[0] if lo else 0.0
+            if hi is None:  # nothing fast enough yet: further along the path
+                if lo_t >= self.t_end:
+                    return self._unreachable(*lo[1])
+                t = min(self.t_end, max(2 * lo_t, lo_t + 0.25))
+                continue
+            if hi[0] - lo_t < 1e-4 * max(1.0, self.t_end):
+                break  # no point of the path between a too-slow and a too-fast neighbour
+            t = (lo_t + hi[0]) / 2
+        if hi is None:
+            return self._unreachable(*lo[1])
+        lo_keep = lo[1][0].keep if lo else self.path(0.0)
+        got = self._between(lo_keep, hi[1][0].keep, lo[0] if lo else 0.0, hi[0], MAX_STEPS)
+        if isinstance(got, Landing):
+            return got
+        lo_s = got[0] or (lo[1] if lo else None)
+        hi_s = got[1] or hi[1]
+        return self._staircase(lo_s, hi_s, "" if measured < MAX_STEPS else "out of steps")
+
+    def _between(self, lo: dict[str, int], hi: dict[str, int], lo_t: float, hi_t: float,
+                 budget: int):
+        """The groups that differ between a too-slow ``lo`` and a too-fast ``hi``, narrowed to
+        ``hi``'s widths one at a time (largest saving per channel first): a finer monotone path
+        where all groups snapping at once jumps over the band.  Returns the landing, else the
+        closest too-slow and too-fast points it measured (None where it measured none)."""
+        diff = [g for g in lo if lo[g] != hi[g]]
+        if len(diff) < 2:
+            return [None, None]
+        if self.saving is not None:
+            diff.sort(key=lambda g: -self.saving(lo, g, hi[g]) / max(1, lo[g] - hi[g]))
+        keeps = {k: {**lo, **{g: hi[g] for g in diff[:k]}} for k in range(len(diff) + 1)}
+        on: dict[tuple, float] = {}
+        a, b, measured = 0, len(diff), 0  # a: too slow (lo), b: too fast (hi)
+        while b - a > 1 and measured < budget:
+            k = (a + b) // 2
+            t = lo_t + (hi_t - lo_t) * k / len(diff)
+            s, est, new = self._point(t, keeps[k])
+            measured += new
+            on[tuple(sorted(keeps[k].items()))] = k
+            if self._side(s, est) == 0:
+                return self._result("landed", s, est)
+            near = self._bracket(on)
+            a = near[0][0] if near[0] else 0
+            b = near[1][0] if near[1] else len(diff)
+        near = self._bracket(on)
+        return [near[0][1] if near[0] else None, near[1][1] if near[1] else None]
+
+    # -- outcomes ---------------------------------------------------------------------------
+    def _json(self, est):
+        return est.to_json() if est is not None else None
+
+    def _result(self, status: str, s: Step, est, **kw) -> Landing:
+        return Landing(status, s.keep, self._target(est), s.value, self._json(est), self.steps,
+                       correction=self.correction, **kw)
+
+    def _staircase(self, lo, hi, note: str = "") -> Landing:
+        s, est = hi
+        b = self._target(est)
+        nb = [{"side": "too slow" if self.budget.kind == "latency" else "keeps too much",
+               "t": lo[0].t if lo else 0.0, "value": lo[0].value if lo else None},
+              {"side": "meets the budget", "t": s.t, "value": s.value}]
+        what = "speed-up" if self.budget.kind == "latency" else f"{self.budget.kind} kept"
+        msg = (f"the width staircase has no step inside the band: took the nearest that meets "
+               f"{self.budget} ({what} {s.value:.4g} vs {b:.4g}); the next step down reached "
+               f"{nb[0]['value'] if nb[0]['value'] is not None else 'the unpruned model'}"
+               + (f" ({note})" if note else ""))
+        log(msg)
+        return Landing("staircase", s.keep, b, s.value, self._json(est), self.steps, nb, msg,
+                       self.correction)
+
+    def _unreachable(self, s: Step, est) -> Landing:
+        b = self._target(est)
+        what = "speed-up" if self.budget.kind == "latency" else f"{self.budget.kind} kept"
+        msg = (f"budget {self.budget} cannot be met: the most pruned model on the path "
+               f"(one channel per group at most) reached {what} {s.value:.4g} against "
+               f"{b:.4g}; it is returned")
+        log(msg)
+        return Landing("unreachable", s.keep, b, s.value, self._json(est), self.steps,
+                       message=msg, correction=self.correction)
+
+
+def stairs_of(predictor, widths: dict[str, int]) -> dict[str, list[int]]:
+    """Each group's stair tops on the target (the widest width at each latency step), read from
+    the search's latency table at the unpruned widths."""
+    from ..latency.steps import useful_widths
+
+    return {g: sorted(useful_widths(predictor.group_curve(g, widths), rel=0.01))
+            for g in widths}
+
+
+def check_processes(n) -> int:
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0 or n == 1:
+        raise PrunelabError(f"decision_processes must be 0 (in-process sessions) or >= 2, got "
+                            f"{n!r}; 6 or more for a final decision")
+    return n
+
+
+def unpruned_meets(budget: Budget, base_ms: float) -> bool:
+    """Only an absolute latency budget can be met by the unpruned model itself."""
+    return budget.kind == "latency" and not budget.relative and base_ms <= budget.value
+
+
