@@ -100,6 +100,9 @@ class VerifySection(_Section):
     sessions: Annotated[int, Field(ge=1, le=50)] = Field(
         5, description="fresh runtime sessions per model, the fastest session's median reported "
         "(a stretch of interference can slow a whole session)")
+    processes: Annotated[int, Field(ge=0, le=64)] = Field(
+        6, description="fresh processes timing final vs unpruned paired, one sample each, for the "
+        "speed-up's 95% interval (0: paired sessions in this process)")
 
 
 class TrainSection(_Section):

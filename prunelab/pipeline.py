@@ -399,12 +399,17 @@ def _stage_verify(cfg: PipelineConfig, out: Path, nets: dict, refs: dict, data, 
     for k, t in zip(order, times):
         rows[k].update(latency_ms=t.median_ms, latency_iqr_ms=t.iqr_ms, latency=t.to_json())
     cmp = compare(times[0], times[2])
+    est = _paired(cfg, target, nets["unpruned"][0], nets["final"][0], shape)
     res = {"rows": rows, "order": order, "target": cfg.target.name,
            "target_config": cfg.target_config().to_json(),
            "protocol": {"warmup": cfg.verify.warmup, "repeats": cfg.verify.repeats,
                         "min_seconds": cfg.verify.min_seconds,
                         "sessions": cfg.verify.sessions, "interleaved": True},
-           "speedup": cmp["speedup"], "speedup_verdict": verdict(cmp["verdict"], "final"),
+           "speedup": est.estimate if est else cmp["speedup"],
+           "speedup_interval": [est.low, est.high] if est else None,
+           "speedup_level": est.level if est else None,
+           "speedup_estimate": est.to_json() if est else None,
+           "speedup_verdict": verdict(_interval_verdict(est) if est else cmp["verdict"], "final"),
            "noise": {"unpruned": cmp["noise_a"], "final": cmp["noise_b"]},
            "macs_kept": rows["final"]["macs"] / rows["unpruned"]["macs"],
            "params_kept": rows["final"]["params"] / rows["unpruned"]["params"],
@@ -413,6 +418,27 @@ def _stage_verify(cfg: PipelineConfig, out: Path, nets: dict, refs: dict, data, 
            "seconds": time.perf_counter() - t0}
     atomic_write_text(out / "verify.json", json.dumps(res, indent=1))
     return res
+
+
+def _paired(cfg: PipelineConfig, target, base, final, shape):
+    """The final model's speed-up over the unpruned one, paired, with its 95% interval
+    (:func:`prunelab.latency.paired.paired_speedup`: ``[verify] processes`` fresh processes);
+    None on a remote target (timed on its node, unpaired)."""
+    from .latency.measure import Protocol
+    from .latency.paired import DECISION_PROTOCOL, paired_speedup
+
+    if hasattr(target, "time_jobs"):
+        return None
+    v = cfg.verify
+    n = 0 if getattr(target, "exact", False) else v.processes  # a formula: no process state
+    proto = DECISION_PROTOCOL if n else Protocol(v.warmup, v.repeats, v.min_seconds,
+                                                 max(v.sessions, 6))
+    return paired_speedup(base, final, target, shape, proto, processes=n, seed=cfg.run.seed)
+
+
+def _interval_verdict(est) -> str:
+    """The interval's verdict in :func:`prunelab.latency.measure.compare`'s words."""
+    return "b faster" if est.low > 1 else ("a faster" if est.high < 1 else "within noise")
 
 
 def run_pipeline(config: str | os.PathLike | dict, out: str | os.PathLike | None = None) -> dict:
@@ -496,6 +522,9 @@ def _run(cfg: PipelineConfig, out: Path, text: str) -> dict:
         "teacher": (fr["teacher"] or {}).get("model") if fr else None,
         "verify_seconds": vr["seconds"], "wall_seconds": sum(prev["sessions"]),
         "rows": vr["rows"], "speedup": vr["speedup"], "speedup_verdict": vr["speedup_verdict"],
+        "speedup_interval": vr.get("speedup_interval"),
+        "landing": {k: sr["chosen"]["landing"][k] for k in ("status", "message")}
+        if "landing" in sr["chosen"] else None,
         "macs_kept": vr["macs_kept"], "params_kept": vr["params_kept"],
         "top1_change": vr["top1_change"], "dataset": vr["dataset"],
         "protocol": vr["protocol"], "final_model": final, "searched_model": searched}

@@ -294,7 +294,8 @@ def before_after(run: Run) -> tuple[list[str], list[list[str]], str]:
         note = (f"verified: test split ({v['dataset']}); latency on {v['target']} (batch "
                 f"{tc['batch_size']}, {tc['threads']} thread(s)), median of "
                 f"{v['protocol']['repeats']} interleaved runs after {v['protocol']['warmup']} "
-                f"warm-up; final vs unpruned {v['speedup']:.2f}x ({v['speedup_verdict']})")
+                f"warm-up; final vs unpruned {_speedup(v['speedup'], v.get('speedup_interval'))} "
+                f"({v['speedup_verdict']})")
         return cols, rows, note
     r = run.result
     if not r:
@@ -304,11 +305,20 @@ def before_after(run: Run) -> tuple[list[str], list[list[str]], str]:
     rows = [["unpruned", _pct(b["top1"]), _m(b["macs"]), _m(b["params"], d=3),
              f"{b['latency_ms']:.3f}", "1.00x"],
             [f"chosen ({r['method']})", _pct(c["top1"]), _m(c["macs"]), _m(c["params"], d=3),
-             f"{c['latency_ms']:.3f}", f"{c['measured_speedup']:.2f}x"]]
+             f"{c['latency_ms']:.3f}",
+             _speedup(c["measured_speedup"], c.get("speedup_interval"))]]
+    land = c.get("landing") or {}
     note = (f"search result only (no fine-tuning or verification in this folder): validation "
-            f"split, BN recalibrated; latency measured on {r['target']}, interleaved; "
-            f"{verdict(c['speedup_verdict'])}")
+            f"split, BN recalibrated; latency measured on {r['target']}, paired with the "
+            f"unpruned model; {verdict(c['speedup_verdict'])}"
+            + (f"; landing: {land['status']}" + (f" ({land['message']})" if land.get("message")
+                                                 else "") if land else ""))
     return cols, rows, note
+
+
+def _speedup(x: float, interval) -> str:
+    """A speed-up with its 95% interval where there is one."""
+    return f"{x:.2f}x" + (f" [{interval[0]:.2f}, {interval[1]:.2f}]" if interval else "")
 
 
 def _md_table(cols, rows) -> str:
@@ -446,6 +456,7 @@ def _row(run: Run) -> dict:
                 "base_top1": b["test_top1"], "searched_top1": s["rows"]["searched"]["test_top1"],
                 "macs": f["macs"], "params": f["params"], "latency_ms": f["latency_ms"],
                 "base_latency_ms": b["latency_ms"], "speedup": s["speedup"],
+                "speedup_interval": s.get("speedup_interval"),
                 "speedup_verdict": s["speedup_verdict"], "search_seconds": s["search_seconds"],
                 "finetune_seconds": s["finetune_seconds"], "evaluations": s["evaluations"]}
     if not r:
@@ -457,7 +468,7 @@ def _row(run: Run) -> dict:
             "verified": False, "split": "val", "top1": c["top1"], "base_top1": b["top1"],
             "searched_top1": c["top1"], "macs": c["macs"], "params": c["params"],
             "latency_ms": c["latency_ms"], "base_latency_ms": b["latency_ms"],
-            "speedup": c["measured_speedup"],
+            "speedup": c["measured_speedup"], "speedup_interval": c.get("speedup_interval"),
             "speedup_verdict": verdict(c["speedup_verdict"]),
             "search_seconds": r["search_seconds"], "finetune_seconds": 0.0,
             "evaluations": r["evaluations"]}

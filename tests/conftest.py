@@ -167,11 +167,11 @@ def tiny_pipeline(model_dir, idx_dir, cache_dir, method="uniform", options=None,
         "run": {"seed": 0},
         "model": {"ref": str(model_dir), "dataset": "mnist-idx", "data_dir": str(idx_dir)},
         "search": {"method": method, "budget": "macs=0.6", "recal_batches": 1, "val_images": 0,
-                   "measure_front": 2, "options": options if options is not None else
-                   {"front": 1}},
+                   "measure_front": 2, "decision_processes": 0,
+                   "options": options if options is not None else {"front": 1}},
         "target": {"name": "torch-cpu", "cache_dir": str(cache_dir)},
         "finetune": {"epochs": 1, "batch_size": 64, "recal_batches": 1},
-        "verify": {"warmup": 1, "repeats": 5, "min_seconds": 0, "sessions": 2},
+        "verify": {"warmup": 1, "repeats": 5, "min_seconds": 0, "sessions": 2, "processes": 0},
     }
     for k, v in over.items():
         cfg[k] = {**cfg.get(k, {}), **v}

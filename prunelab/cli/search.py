@@ -55,17 +55,25 @@ def cmd_search(args):
         def row(name, p, extra=""):
             return [name, f"{100 * p['top1']:.2f}%", f"{p['macs'] / 1e6:.2f} M",
                     f"{p['params'] / 1e6:.3f} M", f"{p['latency_ms']:.3f}", extra]
-        rows = [row("unpruned", b), row(f"chosen ({o['method']})", c,
-                                        f"{c['measured_speedup']:.2f}x")]
+        lo, hi = c.get("speedup_interval") or (c["measured_speedup"],) * 2
+        own = c.get("method_choice")
+        rows = [row("unpruned", b), row(f"landed ({o['method']})", c,
+                                        f"{c['measured_speedup']:.2f}x [{lo:.2f}, {hi:.2f}]")]
+        if own:
+            rows.append(row(f"{o['method']}'s own choice", {**own, "latency_ms": float("nan")},
+                            f"front run {own['measured_speedup']:.2f}x"))
         rows += [row(f"front {i + 1}", p, f"pred {p['predicted_ms']:.3f}")
                  for i, p in enumerate(o["pareto"])]
         met = "met" if c["budget_met"] else "NOT met"
         print_table(f"{o['method']} + {o['criterion']} on {o['model']}, {o['target']}: budget "
                     f"{o['budget']} {met}", ["model", "val top-1", "MACs", "params",
                                         "ms", "note"], rows,
-                    f"speed-up {c['measured_speedup']:.2f}x: {c['speedup_verdict']} "
-                    f"({o['target']}, batch {o['target_config']['batch_size']}, "
-                    f"{o['target_config']['threads']} thread(s), interleaved medians); "
+                    f"speed-up {c['measured_speedup']:.2f}x, 95% interval [{lo:.2f}, {hi:.2f}]: "
+                    f"{c['speedup_verdict']} ({o['target']}, batch "
+                    f"{o['target_config']['batch_size']}, {o['target_config']['threads']} "
+                    f"thread(s), paired with the unpruned model); landing: "
+                    f"{(c.get('landing') or {}).get('status', '-')}"
+                    f"{' - ' + c['landing']['message'] if (c.get('landing') or {}).get('message') else ''}; "
                     f"{o['evaluations']} evaluations in {o['search_seconds']:.0f} s (search) + "
                     f"{o['seconds'] - o['search_seconds']:.0f} s (measure, save); val top-1 on the "
                     f"whole validation split, front points on the search's subset; "

@@ -193,13 +193,14 @@ def _axis_groups(model: nn.Module, groups) -> tuple[dict[str, str], dict[str, st
 
 def unit_shapes(units: Sequence[Unit], widths: dict[str, int], keep: dict[str, int]
                 ) -> list[tuple[int, int]]:
-    """(cin, cout) of every unit after pruning each group to ``keep`` (others stay whole)."""
+    """(cin, cout) of every unit after pruning each group to ``keep`` (others stay whole,
+    also groups ``widths`` does not list: a layer the user keeps out of the search)."""
     out = []
     for u in units:
         ci, co = u.cin, u.cout
-        if u.cout_group:
+        if u.cout_group and u.cout_group in widths:
             co = keep.get(u.cout_group, widths[u.cout_group])
-        if u.cin_group:
+        if u.cin_group and u.cin_group in widths:
             k = keep.get(u.cin_group, widths[u.cin_group])
             ci = max(1, round(u.cin * k / widths[u.cin_group]))  # linear after flatten: ratio
         if u.kind == "dwconv":

@@ -102,8 +102,8 @@ def finish(ctx: Search, ref: str, budget: Budget, crit_spec: str) -> tuple[dict,
     net = ctx.model if landing.status == "unpruned" else _build(ctx, best)
     est = landing.estimate
     if est is None:  # a MACs/params budget (or the unpruned answer): the speed-up, reported
-        e = timer(landing.keep, ctx.cfg.decision_processes, None) \
-            if landing.status != "unpruned" else None
+        # (paired sessions in this process: no decision rests on it)
+        e = timer(landing.keep, 0, 12) if landing.status != "unpruned" else None
         est = e.to_json() if e is not None else None
         if e is not None:
             landing.steps.append(Step(1.0, landing.keep, e.estimate, e.low, e.high, "report"))
@@ -173,6 +173,8 @@ def _timer(ctx: Search):
     meter = ModelMeter(ctx.target, None, ctx.model, ctx.spec, ctx.groups, ctx.predictor.units)
 
     def timer(keep: dict[str, int], processes: int, sessions: int | None):
+        if getattr(ctx.target, "exact", False):  # a formula: no process state to guard against
+            processes, sessions = 0, sessions or 6
         proto = DECISION_PROTOCOL if processes else STEP_PROTOCOL
         if sessions:
             proto = dataclasses.replace(proto, sessions=sessions)
