@@ -8,7 +8,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,14 +15,15 @@ import pytest
 from prunelab.errors import PrunelabError
 from prunelab.report import compare, report
 
+from .cli_proc import cli
+
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
 def _cli(args):
     e = {**os.environ, "PRUNELAB_QUIET": "1", "PYTHONPATH": str(Path(__file__).parent.parent),
          "COLUMNS": "200"}
-    return subprocess.run([sys.executable, "-m", "prunelab.cli", *args], capture_output=True,
-                          text=True, env=e)
+    return cli(args, env=e)
 
 
 @pytest.fixture(scope="module")

@@ -3,8 +3,6 @@ determinism, budgets and one-line errors.  Tiny model, tiny data, torch-cpu targ
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,6 +12,8 @@ from prunelab.io import load_model
 from prunelab.commands import run_search
 from prunelab.searches import SEARCHES, Budget, SearchConfig
 from prunelab.targets import TargetConfig
+
+from .cli_proc import cli
 
 SMALL = {
     "nsga2": {"pop": 6, "gens": 2, "sens_ratios": [0.5], "max_options": 4},
@@ -122,8 +122,7 @@ def test_same_seed_same_search(model_dir, cache_dir, idx_dir, tmp_path):
 
 def _cli(args, env=None):
     e = {**os.environ, "PRUNELAB_QUIET": "1", **(env or {})}
-    return subprocess.run([sys.executable, "-m", "prunelab.cli", *args], capture_output=True,
-                          text=True, env=e)
+    return cli(args, env=e)
 
 
 @pytest.mark.parametrize("method", ["abc", "nsga2"])
