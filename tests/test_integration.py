@@ -8,9 +8,10 @@ import pytest
 from prunelab import commands
 from prunelab.io import list_pretrained, load_model
 
-from .conftest import FMNIST
+from .conftest import FMNIST, hang_guard
 from .test_cli import ENV
 from .test_io import _assert_no_pickle
+
 
 pytestmark = pytest.mark.skipif(not FMNIST.is_dir(), reason="Fashion-MNIST Debian package "
                                 "(dataset-fashion-mnist) not installed")
@@ -36,7 +37,7 @@ def test_prune_resnet20_l1_half(tmp_path):
     out = tmp_path / "r20"
     r = subprocess.run([sys.executable, "-m", "prunelab.cli", "prune", "resnet20.fmnist",
                         "--criterion", "l1", "--ratio", "0.5", "--out", str(out), "--json",
-                        "--repeats", "10"], capture_output=True, text=True, env=ENV, timeout=600)
+                        "--repeats", "10"], capture_output=True, text=True, env=ENV, timeout=hang_guard(900))
     assert r.returncode == 0, r.stderr
     res = json.loads(r.stdout)
     assert 1 - res["macs"] / res["base"]["macs"] >= 0.40

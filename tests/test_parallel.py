@@ -15,6 +15,8 @@ from prunelab.commands import run_search
 from prunelab.searches import SearchConfig
 from prunelab.targets import TargetConfig
 
+from .conftest import hang_guard
+
 pytest.importorskip("ray")
 
 OPTS = {"nsga2": {"pop": 6, "gens": 2, "sens_ratios": [0.5], "max_options": 4},
@@ -62,7 +64,7 @@ def test_killed_parallel_search_resumes(tiny_resnet_dir, idx_dir, tmp_path):
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=e,
                              start_new_session=True)
         try:
-            stdout, stderr = p.communicate(timeout=280)
+            stdout, stderr = p.communicate(timeout=hang_guard(600))
         finally:
             try:  # a SIGKILLed driver leaves its local Ray processes behind: end them too
                 os.killpg(p.pid, signal.SIGKILL)
