@@ -28,6 +28,30 @@ def hang_guard(seconds: float) -> float:
     return seconds * TIMEOUT_SCALE
 
 
+def pytest_configure(config):
+    """The test run's own timing gate (:mod:`prunelab.gate`), unless one is set: the prunelab
+    processes of this run (subprocesses and xdist workers inherit it) still keep quiet while one of
+    them times, but another job's prunelab processes on the machine (a second test run, a CI job
+    beside this one) neither wait for this run's batches nor hold its timings up; with the
+    machine-wide default a timing here waited out another suite's work (past the 300 s guard)."""
+    import tempfile
+
+    from prunelab import gate
+
+    if not os.environ.get(gate.ENV):
+        d = tempfile.mkdtemp(prefix="prunelab-test-gate-")
+        os.environ[gate.ENV] = os.path.join(d, "gate")
+        config._prunelab_gate_dir = d
+
+
+def pytest_unconfigure(config):
+    import shutil
+
+    d = getattr(config, "_prunelab_gate_dir", None)
+    if d:
+        shutil.rmtree(d, ignore_errors=True)
+
+
 
 def write_idx(path: Path, arr: np.ndarray, gz: bool = True) -> None:
     header = bytes([0, 0, 0x08, arr.ndim]) + struct.pack(f">{arr.ndim}I", *arr.shape)
