@@ -6,10 +6,11 @@ environment, working folder, argv and its own stdout/stderr files, runs ``prunel
 its exit code (negative for a signal, as :mod:`subprocess` reports it), output and files are what
 a fresh process gives.  About 0.1 s a command instead of 2-4 s (100+ commands in the suite).
 
-``PRUNELAB_TEST_FRESH_CLI=1`` runs every command in a brand-new interpreter instead (the slow
-way; ``.ci/run``'s slow pass uses it, so CI sees both).  Without ``os.fork`` (Windows) it is the
-fresh interpreter too.  Tests that start torchrun, Ray or a second concurrent CLI keep their own
-``subprocess`` calls.
+``PRUNELAB_TEST_FRESH_CLI=1`` runs every command in a brand-new interpreter instead (the old,
+slow way; ``.ci/run``'s slow pass uses it).  Without ``os.fork`` (Windows) it is the fresh
+interpreter too.  The default run still starts the CLI in brand-new interpreters where that is
+the point (``--help`` in a real process, the lean parser, a killed Ray search, two concurrent
+runs); those keep their own ``subprocess`` calls.
 """
 
 from __future__ import annotations
@@ -62,6 +63,14 @@ os.environ.update(req["env"])
 os.chdir(req["cwd"])
 sys.path[0] = os.getcwd()          # what -m puts first
 sys.argv = [sys.executable, *req["argv"]]
+# what read the environment when the zygote imported it: prunelab.ui's rich consoles (COLUMNS,
+# NO_COLOR, TERM ...) are made again, as a fresh process makes them
+from rich.console import Console
+for mod in list(sys.modules.values()):
+    if getattr(mod, "__name__", "").startswith("prunelab"):
+        for k, v in list(vars(mod).items()):
+            if isinstance(v, Console):
+                setattr(mod, k, Console(stderr=v.stderr))
 import runpy
 runpy.run_module("prunelab.cli", run_name="__main__", alter_sys=True)
 """

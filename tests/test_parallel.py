@@ -37,7 +37,9 @@ def _same(rows):
             for r in rows]
 
 
-@pytest.mark.parametrize("method", ["nsga2", "cie"])
+# Ray starts in each test (about a minute on 2 loaded cores): nsga2 on 1 and 2 workers in the
+# default run, the rest in the slow set
+@pytest.mark.parametrize("method", ["nsga2", pytest.param("cie", marks=pytest.mark.slow)])
 def test_one_and_two_workers_search_alike(method, tiny_resnet_dir, idx_dir, tmp_path):
     cache = str(tmp_path / "cache")
     runs = {n: run_search(str(tiny_resnet_dir), _cfg(method), tmp_path / f"w{n}", cache,
@@ -47,6 +49,7 @@ def test_one_and_two_workers_search_alike(method, tiny_resnet_dir, idx_dir, tmp_
     assert runs[1]["evaluations"] == runs[2]["evaluations"] > 8
 
 
+@pytest.mark.slow
 def test_killed_parallel_search_resumes(tiny_resnet_dir, idx_dir, tmp_path):
     cache = str(tmp_path / "cache")
     args = ["search", str(tiny_resnet_dir), "--method", "nsga2", "--criterion", "l1",
@@ -93,6 +96,7 @@ def test_bad_workers_fail_before_any_work(tiny_resnet_dir, idx_dir, tmp_path):
     assert not (tmp_path / "x").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("advertised", [True, False])
 def test_latency_is_measured_on_the_node_with_the_target(advertised, tiny_resnet_dir, idx_dir,
                                                          tmp_path):
