@@ -38,6 +38,13 @@ def pytest_configure(config):
 
     from prunelab import gate
 
+    # one torch/OpenMP thread per process (subprocesses, the CLI zygote and Ray workers inherit
+    # it): on 2 cores with another job on one of them, two threads spin in OpenMP barriers for the
+    # busy core and the suite ran 1.7x slower (16 min beside a 1-core busy loop)
+    if not os.environ.get("OMP_NUM_THREADS"):
+        os.environ["OMP_NUM_THREADS"] = "1"
+        torch.set_num_threads(1)
+
     if not os.environ.get(gate.ENV):
         d = tempfile.mkdtemp(prefix="prunelab-test-gate-")
         os.environ[gate.ENV] = os.path.join(d, "gate")
