@@ -3,17 +3,17 @@ gives the JSON contract."""
 
 import json
 import os
-import subprocess
-import sys
 
 import pytest
+
+from .cli_proc import cli
 
 ENV = {**os.environ, "PRUNELAB_QUIET": "1"}
 
 
 def run(*args, cwd=None):
-    r = subprocess.run([sys.executable, "-m", "prunelab.cli", *map(str, args)],
-                       capture_output=True, text=True, env=ENV, cwd=cwd, timeout=300)
+    """``python -m prunelab.cli ARGS`` in a process of its own (see tests/cli_proc.py)."""
+    r = cli(args, env=ENV, cwd=cwd)
     return r.returncode, r.stdout, r.stderr
 
 

@@ -11,6 +11,8 @@ import pytest
 
 from prunelab.cli import build_parser, main
 
+from .conftest import hang_guard
+
 MARKUP = ("``", ":func:", ":class:", ":mod:", ":meth:", ":data:", ":attr:")
 
 
@@ -51,7 +53,7 @@ def test_help_in_a_real_process():
     """The same through ``python -m prunelab.cli`` (the installed command's entry point)."""
     for cmd in (["--help"], ["export", "--help"]):
         r = subprocess.run([sys.executable, "-m", "prunelab.cli", *cmd], capture_output=True,
-                           text=True, timeout=120, env={**os.environ, "PRUNELAB_QUIET": "1"})
+                           text=True, timeout=hang_guard(300), env={**os.environ, "PRUNELAB_QUIET": "1"})
         assert r.returncode == 0, r.stderr
         assert_plain(r.stdout, " ".join(["prunelab", *cmd]))
         assert "prunelab.core.export_onnx" in r.stdout  # the :func: role's text stays

@@ -4,20 +4,25 @@ checkpoint rank 0 wrote to the same figures as an uninterrupted one."""
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
+
+import pytest
+
+from .cli_proc import cli
+from .conftest import hang_guard
 
 
 def _finetune(model, out, idx_dir, env=None):
+    """``prunelab finetune --nproc 2``: the CLI process starts torchrun, which starts two ranks
+    (three torch imports on a 2-core machine: a minute under load; the guard is for a hang)."""
     args = ["finetune", str(model), "--epochs", "2", "--out", str(out), "--nproc", "2",
             "--no-teacher", "--lr", "0.05", "--batch-size", "32", "--recal-batches", "2",
             "--precision", "fp32", "--data-dir", str(idx_dir), "--json"]
     e = {**os.environ, "PRUNELAB_QUIET": "1", **(env or {})}
-    return subprocess.run([sys.executable, "-m", "prunelab.cli", *args], capture_output=True,
-                          text=True, env=e, timeout=280)
+    return cli(args, env=e, timeout=hang_guard(600))
 
 
+@pytest.mark.timeout(hang_guard(1800))     # three torchrun launches
 def test_two_process_finetune_improves_and_resumes(tiny_resnet_dir, idx_dir, tmp_path):
     whole = _finetune(tiny_resnet_dir, tmp_path / "whole", idx_dir)
     assert whole.returncode == 0, whole.stderr[-2000:]
@@ -39,6 +44,7 @@ def test_two_process_finetune_improves_and_resumes(tiny_resnet_dir, idx_dir, tmp
     assert again["after_val_top1"] == r["after_val_top1"]
 
 
+@pytest.mark.timeout(hang_guard(1800))     # three torchrun launches
 def test_run_config_nproc_finetunes_under_torchrun(tiny_run, tiny_resnet_dir, idx_dir,
                                                    session_cache_dir, pipeline_config, tmp_path,
                                                    monkeypatch):

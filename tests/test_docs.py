@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from .conftest import hang_guard
+
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = sorted((ROOT / "docs").glob("*.md"))
 LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)")
@@ -70,7 +72,7 @@ def test_mkdocs_build_strict(tmp_path):
     site = tmp_path / "site"
     r = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "-f",
                         str(ROOT / "mkdocs.yml"), "-d", str(site)], cwd=ROOT, capture_output=True,
-                       text=True, timeout=120, env={**os.environ, "NO_MKDOCS_2_WARNING": "1"})
+                       text=True, timeout=hang_guard(300), env={**os.environ, "NO_MKDOCS_2_WARNING": "1"})
     assert r.returncode == 0, f"mkdocs build --strict failed:\n{r.stdout}\n{r.stderr}"
     api = (site / "api" / "index.html").read_text()
     for name in ("prunelab.core.search", "prunelab.commands.load", "prunelab.commands.latency.validate",

@@ -11,6 +11,8 @@ import pytest
 
 from prunelab import gate
 
+from .conftest import hang_guard
+
 WORKER = textwrap.dedent("""
     import os, sys, time
     from prunelab.gate import gated, timing
@@ -60,7 +62,7 @@ def _run(tmp_path, roles, env):
     while not all(os.path.exists(f"{log}.{r}.ready") for r in roles):
         time.sleep(0.01)
     open(log + ".go", "w").close()
-    assert all(p.wait(60) == 0 for p in procs)
+    assert all(p.wait(hang_guard(300)) == 0 for p in procs)
     return open(log).read().splitlines()
 
 
@@ -99,7 +101,7 @@ def test_nested_sections_in_one_process_do_not_deadlock(tmp_path, monkeypatch):
     assert gate._GATE.timing == 0 and gate._GATE.working == 0
     if gate.fcntl is not None:  # everything released: another process can time at once
         r = subprocess.run([sys.executable, "-c", "from prunelab.gate import timing\n"
-                            "with timing(): pass"], env={**os.environ}, timeout=20)
+                            "with timing(): pass"], env={**os.environ}, timeout=hang_guard(120))
         assert r.returncode == 0
 
 

@@ -13,6 +13,8 @@ import torch.nn as nn
 
 from prunelab.kernels import affected, onednn_safe
 
+from .conftest import hang_guard
+
 CHILD = textwrap.dedent("""
     import sys, torch, torch.nn as nn
     from prunelab.kernels import onednn_safe
@@ -36,7 +38,7 @@ CHILD = textwrap.dedent("""
 def test_failing_kernel_case_finishes_under_avx2(case):
     env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2", "OMP_NUM_THREADS": "1"}
     r = subprocess.run([sys.executable, "-c", CHILD, case], capture_output=True, text=True,
-                       env=env, timeout=120)
+                       env=env, timeout=hang_guard(300))
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.startswith("finished")
 
@@ -95,6 +97,6 @@ def test_finetune_of_a_pruned_resnet_runs_under_avx2(tmp_path):
     """)
     env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2", "OMP_NUM_THREADS": "1"}
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
-                       timeout=120)
+                       timeout=hang_guard(300))
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.strip() == "steps 3"

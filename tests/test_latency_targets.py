@@ -101,8 +101,12 @@ def test_fingerprint_names_machine_runtime_and_settings():
 
 
 def test_torch_scope_sets_and_restores_threads():
-    old = torch.get_num_threads()
-    t = make_target(TargetConfig("torch-cpu", threads=1))
-    with t.scope():
-        assert torch.get_num_threads() == 1
-    assert torch.get_num_threads() == old
+    before = torch.get_num_threads()        # the test run uses 1 (conftest): start from 2
+    torch.set_num_threads(2)
+    try:
+        t = make_target(TargetConfig("torch-cpu", threads=1))
+        with t.scope():
+            assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

@@ -15,6 +15,8 @@ from prunelab.commands import run_search
 from prunelab.searches import SearchConfig
 from prunelab.targets import TargetConfig
 
+from .conftest import hang_guard
+
 pytest.importorskip("ray")
 
 OPTS = {"nsga2": {"pop": 6, "gens": 2, "sens_ratios": [0.5], "max_options": 4},
@@ -36,7 +38,9 @@ def _same(rows):
             for r in rows]
 
 
-@pytest.mark.parametrize("method", ["nsga2", "cie"])
+# Ray starts in each test (about a minute on 2 loaded cores): nsga2 on 1 and 2 workers in the
+# default run, the rest in the slow set
+@pytest.mark.parametrize("method", ["nsga2", pytest.param("cie", marks=pytest.mark.slow)])
 def test_one_and_two_workers_search_alike(method, tiny_resnet_dir, idx_dir, tmp_path):
     cache = str(tmp_path / "cache")
     runs = {n: run_search(str(tiny_resnet_dir), _cfg(method), tmp_path / f"w{n}", cache,
@@ -46,6 +50,7 @@ def test_one_and_two_workers_search_alike(method, tiny_resnet_dir, idx_dir, tmp_
     assert runs[1]["evaluations"] == runs[2]["evaluations"] > 8
 
 
+@pytest.mark.slow
 def test_killed_parallel_search_resumes(tiny_resnet_dir, idx_dir, tmp_path):
     cache = str(tmp_path / "cache")
     args = ["search", str(tiny_resnet_dir), "--method", "nsga2", "--criterion", "l1",
@@ -63,7 +68,7 @@ def test_killed_parallel_search_resumes(tiny_resnet_dir, idx_dir, tmp_path):
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=e,
                              start_new_session=True)
         try:
-            stdout, stderr = p.communicate(timeout=280)
+            stdout, stderr = p.communicate(timeout=hang_guard(600))
         finally:
             try:  # a SIGKILLed driver leaves its local Ray processes behind: end them too
                 os.killpg(p.pid, signal.SIGKILL)
@@ -92,6 +97,7 @@ def test_bad_workers_fail_before_any_work(tiny_resnet_dir, idx_dir, tmp_path):
     assert not (tmp_path / "x").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("advertised", [True, False])
 def test_latency_is_measured_on_the_node_with_the_target(advertised, tiny_resnet_dir, idx_dir,
                                                          tmp_path):

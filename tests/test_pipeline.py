@@ -4,8 +4,6 @@ model and tiny data, resume, one-line config errors, and every shipped example c
 import json
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,14 +11,15 @@ import pytest
 from prunelab.errors import PrunelabError
 from prunelab.pipeline import SECTIONS, load_config, run_pipeline, to_toml
 
+from .cli_proc import cli
+
 EXAMPLES = sorted((Path(__file__).parent.parent / "examples").glob("*.toml"))
 
 
 def _cli(args, cwd=None):
     e = {**os.environ, "PRUNELAB_QUIET": "1",
          "PYTHONPATH": str(Path(__file__).parent.parent)}
-    return subprocess.run([sys.executable, "-m", "prunelab.cli", *args], capture_output=True,
-                          text=True, env=e, cwd=cwd)
+    return cli(args, env=e, cwd=cwd)
 
 
 # ----------------------------------------------------------------------------- configs

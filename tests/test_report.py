@@ -8,7 +8,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,14 +15,16 @@ import pytest
 from prunelab.errors import PrunelabError
 from prunelab.report import compare, report
 
+from .cli_proc import cli
+from .conftest import hang_guard
+
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
 def _cli(args):
     e = {**os.environ, "PRUNELAB_QUIET": "1", "PYTHONPATH": str(Path(__file__).parent.parent),
          "COLUMNS": "200"}
-    return subprocess.run([sys.executable, "-m", "prunelab.cli", *args], capture_output=True,
-                          text=True, env=e)
+    return cli(args, env=e)
 
 
 @pytest.fixture(scope="module")
@@ -127,7 +128,7 @@ def test_report_renders_in_chromium(reported, tmp_path):
     flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
              f"--user-data-dir={tmp_path / 'profile'}"]
     dom = subprocess.run([exe, *flags, "--virtual-time-budget=5000", "--dump-dom",
-                          page.as_uri()], capture_output=True, text=True, timeout=120)
+                          page.as_uri()], capture_output=True, text=True, timeout=hang_guard(300))
     m = re.search(r"<title>IMGS:([^<]*)</title>", dom.stdout)
     assert m, f"the page did not load in chromium: {dom.stderr[-500:]}"
     sizes = m.group(1).split(",")
@@ -138,7 +139,7 @@ def test_report_renders_in_chromium(reported, tmp_path):
     shot = tmp_path / "shot.png"
     subprocess.run([exe, *flags, f"--screenshot={shot}", "--window-size=1200,3000",
                     "--hide-scrollbars", Path(reported["html"]).as_uri()], capture_output=True,
-                   timeout=120)
+                   timeout=hang_guard(300))
     assert shot.exists(), "chromium wrote no screenshot"
     im = Image.open(io.BytesIO(shot.read_bytes())).convert("L")
     lo, hi = im.getextrema()

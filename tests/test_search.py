@@ -3,8 +3,6 @@ determinism, budgets and one-line errors.  Tiny model, tiny data, torch-cpu targ
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,6 +12,8 @@ from prunelab.io import load_model
 from prunelab.commands import run_search
 from prunelab.searches import SEARCHES, Budget, SearchConfig
 from prunelab.targets import TargetConfig
+
+from .cli_proc import cli
 
 SMALL = {
     "nsga2": {"pop": 6, "gens": 2, "sens_ratios": [0.5], "max_options": 4},
@@ -48,7 +48,11 @@ def test_methods_registered():
                                 "uniform"]
 
 
-@pytest.mark.parametrize("method", sorted(SMALL))
+# the three longest (1.5-2.5 min each on 2 loaded cores) in the slow set; the default run still
+# searches with each of them below (same seed, resume, cie's target, omp-search's steps)
+@pytest.mark.parametrize("method", [pytest.param(m, marks=pytest.mark.slow)
+                                    if m in ("nsga2", "omp-search", "cie") else m
+                                    for m in sorted(SMALL)])
 def test_search_contract(method, model_dir, cache_dir, idx_dir, tmp_path):
     out = tmp_path / method
     r = _run(method, model_dir, cache_dir, idx_dir, out)
@@ -123,8 +127,7 @@ def test_same_seed_same_search(model_dir, cache_dir, idx_dir, tmp_path):
 
 def _cli(args, env=None):
     e = {**os.environ, "PRUNELAB_QUIET": "1", **(env or {})}
-    return subprocess.run([sys.executable, "-m", "prunelab.cli", *args], capture_output=True,
-                          text=True, env=e)
+    return cli(args, env=e)
 
 
 @pytest.mark.parametrize("method", ["abc", "nsga2"])

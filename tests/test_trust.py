@@ -21,6 +21,7 @@ from prunelab.errors import PrunelabError
 from prunelab.io import load_model, save_model, trust_factory
 
 from .test_cli import ENV, assert_user_error, run
+from .conftest import hang_guard
 
 NET = textwrap.dedent("""
     import torch.nn as nn
@@ -220,7 +221,7 @@ def test_two_concurrent_runs_one_wins(tmp_path, tiny_resnet_dir, idx_dir, pipeli
     cmd = [sys.executable, "-m", "prunelab.cli", "run", str(path), "--out", str(tmp_path / "r")]
     procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                               env=ENV) for _ in range(2)]
-    results = [(p.wait(timeout=300), p.stderr.read()) for p in procs]
+    results = [(p.wait(timeout=hang_guard(600)), p.stderr.read()) for p in procs]
     codes = sorted(c for c, _ in results)
     assert codes == [0, 2], results
     err = next(e for c, e in results if c == 2)
