@@ -122,8 +122,9 @@ def test_search_stopped_by_full_disk_completes_when_rerun(tmpfs, tiny_resnet_dir
     out = disk / "s"
     model, spec = load(str(tiny_resnet_dir))
     data = data_for(spec, "mnist-idx", str(idx_dir))
-    cfg = SearchConfig("uniform", None, TargetConfig("torch-cpu"), "macs=0.6", 0,
-                       recal_batches=1, val_images=0, measure_front=2, options={"front": 2})
+    cfg = SearchConfig(method="uniform", target=TargetConfig("torch-cpu"), budget="macs=0.6",
+                       recal_batches=1, val_images=0, measure_front=2, decision_processes=0,
+                       options={"front": 2})
     record = {"model": str(tiny_resnet_dir), "dataset": "mnist-idx"}
     calls = []
 
