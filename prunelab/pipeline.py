@@ -373,6 +373,7 @@ def _stage_verify(cfg: PipelineConfig, out: Path, nets: dict, refs: dict, data, 
     """Test top-1, MACs, params of the unpruned, searched and final models (objects) and their
     latency measured interleaved on ``target``."""
     from .latency.measure import Protocol, compare, measure
+    from .latency.paired import interval_verdict
     from .metrics import macs_params
     from .searches.parallel import measuring_on
     from .train import evaluate
@@ -409,7 +410,8 @@ def _stage_verify(cfg: PipelineConfig, out: Path, nets: dict, refs: dict, data, 
            "speedup_interval": [est.low, est.high] if est else None,
            "speedup_level": est.level if est else None,
            "speedup_estimate": est.to_json() if est else None,
-           "speedup_verdict": verdict(_interval_verdict(est) if est else cmp["verdict"], "final"),
+           "speedup_verdict": verdict(interval_verdict(est.low, est.high) if est
+                                      else cmp["verdict"], "final"),
            "noise": {"unpruned": cmp["noise_a"], "final": cmp["noise_b"]},
            "macs_kept": rows["final"]["macs"] / rows["unpruned"]["macs"],
            "params_kept": rows["final"]["params"] / rows["unpruned"]["params"],
@@ -434,11 +436,6 @@ def _paired(cfg: PipelineConfig, target, base, final, shape):
     proto = DECISION_PROTOCOL if n else Protocol(v.warmup, v.repeats, v.min_seconds,
                                                  max(v.sessions, 6))
     return paired_speedup(base, final, target, shape, proto, processes=n, seed=cfg.run.seed)
-
-
-def _interval_verdict(est) -> str:
-    """The interval's verdict in :func:`prunelab.latency.measure.compare`'s words."""
-    return "b faster" if est.low > 1 else ("a faster" if est.high < 1 else "within noise")
 
 
 def run_pipeline(config: str | os.PathLike | dict, out: str | os.PathLike | None = None) -> dict:

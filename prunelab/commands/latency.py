@@ -170,7 +170,7 @@ def compare_models(refs: list, cfg: TargetConfig, protocol: Protocol = Protocol(
     ``processes`` fresh processes (0: ``sessions`` in this process), see
     :func:`prunelab.latency.paired.paired_speedup`."""
     from ..metrics import macs_params
-    from ..latency.paired import paired_speedup
+    from ..latency.paired import interval_verdict, paired_speedup
 
     loaded = [_load(r) for r in refs]
     target = make_target(cfg)
@@ -182,8 +182,7 @@ def compare_models(refs: list, cfg: TargetConfig, protocol: Protocol = Protocol(
         if i:
             e = paired_speedup(loaded[0][0], m, target, shape, protocol, processes, seed)
             vs.update(paired=e.to_json(), estimate=e.estimate, low=e.low, high=e.high,
-                      level=e.level, verdict=e.verdict.replace("candidate", "b").replace(
-                          "base", "a"))
+                      level=e.level, verdict=interval_verdict(e.low, e.high))
         rows.append({"model": s.name, "macs": macs_params(m, s.input_shape)[0],
                      "latency_ms": t.median_ms, "latency": t.to_json(), "vs_first": vs})
     return {"target": cfg.target, **cfg.to_json(), "processes": processes, "models": rows}

@@ -86,14 +86,26 @@ class SpeedupEstimate:
     @property
     def verdict(self) -> str:
         """'candidate faster' / 'base faster' when the interval excludes 1, else 'within noise'."""
-        if self.low > 1:
-            return "candidate faster"
-        if self.high < 1:
-            return "base faster"
-        return "within noise"
+        return {"b faster": "candidate faster", "a faster": "base faster"}.get(
+            interval_verdict(self.low, self.high), "within noise")
 
     def to_json(self) -> dict:
         return {**asdict(self), "verdict": self.verdict}
+
+
+def interval_verdict(low: float, high: float) -> str:
+    """The noise verdict of a speed-up interval (base time over candidate time) in
+    :func:`prunelab.latency.measure.compare`'s words: 'b faster' (the candidate) when it lies
+    above 1, 'a faster' below 1, else 'within noise'.
+
+    >>> interval_verdict(1.2, 1.3), interval_verdict(0.9, 1.1)
+    ('b faster', 'within noise')
+    """
+    if low > 1:
+        return "b faster"
+    if high < 1:
+        return "a faster"
+    return "within noise"
 
 
 def time_blocks(fns: Sequence[Callable[[], object]], repeats: int, warmup: int,
@@ -263,6 +275,8 @@ def _child(job: str, base_first: str, stream: str) -> None:
     """One timing process: load the job, time its sessions, print one JSON list."""
     import torch
 
+    # the job is this package's own file, written by the parent into its private (0700) temporary
+    # folder a moment ago: the user's modules must travel whole (their code is not ours to rebuild)
     j = torch.load(job, weights_only=False)
     p = Protocol(**j["protocol"])
     rows = [time_session(j["target"], j["base"], j["candidate"], j["shape"], p,

@@ -62,6 +62,7 @@ def finish(ctx: Search, ref: str, budget: Budget, crit_spec: str) -> tuple[dict,
     model.  The result keeps both the method's own choice and the landed point."""
     from ..io import pruned_spec, save_model
     from ..latency.measure import measure
+    from ..latency.paired import interval_verdict
     from .landing import Lander, Landing, Step, stairs_of, unpruned_meets
     from .parallel import measuring_on
 
@@ -116,7 +117,7 @@ def finish(ctx: Search, ref: str, budget: Budget, crit_spec: str) -> tuple[dict,
     chosen = {**_point_json(best), "val_top1_subset": best["top1"], "top1": best_full,
               "latency_ms": lat, "measured_speedup": speedup,
               "speedup_interval": [low, high], "speedup_level": est["level"] if est else None,
-              "speedup_verdict": _verdict(low, high), "speedup_estimate": est,
+              "speedup_verdict": interval_verdict(low, high), "speedup_estimate": est,
               "budget_met": landing.met, "landing": landing.to_json(),
               "method_choice": {**_point_json(choice), "measured_speedup":
                                 base["latency_ms"] / choice["latency_ms"],
@@ -154,12 +155,6 @@ def finish(ctx: Search, ref: str, budget: Budget, crit_spec: str) -> tuple[dict,
 # the front run picks the method's choice among the points near the budget (every point timed
 # interleaved with the unpruned model, fastest session's median); the landing stage decides
 FRONT_PROTOCOL = Protocol(warmup=10, repeats=30, min_seconds=1.0, sessions=3)
-
-
-def _verdict(low: float, high: float) -> str:
-    """The noise verdict of a speed-up interval, in :func:`prunelab.latency.measure.compare`'s
-    words (a: the unpruned model, b: the pruned one)."""
-    return "b faster" if low > 1 else ("a faster" if high < 1 else "within noise")
 
 
 def _timer(ctx: Search):
