@@ -1,0 +1,176 @@
+"""Does every method land on the asked speed-up?  Each cell is one `prunelab search` (search only,
+no fine-tune; batch 1, 1 thread) followed, in the same sitting, by an independent
+`prunelab latency compare` of the unpruned and the searched model in a new process (6 fresh
+processes, one paired sample each, 95% interval).  A cell is on goal when that re-measure is
+within [0.97, 1.08] x the asked speed-up; the in-search figure and the re-measure should agree
+within 2%.
+
+    OMP_NUM_THREADS=1 taskset -c 1 python bench/landing.py resnet20     # 7 methods x 2/3/4x
+    OMP_NUM_THREADS=1 taskset -c 1 python bench/landing.py resnet56     # 7 methods at 3x
+    OMP_NUM_THREADS=1 taskset -c 1 python bench/landing.py openvino     # 3 methods at 3x
+    python bench/landing.py table                                        # the table only
+
+Resumable cell by cell: a cell whose run folder holds result.json and remeasure.json is done (a
+search that was cut off resumes from its own folder).  Runs live in runs/bench-landing/; the
+tables in bench/results/landing.{md,json} hold every finished cell of every suite, with the CPU
+and ISA each cell ran on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from prunelab.commands import run_search
+from prunelab.hardware import cpu_info
+from prunelab.io import atomic_write_text
+from prunelab.searches import SearchConfig
+from prunelab.targets import TargetConfig
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+RUNS = ROOT / "runs" / "bench-landing"
+GOAL = (0.97, 1.08)     # the re-measure, as a multiple of the asked speed-up
+AGREE = 0.02            # in-search vs independent re-measure
+
+# small settings for the searching methods: this benchmark is about landing, not search quality
+OPTIONS = {"nsga2": {"pop": 12, "gens": 6}, "abc": {"food": 6, "cycles": 6},
+           "omp-search": {"k": 8}, "cie": {}, "uniform": {}, "global": {}, "torch-pruning": {}}
+METHODS = list(OPTIONS)
+ORT, OV = "onnxruntime-cpu", "openvino-cpu"
+SUITES = {
+    "resnet20": [("resnet20.fmnist", m, ORT, s) for s in (2, 3, 4) for m in METHODS],
+    "resnet56": [("resnet56.fmnist", m, ORT, 3) for m in METHODS],
+    "openvino": [("resnet20.fmnist", m, OV, 3) for m in ("uniform", "nsga2", "torch-pruning")],
+}
+
+
+def name(cell) -> str:
+    model, method, target, s = cell
+    return f"{model.split('.')[0]}-{method}-{target}-speedup{s}"
+
+
+def remeasure(cell, run: Path) -> dict:
+    """`prunelab latency compare` of the unpruned and the searched model, in a new process."""
+    model, _, target, _ = cell
+    cmd = [sys.executable, "-m", "prunelab", "latency", "compare", model, str(run / "model"),
+           "--target", target, "--threads", "1", "--processes", "6", "--json"]
+    t0 = time.perf_counter()
+    p = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if p.returncode:
+        raise SystemExit(f"latency compare failed for {run}: {p.stderr.strip()[-400:]}")
+    vs = json.loads(p.stdout)["models"][1]["vs_first"]
+    return {"estimate": vs["estimate"], "low": vs["low"], "high": vs["high"],
+            "verdict": vs["verdict"], "seconds": time.perf_counter() - t0,
+            "command": " ".join(["prunelab"] + cmd[3:])}
+
+
+def run_cell(cell) -> None:
+    model, method, target, s = cell
+    run = RUNS / name(cell)
+    if (run / "remeasure.json").exists():
+        return
+    cpu = cpu_info()
+    t0 = time.perf_counter()
+    if not (run / "result.json").exists():
+        cfg = SearchConfig(method=method, target=TargetConfig(target, threads=1),
+                           budget=f"speedup={s}", options=OPTIONS[method])
+        run_search(model, cfg, run)
+    search_s = time.perf_counter() - t0
+    r = remeasure(cell, run)
+    r.update(cpu=cpu, search_wall_s=search_s,
+             finished=time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()))
+    atomic_write_text(run / "remeasure.json", json.dumps(r, indent=1))
+    print(json.dumps(row(cell)), flush=True)
+
+
+def row(cell) -> dict:
+    run = RUNS / name(cell)
+    res = json.loads((run / "result.json").read_text())
+    re = json.loads((run / "remeasure.json").read_text())
+    c, land = res["chosen"], res["chosen"]["landing"]
+    s = cell[3]
+    lo, hi = c["speedup_interval"]
+    return {"cell": name(cell), "model": cell[0], "method": cell[1], "target": cell[2],
+            "budget": s, "options": OPTIONS[cell[1]],
+            "method_choice": c["method_choice"]["measured_speedup"],
+            "status": land["status"], "search": c["measured_speedup"], "search_low": lo,
+            "search_high": hi, "neighbours": land["neighbours"], "message": land["message"],
+            "remeasure": re["estimate"], "remeasure_low": re["low"], "remeasure_high": re["high"],
+            "ratio": re["estimate"] / s,
+            "on_goal": GOAL[0] <= re["estimate"] / s <= GOAL[1],
+            "agree": abs(c["measured_speedup"] / re["estimate"] - 1),
+            "top1": c["top1"], "base_top1": res["base"]["top1"],
+            "search_s": res["search_seconds"], "total_s": re["search_wall_s"],
+            "remeasure_s": re["seconds"], "remeasure_command": re["command"],
+            "cpu": re["cpu"]["cpu"], "isa": re["cpu"]["isa"], "finished": re["finished"]}
+
+
+def table(rows: list[dict]) -> str:
+    on = sum(r["on_goal"] for r in rows)
+    agree = sum(r["agree"] <= AGREE for r in rows)
+    landed = sum(r["status"] in ("landed", "staircase") for r in rows)
+    lines = [
+        ("**`python bench/landing.py`**: search only (no fine-tune), batch 1, 1 thread; "
+        "re-measure = `prunelab latency compare` in a new process (6 fresh processes, paired, "
+        "95% interval).  Goal: re-measure within [0.97, 1.08] x the budget."), "",
+        (f"{len(rows)} cells: {landed} landed by the search (a step of the staircase where "
+        f"none is inside the band), {on} on goal in the re-measure, {agree} with the in-search "
+        f"figure within {100 * AGREE:.0f}% of the re-measure."), "",
+        ("| model | method | target | budget | method's choice | landing | in search [95%] | "
+        "re-measure [95%] | re-measure / budget | search vs re-measure | val top-1 (unpruned) "
+        "| search time | CPU (ISA) |"),
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        isa = "avx512" if any(f.startswith("avx512") for f in r["isa"]) else "avx2"
+        if "avx512_vnni" in r["isa"]:
+            isa += "+vnni"
+        lines.append(
+            f"| {r['model']} | {r['method']} | {r['target']} | {r['budget']}x | "
+            f"{r['method_choice']:.2f}x | {r['status']} | {r['search']:.3f}x "
+            f"[{r['search_low']:.3f}, {r['search_high']:.3f}] | {r['remeasure']:.3f}x "
+            f"[{r['remeasure_low']:.3f}, {r['remeasure_high']:.3f}] | {r['ratio']:.3f} "
+            f"{'ok' if r['on_goal'] else 'MISS'} | {100 * r['agree']:.1f}% | "
+            f"{100 * r['top1']:.2f}% ({100 * r['base_top1']:.2f}%) | "
+            f"{r['total_s'] / 60:.1f} min | {r['cpu']} ({isa}) |")
+    stair = [r for r in rows if r["neighbours"]]
+    if stair:
+        lines += ["", "Cells where the staircase has no step inside the band (both neighbours):"]
+        for r in stair:
+            lines.append(f"- {r['cell']}: " + "; ".join(
+                f"{n['side']} " + (f"{n['value']:.3f}x" if n["value"] is not None
+                                   else "(the unpruned model)") for n in r["neighbours"]))
+    return "\n".join(lines) + "\n"
+
+
+def write_tables() -> None:
+    cells = [c for suite in SUITES.values() for c in suite]
+    rows = [row(c) for c in cells if (RUNS / name(c) / "remeasure.json").exists()]
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(RESULTS / "landing.json", json.dumps(rows, indent=1))
+    atomic_write_text(RESULTS / "landing.md", table(rows))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("suite", choices=sorted(SUITES) + ["table"])
+    ap.add_argument("--only", help="run only the cells whose name contains this")
+    a = ap.parse_args()
+    if a.suite != "table":
+        if os.environ.get("OMP_NUM_THREADS") != "1":
+            print("note: run one core per job (OMP_NUM_THREADS=1 taskset -c N)", file=sys.stderr)
+        for cell in SUITES[a.suite]:
+            if a.only and a.only not in name(cell):
+                continue
+            run_cell(cell)
+            write_tables()
+    write_tables()
+
+
+if __name__ == "__main__":
+    main()
