@@ -66,7 +66,13 @@ class TargetSection(_Section):
     name: str = Field("torch-cpu", description="latency target (prunelab targets)")
     batch_size: Positive = Field(1, description="batch the latency is measured with")
     threads: Positive = Field(1, description="target threads")
-    precision: str = Field("fp32", description="fp32 | bf16 | int8 where the target has it")
+    precision: Literal["fp32", "int8"] = Field(
+        "fp32", description="fp32, or int8 on onnxruntime-cpu / openvino-cpu (static QDQ)")
+    calibration: Literal["minmax", "entropy", "percentile"] = Field(
+        "minmax", description="int8 calibration method")
+    calib_images: Positive = Field(256, description="int8 calibration images (training split)")
+    int8_types: Literal["auto", "s8s8", "u8s8", "u8u8"] = Field(
+        "auto", description="int8 activation/weight types (auto: chosen per CPU)")
     cache_dir: str | None = Field(None, description="latency table cache (default: per user)")
 
 

@@ -450,22 +450,71 @@ def load(path: str | Path, like: nn.Module | None = None):
     return load_model(folder)
 
 
+def int8_graph(model: nn.Module, example_inputs, calibration_images, target: str = "onnxruntime-cpu",
+               calibration: str = "minmax", int8_types: str = "auto", threads: int = 1
+               ) -> tuple[bytes, dict]:
+    """The int8 graph of ``model`` exactly as ``target`` (onnxruntime-cpu or openvino-cpu, with
+    ``precision="int8"``) times and runs it: the exported ONNX graph quantized statically (QDQ,
+    per-channel weights) on ``calibration_images`` (N, C, H, W, normalised like training, at
+    least 8), types chosen per CPU unless ``int8_types`` forces them.  Returns the ONNX bytes and
+    the choice made (types, 7-bit weights, method, images, CPU).  The module is not modified."""
+    from .hardware import cpu_info
+    from .targets import TargetConfig, make_target
+
+    _check_module(model)
+    shape = _input_shape(example_inputs)
+    batch = int(example_inputs.shape[0]) if isinstance(example_inputs, torch.Tensor) else 1
+    images = calibration_images.detach().cpu().numpy() if isinstance(
+        calibration_images, torch.Tensor) else calibration_images
+    if images is None or getattr(images, "ndim", 0) != len(shape) + 1 or \
+            tuple(images.shape[1:]) != tuple(shape):
+        dims = ", ".join(map(str, shape))
+        raise PrunelabError(f"int8 needs calibration_images shaped (N, {dims}), normalised like "
+                            "the training images; e.g. 256 training images")
+    t = make_target(TargetConfig(target, batch_size=batch, threads=threads, precision="int8",
+                                 calibration=calibration, calib_images=max(len(images), 1),
+                                 int8_types=int8_types))
+    t.calibrate_on(images)
+    data = t.onnx_graph(_copy(model), [torch.zeros(batch, *shape)])
+    return data, {**t.quant_choice.to_json(), "target": target, "cpu": cpu_info()}
+
+
 def export_onnx(model: nn.Module, path: str | Path, example_inputs, opset: int = 17,
-                dynamic_batch: bool = False, overwrite: bool = False) -> dict:
+                dynamic_batch: bool = False, overwrite: bool = False, precision: str = "fp32",
+                calibration_images=None, target: str = "onnxruntime-cpu",
+                calibration: str = "minmax", int8_types: str = "auto",
+                metadata: dict | None = None) -> dict:
     """Export ``model`` to ONNX exactly as the ONNX-based targets measure it
     (:func:`prunelab.targets._onnx.to_onnx`: same exporter, names ``input``/``logits``, the batch
     of ``example_inputs``, 1 for a shape); ``dynamic_batch`` makes the batch symbolic and says so
-    in the result.  The module is not modified."""
+    in the result.  ``precision="int8"`` writes the int8 graph of :func:`int8_graph` (the graph
+    ``target`` times; give ``calibration_images``).  ``metadata`` (JSON) goes into the file's
+    ``metadata_props`` under ``prunelab``.  The module is not modified."""
     from .io import atomic_write_bytes, check_out
+    from .quant import with_metadata
     from .targets._onnx import to_onnx
 
     _check_module(model)
     shape = _input_shape(example_inputs)
     batch = int(example_inputs.shape[0]) if isinstance(example_inputs, torch.Tensor) else 1
+    if precision not in ("fp32", "int8"):
+        raise PrunelabError(f"precision must be fp32 or int8, got {precision!r}")
+    if precision == "int8" and dynamic_batch:
+        raise PrunelabError("an int8 graph is exported with the fixed batch it is timed with; "
+                            "drop --dynamic-batch")
     p = check_out(path, "file", overwrite, "export path")
-    data = to_onnx(_copy(model), [torch.zeros(batch, *shape)], opset=opset,
-                   dynamic_batch=dynamic_batch)
+    quant = None
+    if precision == "int8":
+        data, quant = int8_graph(model, torch.zeros(batch, *shape), calibration_images, target,
+                                 calibration, int8_types)
+    else:
+        data = to_onnx(_copy(model), [torch.zeros(batch, *shape)], opset=opset,
+                       dynamic_batch=dynamic_batch)
+    meta = {**(metadata or {}), "input_shape": [batch, *shape], "precision": precision,
+            **({"quantization": quant} if quant else {})}
+    data = with_metadata(data, meta)
     atomic_write_bytes(p, data)
     return {"onnx": str(p.resolve()), "bytes": len(data), "opset": opset,
             "input_shape": [batch, *shape], "input_names": ["input"], "output_names": ["logits"],
+            "precision": precision, **({"quantization": quant} if quant else {}),
             "differs_from_measured": ["dynamic batch dimension"] if dynamic_batch else []}

@@ -89,7 +89,8 @@ class PipelineConfig:
 
         t = self.target
         return TargetConfig(t.name, batch_size=t.batch_size, threads=t.threads,
-                            precision=t.precision)
+                            precision=t.precision, calibration=t.calibration,
+                            calib_images=t.calib_images, int8_types=t.int8_types)
 
     def search_config(self):
         from .searches import SearchConfig

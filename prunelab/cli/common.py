@@ -181,6 +181,26 @@ def open_model(args, ref: str | None = None, data: bool = True):
     return model, spec, (commands.data_for(spec, args.dataset, args.data_dir) if data else None)
 
 
+def precision_options(p) -> None:
+    """``--precision`` and the int8 calibration flags (the target section's keys)."""
+    from ..quant import METHODS, TYPES
+
+    p.add_argument("--precision", default="fp32", choices=("fp32", "int8"),
+                   help="fp32, or int8 on onnxruntime-cpu / openvino-cpu (static QDQ, "
+                        "calibrated on the training split) (default fp32)")
+    p.add_argument("--calibration", default="minmax", choices=METHODS,
+                   help="int8 calibration method (default minmax)")
+    p.add_argument("--calib-images", type=int, default=256,
+                   help="int8 calibration images from the training split (default 256)")
+    p.add_argument("--int8-types", default="auto", choices=TYPES,
+                   help="int8 activation/weight types (default auto: chosen per CPU)")
+
+
+def precision_kwargs(args) -> dict:
+    return {"precision": args.precision, "calibration": args.calibration,
+            "calib_images": args.calib_images, "int8_types": args.int8_types}
+
+
 def common_measure(p):
     p.add_argument("--batch-size", type=int, default=1, help="latency batch size (default 1)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all)")

@@ -4,14 +4,15 @@ over :mod:`prunelab.commands.latency` (each command's help is the docstring of i
 from __future__ import annotations
 
 
-from .common import doc, emit, model_options, open_model, Parser, print_table
+from .common import (doc, emit, model_options, open_model, Parser, precision_kwargs,
+                     precision_options, print_table)
 
 
 def _cfg(args):
     from ..targets import TargetConfig
 
     return TargetConfig(args.target, batch_size=args.batch_size, threads=args.threads,
-                        precision=args.precision)
+                        **precision_kwargs(args))
 
 
 def _lut(args):
@@ -125,7 +126,9 @@ def cmd_compare(args):
     from ..commands import latency as api
     from ..latency.measure import Protocol
 
-    models = [open_model(args, m, data=False)[:2] for m in args.models]
+    # an .onnx file is timed as it is (e.g. an int8 export); the rest are models to open
+    models = [m if str(m).endswith(".onnx") else open_model(args, m, data=False)[:2]
+              for m in args.models]
     r = api.compare_models(models, _cfg(args), Protocol(repeats=args.repeats,
                                                         sessions=args.sessions),
                            args.processes, args.seed)
@@ -137,7 +140,8 @@ def cmd_compare(args):
     emit(args, r, lambda o: print_table(
         "interleaved latency", ["model", "MMACs", "median ms", "IQR ms",
                                 "speed-up vs first [95% interval]"],
-        [[m["model"], f"{m['macs'] / 1e6:.2f}", f"{m['latency_ms']:.4f}",
+        [[m["model"], f"{m['macs'] / 1e6:.2f}" if m["macs"] is not None else "-",
+          f"{m['latency_ms']:.4f}",
           f"{m['latency']['iqr_ms']:.4f}", vs(m["vs_first"])] for m in o["models"]],
         _note(o) + (f"; interval from {o['processes']} fresh processes (paired ABBA sessions)"
                     if o["processes"] else f"; interval from {args.sessions} paired sessions "
@@ -151,7 +155,7 @@ def _target_opts(p):
                    help=f"{', '.join(TARGETS.names())} (default torch-cpu)")
     p.add_argument("--batch-size", type=int, default=1, help="batch size (default 1)")
     p.add_argument("--threads", type=int, default=1, help="runtime threads (default 1)")
-    p.add_argument("--precision", default="fp32", help="fp32 (fp16/int8 reserved)")
+    precision_options(p)
     p.add_argument("--cache-dir", help="measurement cache (default $PRUNELAB_CACHE or "
                    "~/.cache/prunelab)")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")

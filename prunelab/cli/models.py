@@ -8,7 +8,8 @@ import sys
 
 from ..errors import PrunelabError
 from .common import (Parser, common_measure, doc, emit, floats, fmt_row, keep_counts, lat_note,
-                     model_kwargs, model_options, open_model, print_table, ratio, section_flags,
+                     model_kwargs, model_options, open_model, precision_kwargs, precision_options,
+                     print_table, ratio, section_flags,
                      section_values)
 
 
@@ -52,11 +53,51 @@ def cmd_list(args):
 def cmd_eval(args):
     from .. import commands
 
+    if args.target:
+        return _eval_on_target(args)
+    if args.precision != "fp32":
+        raise PrunelabError("--precision int8 is judged in the runtime that runs it; add "
+                            "--target onnxruntime-cpu (or openvino-cpu)")
+    if str(args.model).endswith(".onnx"):
+        raise PrunelabError(f"{args.model} is an ONNX file: evaluate it in its runtime with "
+                            "--target onnxruntime-cpu (or openvino-cpu)")
     model, spec, data = open_model(args)
     r = commands.measure(model, spec, data, args.batch_size, args.threads, args.repeats)
     emit(args, r, lambda o: print_table(f"{o['model']} (test split)",
                                     ["model", "top-1", "MACs", "params", "latency ms"],
                                     [fmt_row(o)], lat_note(o)))
+
+
+def _eval_on_target(args):
+    from .. import commands
+    from ..targets import TargetConfig
+
+    cfg = TargetConfig(args.target, batch_size=args.batch_size, threads=args.threads or 1,
+                       **precision_kwargs(args))
+    onnx_file = str(args.model).endswith(".onnx")
+    ref = args.model if onnx_file else open_model(args, data=False)[:2]
+    r = commands.evaluate_on_target(ref, cfg, args.dataset, args.data_dir)
+
+    def table(o):
+        rows = []
+        if "fp32_top1" in o and o["precision"] == "int8":
+            rows.append([f"{o['model']} fp32", f"{100 * o['fp32_top1']:.2f}%",
+                         f"{o['fp32_latency_ms']:.4f}", "1.00x"])
+            lo, hi = o["speedup_interval"]
+            rows.append([f"{o['model']} int8", f"{100 * o['top1']:.2f}%",
+                         f"{o['latency_ms']:.4f}", f"{o['speedup']:.2f}x [{lo:.2f}, {hi:.2f}]"])
+        else:
+            rows.append([o["model"], f"{100 * o['top1']:.2f}%", f"{o['latency_ms']:.4f}", "-"])
+        q = o.get("quantization")
+        note = (f"{o['target']}, batch {args.batch_size}, {args.threads or 1} thread(s); top-1 "
+                "computed by the runtime itself")
+        if q:
+            note += (f"; int8: {q['activations']} activations, {q['weights']} weights"
+                     f"{' (7-bit)' if q['reduce_range'] else ''}, {q['method']} calibration on "
+                     f"{q['images']} {q['data']} images ({q['reason']})")
+        print_table("test split, in the runtime", ["model", "top-1", "latency ms",
+                                                   "speed-up vs fp32 [95%]"], rows, note)
+    emit(args, r, table)
 
 
 def cmd_prune(args):
@@ -219,14 +260,30 @@ def cmd_export(args):
     if args.batch_size < 1:
         raise PrunelabError("--batch-size must be at least 1")
     check_out(args.onnx, "file", args.overwrite, "--onnx")  # before the model is opened
-    model, spec, _ = open_model(args, data=False)
+    images = None
+    if args.precision == "int8":  # every option checked before the model and data are opened
+        from ..quant import calibration_images
+        from ..targets import TargetConfig
+
+        TargetConfig(args.target, batch_size=args.batch_size, **precision_kwargs(args))
+        if args.dynamic_batch:
+            raise PrunelabError("an int8 graph is exported with the fixed batch it is timed "
+                                "with; drop --dynamic-batch")
+        model, spec, data = open_model(args)
+        images = calibration_images(data, args.calib_images)
+    else:
+        model, spec, _ = open_model(args, data=False)
+    from ..commands import _graph_meta
+
     r = {"model": spec.name, **export_onnx(
         model, args.onnx, torch.zeros(args.batch_size, *spec.input_shape), opset=args.opset,
-        dynamic_batch=args.dynamic_batch, overwrite=args.overwrite)}
+        dynamic_batch=args.dynamic_batch, overwrite=args.overwrite, precision=args.precision,
+        calibration_images=images, target=args.target, calibration=args.calibration,
+        int8_types=args.int8_types, metadata=_graph_meta(spec))}
     emit(args, r, lambda o: print(
         f"wrote {o['onnx']} ({o['bytes'] / 1e6:.2f} MB, opset {o['opset']}, input "
         f"{o['input_shape']}): "
-        + ("the graph the ONNX targets time" if not o["differs_from_measured"] else
+        + (f"the {o['precision']} graph the ONNX targets time" if not o["differs_from_measured"] else
            "differs from the timed graph: " + ", ".join(o["differs_from_measured"]))))
 
 
@@ -271,9 +328,17 @@ def register(sub) -> None:
     c.add_argument("--json", action="store_true")
     c.set_defaults(fn=cmd_criteria_evaluate)
 
-    s = sub.add_parser("eval", help=doc(commands.measure), description=doc(commands.measure))
+    s = sub.add_parser("eval", help=doc(commands.measure), description=doc(commands.measure)
+                       + " With --target (onnxruntime-cpu, openvino-cpu): top-1 computed by that "
+                       "runtime, of the fp32 graph or, with --precision int8, of the int8 graph "
+                       "beside it; MODEL may then be an exported .onnx file, run as it is.")
     model_options(s)
     common_measure(s)
+    from ..targets import TARGETS
+
+    s.add_argument("--target", choices=TARGETS.names(), metavar="T",
+                   help="judge the model in this runtime (onnxruntime-cpu, openvino-cpu)")
+    precision_options(s)
     s.set_defaults(fn=cmd_eval)
 
     s = sub.add_parser("prune", help=doc(commands.prune), description=doc(commands.prune))
@@ -331,6 +396,10 @@ def register(sub) -> None:
                    help="the batch the graph is exported (and timed) with (1)")
     s.add_argument("--dynamic-batch", action="store_true",
                    help="symbolic batch dimension (the timed graph has a fixed one)")
+    precision_options(s)
+    s.add_argument("--target", default="onnxruntime-cpu", choices=("onnxruntime-cpu",
+                                                                    "openvino-cpu"),
+                   help="the runtime an int8 graph is made for (default onnxruntime-cpu)")
     s.add_argument("--json", action="store_true")
     s.add_argument("--overwrite", action="store_true",
                    help="replace the output if it is one prunelab wrote (never anything else)")

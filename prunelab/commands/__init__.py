@@ -328,18 +328,101 @@ def _finetune_locked(model, spec, data, cfg, out, tmodel, tspec, teacher_id, kd_
 
 
 def export_onnx(ref: str, path: str, batch_size: int = 1, opset: int = 17,
-                dynamic_batch: bool = False, overwrite: bool = False) -> dict:
+                dynamic_batch: bool = False, overwrite: bool = False, precision: str = "fp32",
+                target: str = "onnxruntime-cpu", calibration: str = "minmax",
+                calib_images: int = 256, int8_types: str = "auto", dataset: str | None = None,
+                data_dir: str | None = None) -> dict:
     """Export a model (a shipped name or folder) to ONNX: the graph the ONNX-based targets time
-    (see :func:`prunelab.core.export_onnx`)."""
+    (see :func:`prunelab.core.export_onnx`); ``precision="int8"`` writes the int8 graph
+    ``target`` times, calibrated on ``calib_images`` training images of the model's data set."""
     from ..core import export_onnx as _export
+    from ..targets import TargetConfig
 
     if batch_size < 1:
         raise PrunelabError("--batch-size must be at least 1")
+    if precision == "int8":  # every option checked before the model and data are opened
+        TargetConfig(target, batch_size=batch_size, precision="int8", calibration=calibration,
+                     calib_images=calib_images, int8_types=int8_types)
     check_out(path, "file", overwrite, "--onnx")
     model, spec = load(ref)
+    images = None
+    if precision == "int8":
+        from ..quant import calibration_images
+
+        images = calibration_images(data_for(spec, dataset, data_dir), calib_images)
     r = _export(model, path, torch.zeros(batch_size, *spec.input_shape), opset=opset,
-                dynamic_batch=dynamic_batch, overwrite=overwrite)
+                dynamic_batch=dynamic_batch, overwrite=overwrite, precision=precision,
+                calibration_images=images, target=target, calibration=calibration,
+                int8_types=int8_types, metadata=_graph_meta(spec))
     return {"model": spec.name, **r}
+
+
+def _graph_meta(spec: ModelSpec) -> dict:
+    """What an exported file says of its model (read back by :func:`prunelab.quant.read_graph`)."""
+    return {"model": spec.name, "dataset": spec.dataset, "num_classes": spec.num_classes,
+            "mean": list(spec.mean), "std": list(spec.std)}
+
+
+def evaluate_on_target(ref, cfg, dataset: str | None = None, data_dir: str | None = None,
+                       sessions: int = 6, seed: int = 0) -> dict:
+    """Top-1 on the test split computed by the target's runtime itself, and the latency there.
+
+    ``ref`` is a model (name, folder, or an opened ``(model, spec)``) or an ONNX file (as it is:
+    e.g. an int8 file from ``prunelab export --precision int8``).  For a model with ``cfg``'s
+    precision int8, the int8 graph (calibrated on ``cfg.calib_images`` training images) is
+    judged beside the fp32 graph: both top-1s, and the int8 graph's speed-up over the fp32 graph
+    with a 95% interval from ``sessions`` paired sessions in this process."""
+    from ..core import int8_graph
+    from ..latency.measure import Protocol
+    from ..latency.measure import measure as timed
+    from ..latency.paired import STEP_PROTOCOL, interval_verdict, paired_speedup
+    from ..quant import calibration_images, read_graph, runtime_top1
+    from ..targets import make_target
+    from ..targets._onnx import Graph, to_onnx
+
+    target = make_target(cfg)
+    if not hasattr(target, "infer"):
+        raise PrunelabError(f"top-1 in the runtime needs an ONNX-based target "
+                            f"(onnxruntime-cpu, openvino-cpu), not {cfg.target}")
+    if isinstance(ref, (str, Path)) and str(ref).endswith(".onnx"):
+        g = read_graph(ref)
+        shape = g.meta["input_shape"]
+        if shape[0] != cfg.batch_size:
+            raise PrunelabError(f"{g.name} was exported with batch {shape[0]}; pass "
+                                f"--batch-size {shape[0]}")
+        name = g.meta.get("dataset") or dataset
+        if not (name or dataset):
+            raise PrunelabError(f"{g.name} does not say its data set; pass --dataset")
+        data = load_dataset(dataset or name, data_dir)
+        if list(data.input_shape) != list(shape[1:]):
+            raise PrunelabError(f"{g.name} takes {shape[1:]} inputs; data set {data.name} has "
+                                f"{list(data.input_shape)}")
+        top1 = runtime_top1(target, g.data, data.batches("test", 500))
+        t = timed(target, [g], shape[1:], Protocol())[0]
+        return {"model": g.name, "target": cfg.target, "precision": g.meta.get("precision", "?"),
+                "quantization": g.meta.get("quantization"), "top1": top1,
+                "latency_ms": t.median_ms, "latency": t.to_json()}
+    model, spec = ref if isinstance(ref, tuple) else load(ref)
+    data = data_for(spec, dataset, data_dir)
+    x = torch.zeros(cfg.batch_size, *spec.input_shape)
+    fp32 = Graph(to_onnx(model.eval(), [x]), name=f"{spec.name} fp32")
+    out = {"model": spec.name, "target": cfg.target, "precision": cfg.precision,
+           "fp32_top1": runtime_top1(target, fp32.data, data.batches("test", 500))}
+    if cfg.precision != "int8":
+        t = timed(target, [fp32], spec.input_shape, Protocol())[0]
+        return {**out, "top1": out["fp32_top1"], "latency_ms": t.median_ms,
+                "latency": t.to_json()}
+    data8, quant = int8_graph(model, x, calibration_images(data, cfg.calib_images, seed),
+                              cfg.target, cfg.calibration, cfg.int8_types, cfg.threads)
+    int8 = Graph(data8, name=f"{spec.name} int8")
+    import dataclasses as dc
+
+    e = paired_speedup(fp32, int8, target, spec.input_shape,
+                       dc.replace(STEP_PROTOCOL, sessions=sessions), processes=0, seed=seed)
+    return {**out, "top1": runtime_top1(target, data8, data.batches("test", 500)),
+            "quantization": quant, "latency_ms": e.candidate_ms, "fp32_latency_ms": e.base_ms,
+            "speedup": e.estimate, "speedup_interval": [e.low, e.high],
+            "speedup_verdict": interval_verdict(e.low, e.high), "paired": e.to_json()}
 
 
 def environment() -> dict:

@@ -32,6 +32,13 @@ def _load(ref):
     resolves its model options once, see :func:`prunelab.cli.common.open_model`)."""
     if isinstance(ref, tuple):
         return ref
+    if str(ref).endswith(".onnx"):  # an ONNX file, timed as it is (e.g. an int8 export)
+        from types import SimpleNamespace
+
+        from ..quant import read_graph
+
+        g = read_graph(ref)
+        return g, SimpleNamespace(name=g.name, input_shape=g.meta["input_shape"][1:])
     from . import load
 
     return load(ref)
@@ -171,6 +178,7 @@ def compare_models(refs: list, cfg: TargetConfig, protocol: Protocol = Protocol(
     :func:`prunelab.latency.paired.paired_speedup`."""
     from ..metrics import macs_params
     from ..latency.paired import interval_verdict, paired_speedup
+    from ..targets._onnx import Graph
 
     loaded = [_load(r) for r in refs]
     target = make_target(cfg)
@@ -183,6 +191,7 @@ def compare_models(refs: list, cfg: TargetConfig, protocol: Protocol = Protocol(
             e = paired_speedup(loaded[0][0], m, target, shape, protocol, processes, seed)
             vs.update(paired=e.to_json(), estimate=e.estimate, low=e.low, high=e.high,
                       level=e.level, verdict=interval_verdict(e.low, e.high))
-        rows.append({"model": s.name, "macs": macs_params(m, s.input_shape)[0],
+        rows.append({"model": s.name, "macs": None if isinstance(m, Graph) else
+                     macs_params(m, s.input_shape)[0],
                      "latency_ms": t.median_ms, "latency": t.to_json(), "vs_first": vs})
     return {"target": cfg.target, **cfg.to_json(), "processes": processes, "models": rows}

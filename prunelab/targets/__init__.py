@@ -31,14 +31,19 @@ class TargetConfig:
     """Where and how latency is measured; part of every cache key.
 
     ``threads`` is fixed (default 1, the most repeatable figure on a shared machine); set it to
-    what you deploy with.  Only ``fp32`` is implemented; ``fp16``/``int8`` are reserved names so
-    configs and caches already carry the field.
+    what you deploy with.  ``precision`` is ``fp32``, or ``int8`` on the targets that run an int8
+    graph (onnxruntime-cpu, openvino-cpu: static QDQ quantization, see :mod:`prunelab.quant`),
+    with its ``calibration`` method, ``calib_images`` and ``int8_types`` (``auto`` chooses per
+    CPU); ``fp16`` is a reserved name.
     """
 
     target: str
     batch_size: int = 1
     threads: int = 1
     precision: str = "fp32"
+    calibration: str = "minmax"
+    calib_images: int = 256
+    int8_types: str = "auto"
 
     def __post_init__(self):
         entry = TARGETS.get(self.target)
@@ -50,15 +55,31 @@ class TargetConfig:
             raise PrunelabError(f"unknown precision {self.precision!r}; choose one of "
                                 f"{', '.join(PRECISIONS)}")
         if self.precision not in entry.meta.get("precisions", ("fp32",)):
-            raise PrunelabError(f"target {self.target} does not support {self.precision} yet; "
-                                "use --precision fp32")
+            can = [e.name for e in TARGETS.entries()
+                   if self.precision in e.meta.get("precisions", ("fp32",))]
+            raise PrunelabError(
+                f"target {self.target} cannot run {self.precision}; "
+                + (f"{self.precision} runs on {', '.join(can)}" if can else
+                   f"no target runs {self.precision} yet") + ", or use --precision fp32")
+        if self.precision == "int8":
+            from ..quant import TYPES, check_calibration
+
+            check_calibration(self.calib_images, self.calibration)
+            if self.int8_types not in TYPES:
+                raise PrunelabError(f"unknown int8 types {self.int8_types!r}; choose one of "
+                                    f"{', '.join(TYPES)}")
 
     def to_json(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        if self.precision != "int8":  # the quantization settings only exist for int8
+            for k in ("calibration", "calib_images", "int8_types"):
+                d.pop(k)
+        return d
 
     @classmethod
     def from_json(cls, d: dict) -> "TargetConfig":
-        return cls(**{k: d[k] for k in ("target", "batch_size", "threads", "precision") if k in d})
+        return cls(**{k: d[k] for k in ("target", "batch_size", "threads", "precision",
+                                        "calibration", "calib_images", "int8_types") if k in d})
 
 
 def make_target(cfg: TargetConfig | str, **kw) -> Target:

@@ -39,3 +39,65 @@ def to_onnx(module: nn.Module, inputs: Sequence[torch.Tensor], opset: int = 17,
         torch.onnx.export(module, tuple(inputs), buf, input_names=names, output_names=["logits"],
                           dynamic_axes=axes, opset_version=opset, dynamo=False)
     return buf.getvalue()
+
+
+class Graph:
+    """An ONNX file as it is, timed and run by an ONNX-based target unchanged (the deploy
+    artefact itself, e.g. an int8 graph from ``prunelab export --precision int8``); ``meta`` is
+    what prunelab wrote into the file's metadata (model, dataset, input shape, precision)."""
+
+    def __init__(self, data: bytes, meta: dict | None = None, name: str = "graph"):
+        self.data, self.meta, self.name = data, dict(meta or {}), name
+
+    def eval(self):  # a model-like no-op, so code that sets eval mode passes it through
+        return self
+
+
+TIMING_CALIB_IMAGES = 32  # seeded-noise images that calibrate a graph built only to be timed
+
+
+class OnnxBased:
+    """For targets that run the exported ONNX graph: the graph a module runs as, in the target's
+    precision (int8: quantized by :func:`prunelab.quant.quantize_onnx`).  Calibration images set
+    with :meth:`calibrate_on` are used for graphs of the whole model; every other graph (a layer
+    of the latency table, or no images given) is calibrated on seeded noise, enough to build and
+    time it, never to judge its accuracy."""
+
+    calibration = None      # (N, C, H, W) float32 images, or None
+    quant_choice = None     # the last :class:`prunelab.quant.QuantChoice`
+
+    def calibrate_on(self, images) -> None:
+        import numpy as np
+
+        from ..quant import check_calibration
+
+        arr = np.ascontiguousarray(np.asarray(images, dtype=np.float32))
+        check_calibration(len(arr), self.cfg.calibration)
+        self.calibration = arr
+        self._int8 = {}
+
+    def onnx_graph(self, module, inputs: Sequence[torch.Tensor]) -> bytes:
+        if isinstance(module, Graph):
+            return module.data
+        fp32 = to_onnx(module, inputs)
+        if self.cfg.precision != "int8":
+            return fp32
+        import hashlib
+
+        from ..quant import image_batches, quantize_onnx, synthetic_batches
+
+        key = hashlib.sha1(fp32).hexdigest()
+        cache = self.__dict__.setdefault("_int8", {})
+        if key not in cache:
+            cal = self.calibration
+            whole = (cal is not None and len(inputs) == 1
+                     and tuple(cal.shape[1:]) == tuple(inputs[0].shape[1:]))
+            if whole:
+                batches, data = image_batches(cal, inputs[0].shape[0]), "user"
+            else:
+                batches = synthetic_batches([tuple(x.shape) for x in inputs], TIMING_CALIB_IMAGES)
+                data = "synthetic"
+            cache[key] = quantize_onnx(fp32, batches, self.cfg.calibration, self.cfg.int8_types,
+                                       data=data)
+        data, self.quant_choice = cache[key]
+        return data

@@ -7,6 +7,7 @@ times runners, so all targets are measured the same way.
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 from contextlib import nullcontext
 from typing import Callable, Sequence
@@ -17,6 +18,23 @@ import torch.nn as nn
 from ..gate import held
 
 Runner = Callable[[], object]
+
+
+def _onnx_files_checked(fn):
+    """An ONNX file (a :class:`~prunelab.targets._onnx.Graph`) runs only on a target that runs
+    ONNX graphs: anywhere else, one line saying where it does."""
+    @functools.wraps(fn)
+    def runner(self, module, inputs):
+        from ._onnx import Graph
+
+        if isinstance(module, Graph) and not hasattr(self, "onnx_graph"):
+            from ..errors import PrunelabError
+
+            raise PrunelabError(f"{module.name} is an ONNX file: it runs on onnxruntime-cpu or "
+                                f"openvino-cpu, not on {self.name}; pass --target onnxruntime-cpu")
+        return fn(self, module, inputs)
+
+    return runner
 
 
 class Target:
@@ -35,7 +53,7 @@ class Target:
         # step of the timing gate, so it never runs beside another process's timing
         super().__init_subclass__(**kwargs)
         if "runner" in cls.__dict__:
-            cls.runner = held(cls.__dict__["runner"])
+            cls.runner = held(_onnx_files_checked(cls.__dict__["runner"]))
 
     @classmethod
     def unavailable(cls) -> str | None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import importlib.util
 
 from . import TARGETS
-from ._onnx import input_names, to_onnx
+from ._onnx import OnnxBased, input_names, to_onnx
 from .base import Target
 
 
@@ -41,9 +41,10 @@ def optimised_ops(module, inputs) -> list[tuple[str, str]]:
                 for n in onnx.load(so.optimized_model_filepath).graph.node]
 
 
-@TARGETS.register("onnxruntime-cpu", description="ONNX Runtime, CPU execution provider (fp32)",
-                  runtime="onnxruntime", device="cpu", extra="onnx", precisions=("fp32",))
-class OrtCPU(Target):
+@TARGETS.register("onnxruntime-cpu", description="ONNX Runtime, CPU execution provider (fp32; "
+                  "int8: static QDQ)", runtime="onnxruntime", device="cpu", extra="onnx",
+                  precisions=("fp32", "int8"))
+class OrtCPU(OnnxBased, Target):
     name, runtime, device = "onnxruntime-cpu", "onnxruntime", "cpu"
     packages = ("onnxruntime", "onnx")
     provider = "CPUExecutionProvider"
@@ -85,9 +86,15 @@ class OrtCPU(Target):
         return self._layout
 
     def runner(self, module, inputs):
-        sess = self.session(to_onnx(module, inputs))
+        sess = self.session(self.onnx_graph(module, inputs))
         feed = {n: x.numpy() for n, x in zip(input_names(len(inputs)), inputs)}
         return lambda: sess.run(None, feed)
+
+    def infer(self, graph: bytes):
+        """``f(batch) -> logits`` (numpy) running ``graph`` in this runtime, as timed."""
+        sess = self.session(graph)
+        name = sess.get_inputs()[0].name
+        return lambda x: sess.run(None, {name: x})[0]
 
 
 @TARGETS.register("onnxruntime-cuda", description="ONNX Runtime, CUDA execution provider (fp32)",
@@ -117,7 +124,7 @@ class OrtCUDA(OrtCPU):
 
     def runner(self, module, inputs):
         # IO binding keeps input and output on the GPU, so the figure is the model, not copies
-        sess = self.session(to_onnx(module, inputs))
+        sess = self.session(self.onnx_graph(module, inputs))
         ort = _ort()
         binding = sess.io_binding()
         for name, x in zip(input_names(len(inputs)), inputs):

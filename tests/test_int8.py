@@ -1,0 +1,173 @@
+"""int8 on the ONNX-based targets (issue 26): the types chosen per CPU, the refusals, the int8
+graph that is timed being the file that is exported, top-1 computed by the runtime itself, and
+the CLI around them.  No test asserts a time."""
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from prunelab.errors import PrunelabError
+from prunelab.quant import choose_types, read_graph, runtime_top1
+from prunelab.targets import TargetConfig, make_target
+from prunelab.targets._onnx import Graph
+
+from .test_cli import assert_user_error, run
+
+VNNI = {"isa": ["avx2", "avx512f", "avx512_vnni"]}
+AVX2 = {"isa": ["avx2", "fma"]}
+
+
+def test_types_follow_the_cpu():
+    act, wt, reduce, why = choose_types("auto", VNNI)
+    assert (act, wt, reduce) == ("uint8", "int8", False) and "VNNI" in why
+    act, wt, reduce, why = choose_types("auto", AVX2)
+    assert (act, wt, reduce) == ("uint8", "int8", True) and "no VNNI" in why
+    assert choose_types("s8s8", AVX2)[:3] == ("int8", "int8", False)
+    assert choose_types("u8u8", VNNI)[:3] == ("uint8", "uint8", False)
+    with pytest.raises(PrunelabError, match="unknown int8 types"):
+        choose_types("s4s4")
+
+
+def test_int8_refused_where_it_cannot_run():
+    for t in ("torch-cpu", "scripted"):
+        with pytest.raises(PrunelabError, match="int8 runs on onnxruntime-cpu, openvino-cpu"):
+            TargetConfig(t, precision="int8")
+    with pytest.raises(PrunelabError, match="at least 8 images"):
+        TargetConfig("onnxruntime-cpu", precision="int8", calib_images=0)
+    with pytest.raises(PrunelabError, match="calibration method"):
+        TargetConfig("onnxruntime-cpu", precision="int8", calibration="median")
+    # the quantization settings exist only for int8: fp32 configs (and their caches) unchanged
+    assert TargetConfig("onnxruntime-cpu").to_json() == {
+        "target": "onnxruntime-cpu", "batch_size": 1, "threads": 1, "precision": "fp32"}
+    cfg = TargetConfig("onnxruntime-cpu", precision="int8", calib_images=64)
+    assert TargetConfig.from_json(cfg.to_json()) == cfg
+
+
+def _ops(data: bytes) -> list[str]:
+    return [n.op_type for n in onnx.load_from_string(data).graph.node]
+
+
+def _calibration(data, n=64):
+    from prunelab.quant import calibration_images
+
+    return calibration_images(data, n)
+
+
+def test_the_exported_int8_file_is_the_timed_graph(tmp_path, tiny_resnet_dir, tiny_data):
+    from prunelab import commands
+    from prunelab.core import export_onnx
+
+    model, spec = commands.load(str(tiny_resnet_dir))
+    images = _calibration(tiny_data)
+    r = export_onnx(model, tmp_path / "m.onnx", torch.zeros(1, *spec.input_shape),
+                    precision="int8", calibration_images=images,
+                    metadata={"model": spec.name, "dataset": "mnist-idx"})
+    assert r["precision"] == "int8" and r["quantization"]["images"] == 64
+    assert r["quantization"]["data"] == "user" and r["quantization"]["cpu"]["isa"] is not None
+    g = read_graph(tmp_path / "m.onnx")
+    assert g.meta["precision"] == "int8" and g.meta["input_shape"] == [1, *spec.input_shape]
+    assert g.meta["quantization"]["activations"] == r["quantization"]["activations"]
+    assert "QuantizeLinear" in _ops(g.data) and "DequantizeLinear" in _ops(g.data)
+    # what an int8 target times for the module, calibrated the same way, is the file's graph
+    t = make_target(TargetConfig("onnxruntime-cpu", precision="int8", calib_images=64))
+    t.calibrate_on(images)
+    timed = onnx.load_from_string(t.onnx_graph(model.eval(), [torch.zeros(1, *spec.input_shape)]))
+    written = onnx.load_from_string(g.data)
+    assert timed.graph.SerializeToString() == written.graph.SerializeToString()
+    # and a file handed to a target is run as it is: its own bytes, not re-exported
+    assert t.onnx_graph(g, [torch.zeros(1, *spec.input_shape)]) is g.data
+    fp32 = make_target(TargetConfig("onnxruntime-cpu"))
+    assert fp32.onnx_graph(g, [torch.zeros(1, *spec.input_shape)]) is g.data
+    assert "QuantizeLinear" not in _ops(fp32.onnx_graph(model, [torch.zeros(1, 1, 32, 32)]))
+
+
+def test_runtime_top1_of_int8_close_to_fp32_and_same_on_openvino(tiny_resnet_dir, tiny_data):
+    """Top-1 computed by the runtimes themselves: the int8 graph agrees with the fp32 one on
+    almost every test image, and OpenVINO runs the same int8 file."""
+    from prunelab import commands
+    from prunelab.core import int8_graph
+    from prunelab.targets._onnx import to_onnx
+
+    model, spec = commands.load(str(tiny_resnet_dir))
+    x = torch.zeros(1, *spec.input_shape)
+    data8, quant = int8_graph(model, x, _calibration(tiny_data))
+    ort = make_target(TargetConfig("onnxruntime-cpu"))
+    fp32 = to_onnx(model.eval(), [x])
+    batches = list(tiny_data.batches("test", 20))
+    f32, f8 = ort.infer(fp32), ort.infer(data8)
+    agree = total = 0
+    for xb, _ in batches:
+        for img in xb.numpy():
+            a, b = f32(img[None]), f8(img[None])
+            agree += int(a.argmax() == b.argmax())
+            total += 1
+    assert agree / total >= 0.9, (agree, total)
+    top_ort = runtime_top1(ort, data8, batches)
+    with torch.no_grad():
+        torch_top1 = np.mean([float((model(xb).argmax(1) == yb).float().mean())
+                              for xb, yb in batches])
+    assert abs(runtime_top1(ort, fp32, batches) - torch_top1) < 1e-6 + 1 / total
+    ov = make_target(TargetConfig("openvino-cpu"))
+    assert abs(runtime_top1(ov, data8, batches) - top_ort) <= 0.1
+    # the runtime's logits, not torch's: a 2-image graph batch pads the odd last image
+    ort2 = make_target(TargetConfig("onnxruntime-cpu", batch_size=2))
+    two = to_onnx(model.eval(), [torch.zeros(2, *spec.input_shape)])
+    odd = [(xb[:3], yb[:3]) for xb, yb in batches[:1]]
+    assert runtime_top1(ort2, two, odd) == runtime_top1(ort, fp32, odd)
+
+
+def test_a_file_on_a_torch_target_is_one_line(tmp_path):
+    t = make_target(TargetConfig("torch-cpu"))
+    with pytest.raises(PrunelabError, match="is an ONNX file: it runs on onnxruntime-cpu"):
+        t.runner(Graph(b"", name="m.onnx"), [torch.zeros(1, 1, 8, 8)])
+    bad = tmp_path / "not.onnx"
+    bad.write_bytes(b"\x80\x04 not onnx")
+    with pytest.raises(PrunelabError, match="is not an ONNX file"):
+        read_graph(bad)
+
+
+def test_cli_int8_refusals(tmp_path, tiny_resnet_dir, idx_dir):
+    m = str(tiny_resnet_dir)
+    assert_user_error(*run("eval", m, "--precision", "int8")[::2], "add --target onnxruntime-cpu")
+    assert_user_error(*run("eval", m, "--target", "torch-cpu", "--precision", "int8")[::2],
+                      "cannot run int8", "onnxruntime-cpu, openvino-cpu")
+    out = tmp_path / "x.onnx"
+    assert_user_error(*run("export", m, "--onnx", str(out), "--precision", "int8",
+                           "--calib-images", "3")[::2], "at least 8 images")
+    assert_user_error(*run("export", m, "--onnx", str(out), "--precision", "int8",
+                           "--dynamic-batch")[::2], "drop --dynamic-batch")
+    assert_user_error(*run("export", m, "--onnx", str(out), "--precision", "int8",
+                           "--data-dir", str(idx_dir), "--calib-images", "100000")[::2],
+                      "more than the", "training images")
+    assert not out.exists()
+
+
+def test_cli_export_eval_compare_an_int8_file(tmp_path, tiny_resnet_dir, idx_dir):
+    m, f = str(tiny_resnet_dir), str(tmp_path / "m.int8.onnx")
+    code, out, err = run("export", m, "--onnx", f, "--precision", "int8", "--data-dir",
+                         str(idx_dir), "--calib-images", "32", "--json")
+    assert code == 0, err
+    r = json.loads(out)
+    assert r["precision"] == "int8" and r["quantization"]["images"] == 32
+    assert_user_error(*run("eval", f)[::2], "is an ONNX file", "--target onnxruntime-cpu")
+    code, out, err = run("eval", f, "--target", "onnxruntime-cpu", "--data-dir", str(idx_dir),
+                         "--json")
+    assert code == 0, err
+    e = json.loads(out)
+    assert e["precision"] == "int8" and 0 <= e["top1"] <= 1 and e["latency_ms"] > 0
+    code, out, err = run("eval", m, "--target", "onnxruntime-cpu", "--precision", "int8",
+                         "--calib-images", "32", "--data-dir", str(idx_dir), "--json")
+    assert code == 0, err
+    e8 = json.loads(out)
+    assert e8["quantization"]["images"] == 32 and abs(e8["top1"] - e["top1"]) < 1e-9
+    lo, hi = e8["speedup_interval"]
+    assert lo <= e8["speedup"] <= hi and e8["speedup_verdict"]
+    code, out, err = run("latency", "compare", m, f, "--target", "onnxruntime-cpu",
+                         "--processes", "0", "--sessions", "2", "--repeats", "5", "--json")
+    assert code == 0, err
+    rows = json.loads(out)["models"]
+    assert rows[1]["model"] == "m.int8.onnx" and rows[1]["macs"] is None
+    assert rows[1]["vs_first"]["low"] <= rows[1]["vs_first"]["estimate"]
