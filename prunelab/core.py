@@ -181,6 +181,10 @@ def search(model: nn.Module, example_inputs, *, train: Iterable | None = None,
            measure_front: int = _d("search", "measure_front"),
            decision_processes: int = _d("search", "decision_processes"),
            batch_size: int = _d("target", "batch_size"), threads: int = _d("target", "threads"),
+           precision: str = _d("target", "precision"),
+           calibration: str = _d("target", "calibration"),
+           calib_images: int = _d("target", "calib_images"),
+           int8_types: str = _d("target", "int8_types"),
            cache_dir: str | None = None,
            mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
            name: str | None = None, workers: int = 0,
@@ -197,7 +201,10 @@ def search(model: nn.Module, example_inputs, *, train: Iterable | None = None,
     join a running cluster); same candidates, same choice as without.  ``criterion``: a
     registered name (``"deeplift"``, ``"tp:importance=lamp"``) or a
     :class:`~prunelab.criteria.Criterion` object of your own.  The defaults are ``[search]``'s
-    and ``[target]``'s (:mod:`prunelab.config`)."""
+    and ``[target]``'s (:mod:`prunelab.config`).  ``precision="int8"`` (onnxruntime-cpu,
+    openvino-cpu) searches int8 models against a budget relative to the unpruned fp32 model and
+    writes the int8 graph (calibrated on ``calib_images`` training images) to
+    ``out/model.int8.onnx``; pass ``out`` to keep it."""
     from .searches import SearchConfig
     from .searches.run import search_model
     from .targets import TargetConfig
@@ -217,8 +224,10 @@ def search(model: nn.Module, example_inputs, *, train: Iterable | None = None,
         raise PrunelabError("criterion must be a registered name (e.g. \"l1\") or a "
                             f"prunelab Criterion object, got {type(criterion).__name__}")
     cfg = SearchConfig(method=method, criterion=_criterion_spec(crit_obj) if crit_obj else
-                       criterion, target=TargetConfig(target, batch_size=batch_size,
-                                                      threads=threads),
+                       criterion, target=TargetConfig(
+                           target, batch_size=batch_size, threads=threads, precision=precision,
+                           calibration=calibration, calib_images=calib_images,
+                           int8_types=int8_types),
                        budget=budget, seed=seed, recal_batches=recal_batches,
                        val_images=val_images, measure_front=measure_front,
                        decision_processes=decision_processes,

@@ -159,20 +159,19 @@ META_KEY = "prunelab"
 
 
 def calibration_images(data, n: int, seed: int = 0) -> np.ndarray:
-    """``n`` normalised training images (a seeded random subset, no augmentation): the fixed
-    calibration set of an int8 graph."""
-    import torch
-
+    """``n`` normalised training images (shuffled with ``seed``, no augmentation; a data set's
+    or the user's train loader): the fixed calibration set of an int8 graph."""
     check_calibration(n)
-    total = len(data.train_x)
-    if n > total:
-        raise PrunelabError(f"--calib-images {n} is more than the {total} training images; ask "
+    got, have = [], 0
+    for x, _ in data.batches("train", min(n, 256), shuffle=True, seed=seed):
+        got.append(x.float().numpy())
+        have += len(x)
+        if have >= n:
+            break
+    if have < n:
+        raise PrunelabError(f"--calib-images {n} is more than the {have} training images; ask "
                             "for fewer")
-    idx = torch.randperm(total, generator=torch.Generator().manual_seed(seed))[:n].sort().values
-    mean = torch.tensor(data.mean).view(1, -1, 1, 1)
-    std = torch.tensor(data.std).view(1, -1, 1, 1)
-    x = (data.train_x[idx].float() / 255 - mean) / std
-    return np.ascontiguousarray(x.numpy(), dtype=np.float32)
+    return np.ascontiguousarray(np.concatenate(got)[:n], dtype=np.float32)
 
 
 def with_metadata(graph: bytes, meta: dict) -> bytes:

@@ -171,3 +171,42 @@ def test_cli_export_eval_compare_an_int8_file(tmp_path, tiny_resnet_dir, idx_dir
     rows = json.loads(out)["models"]
     assert rows[1]["model"] == "m.int8.onnx" and rows[1]["macs"] is None
     assert rows[1]["vs_first"]["low"] <= rows[1]["vs_first"]["estimate"]
+
+
+def test_unpruned_meets_with_the_int8_gain():
+    from prunelab.searches.budget import Budget
+    from prunelab.searches.landing import unpruned_meets
+
+    b = Budget.parse("speedup=2")
+    assert unpruned_meets(b, 1.0, gain=2.2) and not unpruned_meets(b, 1.0, gain=1.9)
+    assert not unpruned_meets(b, 1.0)  # fp32: the unpruned model is 1x itself
+    assert unpruned_meets(Budget.parse("latency=1.5ms"), 1.0)
+    assert not unpruned_meets(Budget.parse("macs=0.5"), 1.0, gain=9.0)
+
+
+@pytest.mark.slow  # ~80 s on 2 cores: the int8 latency table quantizes every layer piece
+def test_int8_search_budget_relative_to_fp32_and_the_artefact(tmp_path, tiny_resnet_dir, idx_dir,
+                                                              session_cache_dir):
+    """An int8 search on onnxruntime-cpu: the budget's reference is the unpruned fp32 graph (its
+    measured gain kept for a resume), the answer comes with its int8 file (QDQ, calibrated on
+    training images) and a validation top-1 computed by ONNX Runtime."""
+    from prunelab import commands
+    from prunelab.searches import SearchConfig
+
+    cfg = SearchConfig(method="uniform", target=TargetConfig(
+        "onnxruntime-cpu", precision="int8", calib_images=16), budget="speedup=1.1",
+        recal_batches=1, val_images=0, measure_front=2, decision_processes=0)
+    out = tmp_path / "s"
+    r = commands.run_search(str(tiny_resnet_dir), cfg, out, cache_dir=str(session_cache_dir),
+                            dataset="mnist-idx", data_dir=str(idx_dir))
+    gain = json.loads((out / "int8_reference.json").read_text())["gain"]
+    assert gain > 0
+    c = r["chosen"]
+    assert r["target_config"]["precision"] == "int8"
+    assert c["landing"]["status"] in ("landed", "staircase", "unreachable", "unpruned")
+    # a relative budget is judged against the fp32 reference the landing paired with
+    assert r["budget_limit"] == pytest.approx(r["base"]["latency_ms"] / 1.1)
+    g = read_graph(c["int8"]["onnx"])
+    assert g.meta["precision"] == "int8" and "QuantizeLinear" in _ops(g.data)
+    assert c["int8"]["quantization"]["images"] == 16
+    assert 0.0 <= c["int8"]["val_top1_runtime"] <= 1.0

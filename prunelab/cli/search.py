@@ -19,7 +19,7 @@ def _option(s: str) -> tuple[str, object]:
         return k.strip(), v
 
 
-TARGET_KEYS = ("batch_size", "threads")
+TARGET_KEYS = ("batch_size", "threads", "precision", "calibration", "calib_images", "int8_types")
 SEARCH_KEYS = ("recal_batches", "val_images", "measure_front", "decision_processes")
 
 
@@ -38,7 +38,9 @@ def cmd_search(args):
     section_values(args, "search", SEARCH_KEYS)
     section_values(args, "run", ("workers", "ray_address"))
     cfg = SearchConfig(method=args.method, criterion=args.criterion, target=TargetConfig(
-        args.target, batch_size=args.batch_size, threads=args.threads), budget=args.budget,
+        args.target, batch_size=args.batch_size, threads=args.threads, precision=args.precision,
+        calibration=args.calibration, calib_images=args.calib_images,
+        int8_types=args.int8_types), budget=args.budget,
         seed=args.seed, recal_batches=args.recal_batches, val_images=args.val_images,
         measure_front=args.measure_front, decision_processes=args.decision_processes,
         options=dict(args.option or []))

@@ -142,7 +142,48 @@ class Search:
         self._val_count: int | None = None      # validation images a candidate is scored on
         self.evaluator = Evaluator(self, model, data, crit, out, eval_fn, seconds_before,
                                    workers, ray_address)
+        self.gain = 1.0  # the unpruned model's measured speed-up over the budget's reference
+        self.reference_model = model  # what a relative latency budget is relative to
         self.base = self.evaluate({}, phase="base")
+        if getattr(getattr(target, "cfg", None), "precision", "fp32") == "int8":
+            self._int8_reference()
+
+    def _int8_reference(self) -> None:
+        """With int8, a relative latency budget stays relative to the unpruned *fp32* model on
+        the same runtime: its graph (run as it is) is the reference, and the unpruned int8
+        model's measured gain over it (paired sessions, measured once and kept in the run
+        folder so a resumed search replays the same feasibility) scales the predictor's units."""
+        import dataclasses
+        import json
+
+        import torch
+
+        from ..io import atomic_write_text
+        from ..latency.paired import STEP_PROTOCOL, paired_speedup
+        from ..targets._onnx import Graph, to_onnx
+
+        if hasattr(self.target, "time_jobs"):
+            raise PrunelabError("an int8 search times on this machine; drop --workers / "
+                                "--ray-address or search in fp32")
+        x = torch.zeros(self.cfg.target.batch_size, *self.spec.input_shape)
+        self.reference_model = Graph(to_onnx(self.model.eval(), [x]), name="unpruned fp32")
+        f = self.out / "int8_reference.json"
+        if f.exists():
+            self.gain = json.loads(f.read_text())["gain"]
+            return
+        e = paired_speedup(self.reference_model, self.model, self.target, self.spec.input_shape,
+                           dataclasses.replace(STEP_PROTOCOL, sessions=6), seed=self.seed)
+        self.gain = e.estimate
+        atomic_write_text(f, json.dumps({"gain": e.estimate, "estimate": e.to_json()}, indent=1))
+        for row in self.log.rows:  # rows judged before the gain was known
+            if "feasible" in row:
+                row["feasible"] = self.feasible(row)
+
+    @property
+    def reference(self) -> dict:
+        """The point a budget is judged against: the unpruned model, whose latency is the fp32
+        model's in the predictor's units when the search runs int8 (see :attr:`gain`)."""
+        return {**self.base, "latency_ms": self.base["latency_ms"] * self.gain}
 
     # -- options ---------------------------------------------------------------------------
     def option(self, name: str, default, kind: Callable = None):
@@ -188,10 +229,10 @@ class Search:
         return prefer(points, math.sqrt(max(best * (1 - best), 0.0) / self._val_count))
 
     def feasible(self, point: dict, slack: float = 0.0) -> bool:
-        return self.budget.met(point, self.base, slack)
+        return self.budget.met(point, self.reference, slack)
 
     def limit(self) -> float:
-        return self.budget.limit(self.base)
+        return self.budget.limit(self.reference)
 
     # -- evaluations (the evaluator's) ---------------------------------------------------------
     def evaluate(self, keep: dict[str, int], phase: str | None = None, context: str = "",

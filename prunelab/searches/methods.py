@@ -310,7 +310,7 @@ def omp_search(ctx: Search) -> None:
     ctx.plan(len(ctx.widths) * 10)
     for step in range(max_steps):
         cost = ctx.cost(keep, context)
-        if ctx.budget.met(cost, ctx.base):
+        if ctx.budget.met(cost, ctx.reference):
             break
         ctx.phase = f"step {step + 1}"
         trials = []
@@ -367,7 +367,7 @@ def abc(ctx: Search) -> None:
 
     def fitness(x) -> float:
         p = ctx.evaluate(keep_of(x), phase="search", train_batches=tb)
-        return p["top1"] if p["feasible"] else -ctx.budget.excess(p, ctx.base)
+        return p["top1"] if p["feasible"] else -ctx.budget.excess(p, ctx.reference)
 
     def neighbour(i: int) -> list[int]:
         k = rng.choice([j for j in range(food) if j != i])

@@ -76,17 +76,24 @@ def finish(ctx: Search, ref: str, budget: Budget, crit_spec: str) -> tuple[dict,
         "unpruned model")
     models = [_build(ctx, p) for p in pts]
     shape = ctx.spec.input_shape
-    times = measure(ctx.target, [ctx.model] + models, shape, FRONT_PROTOCOL)
+    # with int8 the fp32 graph is the budget's reference, timed interleaved with the rest
+    refs = [] if ctx.reference_model is ctx.model else [ctx.reference_model]
+    times = measure(ctx.target, refs + [ctx.model] + models, shape, FRONT_PROTOCOL)
+    ref_ms = times[0].median_ms
+    times = times[len(refs):]
     base = {**ctx.base, "predicted_ms": ctx.base["latency_ms"], "latency_ms": times[0].median_ms}
+    reference = {**base, "latency_ms": ref_ms}
     measured = [{**p, "predicted_ms": p["latency_ms"], "latency_ms": t.median_ms,
                  "latency_iqr_ms": t.iqr_ms} for p, t in zip(pts, times[1:])]
-    ok = ctx.preferred([p for p in measured if budget.met(p, base)])
-    choice = ok[0] if ok else min(measured, key=lambda p: budget.excess(p, base))
+    ok = ctx.preferred([p for p in measured if budget.met(p, reference)])
+    choice = ok[0] if ok else min(measured, key=lambda p: budget.excess(p, reference))
     context, _, train = choice["context"].partition("|train")
     timer = _timer(ctx)
-    if unpruned_meets(budget, base["latency_ms"]):
+    if unpruned_meets(budget, base["latency_ms"], ctx.gain):
+        what = ("the unpruned model" if not refs else
+                f"int8 alone (the unpruned int8 model, {ctx.gain:.3g}x the fp32 one)")
         landing = Landing("unpruned", dict(ctx.widths), budget.value, base["latency_ms"],
-                          message=f"the unpruned model already meets {budget} "
+                          message=f"{what} already meets {budget} "
                           f"({base['latency_ms']:.4g} ms measured): it is the answer")
         log(landing.message)
     else:
@@ -94,7 +101,7 @@ def finish(ctx: Search, ref: str, budget: Budget, crit_spec: str) -> tuple[dict,
         landing = Lander(budget, ctx.widths, ctx.normalize(choice["keep"]), timer=timer,
                          counter=lambda k: ctx.cost(k)[budget.kind] / ctx.base[budget.kind],
                          stairs=stairs, decision_processes=ctx.cfg.decision_processes,
-                         base_ms=base["latency_ms"],
+                         base_ms=ref_ms,
                          saving=lambda k, g, w: ctx.predict(k) - ctx.predict({**k, g: w})
                          ).land()
     ctx.phase = "landing"
@@ -104,7 +111,7 @@ def finish(ctx: Search, ref: str, budget: Budget, crit_spec: str) -> tuple[dict,
     est = landing.estimate
     if est is None:  # a MACs/params budget (or the unpruned answer): the speed-up, reported
         # (paired sessions in this process: no decision rests on it)
-        e = timer(landing.keep, 0, 12) if landing.status != "unpruned" else None
+        e = timer(landing.keep, 0, 12) if landing.status != "unpruned" or refs else None
         est = e.to_json() if e is not None else None
         if e is not None:
             landing.steps.append(Step(1.0, landing.keep, e.estimate, e.low, e.high, "report"))
@@ -120,7 +127,7 @@ def finish(ctx: Search, ref: str, budget: Budget, crit_spec: str) -> tuple[dict,
               "speedup_verdict": interval_verdict(low, high), "speedup_estimate": est,
               "budget_met": landing.met, "landing": landing.to_json(),
               "method_choice": {**_point_json(choice), "measured_speedup":
-                                base["latency_ms"] / choice["latency_ms"],
+                                ref_ms / choice["latency_ms"],
                                 "context": choice["context"]},
               "path": str((ctx.out / "model").resolve())}
     base_out = {**_point_json(base, keep=False), "val_top1_subset": base["top1"],
@@ -130,6 +137,8 @@ def finish(ctx: Search, ref: str, budget: Budget, crit_spec: str) -> tuple[dict,
         "keep": {**ctx.widths, **best["keep"]}, "widths_before": ctx.widths,
         "bn_recalibration_batches": ctx.cfg.recal_batches, "search": str(ctx.out.resolve())})
     save_model(net, pspec, ctx.out / "model", overwrite=True)  # inside our search folder
+    if refs:  # int8: the deploy artefact, calibrated on training images, judged by the runtime
+        chosen["int8"] = _int8_artefact(ctx, net, pspec)
     front = nondominated(measured)
     res = {"method": ctx.cfg.method, "criterion": crit_spec, "target": ctx.cfg.target.target,
            "target_config": ctx.cfg.target.to_json(), "budget": str(budget),
@@ -150,6 +159,31 @@ def finish(ctx: Search, ref: str, budget: Budget, crit_spec: str) -> tuple[dict,
                               f"{ctx.spec.name}: {ctx.cfg.method} + {crit_spec}, "
                               f"{ctx.cfg.target.target}, budget {budget}")
     return res, net
+
+
+def _int8_artefact(ctx: Search, net, spec) -> dict:
+    """``model.int8.onnx`` in the search folder: the chosen model's int8 graph calibrated on
+    ``calib_images`` training images (the graph the target times), and its validation top-1
+    computed by the runtime itself."""
+    import torch
+
+    from ..core import export_onnx
+    from ..quant import calibration_images, runtime_top1
+    from ..targets import make_target
+
+    cfg = ctx.cfg.target
+    images = calibration_images(ctx.data, cfg.calib_images, ctx.seed)
+    path = ctx.out / "model.int8.onnx"
+    r = export_onnx(net, path, torch.zeros(cfg.batch_size, *ctx.spec.input_shape),
+                    overwrite=True, precision="int8", calibration_images=images,
+                    target=cfg.target, calibration=cfg.calibration, int8_types=cfg.int8_types,
+                    metadata={"model": spec.name, "dataset": spec.dataset,
+                              "num_classes": spec.num_classes})
+    target = make_target(cfg)
+    top1 = runtime_top1(target, path.read_bytes(), ctx.data.batches("val", 500))
+    log(f"int8 artefact {path}: validation top-1 {100 * top1:.2f}% in {cfg.target}")
+    return {"onnx": str(path.resolve()), "val_top1_runtime": top1,
+            "quantization": r["quantization"]}
 
 
 # the front run picks the method's choice among the points near the budget (every point timed
@@ -176,8 +210,8 @@ def _timer(ctx: Search):
         net = meter.pruned(keep)
         if hasattr(ctx.target, "time_jobs"):  # a remote target: timed on its node, unpaired
             return _remote_estimate(ctx, net, proto)
-        return paired_speedup(ctx.model, net, ctx.target, ctx.spec.input_shape, proto,
-                              processes=processes, seed=ctx.seed)
+        return paired_speedup(ctx.reference_model, net, ctx.target, ctx.spec.input_shape,
+                              proto, processes=processes, seed=ctx.seed)
 
     return timer
 
