@@ -8,6 +8,7 @@ marker                    page
 ``step-example``          docs/latency.md   (bench/step_example.py)
 ``criteria-tables``       docs/criteria.md  (bench/criteria.py)
 ``search-tables``         docs/searches.md  (bench/search.py)
+``landing``               docs/searches.md  (bench/landing.py)
 ``examples-compare``      docs/pipeline.md  (bench/examples.py)
 ``scaleout``              docs/scaleout.md  (bench/scaleout.py)
 ``cluster-cost``          docs/scaleout.md  (bench/cluster_cost.py)
@@ -55,6 +56,9 @@ def blocks() -> list[tuple[str, str, str]]:
     searches = [p for p in searches if p.exists()]
     if searches:
         out.append(("searches.md", "search-tables", "\n".join(p.read_text() for p in searches)))
+    land = RESULTS / "landing.md"
+    if land.exists():
+        out.append(("searches.md", "landing", land.read_text()))
     ex = RESULTS / "examples-compare.md"
     if ex.exists():
         out.append(("pipeline.md", "examples-compare", ex.read_text()))
