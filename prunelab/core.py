@@ -467,9 +467,6 @@ def int8_graph(model: nn.Module, example_inputs, calibration_images, target: str
     per-channel weights) on ``calibration_images`` (N, C, H, W, normalised like training, at
     least 8), types chosen per CPU unless ``int8_types`` forces them.  Returns the ONNX bytes and
     the choice made (types, 7-bit weights, method, images, CPU).  The module is not modified."""
-    from .hardware import cpu_info
-    from .targets import TargetConfig, make_target
-
     _check_module(model)
     shape = _input_shape(example_inputs)
     batch = int(example_inputs.shape[0]) if isinstance(example_inputs, torch.Tensor) else 1
@@ -480,12 +477,9 @@ def int8_graph(model: nn.Module, example_inputs, calibration_images, target: str
         dims = ", ".join(map(str, shape))
         raise PrunelabError(f"int8 needs calibration_images shaped (N, {dims}), normalised like "
                             "the training images; e.g. 256 training images")
-    t = make_target(TargetConfig(target, batch_size=batch, threads=threads, precision="int8",
-                                 calibration=calibration, calib_images=max(len(images), 1),
-                                 int8_types=int8_types))
-    t.calibrate_on(images)
-    data = t.onnx_graph(_copy(model), [torch.zeros(batch, *shape)])
-    return data, {**t.quant_choice.to_json(), "target": target, "cpu": cpu_info()}
+    from .quant import int8_graph as _int8
+
+    return _int8(_copy(model), batch, shape, images, target, calibration, int8_types, threads)
 
 
 def export_onnx(model: nn.Module, path: str | Path, example_inputs, opset: int = 17,

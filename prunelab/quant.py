@@ -174,6 +174,24 @@ def calibration_images(data, n: int, seed: int = 0) -> np.ndarray:
     return np.ascontiguousarray(np.concatenate(got)[:n], dtype=np.float32)
 
 
+def int8_graph(model, batch: int, shape, images: np.ndarray, target: str = "onnxruntime-cpu",
+               calibration: str = "minmax", int8_types: str = "auto", threads: int = 1
+               ) -> tuple[bytes, dict]:
+    """The int8 graph of ``model`` (eval mode, not modified) exactly as ``target`` with
+    ``precision="int8"`` times it, calibrated on ``images``; and the choice made, with the CPU."""
+    import torch
+
+    from .hardware import cpu_info
+    from .targets import TargetConfig, make_target
+
+    t = make_target(TargetConfig(target, batch_size=batch, threads=threads, precision="int8",
+                                 calibration=calibration, calib_images=max(len(images), 1),
+                                 int8_types=int8_types))
+    t.calibrate_on(images)
+    data = t.onnx_graph(model, [torch.zeros(batch, *shape)])
+    return data, {**t.quant_choice.to_json(), "target": target, "cpu": cpu_info()}
+
+
 def with_metadata(graph: bytes, meta: dict) -> bytes:
     """``graph`` with ``meta`` (JSON) in its ``metadata_props`` under ``prunelab``: what the
     file is (model, dataset, input shape, precision, the quantization choice and CPU)."""

@@ -203,7 +203,7 @@ def test_int8_search_budget_relative_to_fp32_and_the_artefact(tmp_path, tiny_res
     assert gain > 0
     c = r["chosen"]
     assert r["target_config"]["precision"] == "int8"
-    assert c["landing"]["status"] in ("landed", "staircase", "unreachable", "unpruned")
+    assert c["landing"]["status"] in ("landed", "staircase", "unreachable", "unpruned", "missed")
     # a relative budget is judged against the fp32 reference the landing paired with
     assert r["budget_limit"] == pytest.approx(r["base"]["latency_ms"] / 1.1)
     g = read_graph(c["int8"]["onnx"])

@@ -131,6 +131,28 @@ def test_staircase_takes_the_nearest_step_that_meets_the_floor():
     assert "no step inside the band" in land.message
 
 
+def test_the_staircase_step_taken_is_read_in_fresh_processes():
+    """The step the staircase takes is decided in fresh processes like a landed point; when they
+    read it below the budget (an in-process reading inflated by a neighbour's load), the result
+    carries their figure and says so, not the step's."""
+    def stairs(keep):
+        return 0.2 + sum(math.ceil(k / 16) for k in keep.values())
+    base = stairs(WIDTHS)
+    decided = []
+
+    def timer(keep, processes, sessions):
+        r = base / stairs(keep)
+        if processes:
+            decided.append(r)
+            return _est(r / 1.3)
+        return _est(r)
+    land = Lander(Budget.parse("speedup=2"), WIDTHS, {"a": 48, "b": 48, "c": 24}, timer=timer,
+                  decision_processes=6).land()
+    assert land.status == "missed" and not land.met and decided
+    assert land.steps[-1].how == "decision" and land.value == pytest.approx(decided[-1] / 1.3)
+    assert land.value < 2 and "below the budget" in land.message
+
+
 def test_an_impossible_budget_says_what_was_reached():
     land = Lander(Budget.parse("speedup=50"), WIDTHS, {"a": 32, "b": 32, "c": 16},
                   timer=_timer(), decision_processes=0).land()

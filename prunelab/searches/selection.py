@@ -165,25 +165,26 @@ def _int8_artefact(ctx: Search, net, spec) -> dict:
     """``model.int8.onnx`` in the search folder: the chosen model's int8 graph calibrated on
     ``calib_images`` training images (the graph the target times), and its validation top-1
     computed by the runtime itself."""
-    import torch
+    import copy
 
-    from ..core import export_onnx
-    from ..quant import calibration_images, runtime_top1
+    from ..io import atomic_write_bytes
+    from ..quant import calibration_images, int8_graph, runtime_top1, with_metadata
     from ..targets import make_target
 
     cfg = ctx.cfg.target
     images = calibration_images(ctx.data, cfg.calib_images, ctx.seed)
+    data, quant = int8_graph(copy.deepcopy(net).cpu().eval(), cfg.batch_size,
+                             ctx.spec.input_shape, images, cfg.target, cfg.calibration,
+                             cfg.int8_types, cfg.threads)
+    data = with_metadata(data, {"model": spec.name, "dataset": spec.dataset,
+                                "num_classes": spec.num_classes, "precision": "int8",
+                                "input_shape": [cfg.batch_size, *ctx.spec.input_shape],
+                                "quantization": quant})
     path = ctx.out / "model.int8.onnx"
-    r = export_onnx(net, path, torch.zeros(cfg.batch_size, *ctx.spec.input_shape),
-                    overwrite=True, precision="int8", calibration_images=images,
-                    target=cfg.target, calibration=cfg.calibration, int8_types=cfg.int8_types,
-                    metadata={"model": spec.name, "dataset": spec.dataset,
-                              "num_classes": spec.num_classes})
-    target = make_target(cfg)
-    top1 = runtime_top1(target, path.read_bytes(), ctx.data.batches("val", 500))
+    atomic_write_bytes(path, data)  # inside our search folder
+    top1 = runtime_top1(make_target(cfg), data, ctx.data.batches("val", 500))
     log(f"int8 artefact {path}: validation top-1 {100 * top1:.2f}% in {cfg.target}")
-    return {"onnx": str(path.resolve()), "val_top1_runtime": top1,
-            "quantization": r["quantization"]}
+    return {"onnx": str(path.resolve()), "val_top1_runtime": top1, "quantization": quant}
 
 
 # the front run picks the method's choice among the points near the budget (every point timed
