@@ -136,7 +136,8 @@ def test_pruning_scoring_and_runner_creation_hold_a_step(tmp_path, monkeypatch, 
     With the gate off the same probes find the room free (the check can fail)."""
     from prunelab.criteria.magnitude import L1
     from prunelab.pruning import prune
-    from prunelab.targets import make_target, onnxruntime as ort_target
+    from prunelab.targets import _onnx as onnx_export
+    from prunelab.targets import make_target
 
     from .conftest import tiny_resnet
 
@@ -149,13 +150,13 @@ def test_pruning_scoring_and_runner_creation_hold_a_step(tmp_path, monkeypatch, 
             seen.append(("score", _room_free(prefix)))
             return super().layer_scores(name, module, group)
 
-    export = ort_target.to_onnx
+    export = onnx_export.to_onnx  # the one exporter every ONNX-based target's runner uses
 
     def probed_export(module, inputs):
         seen.append(("export", _room_free(prefix)))
         return export(module, inputs)
 
-    monkeypatch.setattr(ort_target, "to_onnx", probed_export)
+    monkeypatch.setattr(onnx_export, "to_onnx", probed_export)
     res = prune(tiny_resnet(), Probe(), ratio=0.5, input_shape=(1, 16, 16), num_classes=4)
     target = make_target("onnxruntime-cpu")
     run = target.runner(res.model, target.inputs([(1, 16, 16)]))
