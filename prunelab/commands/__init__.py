@@ -390,10 +390,10 @@ def evaluate_on_target(ref, cfg, dataset: str | None = None, data_dir: str | Non
         if shape[0] != cfg.batch_size:
             raise PrunelabError(f"{g.name} was exported with batch {shape[0]}; pass "
                                 f"--batch-size {shape[0]}")
-        name = g.meta.get("dataset") or dataset
-        if not (name or dataset):
+        name = dataset or g.meta.get("dataset")
+        if not name:
             raise PrunelabError(f"{g.name} does not say its data set; pass --dataset")
-        data = load_dataset(dataset or name, data_dir)
+        data = load_dataset(name, data_dir)
         if list(data.input_shape) != list(shape[1:]):
             raise PrunelabError(f"{g.name} takes {shape[1:]} inputs; data set {data.name} has "
                                 f"{list(data.input_shape)}")
@@ -415,10 +415,9 @@ def evaluate_on_target(ref, cfg, dataset: str | None = None, data_dir: str | Non
     data8, quant = int8_graph(model, x, calibration_images(data, cfg.calib_images, seed),
                               cfg.target, cfg.calibration, cfg.int8_types, cfg.threads)
     int8 = Graph(data8, name=f"{spec.name} int8")
-    import dataclasses as dc
-
     e = paired_speedup(fp32, int8, target, spec.input_shape,
-                       dc.replace(STEP_PROTOCOL, sessions=sessions), processes=0, seed=seed)
+                       dataclasses.replace(STEP_PROTOCOL, sessions=sessions), processes=0,
+                       seed=seed)
     return {**out, "top1": runtime_top1(target, data8, data.batches("test", 500)),
             "quantization": quant, "latency_ms": e.candidate_ms, "fp32_latency_ms": e.base_ms,
             "speedup": e.estimate, "speedup_interval": [e.low, e.high],
