@@ -12,8 +12,9 @@ within 2%.
 
 Resumable cell by cell: a cell whose run folder holds result.json and remeasure.json is done (a
 search that was cut off resumes from its own folder).  Runs live in runs/bench-landing/; the
-tables in bench/results/landing.{md,json} hold every finished cell of every suite, with the CPU
-and ISA each cell ran on.
+tables in bench/results/landing.{md,json} hold every finished cell of every suite, with the CPU,
+ISA and commit each cell ran on (a cell run in an earlier sitting keeps its row until it is run
+again here).
 """
 
 from __future__ import annotations
@@ -83,10 +84,19 @@ def run_cell(cell) -> None:
         run_search(model, cfg, run)
     search_s = time.perf_counter() - t0
     r = remeasure(cell, run)
-    r.update(cpu=cpu, search_wall_s=search_s,
+    r.update(cpu=cpu, search_wall_s=search_s, commit=commit(),
              finished=time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()))
     atomic_write_text(run / "remeasure.json", json.dumps(r, indent=1))
     print(json.dumps(row(cell)), flush=True)
+
+
+def commit() -> str:
+    """The code the cell ran (this checkout's HEAD, ``+dirty`` with uncommitted changes)."""
+    def git(*a):
+        return subprocess.run(["git", "-C", str(ROOT), *a], capture_output=True, text=True,
+                              check=False).stdout.strip()
+    head = git("rev-parse", "--short", "HEAD") or "unknown"
+    return head + ("+dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
 
 
 def row(cell) -> dict:
@@ -108,7 +118,8 @@ def row(cell) -> dict:
             "top1": c["top1"], "base_top1": res["base"]["top1"],
             "search_s": res["search_seconds"], "total_s": re["search_wall_s"],
             "remeasure_s": re["seconds"], "remeasure_command": re["command"],
-            "cpu": re["cpu"]["cpu"], "isa": re["cpu"]["isa"], "finished": re["finished"]}
+            "cpu": re["cpu"]["cpu"], "isa": re["cpu"]["isa"], "finished": re["finished"],
+            "commit": re.get("commit", "")}
 
 
 def table(rows: list[dict]) -> str:
@@ -124,8 +135,8 @@ def table(rows: list[dict]) -> str:
         f"figure within {100 * AGREE:.0f}% of the re-measure."), "",
         ("| model | method | target | budget | method's choice | landing | in search [95%] | "
         "re-measure [95%] | re-measure / budget | search vs re-measure | val top-1 (unpruned) "
-        "| search time | CPU (ISA) |"),
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        "| search time | CPU (ISA) | commit |"),
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         isa = "avx512" if any(f.startswith("avx512") for f in r["isa"]) else "avx2"
         if "avx512_vnni" in r["isa"]:
@@ -137,7 +148,7 @@ def table(rows: list[dict]) -> str:
             f"[{r['remeasure_low']:.3f}, {r['remeasure_high']:.3f}] | {r['ratio']:.3f} "
             f"{'ok' if r['on_goal'] else 'MISS'} | {100 * r['agree']:.1f}% | "
             f"{100 * r['top1']:.2f}% ({100 * r['base_top1']:.2f}%) | "
-            f"{r['total_s'] / 60:.1f} min | {r['cpu']} ({isa}) |")
+            f"{r['total_s'] / 60:.1f} min | {r['cpu']} ({isa}) | {r.get('commit') or '-'} |")
     stair = [r for r in rows if r["neighbours"]]
     if stair:
         lines += ["", "Cells where the staircase has no step inside the band (both neighbours):"]
@@ -149,8 +160,14 @@ def table(rows: list[dict]) -> str:
 
 
 def write_tables() -> None:
+    """Every cell run here, and (where its run folder is not here) its row from an earlier
+    sitting's table, each with the CPU and the commit it ran on."""
     cells = [c for suite in SUITES.values() for c in suite]
-    rows = [row(c) for c in cells if (RUNS / name(c) / "remeasure.json").exists()]
+    old = {}
+    if (RESULTS / "landing.json").exists():
+        old = {r["cell"]: r for r in json.loads((RESULTS / "landing.json").read_text())}
+    rows = [row(c) if (RUNS / name(c) / "remeasure.json").exists() else old[name(c)]
+            for c in cells if (RUNS / name(c) / "remeasure.json").exists() or name(c) in old]
     RESULTS.mkdir(parents=True, exist_ok=True)
     atomic_write_text(RESULTS / "landing.json", json.dumps(rows, indent=1))
     atomic_write_text(RESULTS / "landing.md", table(rows))

@@ -131,6 +131,20 @@ def test_staircase_takes_the_nearest_step_that_meets_the_floor():
     assert "no step inside the band" in land.message
 
 
+def test_a_one_group_cliff_lands_by_giving_the_other_groups_channels_back():
+    """A layout cliff: group a costs 12 units more while it is wider than 32 channels, so its
+    one step 33 -> 32 takes the path from 1.41x to 2.17x, over the band [2, 2.1].  The stage
+    keeps that step and gives b and c channels back, one at a time, until it lands."""
+    def cliff(keep):
+        return _cost(keep) + (12.0 if keep["a"] > 32 else 0.0)
+    choice = {"a": 32, "b": 60, "c": 30}
+    land = Lander(Budget.parse("speedup=2"), WIDTHS, choice, timer=_timer(cliff),
+                  decision_processes=6).land()
+    assert land.status == "landed", land.message
+    assert 2 <= land.value <= 2 * (1 + BAND)
+    assert land.keep["a"] <= 32 and (land.keep["b"] > 60 or land.keep["c"] > 30)
+
+
 def test_the_staircase_step_taken_is_read_in_fresh_processes():
     """The step the staircase takes is decided in fresh processes like a landed point; when they
     read it below the budget (an in-process reading inflated by a neighbour's load), the result

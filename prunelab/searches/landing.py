@@ -177,8 +177,8 @@ class Lander:
         self.budget, self.widths = budget, dict(widths)
         self.choice = {g: choice.get(g, w) for g, w in widths.items()}
         self.timer, self.counter = timer, counter
-        self.path = anchored_path(self.widths, self.choice,
-                                  stairs if budget.kind == "latency" else None)
+        self.stairs = stairs if budget.kind == "latency" else None
+        self.path = anchored_path(self.widths, self.choice, self.stairs)
         self.t_end = path_end(self.widths, self.choice)
         self.decision_processes = decision_processes
         self.steps: list[Step] = []
@@ -281,7 +281,8 @@ class Lander:
 
     def land(self) -> Landing:
         """Bisect the anchored path; where two neighbouring points of it bracket the band, bisect
-        the groups between them (narrowed one at a time, the best saving per channel first)."""
+        the single-stair moves between them (one group's stair at a time, the best saving per
+        channel first)."""
         self.seen: dict[tuple, dict] = {}
         on_path: dict[tuple, float] = {}
         measured = 0
@@ -314,25 +315,74 @@ class Lander:
             return got
         lo_s = got[0] or (lo[1] if lo else None)
         hi_s = got[1] or hi[1]
+        got = self._widen(lo_s, hi_s)
+        if isinstance(got, Landing):
+            return got
+        if got and got[1] and got[1][0].value < hi_s[0].value:
+            lo_s, hi_s = got[0] or lo_s, got[1]  # the widened chain came closer to the band
         return self._staircase(lo_s, hi_s, "" if measured < MAX_STEPS else "out of steps")
+
+    def _widen(self, lo_s, hi_s):
+        """Where one stair of one group jumps over the band (the too-slow and the too-fast
+        neighbour differ in that group only; on a runtime this is often a kernel-layout cliff,
+        every conv of a stage reaching a multiple of the vector width at once), keep that stair
+        and give the other groups channels back: from ``hi`` with every other group at its
+        unpruned width (too slow, else the stair alone overshoots and the staircase stands)
+        down to ``hi``, one stair at a time, bisected.  Returns the landing, the closest pair it
+        measured, or None where it does not apply."""
+        hi_k = hi_s[0].keep
+        lo_k = lo_s[0].keep if lo_s else self.widths
+        diff = [g for g in hi_k if hi_k[g] != lo_k[g]]
+        if len(diff) != 1:
+            return None
+        top = {**self.widths, diff[0]: hi_k[diff[0]]}
+        if top == hi_k:
+            return None
+        t = hi_s[0].t
+        s, est, _ = self._point(t, top)
+        side = self._side(s, est)
+        if side == 0:
+            return self._result("landed", s, est)
+        if side > 0:
+            return None
+        got = self._between(top, hi_k, t, t, MAX_STEPS // 2)
+        if isinstance(got, Landing):
+            return got
+        return [got[0] or (s, est), got[1]]
+
+    def _moves(self, lo: dict[str, int], hi: dict[str, int]) -> list[tuple[str, int]]:
+        """The single-stair moves from ``lo`` down to ``hi``: the groups that differ, largest
+        saving per channel first, each narrowed through every stair top between its two widths
+        (every width for a count budget), widest first, so the chain is monotone."""
+        diff = [g for g in lo if lo[g] != hi[g]]
+        if self.saving is not None:
+            diff.sort(key=lambda g: -self.saving(lo, g, hi[g]) / max(1, lo[g] - hi[g]))
+        moves = []
+        for g in diff:
+            if self.stairs and self.stairs.get(g):
+                mid = sorted((w for w in self.stairs[g] if hi[g] < w < lo[g]), reverse=True)
+            else:
+                mid = list(range(lo[g] - 1, hi[g], -1))
+            moves += [(g, w) for w in mid + [hi[g]]]
+        return moves
 
     def _between(self, lo: dict[str, int], hi: dict[str, int], lo_t: float, hi_t: float,
                  budget: int):
-        """The groups that differ between a too-slow ``lo`` and a too-fast ``hi``, narrowed to
-        ``hi``'s widths one at a time (largest saving per channel first): a finer monotone path
-        where all groups snapping at once jumps over the band.  Returns the landing, else the
-        closest too-slow and too-fast points it measured (None where it measured none)."""
-        diff = [g for g in lo if lo[g] != hi[g]]
-        if len(diff) < 2:
+        """A finer monotone path where all groups snapping at once jumps over the band: from a
+        too-slow ``lo`` to a too-fast ``hi`` one stair of one group at a time
+        (:meth:`_moves`), bisected.  Returns the landing, else the closest too-slow and too-fast
+        points it measured (None where it measured none)."""
+        moves = self._moves(lo, hi)
+        if len(moves) < 2:
             return [None, None]
-        if self.saving is not None:
-            diff.sort(key=lambda g: -self.saving(lo, g, hi[g]) / max(1, lo[g] - hi[g]))
-        keeps = {k: {**lo, **{g: hi[g] for g in diff[:k]}} for k in range(len(diff) + 1)}
+        keeps = [dict(lo)]
+        for g, w in moves:
+            keeps.append({**keeps[-1], g: w})
         on: dict[tuple, float] = {}
-        a, b, measured = 0, len(diff), 0  # a: too slow (lo), b: too fast (hi)
+        a, b, measured = 0, len(moves), 0  # a: too slow (lo), b: too fast (hi)
         while b - a > 1 and measured < budget:
             k = (a + b) // 2
-            t = lo_t + (hi_t - lo_t) * k / len(diff)
+            t = lo_t + (hi_t - lo_t) * k / len(moves)
             s, est, new = self._point(t, keeps[k])
             measured += new
             on[tuple(sorted(keeps[k].items()))] = k
@@ -340,7 +390,7 @@ class Lander:
                 return self._result("landed", s, est)
             near = self._bracket(on)
             a = near[0][0] if near[0] else 0
-            b = near[1][0] if near[1] else len(diff)
+            b = near[1][0] if near[1] else len(moves)
         near = self._bracket(on)
         return [near[0][1] if near[0] else None, near[1][1] if near[1] else None]
 
