@@ -32,9 +32,12 @@ except ``[model] ref`` and ``[search] method``:
     repeats = 200
 
 Stages: ``search`` (:func:`prunelab.commands.run_search` into ``RUN/search/``), ``finetune``
-(:func:`prunelab.commands.finetune` into ``RUN/finetuned/``) and ``verify`` (test top-1 of the
+(:func:`prunelab.commands.finetune` into ``RUN/finetuned/``), with ``[target] precision =
+"int8"`` ``quantize`` (the fine-tuned and the unpruned model quantized as the target runs them,
+``RUN/final.int8.onnx`` and ``RUN/unpruned.int8.onnx``), and ``verify`` (test top-1 of the
 unpruned, searched and final models, their latency measured interleaved on the target, MACs and
-parameters, into ``verify.json``).  Each stage is skipped when finished and resumed when
+parameters, into ``verify.json``; int8: the fp32 graphs beside the int8 files, each int8 top-1
+computed by the runtime, the speed-up of ``final.int8.onnx`` over the unpruned fp32 graph).  Each stage is skipped when finished and resumed when
 interrupted (the search from its log, fine-tuning from ``finetuned.ckpt/``).  The run folder
 also keeps ``config.toml`` (the file as given), ``config.json`` (resolved, defaults filled in; a
 rerun must match it), ``environment.json`` (library versions, device fingerprint, seeds) and
@@ -286,10 +289,17 @@ def _note_session(out: Path, cfg: PipelineConfig) -> None:
     atomic_write_text(out / "environment.json", json.dumps(env, indent=1))
 
 
+def _stage(cfg: PipelineConfig, i: int) -> str:
+    """``[i/n]``: search, fine-tune, (int8: quantize,) verify."""
+    n = 4 if cfg.target.precision == "int8" else 3
+    return f"[{min(i, n)}/{n}]"
+
+
 def _stage_search(cfg: PipelineConfig, out: Path, model, spec, data, target):
     from .searches.run import search_model
 
-    log(f"[1/3] search: {cfg.search.method} on {cfg.model.ref}, budget {cfg.search.budget}, "
+    log(f"{_stage(cfg, 1)} search: {cfg.search.method} on {cfg.model.ref}, "
+        f"budget {cfg.search.budget}, "
         f"target {cfg.target.name}")
     return search_model(model, spec, data, cfg.search_config(), out / "search",
                         cfg.target.cache_dir, target=target,
@@ -310,15 +320,16 @@ def _stage_finetune(cfg: PipelineConfig, out: Path, searched, model, spec, data)
     f = cfg.finetune
     done = read_json(out / "finetune.json")
     if done is not None:
-        log(f"[2/3] fine-tune: done earlier ({out / 'finetuned'})")
+        log(f"{_stage(cfg, 2)} fine-tune: done earlier ({out / 'finetuned'})")
         return {**done, "resumed": True}, load_into(out / "finetuned", model)
     if f.epochs == 0:
-        log("[2/3] fine-tune: skipped (epochs = 0)")
+        log(f"{_stage(cfg, 2)} fine-tune: skipped (epochs = 0)")
         return None, searched
     from .distributed import is_main, launch, world
 
     if f.nproc > 1 and world()[1] == 1:  # this process starts the ranks and waits for them
-        log(f"[2/3] fine-tune: {f.epochs} epoch(s), teacher {f.teacher}, {f.nproc} processes "
+        log(f"{_stage(cfg, 2)} fine-tune: {f.epochs} epoch(s), teacher {f.teacher}, "
+            f"{f.nproc} processes "
             "under torchrun")
         code = launch([str(out)], f.nproc, module="prunelab.ddp_stage")
         done = read_json(out / "finetune.json")
@@ -326,7 +337,7 @@ def _stage_finetune(cfg: PipelineConfig, out: Path, searched, model, spec, data)
             raise PrunelabError(f"the fine-tune under torchrun stopped (exit code {code}); run "
                                 "the same command again to resume from its checkpoint")
         return done, load_into(out / "finetuned", model)
-    log(f"[2/3] fine-tune: {f.epochs} epoch(s), teacher {f.teacher}")
+    log(f"{_stage(cfg, 2)} fine-tune: {f.epochs} epoch(s), teacher {f.teacher}")
     teacher = tspec = tid = None
     if f.teacher == "parent":
         teacher, tspec, tid = model, spec, ref_of(str(resolve(cfg.model.ref)))
@@ -348,6 +359,43 @@ def _stage_finetune(cfg: PipelineConfig, out: Path, searched, model, spec, data)
     return r, net
 
 
+INT8_FILES = {"final": "final.int8.onnx", "unpruned": "unpruned.int8.onnx"}
+
+
+def _stage_quantize(cfg: PipelineConfig, out: Path, nets: dict, data) -> dict | None:
+    """An int8 run (``[target] precision = "int8"``): the fine-tuned model and the unpruned one
+    (int8 alone, the baseline every pruned cell must beat) quantized as the target runs them,
+    calibrated on ``[target] calib_images`` training images; the files are the deploy
+    artefacts and the graphs verify times.  None for an fp32 run."""
+    import copy
+
+    from .io import atomic_write_bytes
+    from .quant import calibration_images, deploy_graph
+
+    if cfg.target.precision != "int8":
+        return None
+    done = read_json(out / "quantize.json")
+    if done is not None:
+        log(f"{_stage(cfg, 3)} quantize: done earlier")
+        return done
+    t0 = time.perf_counter()
+    log(f"{_stage(cfg, 3)} quantize: int8 on {cfg.target.name}, "
+        f"{cfg.target.calib_images} calibration images ({cfg.target.calibration})")
+    tcfg = cfg.target_config()
+    images = calibration_images(data, tcfg.calib_images, cfg.run.seed)
+    res = {}
+    for k, fname in INT8_FILES.items():
+        m, spec = nets[k]
+        g, quant = deploy_graph(copy.deepcopy(m).cpu().eval(),
+                                {"model": spec.name, "dataset": spec.dataset,
+                                 "num_classes": spec.num_classes}, spec.input_shape, images, tcfg)
+        atomic_write_bytes(out / fname, g)  # inside the run folder we made
+        res[k] = {"onnx": str((out / fname).resolve()), "quantization": quant}
+    res["seconds"] = time.perf_counter() - t0
+    atomic_write_text(out / "quantize.json", json.dumps(res, indent=1))
+    return res
+
+
 def finetune_rank(out: Path) -> None:
     """One torchrun rank of the fine-tune stage of the run in ``out`` (``[finetune] nproc`` >
     1): the model, data and searched widths come from the run folder's resolved config and
@@ -363,6 +411,18 @@ def finetune_rank(out: Path) -> None:
                            data_dir=cfg.model.data_dir)
         data = data_for(spec, cfg.model.dataset, cfg.model.data_dir)
         _stage_finetune(cfg, out, load_into(out / "search" / "model", model), model, spec, data)
+
+
+def row_labels(v: dict) -> dict[str, str]:
+    """The rows of a run's ``verify.json`` or ``summary.json``, in order, with their labels."""
+    if v.get("precision") == "int8":
+        return {"unpruned": "unpruned fp32", "unpruned_int8": "int8 alone (unpruned)",
+                "searched": "searched int8 (before fine-tune)",
+                "final_fp32": "fine-tuned fp32 (before quantization)",
+                "final": "final int8 (fine-tuned, quantized)"}
+    return {"unpruned": "unpruned", "searched": "searched (before fine-tune)",
+            "final": "final (no fine-tune)" if v.get("finetune_epochs") == 0
+            else "final (fine-tuned)"}
 
 
 def verdict(v: str, pruned: str = "pruned") -> str:
@@ -381,10 +441,10 @@ def _stage_verify(cfg: PipelineConfig, out: Path, nets: dict, refs: dict, data, 
 
     done = read_json(out / "verify.json")
     if done is not None:
-        log("[3/3] verify: done earlier")
+        log(f"{_stage(cfg, 4)} verify: done earlier")
         return done
     t0 = time.perf_counter()
-    log(f"[3/3] verify: test top-1 and latency on {cfg.target.name} "
+    log(f"{_stage(cfg, 4)} verify: test top-1 and latency on {cfg.target.name} "
         f"({cfg.verify.repeats} interleaved runs after {cfg.verify.warmup} warm-up)")
     rows = {}
     shape = nets["unpruned"][1].input_shape
@@ -395,13 +455,16 @@ def _stage_verify(cfg: PipelineConfig, out: Path, nets: dict, refs: dict, data, 
                    "val_top1": evaluate(m, data.batches("val", 500)),
                    "macs": macs, "params": params}
     order = ["unpruned", "searched", "final"]
-    times = measure(target, [nets[k][0] for k in order], shape,
+    timed = {k: nets[k][0] for k in order}
+    if cfg.target.precision == "int8":
+        order, timed = _int8_rows(cfg, out, nets, refs, rows, data, target)
+    times = measure(target, [timed[k] for k in order], shape,
                     Protocol(cfg.verify.warmup, cfg.verify.repeats,
                              cfg.verify.min_seconds, cfg.verify.sessions))
     for k, t in zip(order, times):
         rows[k].update(latency_ms=t.median_ms, latency_iqr_ms=t.iqr_ms, latency=t.to_json())
-    cmp = compare(times[0], times[2])
-    est = _paired(cfg, target, nets["unpruned"][0], nets["final"][0], shape)
+    cmp = compare(times[0], times[order.index("final")])
+    est = _paired(cfg, target, timed["unpruned"], timed["final"], shape)
     res = {"rows": rows, "order": order, "target": cfg.target.name,
            "target_config": cfg.target_config().to_json(),
            "protocol": {"warmup": cfg.verify.warmup, "repeats": cfg.verify.repeats,
@@ -418,9 +481,39 @@ def _stage_verify(cfg: PipelineConfig, out: Path, nets: dict, refs: dict, data, 
            "params_kept": rows["final"]["params"] / rows["unpruned"]["params"],
            "top1_change": rows["final"]["test_top1"] - rows["unpruned"]["test_top1"],
            "dataset": data.name, "measured_on": measuring_on(target),
-           "seconds": time.perf_counter() - t0}
+           "precision": cfg.target.precision, "seconds": time.perf_counter() - t0}
     atomic_write_text(out / "verify.json", json.dumps(res, indent=1))
     return res
+
+
+def _int8_rows(cfg: PipelineConfig, out: Path, nets: dict, refs: dict, rows: dict, data,
+               target) -> tuple[list[str], dict]:
+    """An int8 run's verify rows: the fp32 graphs (the unpruned model is the budget's
+    reference; the fine-tuned one before quantization) beside the int8 files as they deploy
+    (``unpruned_int8``: int8 alone; ``searched``: the search's ``model.int8.onnx``; ``final``:
+    ``final.int8.onnx``), each int8 top-1 computed by the runtime itself.  Returns the timing
+    order and what is timed (fp32 graphs and int8 files, run as they are)."""
+    from .quant import read_graph, runtime_top1
+    from .targets._onnx import Graph, to_onnx
+
+    import torch
+
+    x = [torch.zeros(cfg.target.batch_size, *nets["unpruned"][1].input_shape)]
+    files = {"unpruned_int8": out / INT8_FILES["unpruned"],
+             "searched": out / "search" / "model.int8.onnx", "final": out / INT8_FILES["final"]}
+    twin = {"unpruned_int8": "unpruned", "searched": "searched", "final": "final"}
+    rows["final_fp32"] = {**rows["final"], "precision": "fp32"}
+    rows["unpruned"]["precision"] = "fp32"
+    timed = {"unpruned": Graph(to_onnx(nets["unpruned"][0].eval(), x), name="unpruned fp32"),
+             "final_fp32": Graph(to_onnx(nets["final"][0].eval(), x), name="final fp32")}
+    for k, f in files.items():
+        g = read_graph(f)
+        timed[k] = g
+        rows[k] = {**rows[twin[k]], "ref": str(f), "precision": "int8",
+                   "quantization": g.meta.get("quantization"), "judged_by": cfg.target.name,
+                   "test_top1": runtime_top1(target, g.data, data.batches("test", 500)),
+                   "val_top1": runtime_top1(target, g.data, data.batches("val", 500))}
+    return ["unpruned", "unpruned_int8", "searched", "final_fp32", "final"], timed
 
 
 def _paired(cfg: PipelineConfig, target, base, final, shape):
@@ -485,11 +578,14 @@ def _run(cfg: PipelineConfig, out: Path, text: str) -> dict:
         stage = "finetune"
         fr, final_net = _stage_finetune(cfg, out, searched_net, model, spec, data)
         final = fr["out"] if fr else searched
-        stage = "verify"
         final_spec = read_spec(Path(final))
         final_spec.provenance.setdefault("name", Path(final).name)
         searched_spec = read_spec(Path(searched))
         searched_spec.provenance.setdefault("name", Path(searched).name)
+        stage = "quantize"
+        qr = _stage_quantize(cfg, out, {"unpruned": (model, spec),
+                                        "final": (final_net, final_spec)}, data)
+        stage = "verify"
         vr = _stage_verify(cfg, out, {"unpruned": (model, spec),
                                       "searched": (searched_net, searched_spec),
                                       "final": (final_net, final_spec)},
@@ -525,6 +621,8 @@ def _run(cfg: PipelineConfig, out: Path, text: str) -> dict:
         if "landing" in sr["chosen"] else None,
         "macs_kept": vr["macs_kept"], "params_kept": vr["params_kept"],
         "top1_change": vr["top1_change"], "dataset": vr["dataset"],
-        "protocol": vr["protocol"], "final_model": final, "searched_model": searched}
+        "protocol": vr["protocol"], "final_model": final, "searched_model": searched,
+        "precision": cfg.target.precision,
+        "final_int8": qr["final"]["onnx"] if qr else None}
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=1))
     return summary

@@ -192,6 +192,18 @@ def int8_graph(model, batch: int, shape, images: np.ndarray, target: str = "onnx
     return data, {**t.quant_choice.to_json(), "target": target, "cpu": cpu_info()}
 
 
+def deploy_graph(model, meta: dict, input_shape, images: np.ndarray, cfg) -> tuple[bytes, dict]:
+    """The int8 deploy artefact of ``model`` on ``cfg``'s target (a :class:`~prunelab.targets.
+    TargetConfig` with precision int8): the graph that target times, calibrated on ``images``,
+    with ``meta`` (model, dataset, classes), its precision, input shape and the quantization
+    choice in the file's metadata.  Returns the bytes and the choice."""
+    data, quant = int8_graph(model, cfg.batch_size, input_shape, images, cfg.target,
+                             cfg.calibration, cfg.int8_types, cfg.threads)
+    data = with_metadata(data, {**meta, "precision": "int8", "quantization": quant,
+                                "input_shape": [cfg.batch_size, *input_shape]})
+    return data, quant
+
+
 def with_metadata(graph: bytes, meta: dict) -> bytes:
     """``graph`` with ``meta`` (JSON) in its ``metadata_props`` under ``prunelab``: what the
     file is (model, dataset, input shape, precision, the quantization choice and CPU)."""

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from .errors import PrunelabError
 from .io import atomic_dir, atomic_write_bytes, atomic_write_text, read_json
-from .pipeline import verdict
+from .pipeline import row_labels, verdict
 
 
 def _plt():
@@ -281,8 +281,7 @@ def before_after(run: Run) -> tuple[list[str], list[list[str]], str]:
         cols = ["model", "test top-1", "val top-1", "MACs", "params", "latency ms (± IQR/2)",
                 "speed-up"]
         base = v["rows"]["unpruned"]["latency_ms"]
-        labels = {"unpruned": "unpruned", "searched": "searched (before fine-tune)",
-                  "final": "final (fine-tuned)"}
+        labels = row_labels(v)
         rows = []
         for k in v["order"]:
             r = v["rows"][k]
@@ -291,7 +290,9 @@ def before_after(run: Run) -> tuple[list[str], list[list[str]], str]:
                          f"{r['latency_ms']:.3f} ± {r['latency_iqr_ms'] / 2:.3f}",
                          f"{base / r['latency_ms']:.2f}x"])
         tc = v["target_config"]
-        note = (f"verified: test split ({v['dataset']}); latency on {v['target']} (batch "
+        note = ("int8 top-1s computed by the runtime on the int8 files; " if
+                v.get("precision") == "int8" else "")
+        note += (f"verified: test split ({v['dataset']}); latency on {v['target']} (batch "
                 f"{tc['batch_size']}, {tc['threads']} thread(s)), median of "
                 f"{v['protocol']['repeats']} interleaved runs after {v['protocol']['warmup']} "
                 f"warm-up; final vs unpruned {_speedup(v['speedup'], v.get('speedup_interval'))} "
@@ -458,7 +459,8 @@ def _row(run: Run) -> dict:
                 "base_latency_ms": b["latency_ms"], "speedup": s["speedup"],
                 "speedup_interval": s.get("speedup_interval"),
                 "speedup_verdict": s["speedup_verdict"], "search_seconds": s["search_seconds"],
-                "finetune_seconds": s["finetune_seconds"], "evaluations": s["evaluations"]}
+                "finetune_seconds": s["finetune_seconds"], "evaluations": s["evaluations"],
+                "precision": s.get("precision", "fp32")}
     if not r:
         raise PrunelabError(f"{run.dir} has no finished search or run to compare; finish it "
                             "first (rerun the same command to resume)")

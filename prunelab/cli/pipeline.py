@@ -12,12 +12,12 @@ def _pct(v) -> str:
 
 def print_summary(o: dict) -> None:
     """The verified before/after table of a pipeline run."""
+    from ..pipeline import row_labels
 
-    labels = {"unpruned": "unpruned", "searched": "searched (before fine-tune)",
-              "final": "final (fine-tuned)" if o["finetune_epochs"] else "final (no fine-tune)"}
+    labels = row_labels(o)
     base = o["rows"]["unpruned"]["latency_ms"]
     rows = []
-    for k in ("unpruned", "searched", "final"):
+    for k in labels:
         r = o["rows"][k]
         rows.append([labels[k], _pct(r["test_top1"]), f"{r['macs'] / 1e6:.2f} M",
                      f"{r['params'] / 1e6:.3f} M",

@@ -168,18 +168,15 @@ def _int8_artefact(ctx: Search, net, spec) -> dict:
     import copy
 
     from ..io import atomic_write_bytes
-    from ..quant import calibration_images, int8_graph, runtime_top1, with_metadata
+    from ..quant import calibration_images, deploy_graph, runtime_top1
     from ..targets import make_target
 
     cfg = ctx.cfg.target
     images = calibration_images(ctx.data, cfg.calib_images, ctx.seed)
-    data, quant = int8_graph(copy.deepcopy(net).cpu().eval(), cfg.batch_size,
-                             ctx.spec.input_shape, images, cfg.target, cfg.calibration,
-                             cfg.int8_types, cfg.threads)
-    data = with_metadata(data, {"model": spec.name, "dataset": spec.dataset,
-                                "num_classes": spec.num_classes, "precision": "int8",
-                                "input_shape": [cfg.batch_size, *ctx.spec.input_shape],
-                                "quantization": quant})
+    data, quant = deploy_graph(copy.deepcopy(net).cpu().eval(),
+                               {"model": spec.name, "dataset": spec.dataset,
+                                "num_classes": spec.num_classes}, ctx.spec.input_shape, images,
+                               cfg)
     path = ctx.out / "model.int8.onnx"
     atomic_write_bytes(path, data)  # inside our search folder
     top1 = runtime_top1(make_target(cfg), data, ctx.data.batches("val", 500))
