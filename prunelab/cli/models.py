@@ -252,34 +252,15 @@ def cmd_finetune(args):
 
 
 def cmd_export(args):
-    import torch
+    from .. import commands
 
-    from ..core import export_onnx
-    from ..io import check_out
-
-    if args.batch_size < 1:
-        raise PrunelabError("--batch-size must be at least 1")
-    check_out(args.onnx, "file", args.overwrite, "--onnx")  # before the model is opened
-    images = None
-    if args.precision == "int8":  # every option checked before the model and data are opened
-        from ..quant import calibration_images
-        from ..targets import TargetConfig
-
-        TargetConfig(args.target, batch_size=args.batch_size, **precision_kwargs(args))
-        if args.dynamic_batch:
-            raise PrunelabError("an int8 graph is exported with the fixed batch it is timed "
-                                "with; drop --dynamic-batch")
-        model, spec, data = open_model(args)
-        images = calibration_images(data, args.calib_images)
-    else:
-        model, spec, _ = open_model(args, data=False)
-    from ..commands import _graph_meta
-
-    r = {"model": spec.name, **export_onnx(
-        model, args.onnx, torch.zeros(args.batch_size, *spec.input_shape), opset=args.opset,
-        dynamic_batch=args.dynamic_batch, overwrite=args.overwrite, precision=args.precision,
-        calibration_images=images, target=args.target, calibration=args.calibration,
-        int8_types=args.int8_types, metadata=_graph_meta(spec))}
+    opts = dict(batch_size=args.batch_size, dynamic_batch=args.dynamic_batch,
+                overwrite=args.overwrite, precision=args.precision, target=args.target,
+                calibration=args.calibration, calib_images=args.calib_images,
+                int8_types=args.int8_types)
+    commands.check_export(args.onnx, **opts)  # before the model and data are opened
+    model, spec, data = open_model(args, data=args.precision == "int8")
+    r = commands.export_onnx((model, spec), args.onnx, opset=args.opset, data=data, **opts)
     emit(args, r, lambda o: print(
         f"wrote {o['onnx']} ({o['bytes'] / 1e6:.2f} MB, opset {o['opset']}, input "
         f"{o['input_shape']}): "

@@ -327,29 +327,43 @@ def _finetune_locked(model, spec, data, cfg, out, tmodel, tspec, teacher_id, kd_
             "history": r.history}
 
 
-def export_onnx(ref: str, path: str, batch_size: int = 1, opset: int = 17,
-                dynamic_batch: bool = False, overwrite: bool = False, precision: str = "fp32",
-                target: str = "onnxruntime-cpu", calibration: str = "minmax",
-                calib_images: int = 256, int8_types: str = "auto", dataset: str | None = None,
-                data_dir: str | None = None) -> dict:
-    """Export a model (a shipped name or folder) to ONNX: the graph the ONNX-based targets time
-    (see :func:`prunelab.core.export_onnx`); ``precision="int8"`` writes the int8 graph
-    ``target`` times, calibrated on ``calib_images`` training images of the model's data set."""
-    from ..core import export_onnx as _export
+def check_export(path: str, batch_size: int = 1, dynamic_batch: bool = False,
+                 overwrite: bool = False, precision: str = "fp32",
+                 target: str = "onnxruntime-cpu", calibration: str = "minmax",
+                 calib_images: int = 256, int8_types: str = "auto") -> None:
+    """:func:`export_onnx`'s options, checked before a model or data set is opened."""
     from ..targets import TargetConfig
 
     if batch_size < 1:
         raise PrunelabError("--batch-size must be at least 1")
-    if precision == "int8":  # every option checked before the model and data are opened
+    if precision == "int8":
         TargetConfig(target, batch_size=batch_size, precision="int8", calibration=calibration,
                      calib_images=calib_images, int8_types=int8_types)
+        if dynamic_batch:
+            raise PrunelabError("an int8 graph is exported with the fixed batch it is timed "
+                                "with; drop --dynamic-batch")
     check_out(path, "file", overwrite, "--onnx")
-    model, spec = load(ref)
+
+
+def export_onnx(ref, path: str, batch_size: int = 1, opset: int = 17,
+                dynamic_batch: bool = False, overwrite: bool = False, precision: str = "fp32",
+                target: str = "onnxruntime-cpu", calibration: str = "minmax",
+                calib_images: int = 256, int8_types: str = "auto", dataset: str | None = None,
+                data_dir: str | None = None, data=None) -> dict:
+    """Export a model (a shipped name or folder, or an opened ``(model, spec)``) to ONNX: the
+    graph the ONNX-based targets time (see :func:`prunelab.core.export_onnx`);
+    ``precision="int8"`` writes the int8 graph ``target`` times, calibrated on ``calib_images``
+    training images of ``data`` (default: the model's data set, or ``dataset``)."""
+    from ..core import export_onnx as _export
+
+    check_export(path, batch_size, dynamic_batch, overwrite, precision, target, calibration,
+                 calib_images, int8_types)
+    model, spec = ref if isinstance(ref, tuple) else load(ref)
     images = None
     if precision == "int8":
         from ..quant import calibration_images
 
-        images = calibration_images(data_for(spec, dataset, data_dir), calib_images)
+        images = calibration_images(data or data_for(spec, dataset, data_dir), calib_images)
     r = _export(model, path, torch.zeros(batch_size, *spec.input_shape), opset=opset,
                 dynamic_batch=dynamic_batch, overwrite=overwrite, precision=precision,
                 calibration_images=images, target=target, calibration=calibration,
