@@ -145,6 +145,29 @@ def test_a_one_group_cliff_lands_by_giving_the_other_groups_channels_back():
     assert land.keep["a"] <= 32 and (land.keep["b"] > 60 or land.keep["c"] > 30)
 
 
+def test_a_decision_whose_interval_reaches_under_the_floor_measures_more():
+    """A decision in the band whose interval reaches under 0.97 x the budget (one process read
+    slow) is measured again, the samples pooled, before the stage decides: it lands there."""
+    from prunelab.latency.paired import _estimate
+
+    base = _cost(WIDTHS)
+    rounds = []
+
+    def timer(keep, processes, sessions):
+        r = base / _cost(keep)
+        if not processes:
+            return _est(r)
+        rounds.append(r)
+        spread = [1.0, 1.01, 0.99, 1.005, 0.995, 0.85] if len(rounds) % 2 else [1.0] * 6
+        return _estimate([math.log(r * f) for f in spread], 0.95, 0.0, processes, 2, 1.0,
+                         1.0 / r, "cpu", {})
+    land = Lander(Budget.parse("speedup=2"), WIDTHS, {"a": 40, "b": 40, "c": 20}, timer=timer,
+                  decision_processes=6).land()
+    assert land.status == "landed", land.message
+    assert land.steps[-1].how == "decision"
+    assert len(rounds) >= 2 and len(land.estimate["samples"]) >= 12  # pooled
+
+
 def test_the_staircase_step_taken_is_read_in_fresh_processes():
     """The step the staircase takes is decided in fresh processes like a landed point; when they
     read it below the budget (an in-process reading inflated by a neighbour's load), the result

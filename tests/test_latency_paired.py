@@ -3,6 +3,7 @@ with seeded noise and an injected order bias; no test reads a wall clock."""
 
 import copy
 import math
+from statistics import NormalDist
 
 import pytest
 import torch.nn as nn
@@ -57,6 +58,26 @@ def test_separate_processes_use_the_same_session_code():
                        Protocol(warmup=1, repeats=4, sessions=2), processes=2)
     assert e.processes == 2 and len(e.samples) == 2
     assert e.estimate == pytest.approx(TRUE, rel=1e-9)  # each process pairs its own orders
+
+
+def test_a_process_interval_carries_the_drift_between_sittings():
+    """A decision's interval is the signed-rank one widened in quadrature by DRIFT (a re-measure
+    in a later sitting moves by more than one decision's spread); a formula target has none."""
+    from prunelab.latency.paired import DRIFT
+
+    proto = Protocol(warmup=1, repeats=4, sessions=2)
+    e = paired_speedup(A, B, scripted(noise=0.02, seed=1), SHAPE, proto, processes=2)
+    lo, hi = e.sampled
+    assert e.drift == DRIFT and e.low < lo <= e.estimate <= hi < e.high
+    z = NormalDist().inv_cdf(0.5 + e.level / 2)  # at the interval's own level
+    assert math.log(e.estimate / e.low) == pytest.approx(
+        math.hypot(math.log(e.estimate / lo), z * DRIFT))
+    assert math.log(e.high / e.estimate) == pytest.approx(
+        math.hypot(math.log(hi / e.estimate), z * DRIFT))
+    exact = paired_speedup(A, B, scripted(), SHAPE, proto, processes=2)
+    assert exact.drift == 0.0 and (exact.low, exact.high) == exact.sampled
+    inproc = paired_speedup(A, B, scripted(noise=0.02, seed=1), SHAPE, P)
+    assert inproc.drift == 0.0 and (inproc.low, inproc.high) == inproc.sampled
 
 
 def test_signed_rank_interval_matches_its_definition():

@@ -18,7 +18,8 @@ same per-session code (:func:`time_session`):
   of a bisection;
 - separate processes (``processes=K``, at least 6 for a decision): K clean child interpreters,
   each one sample (the mean of its ``protocol.sessions`` sessions); nothing the calling process
-  did before (torch training, thread pools, its heap) reaches the figure.
+  did before (torch training, thread pools, its heap) reaches the figure.  Its interval also
+  carries the drift between sittings (:data:`DRIFT`), so a re-measure later falls inside it.
 
     >>> import torch.nn as nn
     >>> from prunelab.targets import TargetConfig, make_target
@@ -54,6 +55,14 @@ DECISION_PROTOCOL = Protocol(warmup=20, repeats=60, min_seconds=0.3, sessions=2)
 DECISION_PROCESSES = 6
 # a bisection step: 6 in-process sessions
 STEP_PROTOCOL = Protocol(warmup=10, repeats=40, min_seconds=0.1, sessions=6)
+# Between sittings minutes apart the same pair's ratio moves by more than the spread of one
+# decision's processes (what runs on the other cores changes the cache and memory bandwidth a
+# model gets, and a larger model loses more of it).  A process-mode interval carries that term
+# too, so that a later re-measure in new processes falls inside it: DRIFT is its standard
+# deviation in log-ratio, from bench/landing.py (each decided cell re-measured by `latency
+# compare` in new processes: root mean square 1.3% over the 8 decided cells of its first run),
+# rounded up.  A formula target has none.
+DRIFT = 0.015
 
 
 @dataclass(frozen=True)
@@ -79,6 +88,8 @@ class SpeedupEstimate:
     candidate_ms: float
     cpu: str
     protocol: dict = field(default_factory=dict)
+    drift: float = 0.0                      # the between-sittings term in low/high (see DRIFT)
+    sampled: tuple[float, float] | None = None  # the signed-rank interval alone, without it
 
     def contains(self, ratio: float) -> bool:
         return self.low <= ratio <= self.high
@@ -91,6 +102,15 @@ class SpeedupEstimate:
 
     def to_json(self) -> dict:
         return {**asdict(self), "verdict": self.verdict}
+
+    def pooled(self, other: "SpeedupEstimate", level: float = 0.95) -> "SpeedupEstimate":
+        """This estimate and ``other`` (more samples of the same pair, same mode) as one: the
+        samples together, the interval recomputed (with this one's drift term)."""
+        logs = [math.log(r) for r in self.samples + other.samples]
+        return _estimate(logs, level, self.drift, self.processes, self.sessions,
+                         statistics.median([self.base_ms, other.base_ms]),
+                         statistics.median([self.candidate_ms, other.candidate_ms]), self.cpu,
+                         self.protocol)
 
 
 def interval_verdict(low: float, high: float) -> str:
@@ -232,14 +252,29 @@ def paired_speedup(base: nn.Module, candidate: nn.Module, target, input_shape: S
                              seed)
         logs = [statistics.fmean(r["log_ratio"] for r in p) for p in rows]
         rows = [r for p in rows for r in p]
-    est, lo, hi, achieved = signed_rank_interval(logs, level)
     dev = target.device_info()
+    return _estimate(logs, level,
+                     DRIFT if processes and not getattr(target, "exact", False) else 0.0,
+                     processes, protocol.sessions,
+                     statistics.median(r["base_ms"] for r in rows),
+                     statistics.median(r["candidate_ms"] for r in rows),
+                     dev.get("cpu") or dev.get("gpu") or json.dumps(dev), protocol.to_json())
+
+
+def _estimate(logs: list[float], level: float, drift: float, processes: int, sessions: int,
+              base_ms: float, candidate_ms: float, cpu: str, protocol: dict
+              ) -> SpeedupEstimate:
+    """The estimate and interval of per-sample log-ratios; with ``drift`` (a decision's term
+    for a re-measure in a later sitting) each side is widened in quadrature at the interval's
+    level."""
+    est, lo, hi, achieved = signed_rank_interval(logs, level)
+    sampled = (math.exp(lo), math.exp(hi))
+    if drift:
+        z = statistics.NormalDist().inv_cdf(0.5 + achieved / 2) * drift
+        lo, hi = est - math.hypot(est - lo, z), est + math.hypot(hi - est, z)
     return SpeedupEstimate(math.exp(est), math.exp(lo), math.exp(hi), achieved,
-                           [math.exp(x) for x in logs], processes, protocol.sessions,
-                           statistics.median(r["base_ms"] for r in rows),
-                           statistics.median(r["candidate_ms"] for r in rows),
-                           dev.get("cpu") or dev.get("gpu") or json.dumps(dev),
-                           protocol.to_json())
+                           [math.exp(x) for x in logs], processes, sessions, base_ms,
+                           candidate_ms, cpu, protocol, drift, sampled)
 
 
 def _in_processes(base, candidate, target, input_shape, protocol, processes, first, seed

@@ -42,6 +42,7 @@ FLOOR = 0.97       # ... with the interval's lower end >= 0.97 x B
 CEIL_BAND = 0.03   # macs=/params=v: landed = kept in [0.97 v, v]
 MAX_STEPS = 16     # timed (or counted) points of one bisection
 MAX_DECISIONS = 3  # separate-process confirmations before the stage settles
+MORE_DECISIONS = 2  # extra rounds pooled into a decision whose interval reaches under the floor
 
 
 def _fractions(widths: dict[str, int], choice: dict[str, int]) -> dict[str, float]:
@@ -230,7 +231,18 @@ class Lander:
 
     def _decide(self, t: float, keep: dict[str, int]) -> tuple[Step, object]:
         # in-process (0 processes): twice a step's sessions
-        est = self.timer(keep, self.decision_processes, None if self.decision_processes else 12)
+        def once():
+            return self.timer(keep, self.decision_processes,
+                              None if self.decision_processes else 12)
+        est = once()
+        b = self._target(est)
+        for _ in range(MORE_DECISIONS):
+            # in the band, but the interval reaches under the floor: measure more (the samples
+            # pooled) before deciding
+            if not (b <= est.estimate <= (1 + BAND) * b and est.low < FLOOR * b) or \
+                    not hasattr(est, "pooled"):
+                break
+            est = est.pooled(once())
         s = Step(t, keep, est.estimate, est.low, est.high, "decision")
         self.steps.append(s)
         return s, est
