@@ -156,6 +156,17 @@ def _state_copy(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
 
 
+def kd_loss(logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 4.0
+            ) -> torch.Tensor:
+    """Knowledge distillation (Hinton et al.): KL divergence of the student's softened
+    distribution from the teacher's at ``temperature``, scaled by its square (batch mean)."""
+    import torch.nn.functional as F
+
+    T = temperature
+    return F.kl_div(F.log_softmax(logits / T, 1), F.softmax(teacher_logits / T, 1),
+                    reduction="batchmean") * T * T
+
+
 def train(model: nn.Module, data: Splits, cfg: TrainConfig, checkpoint: str | Path | None = None,
           teacher: nn.Module | None = None, kd_temperature: float = 4.0, kd_weight: float = 0.0,
           desc: str = "train") -> list[dict]:
@@ -269,9 +280,7 @@ def fit(model: nn.Module, data: Splits, cfg: TrainConfig, checkpoint: str | Path
                     if teacher is not None and kd_weight > 0:
                         with torch.no_grad():
                             t_logits = teacher(x).float()
-                        T = kd_temperature
-                        kd = F.kl_div(F.log_softmax(logits.float() / T, 1),
-                                      F.softmax(t_logits / T, 1), reduction="batchmean") * T * T
+                        kd = kd_loss(logits.float(), t_logits, kd_temperature)
                         loss = (1 - kd_weight) * loss + kd_weight * kd
                 opt.zero_grad(set_to_none=True)
                 loss.backward()

@@ -26,21 +26,51 @@ def checked_score(eval_fn, net: nn.Module) -> float:
     return v
 
 
-def short_train(net: nn.Module, data, batches: int, seed: int, lr: float = 0.01) -> None:
-    """A few SGD steps on training batches (ABCPruner's short fitness training)."""
+def short_train(net: nn.Module, data, batches: int, seed: int, lr: float = 0.01,
+                teacher: nn.Module | None = None, kd_weight: float = 0.5,
+                kd_temperature: float = 4.0) -> None:
+    """A few SGD steps on training batches: ABCPruner's short fitness training, or with a
+    ``teacher`` a short distillation (the loss the fine-tune uses: cross-entropy and KD at
+    ``kd_temperature`` weighted by ``kd_weight``)."""
     import torch.nn.functional as F
+
+    from ..kernels import onednn_safe
+    from ..train import kd_loss
 
     opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9, nesterov=True,
                           weight_decay=5e-4)
-    from ..kernels import onednn_safe
-
     net.train()
+    if teacher is not None:
+        teacher.eval()
     with onednn_safe():
         for i, (x, y) in enumerate(gated(data.batches("train", 128, shuffle=True,
                                                       augment=True, seed=seed + 1))):
             if i >= batches:
                 break
             opt.zero_grad(set_to_none=True)
-            F.cross_entropy(net(x), y).backward()
+            logits = net(x)
+            loss = F.cross_entropy(logits, y)
+            if teacher is not None and kd_weight > 0:
+                with torch.no_grad():
+                    t = teacher(x)
+                loss = (1 - kd_weight) * loss + kd_weight * kd_loss(logits, t, kd_temperature)
+            loss.backward()
             opt.step()
     net.eval()
+
+
+def kd_score(net: nn.Module, teacher: nn.Module, batches, temperature: float = 4.0) -> float:
+    """Minus the mean distillation loss of ``net`` against ``teacher`` on ``batches`` (higher
+    is better, like top-1): a candidate score that sees more than the arg-max."""
+    from ..train import kd_loss
+
+    net.eval()
+    teacher.eval()
+    total = n = 0.0
+    with torch.no_grad():
+        for x, _ in batches:
+            total += float(kd_loss(net(x), teacher(x), temperature)) * len(x)
+            n += len(x)
+    if not n:
+        raise PrunelabError("no images to score on; check the validation split")
+    return -total / n
