@@ -71,6 +71,10 @@ METHODS = {m.label: m for m in [
            family="torch-pruning"),
     Method("tp-uniform-r16", "torch-pruning", None, {"global": False, "round_to": 16},
            family="torch-pruning"),
+    # Torch-Pruning's progressive pruning, its benchmarks' own recipe (global ranking, many
+    # small steps along one trajectory)
+    Method("tp-progressive", "torch-pruning", None, {"global": True, "steps": 40},
+           family="torch-pruning"),
 ]}
 
 

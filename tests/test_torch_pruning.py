@@ -13,7 +13,7 @@ from prunelab.models import build
 from prunelab.pruning import output_layers, prunable_groups, prune
 from prunelab.commands import run_search
 from prunelab.searches import SearchConfig
-from prunelab.searches.torch_pruning import tp_widths
+from prunelab.searches.torch_pruning import removal_order, tp_trajectory, tp_widths
 from prunelab.targets import TargetConfig
 
 
@@ -44,6 +44,42 @@ def test_widths_and_channels_match_torch_pruning_itself(importance, glob):
     for k in a:
         assert a[k].shape == b[k].shape, k
         torch.testing.assert_close(a[k], b[k], msg=k)
+
+
+@pytest.mark.parametrize("glob", [False, True])
+def test_progressive_candidates_are_torch_pruning_s_own_trajectory(glob):
+    """Torch-Pruning's progressive pruning (its benchmarks' way): after each step of its
+    trajectory, prunelab's candidate at that step's widths, pruned with the removal-order
+    criterion, is the very network the pruner left (same widths, same weights)."""
+    import torch_pruning as tp
+
+    from prunelab.criteria.torch_pruning import tp_importance
+
+    torch.manual_seed(0)
+    net = build("resnet20", in_channels=1, num_classes=4, width=0.5).eval()
+    _, groups = prunable_groups(net, (1, 32, 32))
+    heads = [n for n, m in net.named_modules() if m in output_layers(net, (1, 32, 32))]
+    traj, removed = tp_trajectory(net, (1, 32, 32), "magnitude-l2", glob, False, 1, 1.0, heads,
+                                  groups, steps=4, hi=0.6)
+    assert len(traj) == 5 and traj[0] == {g.name: g.width for g in groups}
+    assert sum(traj[4].values()) < sum(traj[2].values()) < sum(traj[0].values())
+    crit = removal_order("magnitude-l2", removed, 4)
+    theirs = copy.deepcopy(net)
+    pruner = tp.pruner.MetaPruner(theirs, torch.zeros(1, 1, 32, 32),
+                                  tp_importance("magnitude-l2"), global_pruning=glob,
+                                  pruning_ratio=0.6, iterative_steps=4,
+                                  ignored_layers=[dict(theirs.named_modules())[h]
+                                                  for h in heads])
+    for k in range(1, 5):
+        pruner.step()
+        if k not in (2, 4):
+            continue
+        ours = prune(net, crit, keep=traj[k], input_shape=(1, 32, 32)).model
+        a, b = ours.state_dict(), theirs.state_dict()
+        assert a.keys() == b.keys()
+        for key in a:
+            assert a[key].shape == b[key].shape, (k, key)
+            torch.testing.assert_close(a[key], b[key], msg=f"step {k}: {key}")
 
 
 def _staircase_run(method, model_dir, idx_dir, cache_dir, out, **opts):
@@ -92,6 +128,15 @@ def test_staircase_finish_lands_on_a_latency_budget(method, r20_dir, idx_dir, tm
     assert "staircase" not in r0["method_info"]                    # the plain bisection
     again = _staircase_run(method, r20_dir, idx_dir, cache, tmp_path / "again")
     assert again["chosen"]["keep"] == r1["chosen"]["keep"]
+
+
+def test_progressive_torch_pruning_lands_and_says_so(r20_dir, idx_dir, tmp_path):
+    """``--option steps=N``: the search walks Torch-Pruning's progressive trajectory, lands on
+    the budget, and records the steps with its options."""
+    r = _staircase_run("torch-pruning", r20_dir, idx_dir, str(tmp_path / "cache"),
+                       tmp_path / "prog", steps=20)
+    assert r["method_info"]["torch_pruning"]["steps"] == 20
+    assert r["chosen"]["budget_met"] and r["chosen"]["measured_speedup"] >= 1.6
 
 
 def _skew_anchor(monkeypatch, factor: float) -> None:
