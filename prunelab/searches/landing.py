@@ -18,8 +18,11 @@ useful_widths`).  The stage bisects ``t`` on what the budget is about:
   below ``v``, exact counts, nothing timed.
 
 Where the width staircase jumps over the band (two neighbouring points of the path, one too
-slow, the next too fast), the faster one (it meets the floor) is taken and both neighbours are
-reported.  A budget that cannot be met (the most pruned point of the path is still too slow) ends
+slow, the next too fast), the stage walks a finer path between them, one stair of one group at a
+time; where a single stair of one group still jumps over the band, it keeps that stair and gives
+the other groups channels back, one stair at a time.  Where nothing lands, the nearest point
+that meets the floor is taken and both neighbours are reported.  A decision in the band whose
+interval reaches under the floor is measured again, its samples pooled, before it decides.  A budget that cannot be met (the most pruned point of the path is still too slow) ends
 with that point and one line saying what was reached; when the unpruned model already meets the
 budget, it is returned and said so.
 
