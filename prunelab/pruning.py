@@ -5,7 +5,9 @@
 root layer.  :func:`prune` removes channels from every group, either the same ``ratio`` everywhere
 or exact per-group ``keep`` counts, choosing *which* channels with a criterion.  No group is ever
 pruned to zero, and the layers feeding the model's output (found from the graph) are never
-pruned.
+pruned.  A group coupled to a grouped (not depthwise) convolution of ``G`` groups loses the same
+channels in each of its ``G`` parts (scores averaged over the parts, as Torch-Pruning does), so
+its width stays a multiple of ``G`` (:attr:`GroupInfo.step`).
 
     >>> from prunelab.models import build
     >>> from prunelab.pruning import prune
@@ -105,14 +107,33 @@ def _grouped(m: nn.Module) -> bool:
         m.groups == m.in_channels and m.out_channels % m.in_channels == 0)
 
 
+def _step(DG, g, names: dict, width: int) -> tuple[int, str | None]:
+    """The channel step of torch-pruning group ``g`` (the lcm of the groups of the grouped convs
+    in it, 1 without any) and, where the group cannot lose whole parts of them (its width is no
+    multiple of the step, or it is only a slice of the conv's channels, as through a
+    concatenation), the conv to blame."""
+    import math
+
+    step, bad = 1, None
+    for dep, _ in g:
+        m = dep.target.module
+        if _grouped(m) and m in names:
+            step = math.lcm(step, m.groups)
+            channels = m.out_channels if DG.is_out_channel_pruning_fn(dep.handler) else \
+                m.in_channels
+            if width % step or channels != width:
+                bad = f"{names[m]} (groups={m.groups}, {channels} channels)"
+    return step, bad
+
+
 def prunable_groups(model: nn.Module, input_shape: Sequence[int], num_classes: int | None = None,
                     ignored: Sequence[nn.Module] = (), graph=None) -> tuple[object, list[GroupInfo]]:
     """The prunable groups of ``model`` (and the dependency graph they live on).
 
     The layers feeding the model's output (:func:`output_layers`) and ``ignored`` are never
-    pruned (``num_classes`` plays no part in finding them).  Groups coupled to a grouped
-    (not depthwise) convolution are left whole, with a one-line note: their channels could only
-    go in whole convolution groups."""
+    pruned (``num_classes`` plays no part in finding them).  A group coupled to a grouped (not
+    depthwise) convolution gets that conv's groups as its :attr:`~GroupInfo.step`; one whose
+    width is no multiple of its grouped convs' groups is left whole, with a one-line note."""
     DG = graph or build_graph(model, input_shape)
     names = {m: n for n, m in model.named_modules()}
     ignored = resolve_layers(model, ignored) + output_layers(model, input_shape)
@@ -130,20 +151,19 @@ def prunable_groups(model: nn.Module, input_shape: Sequence[int], num_classes: i
             elif isinstance(m, nn.modules.batchnorm._BatchNorm):
                 norms.append(n)
         root = g[0].dep.target.module
-        bad = [names[dep.target.module] for dep, _ in g
-               if _grouped(dep.target.module) and dep.target.module in names]
-        if bad:
-            grouped.append(f"{names[root]} (coupled to {bad[0]}, "
-                           f"groups={dict(model.named_modules())[bad[0]].groups})")
-            continue
         width = root.out_channels if isinstance(root, nn.Conv2d) else root.out_features
+        step, bad = _step(DG, g, names, width)
+        if bad:
+            grouped.append(f"{names[root]} (coupled to {bad})")
+            continue
         groups.append(GroupInfo(names[root], width, list(dict.fromkeys(prod)),
                                 list(dict.fromkeys(c for c in cons if c not in prod)),
-                                list(dict.fromkeys(norms)), g))
+                                list(dict.fromkeys(norms)), g, step))
     if grouped:
         from .ui import log
 
-        log(f"note: {len(grouped)} group(s) coupled to grouped convolutions are left whole: "
+        log(f"note: {len(grouped)} group(s) whose width is no multiple of a coupled grouped "
+            f"convolution's groups are left whole: "
             f"{'; '.join(grouped[:3])}{' ...' if len(grouped) > 3 else ''}")
     order = {n: i for i, n in enumerate(names.values())}
     groups.sort(key=lambda g: order[g.name])
@@ -182,7 +202,31 @@ def align(keep: int, width: int, round_to: int = 1) -> int:
 def keep_from_ratio(groups: list[GroupInfo], ratio: float, round_to: int = 1) -> dict[str, int]:
     if not 0 < ratio < 1:
         raise PrunelabError(f"ratio {ratio} is outside (0, 1); give the fraction of filters to remove")
-    return {g.name: align(round(g.width * (1 - ratio)), g.width, round_to) for g in groups}
+    return {g.name: align(round(g.width * (1 - ratio)), g.width, _lcm(round_to, g.step))
+            for g in groups}
+
+
+def _lcm(a: int, b: int) -> int:
+    import math
+
+    return math.lcm(a, b)
+
+
+def group_removal(scores: torch.Tensor, keep: int, step: int = 1) -> list[int]:
+    """The channels to remove so that ``keep`` stay, lowest scores first (ties by index).  With
+    ``step`` > 1 (a grouped conv's ``G`` parts) the same channels go from every part: scores are
+    averaged over the parts and the chosen offsets repeated in each.
+
+    >>> group_removal(torch.tensor([3., 1, 2, 0, 5, 1]), 4)
+    [1, 3]
+    >>> group_removal(torch.tensor([3., 1, 2, 0, 5, 1]), 4, step=2)   # parts [3,1,2] [0,5,1]
+    [0, 3]
+    """
+    width = scores.numel()
+    part = width // step
+    mean = scores.reshape(step, part).mean(0)
+    order = torch.sort(mean, stable=True).indices[: part - keep // step].tolist()
+    return sorted(j + i * part for i in range(step) for j in order)
 
 
 @dataclass
@@ -249,7 +293,7 @@ def prune(model: nn.Module, criterion: str | Criterion = "l1", ratio: float | No
             if not isinstance(k, int) or k < 1 or k > w:
                 raise PrunelabError(f"keep count {k} for layer {name!r} must be between 1 and "
                                     f"its width {w}")
-            plan[name] = align(k, w, round_to)
+            plan[name] = align(k, w, _lcm(round_to, by_name[name].step))
     if scores is None:
         scores, seconds = score_groups(net, crit, groups, data)
     else:  # the criterion that produced them (its compensation hooks read the unpruned weights)
@@ -257,10 +301,8 @@ def prune(model: nn.Module, criterion: str | Criterion = "l1", ratio: float | No
     removed: dict[str, list[int]] = {}
     for g in groups:
         k = plan.get(g.name, g.width)
-        if k < g.width:
-            # stable sort: ties broken by channel index, so equal scores prune deterministically
-            order = torch.sort(scores[g.name], stable=True).indices
-            removed[g.name] = sorted(order[: g.width - k].tolist())
+        if k < g.width:  # stable sort: equal scores prune deterministically, by index
+            removed[g.name] = group_removal(scores[g.name], k, g.step)
     if hasattr(crit, "before_prune"):
         crit.before_prune(net, groups, removed, tuple(input_shape))
     # a criterion may own the structural change (FP-OMP's sandwich); otherwise torch-pruning

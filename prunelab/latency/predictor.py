@@ -335,10 +335,12 @@ def pruned_layers(units: Sequence[Unit], groups, keep: dict[str, int]) -> dict[s
     layers: dict[str, dict] = {}
     for u, (ci, co) in zip(units, unit_shapes(units, widths, keep)):
         layers[u.name] = ({"in": ci, "out": co} if u.kind == "linear" else
-                          {"in": ci, "out": co, "groups": co if u.kind == "dwconv" else 1})
+                          {"in": ci, "out": co, "groups": co if u.kind == "dwconv" else u.groups})
+    from ..pruning import align
+
     for g in groups:
         for n in g.norms:
-            layers[n] = {"features": keep.get(g.name, g.width)}
+            layers[n] = {"features": align(keep.get(g.name, g.width), g.width, g.step)}
     return layers
 
 

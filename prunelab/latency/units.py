@@ -24,7 +24,7 @@ ADDS = (operator.add, operator.iadd, torch.add)
 @dataclass(frozen=True)
 class Unit:
     name: str
-    kind: str            # "conv" | "dwconv" | "linear"
+    kind: str            # "conv" | "dwconv" | "gconv" (grouped, not depthwise) | "linear"
     cin: int
     cout: int
     k: int = 1
@@ -38,6 +38,7 @@ class Unit:
     act: str = ""        # "", "relu", "relu6" (after the add when there is one)
     cin_group: str | None = None   # the pruning group that sets the input channels
     cout_group: str | None = None  # ... and the output channels
+    groups: int = 1      # a gconv's groups: its channel counts stay multiples of it
 
     @property
     def sig(self) -> str:
@@ -46,7 +47,8 @@ class Unit:
         co = "*" if self.cout_group else self.cout
         if self.kind == "dwconv":
             ci = co = "*" if (self.cin_group or self.cout_group) else self.cout
-        return (f"{self.kind}:k{self.k}s{self.stride}p{self.pad}:{self.h}x{self.w}:in{ci}:out{co}"
+        kind = f"gconv{self.groups}" if self.kind == "gconv" else self.kind
+        return (f"{kind}:k{self.k}s{self.stride}p{self.pad}:{self.h}x{self.w}:in{ci}:out{co}"
                 f":{'b' if self.bias else ''}{'n' if self.bn else ''}{'a' if self.add else ''}"
                 f"{self.act}")
 
@@ -55,7 +57,7 @@ class Unit:
         if self.kind == "linear":
             return cin * cout
         ho, wo = self.out_hw
-        per = self.k * self.k * (1 if self.kind == "dwconv" else cin)
+        per = self.k * self.k * (1 if self.kind == "dwconv" else cin // self.groups)
         return per * cout * ho * wo
 
     @property
@@ -155,15 +157,15 @@ def extract_units(model: nn.Module, input_shape: Sequence[int], groups=()) -> li
                               cout_group=out_group.get(n)))
             continue
         dw = m.groups > 1 and m.groups == m.in_channels == m.out_channels
-        if m.groups > 1 and not dw:
-            raise NotImplementedError(f"{n}: grouped (non-depthwise) convs are not modelled yet")
         cg, og = in_group.get(n), out_group.get(n)
         if dw:
             cg = og = og or cg
         h, w = sizes[n]
-        units.append(Unit(n, "dwconv" if dw else "conv", m.in_channels, m.out_channels,
+        kind = "dwconv" if dw else "gconv" if m.groups > 1 else "conv"
+        units.append(Unit(n, kind, m.in_channels, m.out_channels,
                           m.kernel_size[0], m.stride[0], m.padding[0] if isinstance(m.padding, tuple)
-                          else 0, h, w, m.bias is not None, f["bn"], f["add"], f["act"], cg, og))
+                          else 0, h, w, m.bias is not None, f["bn"], f["add"], f["act"], cg, og,
+                          m.groups if kind == "gconv" else 1))
     return units
 
 
@@ -205,6 +207,10 @@ def unit_shapes(units: Sequence[Unit], widths: dict[str, int], keep: dict[str, i
             ci = max(1, round(u.cin * k / widths[u.cin_group]))  # linear after flatten: ratio
         if u.kind == "dwconv":
             ci = co
+        elif u.kind == "gconv":  # whole groups only (pruning removes them so: pruning.align)
+            from ..pruning import align
+
+            ci, co = align(ci, u.cin, u.groups), align(co, u.cout, u.groups)
         out.append((ci, co))
     return out
 
@@ -215,9 +221,9 @@ class _Block(nn.Module):
         if u.kind == "linear":
             self.op = nn.Linear(cin, cout, bias=u.bias)
         else:
-            g = cout if u.kind == "dwconv" else 1
-            self.op = nn.Conv2d(cout if g > 1 else cin, cout, u.k, u.stride, u.pad, groups=g,
-                                bias=u.bias)
+            g = cout if u.kind == "dwconv" else u.groups
+            self.op = nn.Conv2d(cout if u.kind == "dwconv" else cin, cout, u.k, u.stride, u.pad,
+                                groups=g, bias=u.bias)
         self.bn = nn.BatchNorm2d(cout) if u.bn else None
         self.act = {"relu": nn.ReLU(), "relu6": nn.ReLU6()}.get(u.act)
         self.add = u.add
