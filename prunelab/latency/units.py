@@ -193,10 +193,30 @@ def _axis_groups(model: nn.Module, groups) -> tuple[dict[str, str], dict[str, st
     return out_group, in_group
 
 
+def group_steps(units: Sequence[Unit]) -> dict[str, int]:
+    """Per pruning group, the step its widths go in: the lcm of the groups of the grouped convs
+    it feeds or leaves (as :func:`prunelab.pruning.prunable_groups` sets ``GroupInfo.step``)."""
+    import math
+
+    steps: dict[str, int] = {}
+    for u in units:
+        if u.kind == "gconv":
+            for g in (u.cin_group, u.cout_group):
+                if g:
+                    steps[g] = math.lcm(steps.get(g, 1), u.groups)
+    return steps
+
+
 def unit_shapes(units: Sequence[Unit], widths: dict[str, int], keep: dict[str, int]
                 ) -> list[tuple[int, int]]:
     """(cin, cout) of every unit after pruning each group to ``keep`` (others stay whole,
-    also groups ``widths`` does not list: a layer the user keeps out of the search)."""
+    also groups ``widths`` does not list: a layer the user keeps out of the search); a group
+    coupled to a grouped conv keeps whole parts of it, as pruning does."""
+    from ..pruning import align
+
+    steps = group_steps(units)
+    keep = {g: align(k, widths[g], steps[g]) if g in steps and g in widths else k
+            for g, k in keep.items()}
     out = []
     for u in units:
         ci, co = u.cin, u.cout
@@ -207,10 +227,6 @@ def unit_shapes(units: Sequence[Unit], widths: dict[str, int], keep: dict[str, i
             ci = max(1, round(u.cin * k / widths[u.cin_group]))  # linear after flatten: ratio
         if u.kind == "dwconv":
             ci = co
-        elif u.kind == "gconv":  # whole groups only (pruning removes them so: pruning.align)
-            from ..pruning import align
-
-            ci, co = align(ci, u.cin, u.groups), align(co, u.cout, u.groups)
         out.append((ci, co))
     return out
 
