@@ -69,7 +69,7 @@ class Attribution(Calibrated):
         Scores map back by layer name.  Only a model that can be neither rewritten nor used as
         it is gets refused."""
         try:
-            net = one_module_per_use(model, self.input_shape, split_silu=self.name == "deeplift")
+            net = one_module_per_use(model, self.input_shape, deeplift=self.name == "deeplift")
         except PrunelabError as e:
             net, why = copy.deepcopy(model).eval(), str(e)
         else:
@@ -156,14 +156,20 @@ def conductance(net, names, x, y, x0, steps):
     return res
 
 
+# elementwise activations captum does not list, given its rescale rule: the multiplier
+# (f(x) - f(x0)) / (x - x0) sums to the difference for any elementwise function, monotone or not
+RESCALED = (nn.ReLU6, nn.Hardtanh, nn.Hardsigmoid, nn.Hardswish, nn.SiLU, nn.GELU, nn.Mish)
+
+
 def _deeplift_nonlinear():
-    """captum's rescale-rule table, plus ReLU6 (rescale applies to any monotone elementwise
-    function; captum just does not list it)."""
+    """captum's rescale-rule table (ReLU, ELU, LeakyReLU, Sigmoid, Tanh, Softplus), plus
+    :data:`RESCALED`; products and layer norms get their own rules in the rewritten copy
+    (:mod:`prunelab.criteria.rewrite`)."""
     from captum.attr._core import deep_lift
 
     table = deep_lift.SUPPORTED_NON_LINEAR
-    if nn.ReLU6 not in table:
-        table[nn.ReLU6] = deep_lift.nonlinear
+    for cls in RESCALED:
+        table.setdefault(cls, deep_lift.nonlinear)
     return table
 
 
