@@ -134,14 +134,21 @@ def _validate_spec(d: dict, where: str) -> None:
     if not isinstance(layers, dict):
         bad("layers", "must be an object of layer name -> widths")
     for name, w in layers.items():
+        def width(x) -> bool:
+            return _is_int(x) and 1 <= x <= MAX_CHANNELS
+
         if not isinstance(w, dict) or not w or not all(
-                isinstance(k, str) and _is_int(x) and 1 <= x <= MAX_CHANNELS for k, x in w.items()):
+                isinstance(k, str) and (width(x) or k == "normalized" and isinstance(x, list)
+                                        and x and all(width(v) for v in x))
+                for k, x in w.items()):
             bad(f"layers.{name}", f"must map in/out/groups/features to integers in "
                                   f"1..{MAX_CHANNELS}")
-        known = ({"in", "out", "groups"}, {"features"}, {"in", "out"}, {"sandwich"})
+        known = ({"in", "out", "groups"}, {"features"}, {"in", "out"}, {"sandwich"},
+                 {"normalized"}, {"channels", "norm_groups"})
         if set(w) not in known:
             bad(f"layers.{name}", "must have in/out/groups (conv), features (BN), in/out "
-                                  "(linear) or sandwich")
+                                  "(linear), normalized (LayerNorm), channels/norm_groups "
+                                  "(GroupNorm) or sandwich")
         if "groups" in w and (w["in"] % w["groups"] or w["out"] % w["groups"]):
             bad(f"layers.{name}", "has groups that do not divide its channels")
     if not isinstance(d.get("provenance", {}), dict):

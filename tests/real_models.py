@@ -76,7 +76,10 @@ def build(a: Arch, num_classes: int = 10, seed: int = 0) -> torch.nn.Module:
     torch.manual_seed(seed)
     kw = dict(a.kwargs)
     if a.lib == "torchvision":
-        m = getattr(tv.models, a.fn)(weights=None, num_classes=num_classes, **kw)
+        fn = getattr(tv.models, a.fn)
+        if not isinstance(fn, type):  # a builder takes weights=; a class (DenseNet) does not
+            kw["weights"] = None
+        m = fn(num_classes=num_classes, **kw)
     else:
         m = timm.create_model(a.fn, pretrained=False, num_classes=num_classes, **kw)
     return m.eval()

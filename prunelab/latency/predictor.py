@@ -329,18 +329,28 @@ def model_key(model: nn.Module, arch: dict, input_shape: Sequence[int]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
-def pruned_layers(units: Sequence[Unit], groups, keep: dict[str, int]) -> dict[str, dict]:
-    """The conv / BN / linear shapes that pruning ``keep`` produces (see :func:`unit_shapes`)."""
+def pruned_layers(units: Sequence[Unit], groups, keep: dict[str, int],
+                  model: nn.Module | None = None) -> dict[str, dict]:
+    """The conv / BN / linear shapes that pruning ``keep`` produces (see :func:`unit_shapes`);
+    with ``model``, a BN over a concatenation loses the channels of every part's group."""
+    from ..pruning import align
+    from .units import channel_parts
+
     widths = {g.name: g.width for g in groups}
     layers: dict[str, dict] = {}
     for u, (ci, co) in zip(units, unit_shapes(units, widths, keep)):
         layers[u.name] = ({"in": ci, "out": co} if u.kind == "linear" else
                           {"in": ci, "out": co, "groups": co if u.kind == "dwconv" else u.groups})
-    from ..pruning import align
-
+    keep = {g.name: align(keep.get(g.name, g.width), g.width, g.step) for g in groups}
+    parts = channel_parts(model, groups) if model is not None else {}
+    mods = dict(model.named_modules()) if model is not None else {}
     for g in groups:
         for n in g.norms:
-            layers[n] = {"features": align(keep.get(g.name, g.width), g.width, g.step)}
+            if (n, "out") in parts and n in mods:
+                lost = sum(f * (widths[p] - keep[p]) for p, f in parts[(n, "out")])
+                layers[n] = {"features": max(1, round(mods[n].num_features - lost))}
+            else:
+                layers[n] = {"features": keep[g.name]}
     return layers
 
 
@@ -406,11 +416,11 @@ class ModelMeter:
         if self.exact is None:
             real = prune(self.model, "l1", keep=keep, input_shape=self.spec.input_shape,
                          num_classes=self.spec.num_classes).model
-            fast = resized_copy(self.model, pruned_layers(self.units, self.groups, keep))
+            fast = resized_copy(self.model, pruned_layers(self.units, self.groups, keep, self.model))
             self.exact = layer_widths(real) == layer_widths(fast)
             return real
         if self.exact:
-            return resized_copy(self.model, pruned_layers(self.units, self.groups, keep))
+            return resized_copy(self.model, pruned_layers(self.units, self.groups, keep, self.model))
         return prune(self.model, "l1", keep=keep, input_shape=self.spec.input_shape,
                      num_classes=self.spec.num_classes).model
 

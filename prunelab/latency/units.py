@@ -39,6 +39,12 @@ class Unit:
     cin_group: str | None = None   # the pruning group that sets the input channels
     cout_group: str | None = None  # ... and the output channels
     groups: int = 1      # a gconv's groups: its channel counts stay multiples of it
+    # every group feeding the input channels, with the input channels per group channel (a
+    # concatenation: 1 per part; a flatten into a linear layer: the spatial size)
+    cin_parts: tuple = ()
+
+    def __post_init__(self):
+        object.__setattr__(self, "cin_parts", tuple(tuple(p) for p in self.cin_parts))
 
     @property
     def sig(self) -> str:
@@ -147,6 +153,7 @@ def extract_units(model: nn.Module, input_shape: Sequence[int], groups=()) -> li
         model.train(was)
     fus = _fusions(model)
     out_group, in_group = _axis_groups(model, groups)
+    parts = channel_parts(model, groups)
     units = []
     for n in sizes:  # hook order = execution order
         m = model.get_submodule(n)
@@ -154,7 +161,7 @@ def extract_units(model: nn.Module, input_shape: Sequence[int], groups=()) -> li
         if isinstance(m, nn.Linear):
             units.append(Unit(n, "linear", m.in_features, m.out_features, bias=m.bias is not None,
                               act=f["act"], add=f["add"], cin_group=in_group.get(n),
-                              cout_group=out_group.get(n)))
+                              cout_group=out_group.get(n), cin_parts=parts.get((n, "in"), ())))
             continue
         dw = m.groups > 1 and m.groups == m.in_channels == m.out_channels
         cg, og = in_group.get(n), out_group.get(n)
@@ -165,8 +172,30 @@ def extract_units(model: nn.Module, input_shape: Sequence[int], groups=()) -> li
         units.append(Unit(n, kind, m.in_channels, m.out_channels,
                           m.kernel_size[0], m.stride[0], m.padding[0] if isinstance(m.padding, tuple)
                           else 0, h, w, m.bias is not None, f["bn"], f["add"], f["act"], cg, og,
-                          m.groups if kind == "gconv" else 1))
+                          m.groups if kind == "gconv" else 1,
+                          () if dw else parts.get((n, "in"), ())))
     return units
+
+
+def channel_parts(model: nn.Module, groups) -> dict[tuple[str, str], list[tuple[str, float]]]:
+    """Per (layer name, ``"in"`` | ``"out"``), every group that prunes that axis and the layer's
+    channels per group channel, read from torch-pruning's index mapping (a layer reading a
+    concatenation is in one group per part; a linear layer after a flatten loses H x W inputs per
+    channel).  Covers conv, linear and normalisation layers."""
+    names = {m: n for n, m in model.named_modules()}
+    out: dict[tuple[str, str], list[tuple[str, float]]] = {}
+    for g in groups:
+        for item in getattr(g, "group", None) or ():
+            dep, idxs = (item[0], item[1]) if isinstance(item, tuple) else (item.dep, item.idxs)
+            n = names.get(dep.target.module)
+            h = getattr(dep.handler, "__name__", "")
+            if n is None or h not in ("prune_out_channels", "prune_in_channels"):
+                continue
+            axis = "out" if h == "prune_out_channels" else "in"
+            parts = out.setdefault((n, axis), [])
+            if g.name not in (p[0] for p in parts):
+                parts.append((g.name, len(idxs) / g.width))
+    return out
 
 
 def _axis_groups(model: nn.Module, groups) -> tuple[dict[str, str], dict[str, str]]:
@@ -222,7 +251,10 @@ def unit_shapes(units: Sequence[Unit], widths: dict[str, int], keep: dict[str, i
         ci, co = u.cin, u.cout
         if u.cout_group and u.cout_group in widths:
             co = keep.get(u.cout_group, widths[u.cout_group])
-        if u.cin_group and u.cin_group in widths:
+        if len(u.cin_parts) > 1 or (u.cin_parts and u.cin_parts[0][0] in widths):
+            ci = max(1, round(u.cin - sum(f * (widths[g] - keep.get(g, widths[g]))
+                                          for g, f in u.cin_parts if g in widths)))
+        elif u.cin_group and u.cin_group in widths:
             k = keep.get(u.cin_group, widths[u.cin_group])
             ci = max(1, round(u.cin * k / widths[u.cin_group]))  # linear after flatten: ratio
         if u.kind == "dwconv":
