@@ -39,19 +39,66 @@ def _short(e: BaseException) -> str:
 
 
 def build_graph(model: nn.Module, input_shape: Sequence[int]):
-    """torch-pruning's DependencyGraph, with tracing failures turned into one-line errors."""
+    """torch-pruning's DependencyGraph, with tracing failures turned into one-line errors: a
+    failure inside torch-pruning's own channel mapping names the op and the layer it feeds (the
+    model runs; torch-pruning cannot follow its channels there), anything else is the forward."""
     import torch_pruning as tp
 
     model.eval()
     try:
         with torch.enable_grad():  # tracing follows autograd, even if the caller disabled it
             return tp.DependencyGraph().build_dependency(
-            model, example_inputs=torch.zeros(1, *input_shape), verbose=False)
+                model, example_inputs=torch.zeros(1, *input_shape), verbose=False)
     except Exception as e:  # tracing runs arbitrary user forward() code
+        where = _graph_node(e, model)
+        if where:
+            raise PrunelabError(f"torch-pruning {_tp_version()} cannot follow the channels "
+                                f"through {where} ({_short(e)}), so this model cannot be "
+                                "pruned; Torch-Pruning itself fails on it the same way") from None
         raise PrunelabError(
             f"torch-pruning could not trace the model ({_short(e)}); make forward() traceable with "
             "a single tensor input (no data-dependent Python control flow) or wrap custom blocks") \
             from None
+
+
+def _tp_version() -> str:
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version("torch-pruning")
+    except importlib.metadata.PackageNotFoundError:
+        return "?"
+
+
+_OPS = {"Reshape": "a reshape that regroups channels (a channel shuffle)",
+        "Concat": "a concatenation whose parts' channel counts it cannot follow",
+        "Split": "a split whose parts it cannot follow"}
+
+
+def _graph_node(e: BaseException, model: nn.Module) -> str | None:
+    """Where in torch-pruning's graph ``e`` was raised (the innermost frame holding a graph
+    node): the op and the first named layer it feeds, or None when it was not in the graph."""
+    tb, node = e.__traceback__, None
+    while tb is not None:
+        cand = tb.tb_frame.f_locals.get("node")
+        if cand is not None and hasattr(cand, "outputs") and "torch_pruning" in \
+                tb.tb_frame.f_code.co_filename:
+            node = cand
+        tb = tb.tb_next
+    if node is None:
+        return None
+    names = {m: n for n, m in model.named_modules()}
+    kind = next((v for k, v in _OPS.items() if k in str(node.name)), str(node.name))
+    seen, todo = set(), [node]
+    while todo:
+        n = todo.pop(0)
+        if id(n) in seen:
+            continue
+        seen.add(id(n))
+        if n is not node and getattr(n, "module", None) in names:
+            return f"{kind} before layer {names[n.module]!r}"
+        todo.extend(getattr(n, "outputs", ()))
+    return kind
 
 
 def output_layers(model: nn.Module, input_shape: Sequence[int]) -> list[nn.Module]:
@@ -133,7 +180,8 @@ def prunable_groups(model: nn.Module, input_shape: Sequence[int], num_classes: i
     The layers feeding the model's output (:func:`output_layers`) and ``ignored`` are never
     pruned (``num_classes`` plays no part in finding them).  A group coupled to a grouped (not
     depthwise) convolution gets that conv's groups as its :attr:`~GroupInfo.step`; one whose
-    width is no multiple of its grouped convs' groups is left whole, with a one-line note."""
+    width is no multiple of its grouped convs' groups, or whose channels reach a split (sizes
+    that forward() fixes, which pruning cannot change), is left whole, with a one-line note."""
     DG = graph or build_graph(model, input_shape)
     names = {m: n for n, m in model.named_modules()}
     ignored = resolve_layers(model, ignored) + output_layers(model, input_shape)
@@ -156,14 +204,18 @@ def prunable_groups(model: nn.Module, input_shape: Sequence[int], num_classes: i
         if bad:
             grouped.append(f"{names[root]} (coupled to {bad})")
             continue
+        if any(getattr(getattr(dep.target, "type", None), "name", "") == "SPLIT" for dep, _ in g):
+            # forward() splits at sizes of its own (torch.split, chunk): they would not follow
+            grouped.append(f"{names[root]} (its channels are split at sizes forward() fixes)")
+            continue
         groups.append(GroupInfo(names[root], width, list(dict.fromkeys(prod)),
                                 list(dict.fromkeys(c for c in cons if c not in prod)),
                                 list(dict.fromkeys(norms)), g, step))
     if grouped:
         from .ui import log
 
-        log(f"note: {len(grouped)} group(s) whose width is no multiple of a coupled grouped "
-            f"convolution's groups are left whole: "
+        log(f"note: {len(grouped)} group(s) left whole (a grouped convolution whose groups they "
+            f"cannot lose whole, or a split of their channels): "
             f"{'; '.join(grouped[:3])}{' ...' if len(grouped) > 3 else ''}")
     order = {n: i for i, n in enumerate(names.values())}
     groups.sort(key=lambda g: order[g.name])
@@ -197,6 +249,48 @@ def align(keep: int, width: int, round_to: int = 1) -> int:
         keep = int(round(keep / round_to)) * round_to
         keep = max(min(round_to, width), keep)
     return int(min(max(1, keep), width))
+
+
+def _emptied(DG, root, idxs: list[int]):
+    """A layer that removing ``idxs`` from the group of ``root`` leaves with no channel on the
+    pruned axis (channels tied through a concatenation and a slice, as in GhostNet, map several
+    of the group's channels onto one layer's): ``(module, axis)``, or None."""
+    for item in DG.get_pruning_group(root.target.module, root.handler, idxs):
+        dep, m = item.dep, item.dep.target.module
+        out = DG.is_out_channel_pruning_fn(dep.handler)
+        n = (getattr(m, "out_channels" if out else "in_channels", None)
+             if isinstance(m, nn.Conv2d) else
+             getattr(m, "out_features" if out else "in_features", None)
+             if isinstance(m, nn.Linear) else getattr(m, "num_features", None))
+        if n is not None and len(set(item.idxs)) >= n:
+            return m, out
+    return None
+
+
+def _keep_one_per_layer(DG, root, idxs: list[int], scores: torch.Tensor) -> list[int]:
+    """``idxs`` less the best-scored channels that leave each layer of the group at least one
+    (every layer keeps a channel, whatever the group's count says)."""
+    idxs = list(idxs)
+    for _ in range(len(idxs)):
+        hit = _emptied(DG, root, idxs)
+        if hit is None:
+            return idxs
+        m, out = hit
+        for i in sorted(idxs, key=lambda i: -float(scores[i])):
+            if _emptied_by(DG, root, i, m, out):
+                idxs.remove(i)
+                break
+        else:
+            raise PrunelabError("pruning would leave a layer with no channel and no channel of "
+                                "its group maps onto it; report this model")
+    return idxs
+
+
+def _emptied_by(DG, root, i: int, m, out: bool) -> bool:
+    """Whether removing channel ``i`` of the group removes a channel of ``m`` on that axis."""
+    return any(item.dep.target.module is m and DG.is_out_channel_pruning_fn(item.dep.handler)
+               == out and len(item.idxs) > 0
+               for item in DG.get_pruning_group(root.target.module, root.handler, [i]))
 
 
 def keep_from_ratio(groups: list[GroupInfo], ratio: float, round_to: int = 1) -> dict[str, int]:
@@ -311,6 +405,7 @@ def prune(model: nn.Module, criterion: str | Criterion = "l1", ratio: float | No
         for g in groups:
             if g.name in removed:
                 root = g.group[0].dep
+                removed[g.name] = _keep_one_per_layer(DG, root, removed[g.name], scores[g.name])
                 DG.get_pruning_group(root.target.module, root.handler, removed[g.name]).prune()
     macs1, params1 = macs_params(net, input_shape) if count else (0, 0)
     return PruneResult(net, {g.name: plan.get(g.name, g.width) for g in groups},

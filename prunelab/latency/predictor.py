@@ -54,6 +54,7 @@ from .units import Unit, extract_units, unit_links, unit_shapes
 
 MODEL_PROTOCOL = Protocol(warmup=10, repeats=30)
 CALIBRATE = 40          # pruned variants measured per model to fit the calibration
+FORMULA_CALIBRATE = 6   # ... on a formula target (its units are exact: only the fit's overhead)
 CLASS_GAIN = 0.15       # per-class coefficients must cut the leave-one-out error by this much
 PREDICTOR_VERSION = 7   # part of the predictor cache key: bump when a stored figure changes meaning
 
@@ -472,11 +473,17 @@ def build_predictor(model: nn.Module, spec, target, cache: Cache, calibrate: int
     """Build (or load from the cache) the LUT-based predictor of ``model`` on ``target``.
 
     Calibration uses the unpruned model and ``calibrate`` random pruned variants drawn from
-    ``seed`` (validation draws from other seeds, so it never scores on its own calibration).
+    ``seed`` (validation draws from other seeds, so it never scores on its own calibration); a
+    target whose latency is a formula (:meth:`~prunelab.targets.base.Target.unit_formula`)
+    gives exact unit figures, so at most ``FORMULA_CALIBRATE`` variants fit what the units
+    leave out.
     """
     from ..pruning import prunable_groups
 
     say = progress or (lambda s: None)
+    formula = getattr(target, "unit_formula", None)
+    if formula is not None and formula() is not None:
+        calibrate = min(calibrate, FORMULA_CALIBRATE)
     _, groups = prunable_groups(model, spec.input_shape, spec.num_classes)
     widths = {g.name: g.width for g in groups}
     units = extract_units(model, spec.input_shape, groups)
