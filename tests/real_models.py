@@ -111,13 +111,15 @@ ARCHS: tuple[Arch, ...] = (
     _A("ghostnet_050", "GhostNet", "timm", "ghostnet_050", ci=True),
     _A("ghostnet_100", "GhostNet", "timm", "ghostnet_100"),
     _A("shufflenet_v2_x0_5", "ShuffleNetV2", "torchvision", "shufflenet_v2_x0_5", ci=True),
+    _A("shufflenet_v2_x1_0", "ShuffleNetV2", "torchvision", "shufflenet_v2_x1_0"),
     _A("convnext_atto", "ConvNeXt", "timm", "convnext_atto", ci=True),
     _A("convnext_tiny", "ConvNeXt", "torchvision", "convnext_tiny"),
     _A("repvgg_a0", "RepVGG", "timm", "repvgg_a0", ci=True),
     _A("dla34", "DLA", "timm", "dla34"),
     _A("dla46_c", "DLA", "timm", "dla46_c", ci=True),
-    _A("cspresnet50", "CSPNet", "timm", "cspresnet50"),
-    _A("cs3darknet_focus_s", "CSPNet", "timm", "cs3darknet_focus_s", ci=True),
+    _A("cspresnet50", "CSPNet", "timm", "cspresnet50", size=32, ci=True),
+    _A("cspdarknet53", "CSPNet", "timm", "cspdarknet53", size=32),
+    _A("cs3darknet_s", "CSPNet", "timm", "cs3darknet_s"),
     _A("mixnet_s", "MixNet", "timm", "mixnet_s", ci=True),
     _A("mixnet_m", "MixNet", "timm", "mixnet_m"),
     _A("vgg11_bn", "VGG", "torchvision", "vgg11_bn", ci=True),
@@ -126,6 +128,23 @@ ARCHS: tuple[Arch, ...] = (
     _A("ese_vovnet19b_slim_dw", "VoVNet", "timm", "ese_vovnet19b_slim_dw", ci=True),
 )
 MODELS = {a.name: a for a in ARCHS}
+
+# Where Torch-Pruning itself cannot build the channel dependencies (its graph fails on the
+# model), prunelab refuses in one line naming the op and the layer; the suite checks both.
+TP_CANNOT = {"shufflenet_v2_x0_5": "channel shuffle", "shufflenet_v2_x1_0": "channel shuffle",
+             "cs3darknet_s": "concatenation"}
+
+
+def torch_pruning_fails(a: Arch) -> bool:
+    """Whether Torch-Pruning's own DependencyGraph fails on ``a`` (a refusal is then a pass)."""
+    import torch_pruning as tp
+
+    try:
+        tp.DependencyGraph().build_dependency(build(a), example_inputs=torch.zeros(
+            1, 3, a.size, a.size))
+    except Exception:  # noqa: BLE001 - any failure of its tracing
+        return True
+    return False
 
 
 # ----------------------------------------------------------------------------- the steps
@@ -148,7 +167,7 @@ def _search(model, size: int, criterion: str, budget: str, cache: str):
     return pl.search(model, torch.zeros(1, 3, size, size), train=train, val=val,
                      target="scripted", budget=budget, method="uniform", criterion=criterion,
                      recal_batches=1, val_images=0, measure_front=2, decision_processes=0,
-                     cache_dir=cache)
+                     cache_dir=cache, options={"front": 0})
 
 
 def run_steps(a: Arch, folder, steps=STEPS) -> dict[str, dict]:
