@@ -251,11 +251,11 @@ def align(keep: int, width: int, round_to: int = 1) -> int:
     return int(min(max(1, keep), width))
 
 
-def _emptied(DG, root, idxs: list[int]):
-    """A layer that removing ``idxs`` from the group of ``root`` leaves with no channel on the
-    pruned axis (channels tied through a concatenation and a slice, as in GhostNet, map several
-    of the group's channels onto one layer's): ``(module, axis)``, or None."""
-    for item in DG.get_pruning_group(root.target.module, root.handler, idxs):
+def _emptied(DG, pg):
+    """A layer that pruning group ``pg`` leaves with no channel on the pruned axis (channels
+    tied through a concatenation and a slice, as in GhostNet, map several of the group's
+    channels onto one layer's): ``(module, axis)``, or None."""
+    for item in pg:
         dep, m = item.dep, item.dep.target.module
         out = DG.is_out_channel_pruning_fn(dep.handler)
         n = (getattr(m, "out_channels" if out else "in_channels", None)
@@ -272,7 +272,7 @@ def _keep_one_per_layer(DG, root, idxs: list[int], scores: torch.Tensor) -> list
     (every layer keeps a channel, whatever the group's count says)."""
     idxs = list(idxs)
     for _ in range(len(idxs)):
-        hit = _emptied(DG, root, idxs)
+        hit = _emptied(DG, DG.get_pruning_group(root.target.module, root.handler, idxs))
         if hit is None:
             return idxs
         m, out = hit
@@ -405,8 +405,12 @@ def prune(model: nn.Module, criterion: str | Criterion = "l1", ratio: float | No
         for g in groups:
             if g.name in removed:
                 root = g.group[0].dep
-                removed[g.name] = _keep_one_per_layer(DG, root, removed[g.name], scores[g.name])
-                DG.get_pruning_group(root.target.module, root.handler, removed[g.name]).prune()
+                pg = DG.get_pruning_group(root.target.module, root.handler, removed[g.name])
+                if _emptied(DG, pg) is not None:
+                    removed[g.name] = _keep_one_per_layer(DG, root, removed[g.name],
+                                                          scores[g.name])
+                    pg = DG.get_pruning_group(root.target.module, root.handler, removed[g.name])
+                pg.prune()
     macs1, params1 = macs_params(net, input_shape) if count else (0, 0)
     return PruneResult(net, {g.name: plan.get(g.name, g.width) for g in groups},
                        {g.name: g.width for g in groups}, crit.name, seconds, macs0, macs1,
