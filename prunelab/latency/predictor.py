@@ -153,7 +153,31 @@ class Predictor:
         the anchor's measured unpruned figure would make every width just below full look
         slower than full)."""
         base = dict(base or {})
-        return {w: self.unanchored({**base, group: w}) for w in range(1, self.widths[group] + 1)}
+        top = self.widths[group]
+        if self.reorder_ms:  # the layout term couples units through their links: every unit
+            return {w: self.unanchored({**base, group: w}) for w in range(1, top + 1)}
+        # every other term is a sum over units: only the units whose shape the group changes
+        # are looked up again (a real architecture has thousands of widths times its units)
+        lo, hi = self._shapes({**base, group: 1}), self._shapes({**base, group: top})
+        moved = [i for i, (a, b) in enumerate(zip(lo, hi)) if a != b]
+        full = self.unanchored({**base, group: top})
+
+        def part(shapes) -> float:
+            return sum(self._unit_cost(i, *shapes[i]) for i in moved)
+
+        ref = part(hi)
+        return {w: full - ref + part(self._shapes({**base, group: w})) if w < top else full
+                for w in range(1, top + 1)}
+
+    def _unit_cost(self, i: int, ci: int, co: int) -> float:
+        """Unit ``i``'s share of :meth:`unanchored` at (ci, co) (without the layout term)."""
+        u = self.units[i]
+        k = unit_class(u)
+        ms = (self.coefs.get(k, self.scale) if self.coefs else self.scale) * \
+            self.lut.unit_ms(u, ci, co)
+        if self.weight_ms:
+            ms += self.weight_ms * (1 if u.kind == "dwconv" else ci) * co * u.k * u.k / 1e6
+        return ms
 
     def fit(self, rows: Sequence[dict]) -> None:
         """Fit the calibration on ``rows`` ({"raw_ms", "measured_ms"[, "parts"]}).
