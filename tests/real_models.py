@@ -258,7 +258,8 @@ def run_steps(a: Arch, folder, steps=STEPS) -> dict[str, dict]:
         got = sess.run(["logits"], {"input": x[:1].numpy()})[0]
         with torch.no_grad():
             ref = pruned(x[:1]).numpy()
-        np.testing.assert_allclose(got, ref, rtol=1e-3, atol=1e-4)
+        # float32 through a deep random-weight net: differences scale with the logits
+        np.testing.assert_allclose(got, ref, rtol=1e-3, atol=1e-4 * max(1.0, abs(ref).max()))
         return {}
 
     def save_load():

@@ -35,6 +35,15 @@ def _captum():
         raise PrunelabError("XAI criteria need captum; pip install 'prunelab[xai]'") from None
 
 
+def per_channel(a: torch.Tensor, module: nn.Module) -> torch.Tensor:
+    """``a`` (a layer's output-shaped attribution) summed over the batch and positions, one value
+    per output channel: axis 1 of a conv's output, the last axis of a linear layer's (a linear
+    layer applied to channels-last features, as in ConvNeXt's blocks, keeps them last)."""
+    if isinstance(module, nn.Linear) or a.dim() < 3:
+        return a.reshape(-1, a.shape[-1]).sum(0)
+    return a.transpose(0, 1).reshape(a.shape[1], -1).sum(1)
+
+
 class Attribution(Calibrated):
     """Base: accumulate per-channel |attribution| over the calibration set."""
 
@@ -55,8 +64,7 @@ class Attribution(Calibrated):
                 warnings.filterwarnings("ignore", category=UserWarning, module=r"captum\.")
                 attributions = self.attribute(net, names, x, y)
             for n, a in attributions.items():
-                s = a.detach().abs().sum(dim=(2, 3)) if a.dim() == 4 else a.detach().abs()
-                s = s.sum(0)
+                s = per_channel(a.detach().abs(), self.modules[n])
                 totals[n] = s if totals[n] is None else totals[n] + s
             count += len(y)
         self._scores = {n: t / count for n, t in totals.items()}
