@@ -135,6 +135,14 @@ TP_CANNOT = {"shufflenet_v2_x0_5": "channel shuffle", "shufflenet_v2_x1_0": "cha
              "cs3darknet_s": "concatenation"}
 
 
+# Known misses: the search runs and everything else passes, but the budget cannot be reached
+# because the groups whose channels reach a split at sizes forward() fixes stay whole (MixNet's
+# mixed kernels split every expansion at fixed sizes; a pruned split would break forward(), as
+# it does in Torch-Pruning): the landing says "unreachable".
+UNREACHABLE = {"mixnet_s": "mixed-kernel splits at fixed sizes",
+               "mixnet_m": "mixed-kernel splits at fixed sizes"}
+
+
 def torch_pruning_fails(a: Arch) -> bool:
     """Whether Torch-Pruning's own DependencyGraph fails on ``a`` (a refusal is then a pass)."""
     import torch_pruning as tp

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.real_models import ARCHS, STEPS, TP_CANNOT, import_model_libs, run_steps
+from tests.real_models import (ARCHS, STEPS, TP_CANNOT, UNREACHABLE, import_model_libs,
+                               run_steps)
 
 try:
     import_model_libs()
@@ -41,6 +42,10 @@ def test_real_architecture(arch, tmp_path):
         return
     bad = {s: {k: v for k, v in out[s].items() if k != "trace"} for s in STEPS
            if not out[s]["ok"]}
+    if arch.name in UNREACHABLE:  # every other step passes; the landing says why it misses
+        assert set(bad) <= {"macs", "speedup"}, bad
+        assert all(out[s]["landing"] == "unreachable" for s in ("l1", "xai") if s in out), out
+        pytest.xfail(f"budget unreachable: {UNREACHABLE[arch.name]} stay whole")
     assert not bad, (bad, [out[s].get("trace", "") for s in bad][:1])
 
 
