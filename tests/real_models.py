@@ -140,14 +140,14 @@ TP_CANNOT = {"shufflenet_v2_x0_5": "channel shuffle", "shufflenet_v2_x1_0": "cha
 #   sizes forward() fixes stay whole (its mixed kernels split every expansion at fixed sizes; a
 #   pruned split would break forward(), as it does in Torch-Pruning): the landing says
 #   "unreachable";
-# - VGG at a small input: torch's ONNX exporter refuses AdaptiveAvgPool2d((7, 7)) on a 2x2 map
+# - VGG at a small input: torch's ONNX exporter refuses AdaptiveAvgPool2d((7, 7)) on a 1x1 map
 #   ("output size that are not factor of input size"); the fix belongs in the one exporter,
 #   prunelab/targets/_onnx.py (export such a pool as its fixed averaging matrices).
 KNOWN = {"mixnet_s": {"macs": "mixed-kernel splits at fixed sizes stay whole",
                       "speedup": "mixed-kernel splits at fixed sizes stay whole"},
          "mixnet_m": {"macs": "mixed-kernel splits at fixed sizes stay whole",
                       "speedup": "mixed-kernel splits at fixed sizes stay whole"},
-         "vgg11_bn": {"onnx": "torch's ONNX export of AdaptiveAvgPool2d(7) on a 2x2 map"}}
+         "vgg11_bn": {"onnx": "torch's ONNX export of AdaptiveAvgPool2d(7) on a 1x1 map"}}
 
 
 def torch_pruning_fails(a: Arch) -> bool:
