@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from prunelab.io import atomic_write_text  # noqa: E402
-from tests.real_models import ARCHS, MODELS, STEPS, TP_CANNOT  # noqa: E402
+from tests.real_models import ARCHS, KNOWN, MODELS, STEPS, TP_CANNOT  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 JSON = RESULTS / "architectures.json"
@@ -113,13 +113,18 @@ def table(rows: list[dict]) -> str:
                    f"{r['commit']} |")
     notes = [r for r in rows if not passed(r)]
     if notes:
-        out += ["", "Refusals and failures, as the library says them:", ""]
+        out += ["", "Refusals and misses, as the library says them (known misses: "
+                "`KNOWN` in tests/real_models.py):", ""]
         for r in notes:
             s = next((r["steps"][k] for k in ("l1", "xai", "onnx", "save_load", "crash")
                       if k in r["steps"] and not r["steps"][k].get("ok")
                       and ("refused" in r["steps"][k] or "error" in r["steps"][k])), None)
-            if s is not None:
-                out.append(f"- {r['model']}: {s.get('refused') or s.get('error')}")
+            why = "; ".join(f"{k}: {v}" for k, v in KNOWN.get(r["model"], {}).items())
+            said = (s.get("refused") or s.get("error")) if s is not None else \
+                ", ".join(f"{k} {r['steps'][k].get('note', '')}" for k in STEPS
+                          if not (r["steps"].get(k) or {}).get("ok"))
+            said = (said.strip().splitlines() or ["?"])[0][:220]
+            out.append(f"- {r['model']}: {said}" + (f" (known: {why})" if why else ""))
     return "\n".join(out) + "\n"
 
 
