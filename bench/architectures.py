@@ -74,6 +74,8 @@ def cell(row: dict, step: str) -> str:
         return "pass"
     if "refused" in s:
         return "refused"
+    if any("refused" in (row["steps"].get(k) or {}) for k in ("l1", "xai")) and s.get("note"):
+        return "-"  # not reached: the search refused the model
     return "FAIL" + (f": {s['error'][:60]}" if s.get("error") else
                      f" ({s['note']})" if s.get("note") else "")
 
