@@ -10,6 +10,7 @@ marker                    page
 ``criteria-tables``       docs/criteria.md  (bench/criteria.py)
 ``search-tables``         docs/searches.md  (bench/search.py)
 ``landing``               docs/searches.md  (bench/landing.py)
+``architectures``         docs/architectures.md (bench/architectures.py)
 ``examples-compare``      docs/pipeline.md  (bench/examples.py)
 ``scaleout``              docs/scaleout.md  (bench/scaleout.py)
 ``cluster-cost``          docs/scaleout.md  (bench/cluster_cost.py)
@@ -63,6 +64,9 @@ def blocks() -> list[tuple[str, str, str]]:
     land = RESULTS / "landing.md"
     if land.exists():
         out.append(("searches.md", "landing", land.read_text()))
+    arch = RESULTS / "architectures.md"
+    if arch.exists():
+        out.append(("architectures.md", "architectures", arch.read_text()))
     ex = RESULTS / "examples-compare.md"
     if ex.exists():
         out.append(("pipeline.md", "examples-compare", ex.read_text()))

@@ -20,6 +20,7 @@ reloaded model gives identical outputs.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import contextvars
 import importlib.util
@@ -133,14 +134,21 @@ def _validate_spec(d: dict, where: str) -> None:
     if not isinstance(layers, dict):
         bad("layers", "must be an object of layer name -> widths")
     for name, w in layers.items():
+        def width(x) -> bool:
+            return _is_int(x) and 1 <= x <= MAX_CHANNELS
+
         if not isinstance(w, dict) or not w or not all(
-                isinstance(k, str) and _is_int(x) and 1 <= x <= MAX_CHANNELS for k, x in w.items()):
+                isinstance(k, str) and (width(x) or k == "normalized" and isinstance(x, list)
+                                        and x and all(width(v) for v in x))
+                for k, x in w.items()):
             bad(f"layers.{name}", f"must map in/out/groups/features to integers in "
                                   f"1..{MAX_CHANNELS}")
-        known = ({"in", "out", "groups"}, {"features"}, {"in", "out"}, {"sandwich"})
+        known = ({"in", "out", "groups"}, {"features"}, {"in", "out"}, {"sandwich"},
+                 {"normalized"}, {"channels", "norm_groups"})
         if set(w) not in known:
             bad(f"layers.{name}", "must have in/out/groups (conv), features (BN), in/out "
-                                  "(linear) or sandwich")
+                                  "(linear), normalized (LayerNorm), channels/norm_groups "
+                                  "(GroupNorm) or sandwich")
         if "groups" in w and (w["in"] % w["groups"] or w["out"] % w["groups"]):
             bad(f"layers.{name}", "has groups that do not divide its channels")
     if not isinstance(d.get("provenance", {}), dict):
@@ -290,6 +298,10 @@ def layer_widths(model: nn.Module) -> dict[str, dict[str, int]]:
             out[name] = {"features": m.num_features}
         elif isinstance(m, nn.Linear):
             out[name] = {"in": m.in_features, "out": m.out_features}
+        elif isinstance(m, nn.LayerNorm):
+            out[name] = {"normalized": list(m.normalized_shape)}
+        elif isinstance(m, nn.GroupNorm):
+            out[name] = {"channels": m.num_channels, "norm_groups": m.num_groups}
     return out
 
 
@@ -318,7 +330,9 @@ def apply_widths(model: nn.Module, layers: dict[str, dict[str, int]]) -> None:
                                 "the folder does not match its architecture")
         want = ({"in", "out", "groups"} if isinstance(m, nn.Conv2d) else
                 {"features"} if isinstance(m, nn.modules.batchnorm._BatchNorm) else
-                {"in", "out"} if isinstance(m, nn.Linear) else None)
+                {"in", "out"} if isinstance(m, nn.Linear) else
+                {"normalized"} if isinstance(m, nn.LayerNorm) else
+                {"channels", "norm_groups"} if isinstance(m, nn.GroupNorm) else None)
         if want is None or set(w) != want:
             raise PrunelabError(f"model.json gives layer {name!r} ({type(m).__name__}) the "
                                 f"fields {sorted(w)}; the folder does not match its architecture")
@@ -342,6 +356,37 @@ def apply_widths(model: nn.Module, layers: dict[str, dict[str, int]]) -> None:
             m.weight = nn.Parameter(m.weight.new_empty(w["out"], w["in"]))
             if m.bias is not None:
                 m.bias = nn.Parameter(m.bias.new_empty(w["out"]))
+        else:  # LayerNorm / GroupNorm: the attribute the forward reads; tensors follow the file
+            if isinstance(m, nn.LayerNorm):
+                m.normalized_shape = tuple(w["normalized"])
+            else:
+                m.num_channels, m.num_groups = w["channels"], w["norm_groups"]
+            n = list(m.normalized_shape) if isinstance(m, nn.LayerNorm) else [m.num_channels]
+            for t in ("weight", "bias"):
+                if getattr(m, t, None) is not None:
+                    setattr(m, t, nn.Parameter(getattr(m, t).new_empty(n)))
+
+
+def resize_to(model: nn.Module, shapes: dict[str, list[int]]) -> None:
+    """Every other parameter or buffer whose shape in ``shapes`` (a weights file's header)
+    differs from the module's, given that shape (its values are loaded over it): what pruning
+    resized besides the layers :func:`layer_widths` records (a per-channel scale such as
+    ConvNeXt's layer scale)."""
+    for key, shape in shapes.items():
+        owner, _, attr = key.rpartition(".")
+        try:
+            mod = model.get_submodule(owner)
+        except AttributeError:
+            continue  # load_weights names it
+        cur = getattr(mod, attr, None)
+        if not isinstance(cur, torch.Tensor) or list(cur.shape) == list(shape) or \
+                len(shape) != cur.dim() or any(a > b for a, b in zip(shape, cur.shape)):
+            continue  # pruning only narrows: anything else is load_weights' mismatch
+        new = cur.new_empty(shape)
+        if isinstance(cur, nn.Parameter):
+            setattr(mod, attr, nn.Parameter(new, requires_grad=cur.requires_grad))
+        elif attr in mod._buffers:
+            mod._buffers[attr] = new
 
 
 # --------------------------------------------------------------------------- atomic files
@@ -576,12 +621,27 @@ def _check_widths_against_weights(layers: dict, path: Path) -> None:
         if "sandwich" in w:
             continue
         want = ([w["out"], w["in"] // w["groups"]] if "groups" in w else
-                [w["features"]] if "features" in w else [w["out"], w["in"]])
+                [w["features"]] if "features" in w else w["normalized"] if "normalized" in w
+                else [w["channels"]] if "channels" in w else [w["out"], w["in"]])
         if got is None:
             continue  # e.g. an affine-free BN: load_weights names what is missing
         if got[:len(want)] != want:
             raise PrunelabError(f"model.json gives layer {name!r} widths {w}, but its weights "
                                 f"have shape {got}; the folder is inconsistent: re-save it")
+
+
+def _header_shapes(path: Path) -> dict[str, list[int]]:
+    """The tensor shapes in a safetensors file's header (no tensor is read)."""
+    from safetensors import SafetensorError, safe_open
+
+    if not path.is_file():
+        return {}  # load_weights says it is missing
+    try:
+        with safe_open(str(path), "pt") as f:
+            return {k: list(f.get_slice(k).get_shape()) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise PrunelabError(f"{path} is not a valid safetensors file ({e}); re-save or "
+                            "re-download it") from None
 
 
 def load_weights(model: nn.Module, path: Path) -> None:
@@ -606,6 +666,12 @@ def load_weights(model: nn.Module, path: Path) -> None:
                      f"{tuple(own[bad[0]].shape)}")
         raise PrunelabError(f"weights {path.name} do not match the architecture ({what}); "
                             "pass the weights saved with this architecture")
+    # the modules' state-dict versions (BN's, MNASNet's ...) are the architecture's own: a
+    # module whose _load_from_state_dict reads its version must find it, as in torch.load
+    state = collections.OrderedDict(state)
+    meta = getattr(own, "_metadata", None)
+    if meta is not None:
+        state._metadata = meta
     model.load_state_dict(state, strict=True)
 
 
@@ -694,6 +760,7 @@ def load_into(folder: str | os.PathLike, like: nn.Module) -> nn.Module:
     spec = read_spec(folder)
     net = copy.deepcopy(like).cpu()
     apply_widths(net, spec.layers)
+    resize_to(net, _header_shapes(folder / "model.safetensors"))
     load_weights(net, folder / "model.safetensors")
     return net.eval()
 

@@ -5,7 +5,9 @@
 root layer.  :func:`prune` removes channels from every group, either the same ``ratio`` everywhere
 or exact per-group ``keep`` counts, choosing *which* channels with a criterion.  No group is ever
 pruned to zero, and the layers feeding the model's output (found from the graph) are never
-pruned.
+pruned.  A group coupled to a grouped (not depthwise) convolution of ``G`` groups loses the same
+channels in each of its ``G`` parts (scores averaged over the parts, as Torch-Pruning does), so
+its width stays a multiple of ``G`` (:attr:`GroupInfo.step`).
 
     >>> from prunelab.models import build
     >>> from prunelab.pruning import prune
@@ -37,19 +39,66 @@ def _short(e: BaseException) -> str:
 
 
 def build_graph(model: nn.Module, input_shape: Sequence[int]):
-    """torch-pruning's DependencyGraph, with tracing failures turned into one-line errors."""
+    """torch-pruning's DependencyGraph, with tracing failures turned into one-line errors: a
+    failure inside torch-pruning's own channel mapping names the op and the layer it feeds (the
+    model runs; torch-pruning cannot follow its channels there), anything else is the forward."""
     import torch_pruning as tp
 
     model.eval()
     try:
         with torch.enable_grad():  # tracing follows autograd, even if the caller disabled it
             return tp.DependencyGraph().build_dependency(
-            model, example_inputs=torch.zeros(1, *input_shape), verbose=False)
+                model, example_inputs=torch.zeros(1, *input_shape), verbose=False)
     except Exception as e:  # tracing runs arbitrary user forward() code
+        where = _graph_node(e, model)
+        if where:
+            raise PrunelabError(f"torch-pruning {_tp_version()} cannot follow the channels "
+                                f"through {where} ({_short(e)}), so this model cannot be "
+                                "pruned; Torch-Pruning itself fails on it the same way") from None
         raise PrunelabError(
             f"torch-pruning could not trace the model ({_short(e)}); make forward() traceable with "
             "a single tensor input (no data-dependent Python control flow) or wrap custom blocks") \
             from None
+
+
+def _tp_version() -> str:
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version("torch-pruning")
+    except importlib.metadata.PackageNotFoundError:
+        return "?"
+
+
+_OPS = {"Reshape": "a reshape that regroups channels (a channel shuffle)",
+        "Concat": "a concatenation whose parts' channel counts it cannot follow",
+        "Split": "a split whose parts it cannot follow"}
+
+
+def _graph_node(e: BaseException, model: nn.Module) -> str | None:
+    """Where in torch-pruning's graph ``e`` was raised (the innermost frame holding a graph
+    node): the op and the first named layer it feeds, or None when it was not in the graph."""
+    tb, node = e.__traceback__, None
+    while tb is not None:
+        cand = tb.tb_frame.f_locals.get("node")
+        if cand is not None and hasattr(cand, "outputs") and "torch_pruning" in \
+                tb.tb_frame.f_code.co_filename:
+            node = cand
+        tb = tb.tb_next
+    if node is None:
+        return None
+    names = {m: n for n, m in model.named_modules()}
+    kind = next((v for k, v in _OPS.items() if k in str(node.name)), str(node.name))
+    seen, todo = set(), [node]
+    while todo:
+        n = todo.pop(0)
+        if id(n) in seen:
+            continue
+        seen.add(id(n))
+        if n is not node and getattr(n, "module", None) in names:
+            return f"{kind} before layer {names[n.module]!r}"
+        todo.extend(getattr(n, "outputs", ()))
+    return kind
 
 
 def output_layers(model: nn.Module, input_shape: Sequence[int]) -> list[nn.Module]:
@@ -105,14 +154,34 @@ def _grouped(m: nn.Module) -> bool:
         m.groups == m.in_channels and m.out_channels % m.in_channels == 0)
 
 
+def _step(DG, g, names: dict, width: int) -> tuple[int, str | None]:
+    """The channel step of torch-pruning group ``g`` (the lcm of the groups of the grouped convs
+    in it, 1 without any) and, where the group cannot lose whole parts of them (its width is no
+    multiple of the step, or it is only a slice of the conv's channels, as through a
+    concatenation), the conv to blame."""
+    import math
+
+    step, bad = 1, None
+    for dep, _ in g:
+        m = dep.target.module
+        if _grouped(m) and m in names:
+            step = math.lcm(step, m.groups)
+            channels = m.out_channels if DG.is_out_channel_pruning_fn(dep.handler) else \
+                m.in_channels
+            if width % step or channels != width:
+                bad = f"{names[m]} (groups={m.groups}, {channels} channels)"
+    return step, bad
+
+
 def prunable_groups(model: nn.Module, input_shape: Sequence[int], num_classes: int | None = None,
                     ignored: Sequence[nn.Module] = (), graph=None) -> tuple[object, list[GroupInfo]]:
     """The prunable groups of ``model`` (and the dependency graph they live on).
 
     The layers feeding the model's output (:func:`output_layers`) and ``ignored`` are never
-    pruned (``num_classes`` plays no part in finding them).  Groups coupled to a grouped
-    (not depthwise) convolution are left whole, with a one-line note: their channels could only
-    go in whole convolution groups."""
+    pruned (``num_classes`` plays no part in finding them).  A group coupled to a grouped (not
+    depthwise) convolution gets that conv's groups as its :attr:`~GroupInfo.step`; one whose
+    width is no multiple of its grouped convs' groups, or whose channels reach a split (sizes
+    that forward() fixes, which pruning cannot change), is left whole, with a one-line note."""
     DG = graph or build_graph(model, input_shape)
     names = {m: n for n, m in model.named_modules()}
     ignored = resolve_layers(model, ignored) + output_layers(model, input_shape)
@@ -130,20 +199,23 @@ def prunable_groups(model: nn.Module, input_shape: Sequence[int], num_classes: i
             elif isinstance(m, nn.modules.batchnorm._BatchNorm):
                 norms.append(n)
         root = g[0].dep.target.module
-        bad = [names[dep.target.module] for dep, _ in g
-               if _grouped(dep.target.module) and dep.target.module in names]
-        if bad:
-            grouped.append(f"{names[root]} (coupled to {bad[0]}, "
-                           f"groups={dict(model.named_modules())[bad[0]].groups})")
-            continue
         width = root.out_channels if isinstance(root, nn.Conv2d) else root.out_features
+        step, bad = _step(DG, g, names, width)
+        if bad:
+            grouped.append(f"{names[root]} (coupled to {bad})")
+            continue
+        if any(getattr(getattr(dep.target, "type", None), "name", "") == "SPLIT" for dep, _ in g):
+            # forward() splits at sizes of its own (torch.split, chunk): they would not follow
+            grouped.append(f"{names[root]} (its channels are split at sizes forward() fixes)")
+            continue
         groups.append(GroupInfo(names[root], width, list(dict.fromkeys(prod)),
                                 list(dict.fromkeys(c for c in cons if c not in prod)),
-                                list(dict.fromkeys(norms)), g))
+                                list(dict.fromkeys(norms)), g, step))
     if grouped:
         from .ui import log
 
-        log(f"note: {len(grouped)} group(s) coupled to grouped convolutions are left whole: "
+        log(f"note: {len(grouped)} group(s) left whole (a grouped convolution whose groups they "
+            f"cannot lose whole, or a split of their channels): "
             f"{'; '.join(grouped[:3])}{' ...' if len(grouped) > 3 else ''}")
     order = {n: i for i, n in enumerate(names.values())}
     groups.sort(key=lambda g: order[g.name])
@@ -179,10 +251,76 @@ def align(keep: int, width: int, round_to: int = 1) -> int:
     return int(min(max(1, keep), width))
 
 
+def _emptied(DG, pg):
+    """A layer that pruning group ``pg`` leaves with no channel on the pruned axis (channels
+    tied through a concatenation and a slice, as in GhostNet, map several of the group's
+    channels onto one layer's): ``(module, axis)``, or None."""
+    for item in pg:
+        dep, m = item.dep, item.dep.target.module
+        out = DG.is_out_channel_pruning_fn(dep.handler)
+        n = (getattr(m, "out_channels" if out else "in_channels", None)
+             if isinstance(m, nn.Conv2d) else
+             getattr(m, "out_features" if out else "in_features", None)
+             if isinstance(m, nn.Linear) else getattr(m, "num_features", None))
+        if n is not None and len(set(item.idxs)) >= n:
+            return m, out
+    return None
+
+
+def _keep_one_per_layer(DG, root, idxs: list[int], scores: torch.Tensor) -> list[int]:
+    """``idxs`` less the best-scored channels that leave each layer of the group at least one
+    (every layer keeps a channel, whatever the group's count says)."""
+    idxs = list(idxs)
+    for _ in range(len(idxs)):
+        hit = _emptied(DG, DG.get_pruning_group(root.target.module, root.handler, idxs))
+        if hit is None:
+            return idxs
+        m, out = hit
+        for i in sorted(idxs, key=lambda i: -float(scores[i])):
+            if _emptied_by(DG, root, i, m, out):
+                idxs.remove(i)
+                break
+        else:
+            raise PrunelabError("pruning would leave a layer with no channel and no channel of "
+                                "its group maps onto it; report this model")
+    return idxs
+
+
+def _emptied_by(DG, root, i: int, m, out: bool) -> bool:
+    """Whether removing channel ``i`` of the group removes a channel of ``m`` on that axis."""
+    return any(item.dep.target.module is m and DG.is_out_channel_pruning_fn(item.dep.handler)
+               == out and len(item.idxs) > 0
+               for item in DG.get_pruning_group(root.target.module, root.handler, [i]))
+
+
 def keep_from_ratio(groups: list[GroupInfo], ratio: float, round_to: int = 1) -> dict[str, int]:
     if not 0 < ratio < 1:
         raise PrunelabError(f"ratio {ratio} is outside (0, 1); give the fraction of filters to remove")
-    return {g.name: align(round(g.width * (1 - ratio)), g.width, round_to) for g in groups}
+    return {g.name: align(round(g.width * (1 - ratio)), g.width, _lcm(round_to, g.step))
+            for g in groups}
+
+
+def _lcm(a: int, b: int) -> int:
+    import math
+
+    return math.lcm(a, b)
+
+
+def group_removal(scores: torch.Tensor, keep: int, step: int = 1) -> list[int]:
+    """The channels to remove so that ``keep`` stay, lowest scores first (ties by index).  With
+    ``step`` > 1 (a grouped conv's ``G`` parts) the same channels go from every part: scores are
+    averaged over the parts and the chosen offsets repeated in each.
+
+    >>> group_removal(torch.tensor([3., 1, 2, 0, 5, 1]), 4)
+    [1, 3]
+    >>> group_removal(torch.tensor([3., 1, 2, 0, 5, 1]), 4, step=2)   # parts [3,1,2] [0,5,1]
+    [0, 3]
+    """
+    width = scores.numel()
+    part = width // step
+    mean = scores.reshape(step, part).mean(0)
+    order = torch.sort(mean, stable=True).indices[: part - keep // step].tolist()
+    return sorted(j + i * part for i in range(step) for j in order)
 
 
 @dataclass
@@ -249,7 +387,7 @@ def prune(model: nn.Module, criterion: str | Criterion = "l1", ratio: float | No
             if not isinstance(k, int) or k < 1 or k > w:
                 raise PrunelabError(f"keep count {k} for layer {name!r} must be between 1 and "
                                     f"its width {w}")
-            plan[name] = align(k, w, round_to)
+            plan[name] = align(k, w, _lcm(round_to, by_name[name].step))
     if scores is None:
         scores, seconds = score_groups(net, crit, groups, data)
     else:  # the criterion that produced them (its compensation hooks read the unpruned weights)
@@ -257,10 +395,8 @@ def prune(model: nn.Module, criterion: str | Criterion = "l1", ratio: float | No
     removed: dict[str, list[int]] = {}
     for g in groups:
         k = plan.get(g.name, g.width)
-        if k < g.width:
-            # stable sort: ties broken by channel index, so equal scores prune deterministically
-            order = torch.sort(scores[g.name], stable=True).indices
-            removed[g.name] = sorted(order[: g.width - k].tolist())
+        if k < g.width:  # stable sort: equal scores prune deterministically, by index
+            removed[g.name] = group_removal(scores[g.name], k, g.step)
     if hasattr(crit, "before_prune"):
         crit.before_prune(net, groups, removed, tuple(input_shape))
     # a criterion may own the structural change (FP-OMP's sandwich); otherwise torch-pruning
@@ -269,7 +405,12 @@ def prune(model: nn.Module, criterion: str | Criterion = "l1", ratio: float | No
         for g in groups:
             if g.name in removed:
                 root = g.group[0].dep
-                DG.get_pruning_group(root.target.module, root.handler, removed[g.name]).prune()
+                pg = DG.get_pruning_group(root.target.module, root.handler, removed[g.name])
+                if _emptied(DG, pg) is not None:
+                    removed[g.name] = _keep_one_per_layer(DG, root, removed[g.name],
+                                                          scores[g.name])
+                    pg = DG.get_pruning_group(root.target.module, root.handler, removed[g.name])
+                pg.prune()
     macs1, params1 = macs_params(net, input_shape) if count else (0, 0)
     return PruneResult(net, {g.name: plan.get(g.name, g.width) for g in groups},
                        {g.name: g.width for g in groups}, crit.name, seconds, macs0, macs1,

@@ -29,8 +29,10 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
-# pip's chatter (build-backend notices, local index warnings) goes to a log shown only on failure
-if ! .venv/bin/python -m pip install -q -c constraints.txt -e ".[dev,onnx,openvino,images,xai,search,report,ray]" \
+# pip's chatter (build-backend notices, local index warnings) goes to a log shown only on failure.
+# test-models: torchvision and timm for the real-architecture suite (tests/real_models.py says
+# how their model definitions import beside the CPU torch); constraints.txt keeps torch pinned.
+if ! .venv/bin/python -m pip install -q -c constraints.txt -e ".[dev,onnx,openvino,images,xai,search,report,ray,test-models]" \
     > .venv/pip-install.log 2>&1; then
   tail -n 30 .venv/pip-install.log >&2
   echo "set-up failed: pip could not install prunelab (full log: .venv/pip-install.log)" >&2

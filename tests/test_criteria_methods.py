@@ -146,6 +146,12 @@ def test_rule_based_methods_name_unsupported_layers(tiny_data):
     net = nn.Sequential(nn.Conv2d(1, 8, 3), nn.Hardswish(), nn.AdaptiveAvgPool2d(1),
                         nn.Flatten(), nn.Linear(8, 4))
     with pytest.raises(PrunelabError, match=r"no rule for layer '1' \(Hardswish\)"):
+        prune(net, make_criterion("lrp", num_images=4), ratio=0.5, input_shape=SHAPE,
+              num_classes=4, data=tiny_data)
+    # deeplift has a rule for Hardswish (rescale: tests/test_deeplift_rules.py), not for this
+    net = nn.Sequential(nn.Conv2d(1, 8, 3), nn.ReLU(), nn.AdaptiveMaxPool2d(1),
+                        nn.Flatten(), nn.Linear(8, 4))
+    with pytest.raises(PrunelabError, match=r"no rule for layer '2' \(AdaptiveMaxPool2d\)"):
         prune(net, make_criterion("deeplift", num_images=4), ratio=0.5, input_shape=SHAPE,
               num_classes=4, data=tiny_data)
 

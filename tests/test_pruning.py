@@ -76,16 +76,45 @@ class _GroupedNet(nn.Module):
         return self.fc(torch.relu(self.c(x)).mean((2, 3)))
 
 
-def test_grouped_conv_groups_are_left_whole_with_a_note(capsys):
+def test_grouped_conv_groups_lose_the_same_channels_in_every_part():
+    """As Torch-Pruning prunes a grouped conv: its groups stay, each of its parts loses the same
+    offsets (scores averaged over the parts), so the widths stay multiples of the groups."""
     net = _GroupedNet().eval()
     _, groups = prunable_groups(net, (1, 16, 16), 4)
-    names = [g.name for g in groups]
-    assert "a" not in names and "g" not in names        # coupled to the grouped conv
-    assert {"stem", "b", "c"} <= set(names)
-    res = prune(net, "l1", ratio=0.5, input_shape=(1, 16, 16), num_classes=4)
-    assert res.model.g.in_channels == res.model.g.out_channels == 16
-    assert res.model.b.out_channels == 12 and res.model.c.out_channels == 12
-    assert res.model(torch.randn(2, 1, 16, 16)).shape == (2, 4)
+    step = {g.name: g.step for g in groups}
+    assert step["a"] == step["g"] == 4 and step["stem"] == step["b"] == step["c"] == 1
+    res = prune(net, "l1", keep={"a": 7, "g": 12, "b": 12}, input_shape=(1, 16, 16),
+                num_classes=4)
+    assert res.keep["a"] == 8 and res.keep["g"] == 12          # whole groups: multiples of 4
+    g = res.model.g
+    assert (g.in_channels, g.out_channels, g.groups) == (8, 12, 4)
+    removed = res.removed["a"]
+    assert len(removed) == 8 and sorted({r % 4 for r in removed}) == sorted({removed[0] % 4,
+                                                                           removed[1] % 4})
+    assert [r - removed[0] for r in removed[::2]] == [0, 4, 8, 12]   # the same offsets per part
+    # the pruned grouped conv computes what the unpruned one does on the kept channels
+    x = torch.randn(2, 1, 16, 16)
+    assert res.model(x).shape == (2, 4)
+
+
+class _ConcatIntoGrouped(nn.Module):
+    """Two 4-channel branches concatenated into a grouped conv of 2 groups: each branch is only
+    a slice of the conv's channels, so its parts are not the conv's."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(1, 4, 3, padding=1), nn.Conv2d(1, 4, 3, padding=1)
+        self.g = nn.Conv2d(8, 8, 3, padding=1, groups=2)
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x):
+        y = torch.relu(self.g(torch.cat([torch.relu(self.a(x)), torch.relu(self.b(x))], 1)))
+        return self.fc(y.mean((2, 3)))
+
+
+def test_a_slice_of_a_grouped_conv_is_left_whole_with_a_note(capsys):
+    _, groups = prunable_groups(_ConcatIntoGrouped().eval(), (1, 8, 8), 4)
+    assert {g.name: g.step for g in groups} == {"g": 2}
     assert "left whole" in capsys.readouterr().err
 
 

@@ -18,6 +18,7 @@ class GroupInfo:
     consumers: list[str]  # layers whose input channels are removed
     norms: list[str]  # BN layers in the group
     group: object = field(repr=False, default=None)  # the torch-pruning Group
+    step: int = 1  # channels go in multiples of it: the groups of a grouped conv in the group
 
 
 class Criterion:

@@ -35,6 +35,15 @@ def _captum():
         raise PrunelabError("XAI criteria need captum; pip install 'prunelab[xai]'") from None
 
 
+def per_channel(a: torch.Tensor, module: nn.Module) -> torch.Tensor:
+    """``a`` (a layer's output-shaped attribution) summed over the batch and positions, one value
+    per output channel: axis 1 of a conv's output, the last axis of a linear layer's (a linear
+    layer applied to channels-last features, as in ConvNeXt's blocks, keeps them last)."""
+    if isinstance(module, nn.Linear) or a.dim() < 3:
+        return a.reshape(-1, a.shape[-1]).sum(0)
+    return a.transpose(0, 1).reshape(a.shape[1], -1).sum(1)
+
+
 class Attribution(Calibrated):
     """Base: accumulate per-channel |attribution| over the calibration set."""
 
@@ -55,8 +64,7 @@ class Attribution(Calibrated):
                 warnings.filterwarnings("ignore", category=UserWarning, module=r"captum\.")
                 attributions = self.attribute(net, names, x, y)
             for n, a in attributions.items():
-                s = a.detach().abs().sum(dim=(2, 3)) if a.dim() == 4 else a.detach().abs()
-                s = s.sum(0)
+                s = per_channel(a.detach().abs(), self.modules[n])
                 totals[n] = s if totals[n] is None else totals[n] + s
             count += len(y)
         self._scores = {n: t / count for n, t in totals.items()}
@@ -69,7 +77,7 @@ class Attribution(Calibrated):
         Scores map back by layer name.  Only a model that can be neither rewritten nor used as
         it is gets refused."""
         try:
-            net = one_module_per_use(model, self.input_shape, split_silu=self.name == "deeplift")
+            net = one_module_per_use(model, self.input_shape, deeplift=self.name == "deeplift")
         except PrunelabError as e:
             net, why = copy.deepcopy(model).eval(), str(e)
         else:
@@ -156,14 +164,20 @@ def conductance(net, names, x, y, x0, steps):
     return res
 
 
+# elementwise activations captum does not list, given its rescale rule: the multiplier
+# (f(x) - f(x0)) / (x - x0) sums to the difference for any elementwise function, monotone or not
+RESCALED = (nn.ReLU6, nn.Hardtanh, nn.Hardsigmoid, nn.Hardswish, nn.SiLU, nn.GELU, nn.Mish)
+
+
 def _deeplift_nonlinear():
-    """captum's rescale-rule table, plus ReLU6 (rescale applies to any monotone elementwise
-    function; captum just does not list it)."""
+    """captum's rescale-rule table (ReLU, ELU, LeakyReLU, Sigmoid, Tanh, Softplus), plus
+    :data:`RESCALED`; products and layer norms get their own rules in the rewritten copy
+    (:mod:`prunelab.criteria.rewrite`)."""
     from captum.attr._core import deep_lift
 
     table = deep_lift.SUPPORTED_NON_LINEAR
-    if nn.ReLU6 not in table:
-        table[nn.ReLU6] = deep_lift.nonlinear
+    for cls in RESCALED:
+        table.setdefault(cls, deep_lift.nonlinear)
     return table
 
 

@@ -170,10 +170,11 @@ def grid_nodes(cmax: int, step: int, n: int = NODES) -> list[int]:
     return [cands[i] for i in idx]
 
 
-def sweep_widths(cmax: int, sweep: int) -> list[int]:
-    """Every width 1..cmax, or an even stride (plus cmax) when there are more than ``sweep``."""
-    stride = max(1, math.ceil(cmax / sweep))
-    return sorted({*range(stride, cmax + 1, stride), 1, cmax})
+def sweep_widths(cmax: int, sweep: int, multiple: int = 1) -> list[int]:
+    """Every width 1..cmax, or an even stride (plus cmax) when there are more than ``sweep``;
+    with ``multiple`` (a grouped conv's groups) only its multiples."""
+    stride = multiple * max(1, math.ceil(cmax / multiple / sweep))
+    return sorted({*range(stride, cmax + 1, stride), multiple, cmax})
 
 
 class LUT:
@@ -200,10 +201,14 @@ class PointMeter:
 
     def __init__(self, target, cache: Cache, protocol: Protocol = LUT_PROTOCOL):
         self.target, self.cache, self.protocol = target, cache, protocol
+        unit_formula = getattr(target, "unit_formula", None)  # a duck-typed target may lack it
+        self.formula = unit_formula() if unit_formula is not None else None
         self.measured = 0
         self._last_flush = time.monotonic()
 
     def __call__(self, u: Unit, cin: int, cout: int) -> float:
+        if self.formula is not None:  # latency is a formula: nothing to time or cache
+            return self.formula[0](u, cin, cout)
         key = f"{u.sig}|{cin}|{cout}|{self.protocol.warmup},{self.protocol.repeats}"
         hit = self.cache.get("units", key)
         if hit is not None:
@@ -221,6 +226,8 @@ class PointMeter:
 
     def call_ms(self, u: Unit) -> float:
         """The runtime's per-call cost on ``u``'s input: a one-ReLU graph on the same shape."""
+        if self.formula is not None:
+            return self.formula[1]()
         _, shapes = unit_module(u, u.cin, u.cout)
         key = f"call:relu|{list(shapes[0])}|{self.protocol.warmup},{self.protocol.repeats}"
         hit = self.cache.get("units", key)
@@ -252,11 +259,12 @@ def build_table(u: Unit, meter: Callable[[Unit, int, int], float], cfg: LutConfi
     vary_out = u.cout_group is not None or (dw and u.cin_group is not None)
     vary_in = u.cin_group is not None and not dw
     full = meter(u, u.cin, u.cout)
-    s_out = ({c: meter(u, c if dw else u.cin, c) for c in sweep_widths(u.cout, cfg.sweep)}
+    g = u.groups  # a grouped conv is only ever pruned in whole groups
+    s_out = ({c: meter(u, c if dw else u.cin, c) for c in sweep_widths(u.cout, cfg.sweep, g)}
              if vary_out else {u.cout: full})
-    s_in = ({c: meter(u, c, u.cout) for c in sweep_widths(u.cin, cfg.sweep)}
+    s_in = ({c: meter(u, c, u.cout) for c in sweep_widths(u.cin, cfg.sweep, g)}
             if vary_in else {u.cin: full})
-    st_in, st_out = detect_step(s_in), detect_step(s_out)
+    st_in, st_out = (math.lcm(detect_step(s), g) for s in (s_in, s_out))
     if vary_in and vary_out:
         n_in, n_out = grid_nodes(u.cin, st_in, cfg.nodes), grid_nodes(u.cout, st_out, cfg.nodes)
         grid = [[meter(u, ci, co) for co in n_out] for ci in n_in]

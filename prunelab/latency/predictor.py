@@ -54,8 +54,9 @@ from .units import Unit, extract_units, unit_links, unit_shapes
 
 MODEL_PROTOCOL = Protocol(warmup=10, repeats=30)
 CALIBRATE = 40          # pruned variants measured per model to fit the calibration
+FORMULA_CALIBRATE = 6   # ... on a formula target (its units are exact: only the fit's overhead)
 CLASS_GAIN = 0.15       # per-class coefficients must cut the leave-one-out error by this much
-PREDICTOR_VERSION = 7   # part of the predictor cache key: bump when a stored figure changes meaning
+PREDICTOR_VERSION = 8   # part of the predictor cache key: bump when a stored figure changes meaning
 
 
 def unit_class(u: Unit) -> str:
@@ -152,7 +153,31 @@ class Predictor:
         the anchor's measured unpruned figure would make every width just below full look
         slower than full)."""
         base = dict(base or {})
-        return {w: self.unanchored({**base, group: w}) for w in range(1, self.widths[group] + 1)}
+        top = self.widths[group]
+        if self.reorder_ms:  # the layout term couples units through their links: every unit
+            return {w: self.unanchored({**base, group: w}) for w in range(1, top + 1)}
+        # every other term is a sum over units: only the units whose shape the group changes
+        # are looked up again (a real architecture has thousands of widths times its units)
+        lo, hi = self._shapes({**base, group: 1}), self._shapes({**base, group: top})
+        moved = [i for i, (a, b) in enumerate(zip(lo, hi)) if a != b]
+        full = self.unanchored({**base, group: top})
+
+        def part(shapes) -> float:
+            return sum(self._unit_cost(i, *shapes[i]) for i in moved)
+
+        ref = part(hi)
+        return {w: full - ref + part(self._shapes({**base, group: w})) if w < top else full
+                for w in range(1, top + 1)}
+
+    def _unit_cost(self, i: int, ci: int, co: int) -> float:
+        """Unit ``i``'s share of :meth:`unanchored` at (ci, co) (without the layout term)."""
+        u = self.units[i]
+        k = unit_class(u)
+        ms = (self.coefs.get(k, self.scale) if self.coefs else self.scale) * \
+            self.lut.unit_ms(u, ci, co)
+        if self.weight_ms:
+            ms += self.weight_ms * (1 if u.kind == "dwconv" else ci) * co * u.k * u.k / 1e6
+        return ms
 
     def fit(self, rows: Sequence[dict]) -> None:
         """Fit the calibration on ``rows`` ({"raw_ms", "measured_ms"[, "parts"]}).
@@ -329,16 +354,28 @@ def model_key(model: nn.Module, arch: dict, input_shape: Sequence[int]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
-def pruned_layers(units: Sequence[Unit], groups, keep: dict[str, int]) -> dict[str, dict]:
-    """The conv / BN / linear shapes that pruning ``keep`` produces (see :func:`unit_shapes`)."""
+def pruned_layers(units: Sequence[Unit], groups, keep: dict[str, int],
+                  model: nn.Module | None = None) -> dict[str, dict]:
+    """The conv / BN / linear shapes that pruning ``keep`` produces (see :func:`unit_shapes`);
+    with ``model``, a BN over a concatenation loses the channels of every part's group."""
+    from ..pruning import align
+    from .units import channel_parts
+
     widths = {g.name: g.width for g in groups}
     layers: dict[str, dict] = {}
     for u, (ci, co) in zip(units, unit_shapes(units, widths, keep)):
         layers[u.name] = ({"in": ci, "out": co} if u.kind == "linear" else
-                          {"in": ci, "out": co, "groups": co if u.kind == "dwconv" else 1})
+                          {"in": ci, "out": co, "groups": co if u.kind == "dwconv" else u.groups})
+    keep = {g.name: align(keep.get(g.name, g.width), g.width, g.step) for g in groups}
+    parts = channel_parts(model, groups) if model is not None else {}
+    mods = dict(model.named_modules()) if model is not None else {}
     for g in groups:
         for n in g.norms:
-            layers[n] = {"features": keep.get(g.name, g.width)}
+            if (n, "out") in parts and n in mods:
+                lost = sum(f * (widths[p] - keep[p]) for p, f in parts[(n, "out")])
+                layers[n] = {"features": max(1, round(mods[n].num_features - lost))}
+            else:
+                layers[n] = {"features": keep[g.name]}
     return layers
 
 
@@ -404,11 +441,11 @@ class ModelMeter:
         if self.exact is None:
             real = prune(self.model, "l1", keep=keep, input_shape=self.spec.input_shape,
                          num_classes=self.spec.num_classes).model
-            fast = resized_copy(self.model, pruned_layers(self.units, self.groups, keep))
+            fast = resized_copy(self.model, pruned_layers(self.units, self.groups, keep, self.model))
             self.exact = layer_widths(real) == layer_widths(fast)
             return real
         if self.exact:
-            return resized_copy(self.model, pruned_layers(self.units, self.groups, keep))
+            return resized_copy(self.model, pruned_layers(self.units, self.groups, keep, self.model))
         return prune(self.model, "l1", keep=keep, input_shape=self.spec.input_shape,
                      num_classes=self.spec.num_classes).model
 
@@ -460,11 +497,17 @@ def build_predictor(model: nn.Module, spec, target, cache: Cache, calibrate: int
     """Build (or load from the cache) the LUT-based predictor of ``model`` on ``target``.
 
     Calibration uses the unpruned model and ``calibrate`` random pruned variants drawn from
-    ``seed`` (validation draws from other seeds, so it never scores on its own calibration).
+    ``seed`` (validation draws from other seeds, so it never scores on its own calibration); a
+    target whose latency is a formula (:meth:`~prunelab.targets.base.Target.unit_formula`)
+    gives exact unit figures, so at most ``FORMULA_CALIBRATE`` variants fit what the units
+    leave out.
     """
     from ..pruning import prunable_groups
 
     say = progress or (lambda s: None)
+    formula = getattr(target, "unit_formula", None)
+    if formula is not None and formula() is not None:
+        calibrate = min(calibrate, FORMULA_CALIBRATE)
     _, groups = prunable_groups(model, spec.input_shape, spec.num_classes)
     widths = {g.name: g.width for g in groups}
     units = extract_units(model, spec.input_shape, groups)

@@ -24,7 +24,7 @@ ADDS = (operator.add, operator.iadd, torch.add)
 @dataclass(frozen=True)
 class Unit:
     name: str
-    kind: str            # "conv" | "dwconv" | "linear"
+    kind: str            # "conv" | "dwconv" | "gconv" (grouped, not depthwise) | "linear"
     cin: int
     cout: int
     k: int = 1
@@ -38,6 +38,13 @@ class Unit:
     act: str = ""        # "", "relu", "relu6" (after the add when there is one)
     cin_group: str | None = None   # the pruning group that sets the input channels
     cout_group: str | None = None  # ... and the output channels
+    groups: int = 1      # a gconv's groups: its channel counts stay multiples of it
+    # every group feeding the input channels, with the input channels per group channel (a
+    # concatenation: 1 per part; a flatten into a linear layer: the spatial size)
+    cin_parts: tuple = ()
+
+    def __post_init__(self):
+        object.__setattr__(self, "cin_parts", tuple(tuple(p) for p in self.cin_parts))
 
     @property
     def sig(self) -> str:
@@ -46,7 +53,8 @@ class Unit:
         co = "*" if self.cout_group else self.cout
         if self.kind == "dwconv":
             ci = co = "*" if (self.cin_group or self.cout_group) else self.cout
-        return (f"{self.kind}:k{self.k}s{self.stride}p{self.pad}:{self.h}x{self.w}:in{ci}:out{co}"
+        kind = f"gconv{self.groups}" if self.kind == "gconv" else self.kind
+        return (f"{kind}:k{self.k}s{self.stride}p{self.pad}:{self.h}x{self.w}:in{ci}:out{co}"
                 f":{'b' if self.bias else ''}{'n' if self.bn else ''}{'a' if self.add else ''}"
                 f"{self.act}")
 
@@ -55,7 +63,7 @@ class Unit:
         if self.kind == "linear":
             return cin * cout
         ho, wo = self.out_hw
-        per = self.k * self.k * (1 if self.kind == "dwconv" else cin)
+        per = self.k * self.k * (1 if self.kind == "dwconv" else cin // self.groups)
         return per * cout * ho * wo
 
     @property
@@ -145,6 +153,7 @@ def extract_units(model: nn.Module, input_shape: Sequence[int], groups=()) -> li
         model.train(was)
     fus = _fusions(model)
     out_group, in_group = _axis_groups(model, groups)
+    parts = channel_parts(model, groups)
     units = []
     for n in sizes:  # hook order = execution order
         m = model.get_submodule(n)
@@ -152,19 +161,41 @@ def extract_units(model: nn.Module, input_shape: Sequence[int], groups=()) -> li
         if isinstance(m, nn.Linear):
             units.append(Unit(n, "linear", m.in_features, m.out_features, bias=m.bias is not None,
                               act=f["act"], add=f["add"], cin_group=in_group.get(n),
-                              cout_group=out_group.get(n)))
+                              cout_group=out_group.get(n), cin_parts=parts.get((n, "in"), ())))
             continue
         dw = m.groups > 1 and m.groups == m.in_channels == m.out_channels
-        if m.groups > 1 and not dw:
-            raise NotImplementedError(f"{n}: grouped (non-depthwise) convs are not modelled yet")
         cg, og = in_group.get(n), out_group.get(n)
         if dw:
             cg = og = og or cg
         h, w = sizes[n]
-        units.append(Unit(n, "dwconv" if dw else "conv", m.in_channels, m.out_channels,
+        kind = "dwconv" if dw else "gconv" if m.groups > 1 else "conv"
+        units.append(Unit(n, kind, m.in_channels, m.out_channels,
                           m.kernel_size[0], m.stride[0], m.padding[0] if isinstance(m.padding, tuple)
-                          else 0, h, w, m.bias is not None, f["bn"], f["add"], f["act"], cg, og))
+                          else 0, h, w, m.bias is not None, f["bn"], f["add"], f["act"], cg, og,
+                          m.groups if kind == "gconv" else 1,
+                          () if dw else parts.get((n, "in"), ())))
     return units
+
+
+def channel_parts(model: nn.Module, groups) -> dict[tuple[str, str], list[tuple[str, float]]]:
+    """Per (layer name, ``"in"`` | ``"out"``), every group that prunes that axis and the layer's
+    channels per group channel, read from torch-pruning's index mapping (a layer reading a
+    concatenation is in one group per part; a linear layer after a flatten loses H x W inputs per
+    channel).  Covers conv, linear and normalisation layers."""
+    names = {m: n for n, m in model.named_modules()}
+    out: dict[tuple[str, str], list[tuple[str, float]]] = {}
+    for g in groups:
+        for item in getattr(g, "group", None) or ():
+            dep, idxs = (item[0], item[1]) if isinstance(item, tuple) else (item.dep, item.idxs)
+            n = names.get(dep.target.module)
+            h = getattr(dep.handler, "__name__", "")
+            if n is None or h not in ("prune_out_channels", "prune_in_channels"):
+                continue
+            axis = "out" if h == "prune_out_channels" else "in"
+            parts = out.setdefault((n, axis), [])
+            if g.name not in (p[0] for p in parts):
+                parts.append((g.name, len(idxs) / g.width))
+    return out
 
 
 def _axis_groups(model: nn.Module, groups) -> tuple[dict[str, str], dict[str, str]]:
@@ -191,16 +222,39 @@ def _axis_groups(model: nn.Module, groups) -> tuple[dict[str, str], dict[str, st
     return out_group, in_group
 
 
+def group_steps(units: Sequence[Unit]) -> dict[str, int]:
+    """Per pruning group, the step its widths go in: the lcm of the groups of the grouped convs
+    it feeds or leaves (as :func:`prunelab.pruning.prunable_groups` sets ``GroupInfo.step``)."""
+    import math
+
+    steps: dict[str, int] = {}
+    for u in units:
+        if u.kind == "gconv":
+            for g in (u.cin_group, u.cout_group):
+                if g:
+                    steps[g] = math.lcm(steps.get(g, 1), u.groups)
+    return steps
+
+
 def unit_shapes(units: Sequence[Unit], widths: dict[str, int], keep: dict[str, int]
                 ) -> list[tuple[int, int]]:
     """(cin, cout) of every unit after pruning each group to ``keep`` (others stay whole,
-    also groups ``widths`` does not list: a layer the user keeps out of the search)."""
+    also groups ``widths`` does not list: a layer the user keeps out of the search); a group
+    coupled to a grouped conv keeps whole parts of it, as pruning does."""
+    from ..pruning import align
+
+    steps = group_steps(units)
+    keep = {g: align(k, widths[g], steps[g]) if g in steps and g in widths else k
+            for g, k in keep.items()}
     out = []
     for u in units:
         ci, co = u.cin, u.cout
         if u.cout_group and u.cout_group in widths:
             co = keep.get(u.cout_group, widths[u.cout_group])
-        if u.cin_group and u.cin_group in widths:
+        if len(u.cin_parts) > 1 or (u.cin_parts and u.cin_parts[0][0] in widths):
+            ci = max(1, round(u.cin - sum(f * (widths[g] - keep.get(g, widths[g]))
+                                          for g, f in u.cin_parts if g in widths)))
+        elif u.cin_group and u.cin_group in widths:
             k = keep.get(u.cin_group, widths[u.cin_group])
             ci = max(1, round(u.cin * k / widths[u.cin_group]))  # linear after flatten: ratio
         if u.kind == "dwconv":
@@ -215,9 +269,9 @@ class _Block(nn.Module):
         if u.kind == "linear":
             self.op = nn.Linear(cin, cout, bias=u.bias)
         else:
-            g = cout if u.kind == "dwconv" else 1
-            self.op = nn.Conv2d(cout if g > 1 else cin, cout, u.k, u.stride, u.pad, groups=g,
-                                bias=u.bias)
+            g = cout if u.kind == "dwconv" else u.groups
+            self.op = nn.Conv2d(cout if u.kind == "dwconv" else cin, cout, u.k, u.stride, u.pad,
+                                groups=g, bias=u.bias)
         self.bn = nn.BatchNorm2d(cout) if u.bn else None
         self.act = {"relu": nn.ReLU(), "relu6": nn.ReLU6()}.get(u.act)
         self.add = u.add

@@ -86,6 +86,13 @@ class Target:
         (0, 0): no such choice."""
         return 0, 0
 
+    def unit_formula(self):
+        """``(unit_ms, call_ms)`` where this target's latency is a formula of the layer shapes
+        (``unit_ms(unit, cin, cout)`` the figure of a lookup-table unit, ``call_ms()`` the
+        per-call cost): its tables are computed, never timed, so a real architecture's table
+        builds in seconds.  ``None`` (every runtime): the units are timed."""
+        return None
+
     def for_session(self, session: int) -> "Target":
         """The target to make one fresh timing session's runners with (``session`` numbers the
         sessions of one measurement); a real runtime needs nothing per session: itself."""

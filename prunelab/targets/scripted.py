@@ -64,6 +64,23 @@ def scripted_ms(module: nn.Module, shapes, batch_size: int) -> float:
     return CALL_MS + cost[0]
 
 
+def scripted_unit_ms(u, cin: int, cout: int, batch_size: int) -> float:
+    """:func:`scripted_ms` of the stand-alone module of lookup-table unit ``u`` at (cin, cout)
+    (:func:`prunelab.latency.units.unit_module`), from its shape alone: BN, activation and add
+    cost nothing here, so only the conv or linear counts."""
+    def up(c: int) -> int:
+        return STEP * math.ceil(c / STEP)
+
+    if u.kind == "linear":
+        macs = up(cin) * up(cout)
+    else:
+        ho, wo = u.out_hw
+        groups = cout if u.kind == "dwconv" else u.groups
+        macs = up(cout if u.kind == "dwconv" else cin) // groups * up(cout) * u.k * u.k * ho * wo
+    pen = UNALIGNED if cout % STEP else 1.0
+    return CALL_MS + batch_size * macs / 1e6 * MS_PER_MMAC * pen
+
+
 class VirtualClock:
     """Seconds that pass only when a scripted runner is called."""
 
@@ -117,6 +134,14 @@ class Scripted(Target):
         """A fresh session: its own clock, noise stream (from ``seed`` and ``session``) and
         first-made runner."""
         return Scripted(self.cfg, self.noise, self.order_bias, self.seed, session)
+
+    def unit_formula(self):
+        """The formula itself, where figures are the formula call for call (no noise or order
+        bias): tables computed from the units' shapes, nothing built or run."""
+        if not self.exact:
+            return None
+        return (lambda u, cin, cout: scripted_unit_ms(u, cin, cout, self.cfg.batch_size),
+                lambda: CALL_MS)
 
     def device_info(self) -> dict:
         out = {"scripted": f"step {STEP}, unaligned x{UNALIGNED}, call {CALL_MS} ms, "

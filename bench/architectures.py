@@ -1,0 +1,155 @@
+"""Real architectures: every torchvision / timm model of the suite (tests/real_models.py) through
+every step of tests/test_architectures_real.py (search with l1 on macs=0.6 and with deeplift on
+speedup=1.5 on the scripted target, ONNX equality, save/load, the module unchanged), one fresh
+process per model, into the coverage table of docs/architectures.md.
+
+    OMP_NUM_THREADS=1 taskset -c 0 python bench/architectures.py          # every model
+    OMP_NUM_THREADS=1 taskset -c 0 python bench/architectures.py resnet18 mixnet_s
+    python bench/architectures.py --table                                 # the table only
+
+Resumable model by model: bench/results/architectures.json keeps every finished row (with the
+commit it ran on); naming models runs those again.  Then ``python bench/to_docs.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from prunelab.io import atomic_write_text  # noqa: E402
+from tests.real_models import ARCHS, KNOWN, MODELS, STEPS, TP_CANNOT  # noqa: E402
+
+RESULTS = ROOT / "bench" / "results"
+JSON = RESULTS / "architectures.json"
+CHILD = """
+import json, sys, tempfile
+sys.path.insert(0, {root!r})
+from tests.real_models import MODELS, run_steps
+with tempfile.TemporaryDirectory() as d:
+    out = run_steps(MODELS[{name!r}], d)
+print("RESULT " + json.dumps({{k: {{kk: vv for kk, vv in v.items() if kk != "trace"}}
+                              for k, v in out.items()}}))
+"""
+
+
+def _commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, text=True,
+                              capture_output=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "?"
+
+
+def run_one(name: str, timeout: float) -> dict:
+    """One model in a fresh interpreter (its own imports, memory and crash)."""
+    t0 = time.perf_counter()
+    try:
+        p = subprocess.run([sys.executable, "-c", CHILD.format(root=str(ROOT), name=name)],
+                           text=True, capture_output=True, timeout=timeout, cwd=ROOT)
+        line = next((ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")), None)
+        steps = json.loads(line[7:]) if line else {
+            "crash": {"ok": False, "error": (p.stderr.strip().splitlines() or ["?"])[-1][:300]}}
+    except subprocess.TimeoutExpired:
+        steps = {"crash": {"ok": False, "error": f"over {timeout:.0f} s"}}
+    a = MODELS[name]
+    return {"model": name, "family": a.family, "source": f"{a.lib}.{a.fn}",
+            "input": f"3x{a.size}x{a.size}", "ci": a.ci, "steps": steps,
+            "seconds": round(time.perf_counter() - t0, 1), "commit": _commit()}
+
+
+def cell(row: dict, step: str) -> str:
+    s = row["steps"].get(step) or row["steps"].get("crash") or {}
+    if s.get("ok"):
+        if step == "macs":
+            return f"pass ({s['note'].replace('kept ', '')} kept)"
+        if step == "speedup":
+            return f"pass ({s['note']})"
+        return "pass"
+    if "refused" in s:
+        return "refused"
+    if any("refused" in (row["steps"].get(k) or {}) for k in ("l1", "xai")) and s.get("note"):
+        return "-"  # not reached: the search refused the model
+    return "FAIL" + (f": {s['error'][:60]}" if s.get("error") else
+                     f" ({s['note']})" if s.get("note") else "")
+
+
+def passed(row: dict) -> bool:
+    return all((row["steps"].get(s) or {}).get("ok") for s in STEPS)
+
+
+def table(rows: list[dict]) -> str:
+    order = {a.name: i for i, a in enumerate(ARCHS)}
+    rows = sorted(rows, key=lambda r: order.get(r["model"], 999))
+    ok = [r for r in rows if passed(r)]
+    refused = [r for r in rows if not passed(r) and r["model"] in TP_CANNOT and "refused" in
+               (r["steps"].get("l1") or {})]
+    fams = sorted({r["family"] for r in rows})
+    fam_ok = [f for f in fams if any(passed(r) for r in rows if r["family"] == f)]
+    counts = {s: sum(bool((r["steps"].get(s) or {}).get("ok")) for r in rows) for s in STEPS}
+    out = [f"**`python bench/architectures.py`** ({len(rows)} models, random weights, 10 classes; "
+           "search with `method=\"uniform\"` on the `scripted` target; `l1` lands `macs=0.6` "
+           "(within 3% below), `deeplift` lands `speedup=1.5` (landing stage's rule); ONNX run "
+           "by ONNX Runtime equals the module; `pl.save`/`pl.load(like=)` equal; the user's "
+           "module unchanged). CI runs the models marked *ci*, the rest are `-m slow`.",
+           "",
+           f"Every step: **{len(ok)}/{len(rows)}** models; refused in one line where Torch-Pruning "
+           f"itself cannot trace the model: {len(refused)}; families with a model passing every "
+           f"step: {len(fam_ok)}/{len(fams)}. Per step: " +
+           ", ".join(f"{s} {counts[s]}/{len(rows)}" for s in STEPS) + ".",
+           "",
+           "| family | model | input | l1 | XAI (deeplift) | ONNX | save/load | macs=0.6 landed "
+           "| speedup=1.5 landed | seconds | commit |",
+           "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        name = f"{r['model']}{' (ci)' if r['ci'] else ''}"
+        out.append(f"| {r['family']} | {name} | {r['input']} | {cell(r, 'l1')} | "
+                   f"{cell(r, 'xai')} | {cell(r, 'onnx')} | {cell(r, 'save_load')} | "
+                   f"{cell(r, 'macs')} | {cell(r, 'speedup')} | {r['seconds']:.0f} | "
+                   f"{r['commit']} |")
+    notes = [r for r in rows if not passed(r)]
+    if notes:
+        out += ["", "Refusals and misses, as the library says them (known misses: "
+                "`KNOWN` in tests/real_models.py):", ""]
+        for r in notes:
+            s = next((r["steps"][k] for k in ("l1", "xai", "onnx", "save_load", "crash")
+                      if k in r["steps"] and not r["steps"][k].get("ok")
+                      and ("refused" in r["steps"][k] or "error" in r["steps"][k])), None)
+            why = "; ".join(f"{k}: {v}" for k, v in KNOWN.get(r["model"], {}).items())
+            said = (s.get("refused") or s.get("error")) if s is not None else \
+                ", ".join(f"{k} {r['steps'][k].get('note', '')}" for k in STEPS
+                          if not (r["steps"].get(k) or {}).get("ok"))
+            said = (said.strip().splitlines() or ["?"])[0][:220]
+            out.append(f"- {r['model']}: {said}" + (f" (known: {why})" if why else ""))
+    return "\n".join(out) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("models", nargs="*", help="models to run again (default: those not done)")
+    ap.add_argument("--table", action="store_true", help="only rewrite the table")
+    ap.add_argument("--timeout", type=float, default=1800, help="seconds per model")
+    args = ap.parse_args()
+    rows = {r["model"]: r for r in json.loads(JSON.read_text())} if JSON.exists() else {}
+    unknown = [m for m in args.models if m not in MODELS]
+    if unknown:
+        raise SystemExit(f"unknown model {unknown[0]!r}; models: {', '.join(MODELS)}")
+    todo = [] if args.table else (args.models or [a.name for a in ARCHS if a.name not in rows])
+    for name in todo:
+        rows[name] = run_one(name, args.timeout)
+        r = rows[name]
+        print(f"{name}: {'pass' if passed(r) else 'not every step'} ({r['seconds']:.0f} s)",
+              flush=True)
+        atomic_write_text(JSON, json.dumps(list(rows.values()), indent=1))
+        atomic_write_text(RESULTS / "architectures.md", table(list(rows.values())))
+    atomic_write_text(RESULTS / "architectures.md", table(list(rows.values())))
+
+
+if __name__ == "__main__":
+    main()
