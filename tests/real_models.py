@@ -147,8 +147,7 @@ KNOWN = {"mixnet_s": {"macs": "mixed-kernel splits at fixed sizes stay whole",
                       "speedup": "mixed-kernel splits at fixed sizes stay whole"},
          "mixnet_m": {"macs": "mixed-kernel splits at fixed sizes stay whole",
                       "speedup": "mixed-kernel splits at fixed sizes stay whole"},
-         "rexnet_100": {"l1": "Torch-Pruning's get_all_groups runs for over 5 minutes on it"},
-         "vgg11_bn": {"onnx": "torch's ONNX export of AdaptiveAvgPool2d(7) on a 1x1 map"}}
+         "rexnet_100": {"l1": "Torch-Pruning's get_all_groups runs for over 5 minutes on it"}}
 
 
 def torch_pruning_fails(a: Arch) -> bool:

@@ -31,14 +31,60 @@ def to_onnx(module: nn.Module, inputs: Sequence[torch.Tensor], opset: int = 17,
         raise PrunelabError("ONNX export needs the onnx package; pip install "
                             "'prunelab[onnx]'") from None
     module.eval()
-    buf = io.BytesIO()
     names = input_names(len(inputs))
     axes = {n: {0: "batch"} for n in [*names, "logits"]} if dynamic_batch else None
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(module, tuple(inputs), buf, input_names=names, output_names=["logits"],
-                          dynamic_axes=axes, opset_version=opset, dynamo=False)
-    return buf.getvalue()
+
+    def export(m: nn.Module) -> bytes:
+        buf = io.BytesIO()
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(m, tuple(inputs), buf, input_names=names, output_names=["logits"],
+                              dynamic_axes=axes, opset_version=opset, dynamo=False)
+        return buf.getvalue()
+
+    try:
+        return export(module)
+    except Exception as e:  # noqa: BLE001 - only the one exporter gap below is handled
+        if "adaptive_avg_pool2d" not in str(e) or dynamic_batch:
+            raise
+    # the exporter has no adaptive average pool whose output size does not divide its input
+    # (VGG's 7x7 pool on a small map): on a copy, those pools become the same averages written
+    # as two matrix products, which it exports
+    import copy
+
+    twin = copy.deepcopy(module)
+    for name, m in list(twin.named_modules()):
+        if isinstance(m, nn.AdaptiveAvgPool2d):
+            parent, _, attr = name.rpartition(".")
+            setattr(twin.get_submodule(parent) if parent else twin, attr,
+                    AdaptiveAvgAsMatmul(m.output_size))
+    return export(twin)
+
+
+def _avg_matrix(n: int, out: int, like: torch.Tensor) -> torch.Tensor:
+    """``(out, n)``: row ``i`` averages inputs ``floor(i n / out)`` to ``ceil((i + 1) n / out)``,
+    the bins of PyTorch's adaptive average pooling."""
+    a = torch.zeros(out, n, dtype=like.dtype)
+    for i in range(out):
+        lo, hi = (i * n) // out, -((-(i + 1) * n) // out)
+        a[i, lo:hi] = 1.0 / (hi - lo)
+    return a
+
+
+class AdaptiveAvgAsMatmul(nn.Module):
+    """``nn.AdaptiveAvgPool2d(size)`` for an input of fixed spatial size, as ``A_h x A_w^T``
+    (equal up to rounding; what :func:`to_onnx` exports where the exporter has no pool)."""
+
+    def __init__(self, output_size):
+        super().__init__()
+        self.output_size = output_size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = int(x.shape[-2]), int(x.shape[-1])
+        size = self.output_size if isinstance(self.output_size, (tuple, list)) else \
+            (self.output_size, self.output_size)
+        oh, ow = (h if size[0] is None else size[0]), (w if size[1] is None else size[1])
+        return _avg_matrix(h, oh, x) @ x @ _avg_matrix(w, ow, x).t()
 
 
 class Graph:
