@@ -168,6 +168,31 @@ def test_a_decision_whose_interval_reaches_under_the_floor_measures_more():
     assert len(rounds) >= 2 and len(land.estimate["samples"]) >= 12  # pooled
 
 
+def test_a_staircase_step_read_under_the_budget_but_not_surely_is_measured_again():
+    """The staircase's step, decided in fresh processes, reads just under the budget with an
+    interval that reaches over it (one slow process): it is measured again, the samples pooled,
+    and the pooled reading (over the budget) stands, not `missed`."""
+    from prunelab.latency.paired import _estimate
+
+    def stairs(keep):
+        return 0.2 + sum(math.ceil(k / 16) for k in keep.values())
+    base = stairs(WIDTHS)
+    rounds = []
+
+    def timer(keep, processes, sessions):
+        r = base / stairs(keep)
+        if not processes:
+            return _est(r)
+        rounds.append(r)
+        spread = [0.75, 0.75, 0.75, 0.8, 1.0, 1.02] if len(rounds) == 1 else [1.01] * 6
+        return _estimate([math.log(r * f) for f in spread], 0.95, 0.0, processes, 2, 1.0,
+                         1.0 / r, "cpu", {})
+    land = Lander(Budget.parse("speedup=2"), WIDTHS, {"a": 48, "b": 48, "c": 24}, timer=timer,
+                  decision_processes=6).land()
+    assert land.status == "staircase" and land.met, land.message
+    assert len(rounds) >= 2 and land.value >= 2
+
+
 def test_the_staircase_step_taken_is_read_in_fresh_processes():
     """The step the staircase takes is decided in fresh processes like a landed point; when they
     read it below the budget (an in-process reading inflated by a neighbour's load), the result

@@ -21,8 +21,9 @@ Where the width staircase jumps over the band (two neighbouring points of the pa
 slow, the next too fast), the stage walks a finer path between them, one stair of one group at a
 time; where a single stair of one group still jumps over the band, it keeps that stair and gives
 the other groups channels back, one stair at a time.  Where nothing lands, the nearest point
-that meets the floor is taken and both neighbours are reported.  A decision in the band whose
-interval reaches under the floor is measured again, its samples pooled, before it decides.  A budget that cannot be met (the most pruned point of the path is still too slow) ends
+that meets the floor is taken and both neighbours are reported.  A decision whose interval
+reaches from under the floor to over the budget is measured again, its samples pooled, before
+it decides.  A budget that cannot be met (the most pruned point of the path is still too slow) ends
 with that point and one line saying what was reached; when the unpruned model already meets the
 budget, it is returned and said so.
 
@@ -45,7 +46,7 @@ FLOOR = 0.97       # ... with the interval's lower end >= 0.97 x B
 CEIL_BAND = 0.03   # macs=/params=v: landed = kept in [0.97 v, v]
 MAX_STEPS = 16     # timed (or counted) points of one bisection
 MAX_DECISIONS = 3  # separate-process confirmations before the stage settles
-MORE_DECISIONS = 2  # extra rounds pooled into a decision whose interval reaches under the floor
+MORE_DECISIONS = 2  # extra rounds pooled into a decision whose interval spans floor and budget
 
 
 def _fractions(widths: dict[str, int], choice: dict[str, int]) -> dict[str, float]:
@@ -240,10 +241,10 @@ class Lander:
         est = once()
         b = self._target(est)
         for _ in range(MORE_DECISIONS):
-            # in the band, but the interval reaches under the floor: measure more (the samples
-            # pooled) before deciding
-            if not (b <= est.estimate <= (1 + BAND) * b and est.low < FLOOR * b) or \
-                    not hasattr(est, "pooled"):
+            # the interval reaches from under the floor to over the budget (in the band but not
+            # surely at the floor, or read under the budget but not surely): measure more, the
+            # samples pooled, before deciding
+            if not (est.low < FLOOR * b and est.high >= b) or not hasattr(est, "pooled"):
                 break
             est = est.pooled(once())
         s = Step(t, keep, est.estimate, est.low, est.high, "decision")
