@@ -97,7 +97,9 @@ def commit() -> str:
         return subprocess.run(["git", "-C", str(ROOT), *a], capture_output=True, text=True,
                               check=False).stdout.strip()
     head = git("rev-parse", "--short", "HEAD") or "unknown"
-    return head + ("+dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
+    # the tables this script writes do not count as a change to the code
+    return head + ("+dirty" if git("status", "--porcelain", "--untracked-files=no", "--", ".",
+                                   ":!bench/results") else "")
 
 
 def row(cell) -> dict:
