@@ -97,7 +97,7 @@ def table(rows: list[dict]) -> str:
            "search with `method=\"uniform\"` on the `scripted` target; `l1` lands `macs=0.6` "
            "(within 3% below), `deeplift` lands `speedup=1.5` (landing stage's rule); ONNX run "
            "by ONNX Runtime equals the module; `pl.save`/`pl.load(like=)` equal; the user's "
-           "module unchanged). CI runs the models marked *ci*, the rest are `-m slow`.",
+           "module unchanged). CI runs the models marked *ci*; all of them run here and with `pytest -m models`.",
            "",
            f"Every step: **{len(ok)}/{len(rows)}** models; refused in one line where Torch-Pruning "
            f"itself cannot trace the model: {len(refused)}; families with a model passing every "

@@ -66,7 +66,7 @@ class Arch:
     lib: str                 # "torchvision" | "timm"
     fn: str                  # torchvision.models.<fn> / timm.create_model(<fn>)
     size: int = 64           # square input side (3 x size x size)
-    ci: bool = False         # in the default (CI) run; the others are marked slow
+    ci: bool = False         # in the default (CI) run; the others are marked models
     kwargs: tuple = ()       # extra constructor keywords, as (key, value) pairs
 
 

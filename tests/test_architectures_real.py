@@ -3,7 +3,8 @@ the library core: a search with l1 on ``macs=0.6`` and with deeplift on ``speedu
 scripted target), each landed as the landing stage defines it, the ONNX file equal to the
 module, save/load equal, the user's module unchanged (:func:`tests.real_models.run_steps`).
 
-The default run (CI) takes one model per family (``Arch.ci``); the rest are marked slow, and
+The default run (CI) takes one model per family (``Arch.ci``); the rest are marked ``models``
+(``pytest -m models``: about an hour on 2 cores, a benchmark-style job, in neither CI run), and
 ``bench/architectures.py`` runs all of them into the coverage table of docs/architectures.md.
 A model Torch-Pruning itself cannot trace is refused in one line naming the op and the layer.
 torchvision/timm come from the ``test-models`` extra; without them the suite is skipped."""
@@ -24,7 +25,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 
 def _param(a):
-    marks = [] if a.ci else [pytest.mark.slow]
+    marks = [] if a.ci else [pytest.mark.models]
     if "l1" in KNOWN.get(a.name, {}):  # the search itself does not end in a test's time
         marks.append(pytest.mark.skip(reason=KNOWN[a.name]["l1"]))
     return pytest.param(a, id=a.name, marks=marks)
