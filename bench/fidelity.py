@@ -45,6 +45,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 from pareto import FINETUNE  # noqa: E402
+from stats import spearman  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 CELLS = RESULTS / "fidelity"
@@ -216,21 +217,6 @@ def _merge(model: str, i: int, c: dict) -> None:
 
 def _score_names() -> list[str]:
     return ["bn-1k", "bn-val", "kd-loss-1k", *[f"kd-{s}" for s in STEPS], "kd-200-loss"]
-
-
-def spearman(a, b, boot: int = 2000, seed: int = 0) -> dict:
-    from scipy.stats import spearmanr
-
-    a, b = np.asarray(a, float), np.asarray(b, float)
-    rho = float(spearmanr(a, b).statistic)
-    rng = np.random.default_rng(seed)
-    rs = []
-    for _ in range(boot):
-        i = rng.integers(0, len(a), len(a))
-        if len(set(a[i])) > 1 and len(set(b[i])) > 1:
-            rs.append(spearmanr(a[i], b[i]).statistic)
-    lo, hi = np.percentile(rs, [2.5, 97.5]) if rs else (float("nan"), float("nan"))
-    return {"rho": rho, "low": float(lo), "high": float(hi), "n": int(len(a))}
 
 
 def tables() -> None:

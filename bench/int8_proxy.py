@@ -21,12 +21,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))
+from stats import spearman  # noqa: E402
 RESULTS = ROOT / "bench" / "results"
 RUNS = ROOT / "runs" / "bench-int8-proxy"
 VAL_SUBSET = 1000
@@ -42,21 +45,6 @@ def allocations(widths: dict[str, int], n: int, seed: int) -> list[dict[str, int
                                                                    0.0, 0.95))))))
                     for g, w in widths.items()})
     return out
-
-
-def spearman(a, b, boot: int = 2000, seed: int = 0) -> dict:
-    from scipy.stats import spearmanr
-
-    a, b = np.asarray(a), np.asarray(b)
-    rho = float(spearmanr(a, b).statistic)
-    rng = np.random.default_rng(seed)
-    rs = []
-    for _ in range(boot):
-        i = rng.integers(0, len(a), len(a))
-        if len(set(a[i])) > 1 and len(set(b[i])) > 1:
-            rs.append(spearmanr(a[i], b[i]).statistic)
-    lo, hi = np.percentile(rs, [2.5, 97.5])
-    return {"rho": rho, "low": float(lo), "high": float(hi), "n": int(len(a))}
 
 
 def main() -> None:
