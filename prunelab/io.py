@@ -137,18 +137,24 @@ def _validate_spec(d: dict, where: str) -> None:
         def width(x) -> bool:
             return _is_int(x) and 1 <= x <= MAX_CHANNELS
 
+        def sizes(x) -> bool:
+            return isinstance(x, list) and bool(x) and all(width(v) for v in x)
+
         if not isinstance(w, dict) or not w or not all(
-                isinstance(k, str) and (width(x) or k == "normalized" and isinstance(x, list)
-                                        and x and all(width(v) for v in x))
+                isinstance(k, str) and (width(x) or k == "normalized" and sizes(x) or
+                                        k == "splits" and isinstance(x, dict) and x and all(
+                                            isinstance(a, str) and a.isidentifier() and
+                                            not a.startswith("_") and sizes(v)
+                                            for a, v in x.items()))
                 for k, x in w.items()):
             bad(f"layers.{name}", f"must map in/out/groups/features to integers in "
                                   f"1..{MAX_CHANNELS}")
         known = ({"in", "out", "groups"}, {"features"}, {"in", "out"}, {"sandwich"},
                  {"normalized"}, {"channels", "norm_groups"})
-        if set(w) not in known:
+        if set(w) - {"splits"} not in known and set(w) != {"splits"}:
             bad(f"layers.{name}", "must have in/out/groups (conv), features (BN), in/out "
                                   "(linear), normalized (LayerNorm), channels/norm_groups "
-                                  "(GroupNorm) or sandwich")
+                                  "(GroupNorm), sandwich, or splits (split sizes)")
         if "groups" in w and (w["in"] % w["groups"] or w["out"] % w["groups"]):
             bad(f"layers.{name}", "has groups that do not divide its channels")
     if not isinstance(d.get("provenance", {}), dict):
@@ -302,6 +308,9 @@ def layer_widths(model: nn.Module) -> dict[str, dict[str, int]]:
             out[name] = {"normalized": list(m.normalized_shape)}
         elif isinstance(m, nn.GroupNorm):
             out[name] = {"channels": m.num_channels, "norm_groups": m.num_groups}
+        if getattr(m, "prunelab_splits", None):  # split sizes pruning rewrote (pruning.sync_splits)
+            out.setdefault(name, {})["splits"] = {a: [int(v) for v in getattr(m, a)]
+                                                  for a in m.prunelab_splits}
     return out
 
 
@@ -328,6 +337,11 @@ def apply_widths(model: nn.Module, layers: dict[str, dict[str, int]]) -> None:
         if m is None:
             raise PrunelabError(f"model.json names layer {name!r} that the architecture lacks; "
                                 "the folder does not match its architecture")
+        if "splits" in w:
+            _apply_splits(m, name, w["splits"])
+            w = {k: v for k, v in w.items() if k != "splits"}
+            if not w:
+                continue
         want = ({"in", "out", "groups"} if isinstance(m, nn.Conv2d) else
                 {"features"} if isinstance(m, nn.modules.batchnorm._BatchNorm) else
                 {"in", "out"} if isinstance(m, nn.Linear) else
@@ -365,6 +379,19 @@ def apply_widths(model: nn.Module, layers: dict[str, dict[str, int]]) -> None:
             for t in ("weight", "bias"):
                 if getattr(m, t, None) is not None:
                     setattr(m, t, nn.Parameter(getattr(m, t).new_empty(n)))
+
+
+def _apply_splits(m: nn.Module, name: str, splits: dict[str, list[int]]) -> None:
+    """The split sizes a pruned module's forward() reads (only attributes that already hold as
+    many sizes: a folder never adds or retypes an attribute)."""
+    for attr, sizes in splits.items():
+        cur = getattr(m, attr, None)
+        if not isinstance(cur, (list, tuple)) or len(cur) != len(sizes):
+            raise PrunelabError(f"model.json gives {name!r} split sizes {attr}={sizes}, but the "
+                                "architecture has no such list there; the folder does not "
+                                "match its architecture")
+        setattr(m, attr, type(cur)(sizes))
+        m.prunelab_splits = sorted(set(getattr(m, "prunelab_splits", ())) | {attr})
 
 
 def resize_to(model: nn.Module, shapes: dict[str, list[int]]) -> None:
@@ -618,7 +645,7 @@ def _check_widths_against_weights(layers: dict, path: Path) -> None:
                             "re-download it") from None
     for name, w in layers.items():
         got = shapes.get(f"{name}.weight")
-        if "sandwich" in w:
+        if "sandwich" in w or set(w) == {"splits"}:
             continue
         want = ([w["out"], w["in"] // w["groups"]] if "groups" in w else
                 [w["features"]] if "features" in w else w["normalized"] if "normalized" in w

@@ -47,8 +47,10 @@ def build_graph(model: nn.Module, input_shape: Sequence[int]):
     model.eval()
     try:
         with torch.enable_grad():  # tracing follows autograd, even if the caller disabled it
-            return tp.DependencyGraph().build_dependency(
+            DG = tp.DependencyGraph().build_dependency(
                 model, example_inputs=torch.zeros(1, *input_shape), verbose=False)
+        _order_split_outputs(DG)
+        return DG
     except Exception as e:  # tracing runs arbitrary user forward() code
         where = _graph_node(e, model)
         if where:
@@ -59,6 +61,30 @@ def build_graph(model: nn.Module, input_shape: Sequence[int]):
             f"torch-pruning could not trace the model ({_short(e)}); make forward() traceable with "
             "a single tensor input (no data-dependent Python control flow) or wrap custom blocks") \
             from None
+
+
+def _order_split_outputs(DG) -> None:
+    """torch-pruning gives a split's ``i``-th part to the ``i``-th consumer in the order its
+    trace met them, which need not be the parts' order (timm's MixedConv2d: a part's channels
+    then map onto another part's layer).  Each consumer's autograd edge says which output of the
+    split it reads: the consumers are put in that order and the split's index mappings made
+    again."""
+    import torch_pruning as tp
+    from torch_pruning.dependency.index_mapping import update_split_index_mapping
+
+    for node in DG.module2node.values():
+        if node.type != tp.ops.OPTYPE.SPLIT or len(node.outputs) < 2 or node.grad_fn is None:
+            continue
+        nr = {}
+        for out in node.outputs:
+            for fn, k in getattr(out.grad_fn, "next_functions", ()) or ():
+                if fn is node.grad_fn:
+                    nr[id(out)] = k
+        if len(nr) == len(node.outputs) and len(set(nr.values())) == len(nr):
+            order = sorted(node.outputs, key=lambda o: nr[id(o)])
+            if order != list(node.outputs):
+                node.outputs[:] = order
+                update_split_index_mapping(DG, node)
 
 
 def _tp_version() -> str:
@@ -187,6 +213,8 @@ def prunable_groups(model: nn.Module, input_shape: Sequence[int], num_classes: i
     ignored = resolve_layers(model, ignored) + output_layers(model, input_shape)
     groups: list[GroupInfo] = []
     grouped: list[str] = []
+    owners = _split_owners(DG, model)
+    DG.prunelab_split_owners = owners
     for g in DG.get_all_groups(ignored_layers=ignored, root_module_types=(nn.Conv2d, nn.Linear)):
         prod, cons, norms = [], [], []
         for dep, _ in g:
@@ -204,8 +232,11 @@ def prunable_groups(model: nn.Module, input_shape: Sequence[int], num_classes: i
         if bad:
             grouped.append(f"{names[root]} (coupled to {bad})")
             continue
-        if any(getattr(getattr(dep.target, "type", None), "name", "") == "SPLIT" for dep, _ in g):
-            # forward() splits at sizes of its own (torch.split, chunk): they would not follow
+        splits = [dep.target.module for dep, _ in g
+                  if getattr(getattr(dep.target, "type", None), "name", "") == "SPLIT"]
+        if any(owners.get(s) is None for s in splits):
+            # forward() splits at sizes of its own (torch.split, chunk) that no module attribute
+            # holds: pruning could not make them follow
             grouped.append(f"{names[root]} (its channels are split at sizes forward() fixes)")
             continue
         groups.append(GroupInfo(names[root], width, list(dict.fromkeys(prod)),
@@ -222,6 +253,81 @@ def prunable_groups(model: nn.Module, input_shape: Sequence[int], num_classes: i
     if not groups:
         raise PrunelabError("the model has no prunable conv/linear groups; nothing to prune")
     return DG, groups
+
+
+def _split_owners(DG, model: nn.Module) -> dict:
+    """Each torch.split (or chunk) of the traced forward whose sizes a module attribute holds:
+    ``{split op: (module, attribute name)}``, the module being the innermost one that holds
+    every layer the split feeds and has a list or tuple attribute equal to the split's sizes (as
+    timm's MixedConv2d keeps ``splits`` for its mixed kernels).  Pruning such a split's channels
+    then rewrites that attribute (:func:`_sync_splits`); a split without one stays whole."""
+    import torch_pruning as tp
+
+    names = {m: n for n, m in model.named_modules()}
+    out: dict = {}
+    for node in DG.module2node.values():
+        op = node.module
+        if node.type != tp.ops.OPTYPE.SPLIT or not getattr(op, "split_sizes", None):
+            continue
+        sizes = [int(v) for v in op.split_sizes]
+        fed, seen, todo = [], set(), list(node.outputs)
+        while todo:  # the first named layers downstream of each part
+            n = todo.pop()
+            if id(n) in seen:
+                continue
+            seen.add(id(n))
+            if n.module in names and names[n.module]:
+                fed.append(names[n.module])
+            else:
+                todo.extend(n.outputs)
+        if not fed:
+            continue
+        parts = fed[0].split(".")
+        for i in range(len(parts) - 1, 0, -1):
+            prefix = ".".join(parts[:i])
+            if not all(f.startswith(prefix + ".") for f in fed):
+                continue
+            m = model.get_submodule(prefix)
+            attr = next((k for k, v in vars(m).items() if not k.startswith("_") and
+                         isinstance(v, (list, tuple)) and len(v) == len(sizes) and
+                         all(isinstance(x, int) for x in v) and list(v) == sizes), None)
+            if attr is not None:
+                direct = all(_in_width(o.module) is not None for o in node.outputs)
+                out[op] = (m, attr) if direct and len(node.outputs) == len(sizes) else None
+                break
+        else:
+            out[op] = None
+    return out
+
+
+def _sync_splits(DG) -> None:
+    """Between and after the groups' pruning: each owned split's attribute (and torch-pruning's
+    split op) set to the input widths of the layers its parts feed (in the parts' order, :func:`_order_split_outputs`), keeping the attribute's
+    type; the module remembers which attributes these are, so a saved folder records them
+    (:func:`prunelab.io.layer_widths`).  A part that feeds no conv / linear / norm directly
+    leaves its split as it was (such a split's groups are then never pruned: see
+    :func:`_split_owners`)."""
+    for node in DG.module2node.values():
+        hit = getattr(DG, "prunelab_split_owners", {}).get(node.module)
+        if hit is None:
+            continue
+        m, attr = hit
+        new = [_in_width(o.module) for o in node.outputs]
+        if None in new or len(new) != len(getattr(m, attr)):
+            continue
+        # torch-pruning's own split pruner leaves the op's offsets as traced, so the next
+        # group's index mapping through the split would use the unpruned offsets
+        node.module.split_sizes = list(new)
+        node.module.offsets = [sum(new[:k]) for k in range(len(new) + 1)]
+        if list(getattr(m, attr)) != new:
+            setattr(m, attr, type(getattr(m, attr))(new))
+            m.prunelab_splits = sorted(set(getattr(m, "prunelab_splits", ())) | {attr})
+
+
+def _in_width(m) -> int | None:
+    return (m.in_channels if isinstance(m, nn.Conv2d) else m.in_features
+            if isinstance(m, nn.Linear) else m.num_features
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) else None)
 
 
 @held
@@ -404,6 +510,7 @@ def prune(model: nn.Module, criterion: str | Criterion = "l1", ratio: float | No
     if not (hasattr(crit, "apply") and crit.apply(net, groups, removed)):
         for g in groups:
             if g.name in removed:
+                _sync_splits(DG)
                 root = g.group[0].dep
                 pg = DG.get_pruning_group(root.target.module, root.handler, removed[g.name])
                 if _emptied(DG, pg) is not None:
@@ -411,7 +518,16 @@ def prune(model: nn.Module, criterion: str | Criterion = "l1", ratio: float | No
                                                           scores[g.name])
                     pg = DG.get_pruning_group(root.target.module, root.handler, removed[g.name])
                 pg.prune()
-    macs1, params1 = macs_params(net, input_shape) if count else (0, 0)
+    _sync_splits(DG)
+    try:
+        macs1, params1 = macs_params(net, input_shape) if count else (0, 0)
+    except PrunelabError as e:  # the unpruned model ran (counted above): the cut broke it
+        import re
+
+        why = re.search(r"input \((.*)\); forward\(\)", str(e))
+        raise PrunelabError(f"pruning left the model unable to run ({why[1] if why else e}); "
+                            "prunelab's cut is at fault, not your forward(): report this model, "
+                            "or keep the layer it names unpruned (ignored_layers)") from None
     return PruneResult(net, {g.name: plan.get(g.name, g.width) for g in groups},
                        {g.name: g.width for g in groups}, crit.name, seconds, macs0, macs1,
                        params0, params1, removed)

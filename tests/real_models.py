@@ -136,18 +136,7 @@ TP_CANNOT = {"shufflenet_v2_x0_5": "channel shuffle", "shufflenet_v2_x1_0": "cha
 
 
 # Known misses, step by step (every other step passes; the test asserts exactly these):
-# - MixNet: the budget cannot be reached because the groups whose channels reach a split at
-#   sizes forward() fixes stay whole (its mixed kernels split every expansion at fixed sizes; a
-#   pruned split would break forward(), as it does in Torch-Pruning): the landing says
-#   "unreachable";
-# - VGG at a small input: torch's ONNX exporter refuses AdaptiveAvgPool2d((7, 7)) on a 1x1 map
-#   ("output size that are not factor of input size"); the fix belongs in the one exporter,
-#   prunelab/targets/_onnx.py (export such a pool as its fixed averaging matrices).
-KNOWN = {"mixnet_s": {"macs": "mixed-kernel splits at fixed sizes stay whole",
-                      "speedup": "mixed-kernel splits at fixed sizes stay whole"},
-         "mixnet_m": {"macs": "mixed-kernel splits at fixed sizes stay whole",
-                      "speedup": "mixed-kernel splits at fixed sizes stay whole"},
-         "rexnet_100": {"l1": "Torch-Pruning's get_all_groups runs for over 5 minutes on it"}}
+KNOWN = {"rexnet_100": {"l1": "Torch-Pruning's get_all_groups runs for over 5 minutes on it"}}
 
 
 def torch_pruning_fails(a: Arch) -> bool:

@@ -130,3 +130,55 @@ def test_classifier_is_found_from_the_graph_not_the_class_count():
         assert [g.name for g in groups] == ["0", "2"]
     res = prune(net, "l1", ratio=0.5, input_shape=(1, 8, 8))
     assert res.model[0].out_channels == 2 and res.model[4].out_channels == 4
+
+
+class _Mixed(nn.ModuleDict):
+    """A mixed-kernel conv as timm's MixedConv2d: forward() splits its input at the sizes it
+    keeps in ``splits`` and concatenates what each kernel size makes of its part."""
+
+    def __init__(self, cin, cout, kernels):
+        super().__init__()
+        n = len(kernels)
+        for i, k in enumerate(kernels):
+            self.add_module(str(i), nn.Conv2d(cin // n, cout // n, k, padding=k // 2))
+        self.splits = [cin // n] * n
+
+    def forward(self, x):
+        return torch.cat([c(p) for c, p in zip(self.values(), torch.split(x, self.splits, 1))], 1)
+
+
+class _MixNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(1, 8, 3, padding=1)
+        self.m1, self.m2 = _Mixed(8, 8, [1, 3]), _Mixed(8, 8, [3, 5])
+        self.bn = nn.BatchNorm2d(8)
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x):
+        x = self.bn(self.m1(torch.relu(self.stem(x))))
+        return self.fc(torch.relu(self.m2(torch.relu(x))).mean((2, 3)))
+
+
+def test_a_split_whose_sizes_a_module_keeps_is_pruned_and_its_sizes_follow(tmp_path):
+    """The split feeding m2 takes channels from two groups (m1's two kernels), pruned one after
+    the other: each part loses what its group lost, the module's ``splits`` follows, and a saved
+    folder opens on the unpruned module with those sizes."""
+    import prunelab as pl
+
+    torch.manual_seed(0)
+    net = _MixNet().eval()
+    _, groups = prunable_groups(net, (1, 8, 8), 4)
+    assert {g.name for g in groups} == {"stem", "m1.0", "m1.1", "m2.0", "m2.1"}
+    res = prune(net, "l1", keep={"stem": 3, "m1.0": 3, "m1.1": 1}, input_shape=(1, 8, 8),
+                num_classes=4)
+    m = res.model
+    assert m.m1.splits == [2, 1] or m.m1.splits == [1, 2]           # the stem's 3 over 2 parts
+    assert m.m1.splits == [c.in_channels for c in m.m1.values()]
+    assert m.m2.splits == [3, 1] == [c.in_channels for c in m.m2.values()]
+    assert net.m1.splits == [4, 4] and net.m2.splits == [4, 4]      # the user's module unchanged
+    x = torch.randn(2, 1, 8, 8)
+    y = m(x)
+    pl.save(m, tmp_path / "p", example_inputs=x[:1])
+    back = pl.load(tmp_path / "p", like=net)
+    assert back.m2.splits == [3, 1] and torch.allclose(back(x), y, atol=1e-6)
