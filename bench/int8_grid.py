@@ -61,20 +61,24 @@ class Cell:
         return f"resnet20-{self.label}-{self.how}-x{self.speedup:g}"
 
 
+JOINT = (("nsga2+deeplift", "nsga2", "deeplift"), ("omp-search+fp-omp", "omp-search", "fp-omp"))
+TP = ("tp-uniform", "torch-pruning", None, (("global", False), ("importance", "magnitude-l2")))
+
+
 def cells() -> list[Cell]:
-    # below 3x too, joint only: int8's own gain is about 2.2x there, so that is where the
-    # crossover between pruning alone, int8 alone and both is read
-    out = [Cell(lab, m, c, speedup=s) for s in (2, 2.5) for lab, m, c in
-           (("nsga2+deeplift", "nsga2", "deeplift"), ("omp-search+fp-omp", "omp-search",
-                                                      "fp-omp"))]
+    # 2.5x first: past int8 alone's own gain (about 2.2x) and under the most an int8 resnet20
+    # reaches at batch 1 (about 2.8-2.9x on the AVX-512 VNNI EPYC): the one budget where the
+    # joint search has something to choose; then 2x (int8 alone should be the answer), then
+    # the issue's 3/4/5x, where a joint search is refused up front when even the most pruned
+    # int8 model is too slow (seconds, recorded as such), and the ablation
+    out = [Cell(lab, m, c, speedup=2.5) for lab, m, c in JOINT]
+    out += [Cell(*TP, how="fp32-then-int8", speedup=2.5),
+            Cell(*JOINT[1], how="fp32-then-int8", speedup=2.5)]
+    out += [Cell(lab, m, c, speedup=2) for lab, m, c in JOINT]
+    out += [Cell(lab, m, c, speedup=s) for s in BUDGETS for lab, m, c in JOINT]
     for s in BUDGETS:
-        out += [Cell("nsga2+deeplift", "nsga2", "deeplift", speedup=s),
-                Cell("omp-search+fp-omp", "omp-search", "fp-omp", speedup=s),
-                Cell("omp-search+fp-omp", "omp-search", "fp-omp", how="fp32-then-int8",
-                     speedup=s),
-                Cell("tp-uniform", "torch-pruning", None,
-                     (("global", False), ("importance", "magnitude-l2")),
-                     how="fp32-then-int8", speedup=s)]
+        out += [Cell(*TP, how="fp32-then-int8", speedup=s),
+                Cell(*JOINT[1], how="fp32-then-int8", speedup=s)]
     return out
 
 
@@ -150,6 +154,16 @@ def run_cell(cell: Cell, gain: float) -> dict:
     r = subprocess.run([sys.executable, "-m", "prunelab", "run", str(cfg), "--out", str(out),
                         "--json"], capture_output=True, text=True, check=False)
     (RUNS / f"{cell.name}.log").write_text(r.stderr + "\n--- stdout ---\n" + r.stdout)
+    refusal = next((ln.split("error: ", 1)[-1] for ln in r.stderr.splitlines()
+                    if "cannot be met" in ln), None)
+    if r.returncode and refusal:  # the search's up-front reach check: a result, not a failure
+        rec = {"cell": cell.name, "label": cell.label, "how": cell.how, "budget": cell.speedup,
+               "refused": refusal, "reach": float(refusal.split("measures ")[1].split("x")[0]),
+               "commit": _commit(), "cpu": cpu_info()}
+        CELLS.mkdir(parents=True, exist_ok=True)
+        (CELLS / f"{cell.name}.json").write_text(json.dumps(rec, indent=1))
+        print(f"[int8] {cell.name}: refused up front: {refusal}", flush=True)
+        return rec
     if r.returncode:
         raise SystemExit(f"[int8] {cell.name} failed: {r.stderr.strip()[-400:]}")
     s = json.loads((out / "summary.json").read_text())
@@ -185,6 +199,11 @@ def write_tables(gain: dict) -> None:
              "int8 top-1 | speed-up [95%] | MACs kept | CPU | commit |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in recs:
+        if "refused" in r:
+            lines.append(f"| {r['budget']}x | {r['label']} | {r['how']} | speedup={r['budget']} "
+                         f"| refused up front | - | - | the most pruned int8 model allowed "
+                         f"measures {r['reach']:.2f}x | - | {r['cpu']['cpu']} | {r['commit']} |")
+            continue
         land = (r.get("landing") or {}).get("status", "-")
         lo, hi = r["speedup_interval"]
         lines.append(f"| {r['budget']}x | {r['label']} | {r['how']} | {r['searched_budget']} | "
@@ -192,7 +211,7 @@ def write_tables(gain: dict) -> None:
                      f"**{100 * r['test_top1']:.2f}%** | {r['speedup']:.2f}x [{lo:.2f}, "
                      f"{hi:.2f}] | {100 * r['macs_kept']:.1f}% | {r['cpu']['cpu']} | "
                      f"{r['commit']} |")
-    at4 = [r for r in recs if r["budget"] == 4 and r["speedup"] >= 4 * 0.97]
+    at4 = [r for r in recs if r["budget"] == 4 and r.get("speedup", 0) >= 4 * 0.97]
     best = max(at4, key=lambda r: r["test_top1"], default=None)
     lines += ["", "Goal: >= 93.0% test top-1 at 4x: " + (
         f"{'met' if best['test_top1'] >= GOAL else 'not met'}, best {best['label']} "
@@ -215,6 +234,8 @@ def main() -> None:
     if a.remeasure:
         for p in sorted(CELLS.glob("resnet20-*.json")):
             r = json.loads(p.read_text())
+            if "refused" in r:
+                continue
             r.update(judged(Path(r["final_int8"])), remeasure_commit=_commit())
             p.write_text(json.dumps(r, indent=1))
     elif not a.tables:

@@ -221,3 +221,23 @@ def test_search_errors(model_dir, cache_dir, idx_dir, tmp_path):
               "--recal-batches", "1", "--val-images", "0", "--measure-front", "3",
               "--option", "front=2"])
     assert r.returncode == 2 and "other settings (budget)" in r.stderr, r.stderr
+
+
+def test_a_speedup_no_model_of_the_space_reaches_stops_up_front(model_dir, cache_dir, idx_dir,
+                                                                  tmp_path):
+    """Before any search: the most pruned model allowed is timed, and a budget beyond it ends in
+    one line saying what the target reaches, with nothing left behind (the scripted target's
+    cost is a formula, so the figure is exact)."""
+    out = tmp_path / "s"
+    cfg = SearchConfig(method="nsga2", target=TargetConfig("scripted"), budget="speedup=500",
+                       recal_batches=1, val_images=0, options=SMALL["nsga2"])
+    with pytest.raises(PrunelabError, match=r"cannot be met on scripted .* measures "
+                                            r"[0-9.]+x .* ask for at most speedup=") as e:
+        run_search(str(model_dir), cfg, out, cache_dir, "mnist-idx", str(idx_dir))
+    assert "\n" not in str(e.value) and not out.exists()
+    reach = float(str(e.value).split("measures ")[1].split("x")[0])
+    ok = SearchConfig(method="uniform", target=TargetConfig("scripted"),
+                      budget=f"speedup={(1 + reach) / 2:.4g}", recal_batches=1, val_images=0,
+                      options=SMALL["uniform"])
+    r = run_search(str(model_dir), ok, tmp_path / "ok", cache_dir, "mnist-idx", str(idx_dir))
+    assert r["chosen"]["landing"]["status"] in ("landed", "staircase")

@@ -100,6 +100,39 @@ def method_entry(cfg: SearchConfig):
     return entry
 
 
+def _check_reach(ctx: Search, budget: Budget) -> None:
+    """Up front, before minutes of search: with a speed-up or latency budget, the most pruned
+    model the search may return (every group at its least width) is timed against the budget's
+    reference (paired sessions in this process, seconds).  Where even the upper end of its 95%
+    interval is under 0.97 x the budget, no method can land it: one line says what the target
+    reaches, and nothing is left behind.  An unpruned model (or int8 alone) that already meets
+    the budget is the landing's business (it is the answer)."""
+    from ..pruning import align
+    from .landing import FLOOR, unpruned_meets
+    from .selection import _timer
+
+    if budget.kind != "latency" or unpruned_meets(budget, ctx.base["latency_ms"], ctx.gain) or \
+            hasattr(ctx.target, "time_jobs"):
+        return
+    keep = {g.name: align(1, g.width, g.step) for g in ctx.groups}
+    est = _timer(ctx)(keep, 0, 6)
+    want = budget.value if budget.relative else est.base_ms / budget.value
+    if est.high >= FLOOR * want:
+        return
+    cfg = ctx.cfg.target
+    int8 = getattr(cfg, "precision", "fp32") == "int8"
+    ask = (f"speedup={0.97 * est.estimate:.3g}" if budget.relative else
+           f"latency={est.base_ms / (0.97 * est.estimate):.3g}ms")
+    raise PrunelabError(
+        f"budget {budget} cannot be met on {cfg.target}"
+        f"{' in int8' if int8 else ''} (batch {cfg.batch_size}, {cfg.threads} thread(s)): the "
+        f"most pruned model allowed (every group at its least width) measures "
+        f"{est.estimate:.3g}x [{est.low:.3g}, {est.high:.3g}] the "
+        f"{'unpruned fp32 model' if int8 else 'unpruned model'}; ask for at most {ask}"
+        + (" or search in fp32 (int8's fixed per-layer cost caps its speed-up here)"
+           if int8 else ""))
+
+
 def search_model(model, spec, data, cfg: SearchConfig, out: str | Path,
                  cache_dir: str | None = None, *, target=None, eval_fn=None,
                  ignored: tuple[str, ...] = (), record: dict | None = None,
@@ -158,6 +191,8 @@ def search_model(model, spec, data, cfg: SearchConfig, out: str | Path,
                          ignored=ignored, callbacks=calls, workers=workers,
                          ray_address=ray_address)
             _write_state(out, ctx, "running")
+            if not state:
+                _check_reach(ctx, budget)
             with progress() as bar:
                 calls.show(bar, f"{cfg.method} search")
                 entry.fn(ctx)
