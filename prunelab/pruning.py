@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -46,10 +47,11 @@ def build_graph(model: nn.Module, input_shape: Sequence[int]):
 
     model.eval()
     try:
-        with torch.enable_grad():  # tracing follows autograd, even if the caller disabled it
+        with torch.enable_grad(), _even_split_sizes():  # tracing follows autograd
             DG = tp.DependencyGraph().build_dependency(
                 model, example_inputs=torch.zeros(1, *input_shape), verbose=False)
         _order_split_outputs(DG)
+        _map_even_splits(DG)
         return DG
     except Exception as e:  # tracing runs arbitrary user forward() code
         where = _graph_node(e, model)
@@ -61,6 +63,76 @@ def build_graph(model: nn.Module, input_shape: Sequence[int]):
             f"torch-pruning could not trace the model ({_short(e)}); make forward() traceable with "
             "a single tensor input (no data-dependent Python control flow) or wrap custom blocks") \
             from None
+
+
+def _even_split_parts(node) -> list[tuple[int, int]] | None:
+    """A ``torch.split(x, n, dim=1)`` (an int size: autograd keeps ``split_size`` and the input's
+    sizes, not the parts' sizes, and torch-pruning 1.6 then loses their channel counts):
+    the ``(start, end)`` channels each of the node's consumers reads, from the consumer's
+    autograd edge (which part); None for any other split or where an edge is not found."""
+    fn = getattr(node, "grad_fn", None)
+    if fn is None or not hasattr(fn, "_saved_split_size") or hasattr(fn, "_saved_split_sizes") \
+            or not hasattr(fn, "_saved_self_sym_sizes") or fn._saved_dim != 1:
+        return None
+    total, size = int(fn._saved_self_sym_sizes[1]), int(fn._saved_split_size)
+    parts = []
+    for out in node.outputs:
+        k = next((k for f, k in getattr(out.grad_fn, "next_functions", ()) or () if f is fn), None)
+        if k is None or size <= 0 or k * size >= total:
+            return None
+        parts.append((k * size, min(total, (k + 1) * size)))
+    return parts
+
+
+@contextmanager
+def _even_split_sizes():
+    """While torch-pruning builds its graph: an int-size split's parts (timm's CSP stages split
+    ``expand_chs // 2``) get their channel counts before the concatenations that use them are
+    mapped (:func:`_even_split_parts`); torch-pruning's own guess leaves them unknown and fails."""
+    import torch_pruning as tp
+    from torch_pruning.dependency import shape_infer
+
+    orig = shape_infer.init_shape_information
+
+    def init(graph):
+        orig(graph)
+        for node in graph.module2node.values():
+            parts = _even_split_parts(node) if node.type == tp.ops.OPTYPE.SPLIT else None
+            if parts:
+                node.module.split_sizes = [b - a for a, b in parts]
+                node.module.offsets = [0]
+                for a, b in parts:
+                    node.module.offsets.append(node.module.offsets[-1] + b - a)
+
+    shape_infer.init_shape_information = init
+    try:
+        yield
+    finally:
+        shape_infer.init_shape_information = orig
+
+
+def _map_even_splits(DG) -> None:
+    """An int-size split's index mappings set per consumer to the channels its part holds
+    (torch-pruning maps its ``i``-th consumer onto the ``i``-th part, wrong where two consumers
+    read one part), and kept so.  Such a split's sizes are fixed by forward(), so the groups through it are
+    never pruned (:func:`_split_owners`); the mappings keep every other group's channels right."""
+    import torch_pruning as tp
+    from torch_pruning.dependency.index_mapping import _SplitIndexMapping
+
+    for node in DG.module2node.values():
+        parts = _even_split_parts(node) if node.type == tp.ops.OPTYPE.SPLIT else None
+        if not parts or not node.enable_index_mapping:
+            continue
+        for out, (a, b) in zip(node.outputs, parts):
+            for dep in node.dependencies:
+                if dep.target is out:
+                    dep.index_mapping[0] = _SplitIndexMapping(offset=[a, b], reverse=False)
+            for dep in out.dependencies:
+                if dep.target is node:
+                    dep.index_mapping[0] = _SplitIndexMapping(offset=[a, b], reverse=True)
+        # torch-pruning makes every split's mappings again before each group it builds; with
+        # this off it keeps these
+        node.enable_index_mapping = False
 
 
 def _order_split_outputs(DG) -> None:

@@ -182,3 +182,63 @@ def test_a_split_whose_sizes_a_module_keeps_is_pruned_and_its_sizes_follow(tmp_p
     pl.save(m, tmp_path / "p", example_inputs=x[:1])
     back = pl.load(tmp_path / "p", like=net)
     assert back.m2.splits == [3, 1] and torch.allclose(back(x), y, atol=1e-6)
+
+
+def _cna(cin, cout, k=1, stride=1):
+    return nn.Sequential(nn.Conv2d(cin, cout, k, stride, k // 2, bias=False), nn.BatchNorm2d(cout),
+                         nn.SiLU())
+
+
+class _DarkBlock(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        self.conv1, self.conv2 = _cna(c, c), _cna(c, c, 3)
+
+    def forward(self, x):
+        return self.conv2(self.conv1(x)) + x
+
+
+class _CrossStage(nn.Module):
+    """A CSP stage as timm's CrossStage3 writes it: ``x.split(self.expand_chs // 2)`` (an int
+    size, fixed by forward()), the first half through a residual block (read twice: the block
+    and its shortcut), then concatenated with the second."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem, self.conv_down, self.conv_exp = _cna(3, 16, 3), _cna(16, 32, 3, 2), _cna(32, 32)
+        self.expand_chs = 32
+        self.blocks = nn.Sequential(_DarkBlock(16))
+        self.conv_transition = _cna(32, 24)
+        self.head = nn.Linear(24, 10)
+
+    def forward(self, x):
+        x = self.conv_exp(self.conv_down(self.stem(x)))
+        x1, x2 = x.split(self.expand_chs // 2, dim=1)
+        y = self.conv_transition(torch.cat([self.blocks(x1), x2], dim=1))
+        return self.head(y.mean((2, 3)))
+
+
+def test_an_int_size_split_keeps_its_halves_and_the_rest_is_pruned():
+    """torch-pruning 1.6 loses the parts' channel counts of ``x.split(int)`` (autograd keeps the
+    split size, not the sizes; its guess reads 32, 0, 16 here) and fails at the concatenation:
+    the parts are sized from the input's width, each consumer reads its own part, the split's
+    input stays whole (forward() fixes its sizes) and every other group prunes."""
+    from prunelab.pruning import build_graph
+
+    torch.manual_seed(0)
+    net = _CrossStage().eval()
+    x = torch.randn(2, 3, 16, 16)
+    # the second half's channels 17, 18 reach the concatenation's 17, 18, never the block
+    DG = build_graph(net, (3, 16, 16))
+    conv = net.conv_exp[0]
+    g = DG.get_pruning_group(conv, DG.get_pruner_of_module(conv).prune_out_channels, idxs=[17, 18])
+    reached = {dep.target.module: sorted(idxs) for dep, idxs in g
+               if isinstance(dep.target.module, nn.Conv2d)}
+    assert reached == {conv: [17, 18], net.conv_transition[0]: [17, 18]}, reached
+    names = {g.name for g in prunable_groups(net, (3, 16, 16), num_classes=10)[1]}
+    assert names == {"stem.0", "conv_down.0", "blocks.0.conv1.0", "conv_transition.0"}, names
+    m = prune(net, "l1", ratio=0.5, input_shape=(3, 16, 16), num_classes=10).model
+    assert m.conv_exp[0].out_channels == 32 and m.blocks[0].conv1[0].out_channels == 8
+    assert m.conv_down[0].out_channels == 16 and m.conv_transition[0].out_channels == 12
+    with torch.no_grad():
+        assert m(x).shape == (2, 10)
