@@ -47,9 +47,10 @@ def build_graph(model: nn.Module, input_shape: Sequence[int]):
 
     model.eval()
     try:
-        with torch.enable_grad(), _even_split_sizes():  # tracing follows autograd
-            DG = tp.DependencyGraph().build_dependency(
+        with torch.enable_grad(), _even_split_sizes(), _channel_regroups() as regroups:
+            DG = tp.DependencyGraph().build_dependency(  # tracing follows autograd
                 model, example_inputs=torch.zeros(1, *input_shape), verbose=False)
+        _mark_regroups(DG, regroups)
         _order_split_outputs(DG)
         _map_even_splits(DG)
         return DG
@@ -109,6 +110,71 @@ def _even_split_sizes():
         yield
     finally:
         shape_infer.init_shape_information = orig
+
+
+@contextmanager
+def _channel_regroups():
+    """While torch-pruning builds its graph: a reshape that regroups channels into a new axis
+    (ShuffleNetV2's channel shuffle: ``view(b, g, c // g, h, w)``, transpose, ``view(b, c, h,
+    w)``) gets a flatten mapping from torch-pruning that is wrong, or divides by zero.  Such a
+    reshape (:func:`_regroups_channels`, or any whose mapping divides by zero) is recorded (the
+    list yielded) and skipped; :func:`_mark_regroups` then keeps the groups through it whole."""
+    from torch_pruning.dependency import index_mapping
+
+    orig, found = index_mapping.update_reshape_index_mapping, []
+
+    def update(graph, node):
+        if _regroups_channels(node):
+            found.append(node)
+            return
+        try:
+            orig(graph, node)
+        except ZeroDivisionError:
+            found.append(node)
+
+    index_mapping.update_reshape_index_mapping = update
+    try:
+        yield found
+    finally:
+        index_mapping.update_reshape_index_mapping = orig
+
+
+def _view_rank(node) -> int:
+    fn = getattr(node, "grad_fn", None)
+    return len(getattr(fn, "_saved_self_sym_sizes", getattr(fn, "_saved_self_sizes", ())) or ())
+
+
+def _regroups_channels(node) -> bool:
+    """A reshape out of a 5-d tensor, or one whose tensor reaches such a reshape through
+    element-wise ops only (a transpose, ``contiguous()``): the two views of a channel shuffle."""
+    import torch_pruning as tp
+
+    if _view_rank(node) >= 5:
+        return True
+    todo, seen = list(node.outputs), set()
+    while todo:
+        n = todo.pop()
+        if id(n) in seen or len(seen) > 8:
+            continue
+        seen.add(id(n))
+        if n.type == tp.ops.OPTYPE.RESHAPE and _view_rank(n) >= 5:
+            return True
+        if n.type == tp.ops.OPTYPE.ELEMENTWISE and type(n.module).__name__ == "_ElementWiseOp":
+            todo.extend(n.outputs)
+    return False
+
+
+def _mark_regroups(DG, nodes) -> None:
+    """The reshapes :func:`_channel_regroups` found are given torch-pruning's plain element-wise
+    type, so the mappings it makes again before each group skip them (its flatten mapping
+    would fail again); their ops are kept in ``DG.prunelab_regroups``, and
+    :func:`prunable_groups` leaves every group through them whole (a shuffle permutes the
+    channels by the tensor's width, so no pruning keeps it the same permutation)."""
+    import torch_pruning as tp
+
+    for node in nodes:
+        node.type = tp.ops.OPTYPE.ELEMENTWISE
+    DG.prunelab_regroups = {node.module for node in nodes}
 
 
 def _map_even_splits(DG) -> None:
@@ -279,7 +345,8 @@ def prunable_groups(model: nn.Module, input_shape: Sequence[int], num_classes: i
     pruned (``num_classes`` plays no part in finding them).  A group coupled to a grouped (not
     depthwise) convolution gets that conv's groups as its :attr:`~GroupInfo.step`; one whose
     width is no multiple of its grouped convs' groups, or whose channels reach a split (sizes
-    that forward() fixes, which pruning cannot change), is left whole, with a one-line note."""
+    that forward() fixes, which pruning cannot change) or a channel shuffle, is left whole, with
+    a one-line note."""
     DG = graph or build_graph(model, input_shape)
     names = {m: n for n, m in model.named_modules()}
     ignored = resolve_layers(model, ignored) + output_layers(model, input_shape)
@@ -306,6 +373,9 @@ def prunable_groups(model: nn.Module, input_shape: Sequence[int], num_classes: i
             continue
         splits = [dep.target.module for dep, _ in g
                   if getattr(getattr(dep.target, "type", None), "name", "") == "SPLIT"]
+        if any(dep.target.module in getattr(DG, "prunelab_regroups", ()) for dep, _ in g):
+            grouped.append(f"{names[root]} (its channels pass a channel shuffle)")
+            continue
         if any(owners.get(s) is None for s in splits):
             # forward() splits at sizes of its own (torch.split, chunk) that no module attribute
             # holds: pruning could not make them follow
@@ -318,7 +388,7 @@ def prunable_groups(model: nn.Module, input_shape: Sequence[int], num_classes: i
         from .ui import log
 
         log(f"note: {len(grouped)} group(s) left whole (a grouped convolution whose groups they "
-            f"cannot lose whole, or a split of their channels): "
+            f"cannot lose whole, a split or a shuffle of their channels): "
             f"{'; '.join(grouped[:3])}{' ...' if len(grouped) > 3 else ''}")
     order = {n: i for i, n in enumerate(names.values())}
     groups.sort(key=lambda g: order[g.name])

@@ -131,7 +131,7 @@ MODELS = {a.name: a for a in ARCHS}
 
 # Where Torch-Pruning itself cannot build the channel dependencies (its graph fails on the
 # model), prunelab refuses in one line naming the op and the layer; the suite checks both.
-TP_CANNOT = {"shufflenet_v2_x0_5": "channel shuffle", "shufflenet_v2_x1_0": "channel shuffle"}
+TP_CANNOT: dict[str, str] = {}  # none left: ShuffleNetV2 and CSPNet-v3 prune now
 
 
 # Known misses, step by step (every other step passes; the test asserts exactly these):

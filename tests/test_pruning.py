@@ -242,3 +242,43 @@ def test_an_int_size_split_keeps_its_halves_and_the_rest_is_pruned():
     assert m.conv_down[0].out_channels == 16 and m.conv_transition[0].out_channels == 12
     with torch.no_grad():
         assert m(x).shape == (2, 10)
+
+
+def _shuffle(x, groups=2):
+    b, c, h, w = x.shape
+    return x.view(b, groups, c // groups, h, w).transpose(1, 2).contiguous().view(b, c, h, w)
+
+
+class _ShuffleNet(nn.Module):
+    """Two ShuffleNetV2 units (torchvision's channel_shuffle, chunk, concat): the channels
+    that pass the shuffles stay whole, each branch's inner width prunes."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = _cna(3, 16, 3)
+        self.branches = nn.ModuleList(
+            nn.Sequential(_cna(8, 12), nn.Conv2d(12, 12, 3, padding=1, groups=12),
+                          nn.BatchNorm2d(12), _cna(12, 8)) for _ in range(2))
+        self.head = nn.Linear(16, 10)
+
+    def forward(self, x):
+        x = self.conv1(x)
+        for branch in self.branches:
+            x1, x2 = x.chunk(2, dim=1)
+            x = _shuffle(torch.cat([x1, branch(x2)], dim=1))
+        return self.head(x.mean((2, 3)))
+
+
+def test_a_channel_shuffle_keeps_its_channels_whole_and_the_branches_prune():
+    """Torch-Pruning 1.6 maps a channel shuffle's views as a flatten (or divides by zero): the
+    shuffled channels are left whole with the note, and each branch's inner width is pruned;
+    the pruned model runs and keeps the shuffle's width."""
+    torch.manual_seed(0)
+    net = _ShuffleNet().eval()
+    names = {g.name for g in prunable_groups(net, (3, 16, 16), num_classes=10)[1]}
+    assert names == {"branches.0.1", "branches.1.1"}, names  # named by the depthwise conv
+    m = prune(net, "l1", ratio=0.5, input_shape=(3, 16, 16), num_classes=10).model
+    assert m.conv1[0].out_channels == 16 and m.branches[0][0][0].out_channels == 6
+    assert m.branches[1][1].groups == 6 and m.branches[1][3][0].out_channels == 8
+    with torch.no_grad():
+        assert m(torch.randn(2, 3, 16, 16)).shape == (2, 10)
