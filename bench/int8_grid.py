@@ -202,7 +202,8 @@ def write_tables(gain: dict) -> None:
         if "refused" in r:
             lines.append(f"| {r['budget']}x | {r['label']} | {r['how']} | speedup={r['budget']} "
                          f"| refused up front | - | - | the most pruned int8 models allowed "
-                         f"reach at best {r['reach']:.2f}x | - | {r['cpu']['cpu']} | {r['commit']} |")
+                         f"reach at best {r['reach']:.2f}x | - | {r['cpu']['cpu']} | "
+                         f"{r['commit']} |")
             continue
         land = (r.get("landing") or {}).get("status", "-")
         lo, hi = r["speedup_interval"]

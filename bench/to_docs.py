@@ -7,6 +7,7 @@ marker                    page
 ``latency-validate``      docs/latency.md   (bench/latency_validate.py)
 ``step-example``          docs/latency.md   (bench/step_example.py)
 ``int8-proxy``            docs/latency.md   (bench/int8_proxy.py)
+``int8-grid``             docs/latency.md   (bench/int8_grid.py)
 ``criteria-tables``       docs/criteria.md  (bench/criteria.py)
 ``search-tables``         docs/searches.md  (bench/search.py)
 ``landing``               docs/searches.md  (bench/landing.py)
@@ -54,6 +55,9 @@ def blocks() -> list[tuple[str, str, str]]:
     proxy = RESULTS / "int8_proxy.md"
     if proxy.exists():
         out.append(("latency.md", "int8-proxy", proxy.read_text()))
+    grid = RESULTS / "int8.md"
+    if grid.exists():
+        out.append(("latency.md", "int8-grid", grid.read_text()))
     crit = sorted(RESULTS.glob("criteria-*.md"))
     if crit:
         out.append(("criteria.md", "criteria-tables", "\n".join(p.read_text() for p in crit)))

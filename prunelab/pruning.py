@@ -180,8 +180,9 @@ def _mark_regroups(DG, nodes) -> None:
 def _map_even_splits(DG) -> None:
     """An int-size split's index mappings set per consumer to the channels its part holds
     (torch-pruning maps its ``i``-th consumer onto the ``i``-th part, wrong where two consumers
-    read one part), and kept so.  Such a split's sizes are fixed by forward(), so the groups through it are
-    never pruned (:func:`_split_owners`); the mappings keep every other group's channels right."""
+    read one part), and kept so.  Such a split's sizes are fixed by forward(), so the groups
+    through it are never pruned (:func:`_split_owners`); the mappings keep every other group's
+    channels right."""
     import torch_pruning as tp
     from torch_pruning.dependency.index_mapping import _SplitIndexMapping
 

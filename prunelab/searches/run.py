@@ -109,8 +109,9 @@ def _check_reach(ctx: Search, budget: Budget) -> None:
     at 8, then 16 channels, since a blocked-layout runtime can run one channel slower than a
     whole block) are timed against the budget's reference (paired sessions in this process,
     seconds).  Where even the upper end of their 95% intervals is under 0.97 x the budget, no
-    method can land it: one line says what the target reaches, and nothing is left behind.  An unpruned model (or int8 alone) that already meets
-    the budget is the landing's business (it is the answer)."""
+    method can land it: one line says what the target reaches, and nothing is left behind.  An
+    unpruned model (or int8 alone) that already meets the budget is the landing's business (it
+    is the answer)."""
     from ..pruning import align
     from .landing import FLOOR, unpruned_meets
     from .selection import _timer
