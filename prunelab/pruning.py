@@ -47,12 +47,12 @@ def build_graph(model: nn.Module, input_shape: Sequence[int]):
 
     model.eval()
     try:
-        with torch.enable_grad(), _even_split_sizes(), _channel_regroups() as regroups:
+        with torch.enable_grad(), _even_split_sizes() as even, _channel_regroups() as regroups:
             DG = tp.DependencyGraph().build_dependency(  # tracing follows autograd
                 model, example_inputs=torch.zeros(1, *input_shape), verbose=False)
         _mark_regroups(DG, regroups)
         _order_split_outputs(DG)
-        _map_even_splits(DG)
+        _map_even_splits(even)
         return DG
     except Exception as e:  # tracing runs arbitrary user forward() code
         where = _graph_node(e, model)
@@ -89,11 +89,14 @@ def _even_split_parts(node) -> list[tuple[int, int]] | None:
 def _even_split_sizes():
     """While torch-pruning builds its graph: an int-size split's parts (timm's CSP stages split
     ``expand_chs // 2``) get their channel counts before the concatenations that use them are
-    mapped (:func:`_even_split_parts`); torch-pruning's own guess leaves them unknown and fails."""
+    mapped (:func:`_even_split_parts`); torch-pruning's own guess leaves them unknown and fails.
+    Yields the ``(node, parts)`` found, for :func:`_map_even_splits`."""
+    from itertools import accumulate
+
     import torch_pruning as tp
     from torch_pruning.dependency import shape_infer
 
-    orig = shape_infer.init_shape_information
+    orig, found = shape_infer.init_shape_information, []
 
     def init(graph):
         orig(graph)
@@ -101,13 +104,12 @@ def _even_split_sizes():
             parts = _even_split_parts(node) if node.type == tp.ops.OPTYPE.SPLIT else None
             if parts:
                 node.module.split_sizes = [b - a for a, b in parts]
-                node.module.offsets = [0]
-                for a, b in parts:
-                    node.module.offsets.append(node.module.offsets[-1] + b - a)
+                node.module.offsets = list(accumulate(node.module.split_sizes, initial=0))
+                found.append((node, parts))
 
     shape_infer.init_shape_information = init
     try:
-        yield
+        yield found
     finally:
         shape_infer.init_shape_information = orig
 
@@ -159,7 +161,7 @@ def _regroups_channels(node) -> bool:
         seen.add(id(n))
         if n.type == tp.ops.OPTYPE.RESHAPE and _view_rank(n) >= 5:
             return True
-        if n.type == tp.ops.OPTYPE.ELEMENTWISE and type(n.module).__name__ == "_ElementWiseOp":
+        if n.type == tp.ops.OPTYPE.ELEMENTWISE and isinstance(n.module, tp.ops._ElementWiseOp):
             todo.extend(n.outputs)
     return False
 
@@ -177,18 +179,16 @@ def _mark_regroups(DG, nodes) -> None:
     DG.prunelab_regroups = {node.module for node in nodes}
 
 
-def _map_even_splits(DG) -> None:
-    """An int-size split's index mappings set per consumer to the channels its part holds
-    (torch-pruning maps its ``i``-th consumer onto the ``i``-th part, wrong where two consumers
-    read one part), and kept so.  Such a split's sizes are fixed by forward(), so the groups
+def _map_even_splits(found) -> None:
+    """Each int-size split :func:`_even_split_sizes` found (``(node, parts)``): its index
+    mappings set per consumer to the channels its part holds (torch-pruning maps its ``i``-th
+    consumer onto the ``i``-th part, wrong where two consumers read one part), and kept so.  Such a split's sizes are fixed by forward(), so the groups
     through it are never pruned (:func:`_split_owners`); the mappings keep every other group's
     channels right."""
-    import torch_pruning as tp
     from torch_pruning.dependency.index_mapping import _SplitIndexMapping
 
-    for node in DG.module2node.values():
-        parts = _even_split_parts(node) if node.type == tp.ops.OPTYPE.SPLIT else None
-        if not parts or not node.enable_index_mapping:
+    for node, parts in found:
+        if not node.enable_index_mapping:
             continue
         for out, (a, b) in zip(node.outputs, parts):
             for dep in node.dependencies:
