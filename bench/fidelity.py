@@ -25,9 +25,10 @@ training batches, as the search does):
 - ``bn-1k``: top-1 on the first 1,000 validation images (today's search score);
 - ``bn-val``: top-1 on the whole validation split;
 - ``kd-loss-1k``: minus the distillation loss against the unpruned model on those 1,000 images;
-- ``kd-50`` / ``kd-200`` / ``kd-500``: that many distillation steps (batch 128, lr 0.01, the
-  fine-tune's loss), BN re-estimated again, top-1 on the 1,000 images;
-- ``kd-200-loss``: the same 200 steps, then the distillation loss instead of top-1.
+- ``kd-20`` / ``kd-50`` / ``kd-200`` / ``kd-500``: that many distillation steps (batch 128, lr
+  0.01, the fine-tune's loss), BN re-estimated again, top-1 on the 1,000 images;
+- ``kd-50-loss`` / ``kd-200-loss``: the same 50 / 200 steps, then the distillation loss instead
+  of top-1.
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ CELLS = RESULTS / "fidelity"
 MODELS = {"resnet20": "resnet20.fmnist", "resnet56": "resnet56.fmnist"}
 SPEEDUP = 3.0
 SUBSET = 1000
-STEPS = (50, 200, 500)
+STEPS = (20, 50, 200, 500)
 NOISE_CANDIDATES = 4  # fine-tuned again with seed 1
 
 
@@ -216,7 +217,8 @@ def _merge(model: str, i: int, c: dict) -> None:
 
 
 def _score_names() -> list[str]:
-    return ["bn-1k", "bn-val", "kd-loss-1k", *[f"kd-{s}" for s in STEPS], "kd-200-loss"]
+    return ["bn-1k", "bn-val", "kd-loss-1k", *[f"kd-{s}" for s in STEPS], "kd-50-loss",
+            "kd-200-loss"]
 
 
 def tables() -> None:
