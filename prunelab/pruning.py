@@ -51,6 +51,7 @@ def build_graph(model: nn.Module, input_shape: Sequence[int]):
             DG = tp.DependencyGraph().build_dependency(  # tracing follows autograd
                 model, example_inputs=torch.zeros(1, *input_shape), verbose=False)
         _mark_regroups(DG, regroups)
+        _cut_channel_slices(DG)
         _order_split_outputs(DG)
         _map_even_splits(even)
         return DG
@@ -177,6 +178,31 @@ def _mark_regroups(DG, nodes) -> None:
     for node in nodes:
         node.type = tp.ops.OPTYPE.ELEMENTWISE
     DG.prunelab_regroups = {node.module for node in nodes}
+
+
+def _cut_channel_slices(DG) -> None:
+    """A slice of the channels (ReXNet's channel-padded residual:
+    ``cat([x[:, :c] + shortcut, x[:, c:]])``) is at indices forward() fixes, so pruning
+    cannot move them: the groups through it are left whole (:func:`prunable_groups`, from
+    ``DG.prunelab_slices``: the slice ops and the nodes next to them).  Its dependencies are cut
+    here, before any group is built: torch-pruning walks a node again for every distinct index
+    set that reaches it, and chained padded residuals give exponentially many (ReXNet-100's
+    first group did not finish in minutes)."""
+    import torch_pruning as tp
+
+    near = set()
+    for node in list(DG.module2node.values()):
+        if node.type != tp.ops.OPTYPE.SLICE:
+            continue
+        rank = _view_rank(node)
+        if node.module.dim != (2 if rank == 3 else 1):  # a spatial slice keeps the channels
+            continue
+        around = set(node.inputs) | set(node.outputs)
+        near |= {n.module for n in around} | {node.module}
+        node.dependencies = []
+        for n in around:
+            n.dependencies = [d for d in n.dependencies if d.target is not node]
+    DG.prunelab_slices = near
 
 
 def _map_even_splits(found) -> None:
@@ -345,9 +371,9 @@ def prunable_groups(model: nn.Module, input_shape: Sequence[int], num_classes: i
     The layers feeding the model's output (:func:`output_layers`) and ``ignored`` are never
     pruned (``num_classes`` plays no part in finding them).  A group coupled to a grouped (not
     depthwise) convolution gets that conv's groups as its :attr:`~GroupInfo.step`; one whose
-    width is no multiple of its grouped convs' groups, or whose channels reach a split (sizes
-    that forward() fixes, which pruning cannot change) or a channel shuffle, is left whole, with
-    a one-line note."""
+    width is no multiple of its grouped convs' groups, or whose channels reach a split or a
+    channel slice (sizes or indices that forward() fixes, which pruning cannot change) or a
+    channel shuffle, is left whole, with a one-line note."""
     DG = graph or build_graph(model, input_shape)
     names = {m: n for n, m in model.named_modules()}
     ignored = resolve_layers(model, ignored) + output_layers(model, input_shape)
@@ -377,6 +403,10 @@ def prunable_groups(model: nn.Module, input_shape: Sequence[int], num_classes: i
         if any(dep.target.module in getattr(DG, "prunelab_regroups", ()) for dep, _ in g):
             grouped.append(f"{names[root]} (its channels pass a channel shuffle)")
             continue
+        if any(dep.target.module in getattr(DG, "prunelab_slices", ()) for dep, _ in g):
+            grouped.append(f"{names[root]} (its channels are sliced at indices forward() "
+                           "fixes)")
+            continue
         if any(owners.get(s) is None for s in splits):
             # forward() splits at sizes of its own (torch.split, chunk) that no module attribute
             # holds: pruning could not make them follow
@@ -389,7 +419,7 @@ def prunable_groups(model: nn.Module, input_shape: Sequence[int], num_classes: i
         from .ui import log
 
         log(f"note: {len(grouped)} group(s) left whole (a grouped convolution whose groups they "
-            f"cannot lose whole, a split or a shuffle of their channels): "
+            f"cannot lose whole, a split, slice or shuffle of their channels): "
             f"{'; '.join(grouped[:3])}{' ...' if len(grouped) > 3 else ''}")
     order = {n: i for i, n in enumerate(names.values())}
     groups.sort(key=lambda g: order[g.name])

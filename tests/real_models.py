@@ -135,7 +135,7 @@ TP_CANNOT: dict[str, str] = {}  # none left: ShuffleNetV2 and CSPNet-v3 prune no
 
 
 # Known misses, step by step (every other step passes; the test asserts exactly these):
-KNOWN = {"rexnet_100": {"l1": "Torch-Pruning's get_all_groups runs for over 5 minutes on it"}}
+KNOWN: dict[str, dict[str, str]] = {}  # none left: ReXNet prunes now
 
 
 def torch_pruning_fails(a: Arch) -> bool:

@@ -282,3 +282,38 @@ def test_a_channel_shuffle_keeps_its_channels_whole_and_the_branches_prune():
     assert m.branches[1][1].groups == 6 and m.branches[1][3][0].out_channels == 8
     with torch.no_grad():
         assert m(torch.randn(2, 3, 16, 16)).shape == (2, 10)
+
+
+class _PaddedResidual(nn.Module):
+    """ReXNet's block: an inverted bottleneck from ``c`` to ``c + extra`` channels whose first
+    ``c`` channels take the shortcut (``cat([x[:, :c] + shortcut, x[:, c:]])``)."""
+
+    def __init__(self, c: int, extra: int):
+        super().__init__()
+        self.c = c
+        self.body = nn.Sequential(_cna(c, 2 * c), nn.Conv2d(2 * c, 2 * c, 3, padding=1,
+                                                            groups=2 * c),
+                                  nn.BatchNorm2d(2 * c), nn.Conv2d(2 * c, c + extra, 1),
+                                  nn.BatchNorm2d(c + extra))
+
+    def forward(self, x):
+        y = self.body(x)
+        return torch.cat([y[:, :self.c] + x, y[:, self.c:]], dim=1)
+
+
+def test_a_sliced_channel_residual_stays_whole_and_its_inner_widths_prune():
+    """The slice indices of a channel-padded residual are fixed by forward(): the channels
+    through it stay whole with the note and each block's inner width prunes; twelve chained
+    blocks (torch-pruning walks every distinct index set, exponentially many here) are grouped
+    at once; the pruned model runs."""
+    torch.manual_seed(0)
+    blocks = [_PaddedResidual(4 + 2 * i, 2) for i in range(12)]
+    net = nn.Sequential(_cna(3, 4, 3), *blocks, nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                        nn.Linear(28, 10)).eval()
+    names = {g.name for g in prunable_groups(net, (3, 8, 8), num_classes=10)[1]}
+    assert names == {f"{i}.body.1" for i in range(1, 13)}, names  # inner widths only
+    m = prune(net, "l1", ratio=0.5, input_shape=(3, 8, 8), num_classes=10).model
+    assert m[1].body[1].out_channels == 4 and m[1].body[3].out_channels == 6
+    assert m[0][0].out_channels == 4
+    with torch.no_grad():
+        assert m(torch.randn(2, 3, 8, 8)).shape == (2, 10)
