@@ -6,9 +6,15 @@ process per model, into the coverage table of docs/architectures.md.
     OMP_NUM_THREADS=1 taskset -c 0 python bench/architectures.py          # every model
     OMP_NUM_THREADS=1 taskset -c 0 python bench/architectures.py resnet18 mixnet_s
     python bench/architectures.py --table                                 # the table only
+    OMP_NUM_THREADS=1 taskset -c 1 python bench/architectures.py --ort    # one per family
 
 Resumable model by model: bench/results/architectures.json keeps every finished row (with the
 commit it ran on); naming models runs those again.  Then ``python bench/to_docs.py``.
+
+``--ort``: one model per family (its first *ci* model, else its first) searched with l1 on
+``speedup=1.5`` on onnxruntime-cpu (batch 1, 1 thread; timing: run it on a quiet core), landed
+by the landing stage, then re-measured by ``prunelab latency compare`` of the two ONNX files in
+6 new processes; bench/results/architectures-ort.{json,md}.
 """
 
 from __future__ import annotations
@@ -22,18 +28,21 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
 from prunelab.io import atomic_write_text  # noqa: E402
-from tests.real_models import ARCHS, KNOWN, MODELS, STEPS, TP_CANNOT  # noqa: E402
+from pareto import cpu_label  # noqa: E402
+from tests.real_models import ARCHS, KNOWN, MODELS, ORT_BUDGET, STEPS, TP_CANNOT  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 JSON = RESULTS / "architectures.json"
+ORT_JSON = RESULTS / "architectures-ort.json"
 CHILD = """
 import json, sys, tempfile
 sys.path.insert(0, {root!r})
-from tests.real_models import MODELS, run_steps
+from tests.real_models import MODELS, STEPS, run_steps
 with tempfile.TemporaryDirectory() as d:
-    out = run_steps(MODELS[{name!r}], d)
+    out = run_steps(MODELS[{name!r}], d, {steps})
 print("RESULT " + json.dumps({{k: {{kk: vv for kk, vv in v.items() if kk != "trace"}}
                               for k, v in out.items()}}))
 """
@@ -47,11 +56,12 @@ def _commit() -> str:
         return "?"
 
 
-def run_one(name: str, timeout: float) -> dict:
+def run_one(name: str, timeout: float, steps: str = "STEPS") -> dict:
     """One model in a fresh interpreter (its own imports, memory and crash)."""
     t0 = time.perf_counter()
     try:
-        p = subprocess.run([sys.executable, "-c", CHILD.format(root=str(ROOT), name=name)],
+        p = subprocess.run([sys.executable, "-c", CHILD.format(root=str(ROOT), name=name,
+                                                               steps=steps)],
                            text=True, capture_output=True, timeout=timeout, cwd=ROOT)
         line = next((ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")), None)
         steps = json.loads(line[7:]) if line else {
@@ -130,16 +140,88 @@ def table(rows: list[dict]) -> str:
     return "\n".join(out) + "\n"
 
 
+def family_models() -> list[str]:
+    """One model per family: its first *ci* model, else its first."""
+    pick: dict[str, str] = {}
+    for a in ARCHS:
+        if a.family not in pick or (a.ci and not MODELS[pick[a.family]].ci):
+            pick[a.family] = a.name
+    return list(pick.values())
+
+
+def ort_table(rows: list[dict]) -> str:
+    lo, hi = 1.0 * ORT_BUDGET, 1.05 * ORT_BUDGET
+
+    def on(v: float | None) -> bool:
+        return v is not None and lo <= v <= hi
+
+    done = [r for r in rows if (r["steps"].get("ort") or {}).get("ok")]
+    landed = [r for r in done if r["steps"]["ort"]["landing"] == "landed"]
+    again = [r for r in done if on(r["steps"]["ort"]["remeasure"])]
+    cpus = sorted({r.get("cpu", "?") for r in rows})
+    out = [f"**`python bench/architectures.py --ort`** (one model per family, random weights, "
+           f"10 classes; `pl.search(..., target=\"onnxruntime-cpu\", threads=1, batch_size=1, "
+           f"budget=\"speedup={ORT_BUDGET:g}\", method=\"uniform\", criterion=\"l1\")`, "
+           "the landing stage deciding in fresh processes; then `prunelab latency compare` of the "
+           "unpruned and the pruned ONNX file in 6 new processes; CPU: "
+           f"{', '.join(cpus)}).", "",
+           f"Landed ({lo:g}-{hi:g}x, interval's lower end >= {0.97 * ORT_BUDGET:.3g}x): "
+           f"**{len(landed)}/{len(rows)}** families; the independent re-measure inside "
+           f"{lo:g}-{hi:g}x: {len(again)}/{len(rows)}.", "",
+           "| family | model | input | landing | in search [95%] | re-measured [95%] | "
+           "in-search vs re-measure | seconds | commit |", "|---|---|---|---|---|---|---|---|---|"]
+    order = {a.name: i for i, a in enumerate(ARCHS)}
+    for r in sorted(rows, key=lambda r: order.get(r["model"], 999)):
+        s = r["steps"].get("ort") or r["steps"].get("crash") or {}
+        if not s.get("ok"):
+            why = (s.get("refused") or s.get("error") or "?").splitlines()[0][:120]
+            out.append(f"| {r['family']} | {r['model']} | {r['input']} | {why} | - | - | - | "
+                       f"{r['seconds']:.0f} | {r['commit']} |")
+            continue
+        a, b = s["interval"], s["remeasure_interval"]
+        nb = s.get("neighbours") or []
+        sides = ", ".join(f"{n['side']} {n['value']:.3f}x" for n in nb)
+        land = s["landing"] + (f" ({sides})" if nb else "")
+        out.append(f"| {r['family']} | {r['model']} | {r['input']} | {land} | "
+                   f"{s['speedup']:.3f}x [{a[0]:.3f}, {a[1]:.3f}] | {s['remeasure']:.3f}x "
+                   f"[{b[0]:.3f}, {b[1]:.3f}] | {100 * (s['speedup'] / s['remeasure'] - 1):+.1f}% | "
+                   f"{r['seconds']:.0f} | {r['commit']} |")
+    return "\n".join(out) + "\n"
+
+
+def run_ort(models: list[str], timeout: float) -> None:
+    from prunelab.hardware import cpu_info
+
+    rows = {r["model"]: r for r in json.loads(ORT_JSON.read_text())} if ORT_JSON.exists() \
+        else {}
+    for name in models or [m for m in family_models() if m not in rows]:
+        r = run_one(name, timeout, steps='("ort",)')
+        r["cpu"] = cpu_label(cpu_info())
+        rows[name] = r
+        s = r["steps"].get("ort") or r["steps"].get("crash") or {}
+        print(f"{name}: {s.get('note') or s.get('refused') or s.get('error')} "
+              f"({r['seconds']:.0f} s)", flush=True)
+        atomic_write_text(ORT_JSON, json.dumps(list(rows.values()), indent=1))
+        atomic_write_text(RESULTS / "architectures-ort.md", ort_table(list(rows.values())))
+    if rows:
+        atomic_write_text(RESULTS / "architectures-ort.md", ort_table(list(rows.values())))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("models", nargs="*", help="models to run again (default: those not done)")
     ap.add_argument("--table", action="store_true", help="only rewrite the table")
     ap.add_argument("--timeout", type=float, default=1800, help="seconds per model")
+    ap.add_argument("--ort", action="store_true",
+                    help="one model per family landed on onnxruntime-cpu (timing)")
     args = ap.parse_args()
     rows = {r["model"]: r for r in json.loads(JSON.read_text())} if JSON.exists() else {}
     unknown = [m for m in args.models if m not in MODELS]
     if unknown:
         raise SystemExit(f"unknown model {unknown[0]!r}; models: {', '.join(MODELS)}")
+    if args.ort:
+        run_ort(args.models, args.timeout)
+        return
     todo = [] if args.table else (args.models or [a.name for a in ARCHS if a.name not in rows])
     for name in todo:
         rows[name] = run_one(name, args.timeout)

@@ -153,6 +153,8 @@ def torch_pruning_fails(a: Arch) -> bool:
 # ----------------------------------------------------------------------------- the steps
 
 STEPS = ("l1", "xai", "onnx", "save_load", "macs", "speedup", "unchanged")
+ORT_BUDGET = 1.5  # the onnxruntime-cpu landing (bench/architectures.py --ort), one model a family
+
 MACS_BUDGET, SPEEDUP_BUDGET = 0.6, 1.5
 
 
@@ -183,7 +185,10 @@ def run_steps(a: Arch, folder, steps=STEPS) -> dict[str, dict]:
     * ``xai``: the same with deeplift on ``speedup=1.5`` (``speedup`` records that landing);
     * ``onnx``: the l1 result exported, run by ONNX Runtime, equal to the module;
     * ``save_load``: ``pl.save`` / ``pl.load(like=model)`` gives the same outputs;
-    * ``unchanged``: the user's module has the same state and outputs afterwards."""
+    * ``unchanged``: the user's module has the same state and outputs afterwards;
+    * ``ort`` (only when asked for): l1 on ``speedup=1.5`` on onnxruntime-cpu (batch 1, 1
+      thread), landed by the landing stage, then re-measured by ``prunelab latency compare``
+      in 6 new processes."""
     import copy
     from pathlib import Path
 
@@ -290,4 +295,39 @@ def run_steps(a: Arch, folder, steps=STEPS) -> dict[str, dict]:
         return {}
 
     attempt("unchanged", unchanged)
+
+    def ort():
+        # a measured landing on a real runtime: onnxruntime-cpu, batch 1, 1 thread, the landing
+        # stage deciding in fresh processes; then an independent `prunelab latency compare` of
+        # the two ONNX files in 6 new processes (the one timing path)
+        import json
+        import subprocess
+        import sys
+
+        train, val = _loaders(a.size)
+        r = pl.search(model, x[:1], train=train, val=val, target="onnxruntime-cpu",
+                      budget=f"speedup={ORT_BUDGET}", method="uniform", criterion="l1",
+                      recal_batches=1, val_images=0, measure_front=2, threads=1, batch_size=1,
+                      cache_dir=cache, options={"front": 0})
+        land = r.chosen.get("landing") or {}
+        files = []
+        for tag, net in (("base", model), ("pruned", r.model)):
+            files.append(pl.export_onnx(net, folder / f"ort-{tag}.onnx", x[:1],
+                                        overwrite=True)["onnx"])
+        p = subprocess.run([sys.executable, "-m", "prunelab", "latency", "compare", *files,
+                            "--target", "onnxruntime-cpu", "--threads", "1", "--processes", "6",
+                            "--json"], capture_output=True, text=True, check=False)
+        if p.returncode:
+            raise RuntimeError(f"latency compare failed: {p.stderr.strip()[-300:]}")
+        vs = json.loads(p.stdout)["models"][1]["vs_first"]
+        lo, hi = r.chosen["speedup_interval"]
+        return {"landing": land.get("status"), "budget_met": bool(r.chosen.get("budget_met")),
+                "speedup": round(r.speedup, 4), "interval": [round(lo, 4), round(hi, 4)],
+                "neighbours": land.get("neighbours"),
+                "remeasure": round(vs["estimate"], 4),
+                "remeasure_interval": [round(vs["low"], 4), round(vs["high"], 4)],
+                "note": f"{land.get('status')} at {r.speedup:.3f}x, re-measured "
+                        f"{vs['estimate']:.3f}x"}
+
+    attempt("ort", ort)
     return out
