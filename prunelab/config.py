@@ -56,6 +56,10 @@ class SearchSection(_Section):
     recal_batches: Count = Field(6, description="BN re-estimation batches per candidate")
     val_images: Count = Field(1000, description="validation images per candidate (0: all)")
     measure_front: Positive = Field(12, description="front points measured on the target")
+    fidelity: str = Field("bn", description="how the measured points that meet the budget are "
+                          "scored for the choice: bn (BN re-estimate + validation top-1, as "
+                          "every candidate) or kd:N (N distillation steps from the unpruned "
+                          "model first)")
     decision_processes: Annotated[int, Field(ge=0, le=64)] = Field(
         6, description="fresh processes that decide a landed speed-up (paired, one sample each; "
         "0: paired sessions in the search process)")

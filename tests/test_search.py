@@ -271,3 +271,36 @@ def test_the_reach_check_times_whole_simd_blocks_where_one_channel_is_slower(tmp
                   recal_batches=1, val_images=0, decision_processes=0,
                   cache_dir=str(tmp_path / "cache"), options={"front": 0})
     assert r.chosen["landing"]["status"] in ("landed", "staircase") and r.speedup >= 25 * 0.97
+
+
+def test_fidelity_kd_rescores_the_points_that_may_be_chosen_and_picks_by_that_score(tmp_path):
+    """fidelity="kd:N": every measured point that meets the budget is given N distillation
+    steps and scored again; the method's choice is the best by that score (an eval_fn that
+    reads the weights shows the steps ran: no point scores as it did untrained).  A bad
+    setting is refused up front, in one line."""
+    import torch
+    import torch.nn as nn
+
+    import prunelab as pl
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+                          nn.Conv2d(16, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10)).eval()
+    x, y = torch.randn(16, 3, 16, 16), torch.randint(0, 10, (16,))
+
+    def score(m):  # changes with every SGD step on the first conv
+        return float(next(m.parameters()).detach().abs().sum())
+
+    kw = dict(train=[(x, y)], eval_fn=score, target="scripted", budget="macs=0.95",
+              method="uniform", criterion="l1", recal_batches=1, decision_processes=0,
+              cache_dir=str(tmp_path / "cache"), options={"front": 4})
+    r = pl.search(model, torch.zeros(1, 3, 16, 16), fidelity="kd:3", **kw)
+    assert r.raw["fidelity"]["setting"] == "kd:3"
+    pts = r.raw["fidelity"]["points"]
+    assert len(pts) >= 2
+    assert all(p["fidelity_top1"] != p["top1"] for p in pts)
+    best = max(pts, key=lambda p: p["fidelity_top1"])
+    assert r.chosen["method_choice"]["fidelity_top1"] == best["fidelity_top1"]
+    with pytest.raises(PrunelabError, match="fidelity='kd:0' must be bn or kd:N"):
+        pl.search(model, torch.zeros(1, 3, 16, 16), fidelity="kd:0", **kw)

@@ -59,6 +59,7 @@ class SearchConfig:
     val_images: int = _d("val_images")        # validation images per candidate (0 = whole split)
     measure_front: int = _d("measure_front")  # front points measured on the target at the end
     decision_processes: int = _d("decision_processes")  # the landing's final speed-up decision
+    fidelity: str = _d("fidelity")            # the choice's score: bn | kd:N (.scoring)
     options: dict = field(default_factory=dict)
 
     @classmethod
@@ -68,7 +69,7 @@ class SearchConfig:
                    budget=search.budget, seed=seed, recal_batches=search.recal_batches,
                    val_images=search.val_images, measure_front=search.measure_front,
                    decision_processes=search.decision_processes,
-                   options=dict(search.options))
+                   fidelity=search.fidelity, options=dict(search.options))
 
     def __post_init__(self):
         # one spelling per budget (macs=0.50 is macs=0.5), so a resume compares like with like
@@ -79,6 +80,9 @@ class SearchConfig:
         from .landing import check_processes
 
         check_processes(self.decision_processes)
+        from .scoring import fidelity_steps
+
+        fidelity_steps(self.fidelity)
         if self.recal_batches < 0 or self.val_images < 0 or self.measure_front < 1:
             raise PrunelabError("--recal-batches and --val-images must be >= 0 and "
                                 "--measure-front >= 1")

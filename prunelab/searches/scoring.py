@@ -10,6 +10,26 @@ from ..errors import PrunelabError
 from ..gate import gated
 
 
+FIDELITY_MAX_STEPS = 10000
+
+
+def fidelity_steps(spec: str) -> int:
+    """The distillation steps a ``fidelity`` setting gives each point before the choice: ``bn``
+    (0: the BN re-estimate and validation top-1 every candidate gets) or ``kd:N``.
+
+    >>> fidelity_steps("kd:50")
+    50
+    """
+    s = str(spec).strip().lower()
+    if s == "bn":
+        return 0
+    head, _, n = s.partition(":")
+    if head == "kd" and n.isdigit() and 1 <= int(n) <= FIDELITY_MAX_STEPS:
+        return int(n)
+    raise PrunelabError(f"fidelity={spec!r} must be bn or kd:N with N distillation steps from 1 "
+                        f"to {FIDELITY_MAX_STEPS}, e.g. kd:50")
+
+
 def checked_score(eval_fn, net: nn.Module) -> float:
     """A user's ``eval_fn(model) -> float``, checked to be a finite number."""
     import math
