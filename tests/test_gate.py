@@ -165,3 +165,31 @@ def test_pruning_scoring_and_runner_creation_hold_a_step(tmp_path, monkeypatch, 
     assert all(free == (setting == "off") for _, free in seen), seen
     assert _room_free(prefix)  # released once the work is done
     assert gate._GATE.working == 0
+
+
+@pytest.mark.skipif(gate.fcntl is None, reason="the gate needs POSIX flock")
+def test_a_latency_table_is_one_quiet_section(tmp_path, monkeypatch):
+    """A table is hundreds of short timings: built as one section it takes the door once (it
+    took it once per point, each waiting for another process's batch to end)."""
+    from prunelab.latency.cache import Cache
+    from prunelab.latency.lut import LutConfig, build_lut
+    from prunelab.latency.units import Unit
+    from prunelab.targets import make_target
+
+    monkeypatch.setenv(gate.ENV, str(tmp_path / "gate"))
+    doors = []
+    real = gate.fcntl.flock
+
+    def flock(fd, op):
+        if gate._GATE.door is not None and fd == gate._GATE.door and op == gate.fcntl.LOCK_EX:
+            doors.append(op)
+        return real(fd, op)
+
+    monkeypatch.setattr(gate.fcntl, "flock", flock)
+    target = make_target("onnxruntime-cpu")
+    u = Unit("x", "conv", 4, 8, 3, 1, 1, 6, 6, bn=True, act="relu", cin_group="a",
+             cout_group="b")
+    lut = build_lut(target, [u], Cache(target.fingerprint(), tmp_path / "cache"),
+                    LutConfig(sweep=8, nodes=3, warmup=1, repeats=3))
+    assert lut.measured > 3 and len(doors) == 1, (lut.measured, len(doors))
+    assert gate._GATE.timing == 0 and _room_free(str(tmp_path / "gate"))
