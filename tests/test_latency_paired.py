@@ -97,3 +97,27 @@ def test_options_are_checked():
         paired_speedup(A, B, scripted(), SHAPE, Protocol(sessions=1))
     with pytest.raises(PrunelabError, match="noise"):
         scripted(noise=-1)
+
+
+def test_an_onnx_target_times_in_processes_models_whose_class_does_not_import_there():
+    """On an ONNX-based target the child processes get the ONNX graphs, never the modules: a
+    model class defined inside a function (as in a notebook, or behind a library that does not
+    import in a new interpreter) is timed all the same; on torch-cpu, where the modules must
+    travel pickled, the same model is one line that says what to do."""
+    from prunelab.targets import make_target
+
+    class Local(nn.Module):  # cannot be pickled, nor imported by a new interpreter
+        def __init__(self, c):
+            super().__init__()
+            self.conv = nn.Conv2d(8, c, 3, padding=1)
+
+        def forward(self, x):
+            return self.conv(x).relu()
+
+    proto = Protocol(warmup=2, repeats=10, min_seconds=0.01, sessions=1)
+    e = paired_speedup(Local(32).eval(), Local(8).eval(), make_target("onnxruntime-cpu"),
+                       (8, 16, 16), proto, processes=2)
+    assert e.processes == 2 and len(e.samples) == 2 and e.estimate > 0
+    with pytest.raises(PrunelabError, match="must import in a new interpreter"):
+        paired_speedup(Local(32).eval(), Local(8).eval(), make_target("torch-cpu"),
+                       (8, 16, 16), proto, processes=2)

@@ -35,6 +35,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import pickle
 import random
 import statistics
 import subprocess
@@ -224,8 +225,10 @@ def paired_speedup(base: nn.Module, candidate: nn.Module, target, input_shape: S
     ``protocol.sessions`` sessions (their order alternating too), and takes one sample per
     process (the mean of its sessions' log-ratios).  Both modes time a session
     with :func:`time_session` (ABBA blocks, fresh runners, the order of making them alternating
-    between samples from a ``seed``-drawn start).  The models are not changed; in process mode
-    they are pickled (``torch.save``) to a temporary folder, so they must be picklable modules.
+    between samples from a ``seed``-drawn start).  The models are not changed; in process mode an
+    ONNX-based target's graphs go to a temporary folder as ONNX files (the child imports no user
+    code), a torch target's modules pickled (``torch.save``: their classes must import in a new
+    interpreter).
     The estimate is exp of the Hodges-Lehmann estimate of the log-ratios, the interval the exact
     signed-rank interval (see :func:`signed_rank_interval`); ``estimate > 1`` means the candidate
     is faster.  The calling process holds the timing gate while its children time (they run with
@@ -283,11 +286,33 @@ def _in_processes(base, candidate, target, input_shape, protocol, processes, fir
 
     from ..gate import ENV, timing
 
+    from ..targets._onnx import Graph, OnnxBased
+
     out = []
     with tempfile.TemporaryDirectory(prefix="prunelab-paired-") as tmp:
-        job = Path(tmp) / "job.pt"
-        torch.save({"target": target, "base": base, "candidate": candidate,
-                    "shape": list(input_shape), "protocol": protocol.to_json()}, job)
+        if isinstance(target, OnnxBased) and hasattr(target, "cfg"):
+            # the graphs the target runs travel as ONNX files (int8: already quantized, on the
+            # target's calibration): the child needs no user code and unpickles nothing, so a
+            # model defined in a notebook or behind a library that does not import here is timed
+            # all the same
+            job = Path(tmp) / "job.json"
+            inputs = target.inputs([input_shape])
+            for name, m in (("base", base), ("candidate", candidate)):
+                data = m.data if isinstance(m, Graph) else target.onnx_graph(m, inputs)
+                (Path(tmp) / f"{name}.onnx").write_bytes(data)
+            job.write_text(json.dumps({"target": target.cfg.to_json(), "shape": list(input_shape),
+                                       "protocol": protocol.to_json()}))
+        else:
+            job = Path(tmp) / "job.pt"
+            try:
+                torch.save({"target": target, "base": base, "candidate": candidate,
+                            "shape": list(input_shape), "protocol": protocol.to_json()}, job)
+            except (AttributeError, TypeError, pickle.PicklingError) as e:
+                raise PrunelabError(
+                    f"the models cannot be sent to a timing process ({str(e)[:120]}): on "
+                    f"{target.name} the modules travel pickled, so their classes must import in "
+                    "a new interpreter (define the model in a module, not inside a function or "
+                    "a notebook), or decide in this process (decision_processes=0)") from None
         env = {**os.environ, ENV: "off"}
         # the package this process runs, also in the child (a worktree's copy over an install)
         root = str(Path(__file__).resolve().parents[2])
@@ -300,6 +325,13 @@ def _in_processes(base, candidate, target, input_shape, protocol, processes, fir
                 r = subprocess.run(cmd, capture_output=True, text=True, env=env)
                 if r.returncode != 0:
                     tail = (r.stderr.strip().splitlines() or ["?"])[-1]
+                    if job.suffix == ".pt" and ("Error" in tail and ("import" in tail.lower()
+                                                                      or "attribute" in tail)):
+                        raise PrunelabError(
+                            f"a timing process could not load the model ({tail}): on "
+                            f"{target.name} the modules travel pickled, so their classes must "
+                            "import in a new interpreter (define the model in a module, not a "
+                            "notebook), or decide in this process (decision_processes=0)")
                     raise PrunelabError(f"a timing process failed ({tail}); run it alone: "
                                         f"{' '.join(cmd)}")
                 out.append(json.loads(r.stdout.strip().splitlines()[-1]))
@@ -308,11 +340,21 @@ def _in_processes(base, candidate, target, input_shape, protocol, processes, fir
 
 def _child(job: str, base_first: str, stream: str) -> None:
     """One timing process: load the job, time its sessions, print one JSON list."""
-    import torch
+    if job.endswith(".json"):  # an ONNX-based target: two graph files and the settings
+        from ..targets import TargetConfig, make_target
+        from ..targets._onnx import Graph
 
-    # the job is this package's own file, written by the parent into its private (0700) temporary
-    # folder a moment ago: the user's modules must travel whole (their code is not ours to rebuild)
-    j = torch.load(job, weights_only=False)
+        j = json.loads(Path(job).read_text())
+        j["target"] = make_target(TargetConfig.from_json(j["target"]))
+        for name in ("base", "candidate"):
+            j[name] = Graph((Path(job).parent / f"{name}.onnx").read_bytes(), name=name)
+    else:
+        import torch
+
+        # the job is this package's own file, written by the parent into its private (0700)
+        # temporary folder a moment ago: a torch target's modules must travel whole (their code
+        # is not ours to rebuild)
+        j = torch.load(job, weights_only=False)
     p = Protocol(**j["protocol"])
     rows = [time_session(j["target"], j["base"], j["candidate"], j["shape"], p,
                          (base_first == "1") == (s % 2 == 0), session=int(stream) * 64 + s)
