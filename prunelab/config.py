@@ -56,6 +56,9 @@ class SearchSection(_Section):
     recal_batches: Count = Field(6, description="BN re-estimation batches per candidate")
     val_images: Count = Field(1000, description="validation images per candidate (0: all)")
     measure_front: Positive = Field(12, description="front points measured on the target")
+    score_precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="precision of each candidate's BN re-estimate and validation: auto "
+        "= bf16 where the CPU runs it natively (AVX-512 BF16, AMX), else fp32")
     fidelity: str = Field("bn", description="how the measured points that meet the budget are "
                           "scored for the choice: bn (BN re-estimate + validation top-1, as "
                           "every candidate) or kd:N (N distillation steps from the unpruned "

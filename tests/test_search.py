@@ -304,3 +304,49 @@ def test_fidelity_kd_rescores_the_points_that_may_be_chosen_and_picks_by_that_sc
     assert r.chosen["method_choice"]["fidelity_top1"] == best["fidelity_top1"]
     with pytest.raises(PrunelabError, match="fidelity='kd:0' must be bn or kd:N"):
         pl.search(model, torch.zeros(1, 3, 16, 16), fidelity="kd:0", **kw)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "auto"])
+def test_candidates_run_their_forward_passes_in_the_score_precision(precision):
+    """score_precision: a candidate's BN re-estimate and validation run in bf16 (autocast) when
+    asked, or with auto where the CPU has native bf16; in fp32 otherwise.  A probe after the
+    first conv sees the dtype every pass computes in."""
+    import torch
+    import torch.nn as nn
+
+    from prunelab.criteria import make_criterion
+    from prunelab.pruning import keep_from_ratio, prunable_groups, score_groups
+    from prunelab.searches.evaluator import Candidates
+    from prunelab.train import bf16_supported
+
+    seen = []
+
+    class Probe(nn.Module):
+        def forward(self, x):
+            if len(x) == 8 and not x.requires_grad:  # a data batch (not a trace, not a count)
+                seen.append(x.dtype)
+            return x
+
+    class Data:
+        def batches(self, split, batch_size, **kw):
+            g = torch.Generator().manual_seed(0 if split == "train" else 1)
+            return [(torch.randn(8, 3, 16, 16, generator=g), torch.randint(0, 4, (8,), generator=g))
+                    for _ in range(2)]
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), Probe(), nn.BatchNorm2d(8), nn.ReLU(),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4)).eval()
+    crit = make_criterion("l1")
+    _, groups = prunable_groups(model, (3, 16, 16), 4)
+    scores, _ = score_groups(model, crit, groups)
+    c = Candidates(model, scores, crit, Data(), (3, 16, 16), 4, recal_batches=2, val_images=0,
+                   precision=precision)
+    seen.clear()
+    r = c.run(keep_from_ratio(groups, 0.5))
+    assert r["macs"] > 0
+    want = torch.bfloat16 if precision == "bf16" or (precision == "auto" and bf16_supported()) \
+        else torch.float32
+    assert len(seen) == 4 and set(seen) == {want}, seen  # 2 BN batches + 2 validation batches
+    assert 0.0 <= r["top1"] <= 1.0
+    with pytest.raises(PrunelabError, match="score_precision='fp16' must be auto, fp32 or bf16"):
+        SearchConfig(method="uniform", score_precision="fp16")

@@ -20,7 +20,8 @@ def _option(s: str) -> tuple[str, object]:
 
 
 TARGET_KEYS = ("batch_size", "threads", "precision", "calibration", "calib_images", "int8_types")
-SEARCH_KEYS = ("recal_batches", "val_images", "measure_front", "decision_processes", "fidelity")
+SEARCH_KEYS = ("recal_batches", "val_images", "measure_front", "decision_processes", "fidelity",
+               "score_precision")
 
 
 def cmd_search(args):
@@ -43,7 +44,7 @@ def cmd_search(args):
         int8_types=args.int8_types), budget=args.budget,
         seed=args.seed, recal_batches=args.recal_batches, val_images=args.val_images,
         measure_front=args.measure_front, decision_processes=args.decision_processes,
-        fidelity=args.fidelity, options=dict(args.option or []))
+        fidelity=args.fidelity, score_precision=args.score_precision, options=dict(args.option or []))
     method_entry(cfg)  # the method's options, before anything is loaded
     model, spec, data = open_model(args)  # a factory is probed with --dataset's input shape
     r = search_model(model, spec, data, cfg, args.out, args.cache_dir,

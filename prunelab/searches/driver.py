@@ -60,6 +60,7 @@ class SearchConfig:
     measure_front: int = _d("measure_front")  # front points measured on the target at the end
     decision_processes: int = _d("decision_processes")  # the landing's final speed-up decision
     fidelity: str = _d("fidelity")            # the choice's score: bn | kd:N (.scoring)
+    score_precision: str = _d("score_precision")  # candidates' forward passes: auto|fp32|bf16
     options: dict = field(default_factory=dict)
 
     @classmethod
@@ -69,7 +70,8 @@ class SearchConfig:
                    budget=search.budget, seed=seed, recal_batches=search.recal_batches,
                    val_images=search.val_images, measure_front=search.measure_front,
                    decision_processes=search.decision_processes,
-                   fidelity=search.fidelity, options=dict(search.options))
+                   fidelity=search.fidelity, score_precision=search.score_precision,
+                   options=dict(search.options))
 
     def __post_init__(self):
         # one spelling per budget (macs=0.50 is macs=0.5), so a resume compares like with like
@@ -83,6 +85,9 @@ class SearchConfig:
         from .scoring import fidelity_steps
 
         fidelity_steps(self.fidelity)
+        if self.score_precision not in ("auto", "fp32", "bf16"):
+            raise PrunelabError(f"score_precision={self.score_precision!r} must be auto, fp32 "
+                                "or bf16")
         if self.recal_batches < 0 or self.val_images < 0 or self.measure_front < 1:
             raise PrunelabError("--recal-batches and --val-images must be >= 0 and "
                                 "--measure-front >= 1")
