@@ -10,10 +10,12 @@ candidates are fine-tuned again with another seed: the noise ceiling.
     python bench/fidelity.py table
 
 ``land`` draws seeded allocation shapes (a base ratio and each group's ratio scattered around
-it, so the candidates differ in where they prune, not only how much) and lands each on
+it, so the candidates differ in where they prune, not only how much; every group keeps at least
+an eighth of its channels, at least 2: :func:`floor`) and lands each on
 ``speedup=3`` on onnxruntime-cpu (batch 1, 1 thread) with the search's own landing stage
 (paired in-process steps, 12-session decisions); only candidates that land inside
-``[1.00, 1.05] x`` are kept.  ``score`` (no timing: it may share the machine) computes every
+``[1.00, 1.05] x`` and above the floor are kept (the set landed before the floor keeps its
+degenerate members, marked, out of the scores and tables).  ``score`` (no timing: it may share the machine) computes every
 cheap score of every landed candidate, then its fine-tune; ``--shard K/N`` splits the
 candidates between processes.  Everything resumes candidate by candidate from
 bench/results/fidelity/<model>.json (committed as cells finish, so later sittings go on);
@@ -94,12 +96,23 @@ def _prune(net, spec, crit, scores, keep):
                  num_classes=spec.num_classes, scores=scores, count=False).model
 
 
+def floor(w: int) -> int:
+    """The fewest channels a group of width ``w`` keeps in the study: an eighth of it (at
+    least 2).  Below it a candidate is degenerate (one channel through a whole stage: the first
+    landed set had many, one fine-tuned to 34%), so ranking it says little about a search."""
+    return max(2, w // 8)
+
+
+def degenerate(keep: dict[str, int], widths: dict[str, int]) -> bool:
+    return any(k < floor(widths[g]) for g, k in keep.items())
+
+
 def shapes(widths: dict[str, int], n: int, seed: int):
     rng = np.random.default_rng(seed)
     while True:
         base = rng.uniform(0.3, 0.7)
-        yield {g: max(1, int(round(w * (1 - float(np.clip(base + rng.normal(0, 0.2), 0.0,
-                                                              0.9))))))
+        yield {g: max(floor(w), int(round(w * (1 - float(np.clip(base + rng.normal(0, 0.2),
+                                                                     0.0, 0.9))))))
                for g, w in widths.items()}
 
 
@@ -120,6 +133,8 @@ def land(model: str, n: int, seed: int, tries: int) -> None:
     d = _read(model)
     have = {c["key"] for c in d["candidates"]}
     d.setdefault("tried", 0)
+    for c in d["candidates"]:  # a set landed before the floor: its degenerate ones marked
+        c["degenerate"] = degenerate(c["keep"], widths)
 
     def timer(keep, processes, sessions):
         proto = dataclasses.replace(STEP_PROTOCOL, sessions=sessions or 6)
@@ -129,7 +144,7 @@ def land(model: str, n: int, seed: int, tries: int) -> None:
     gen = shapes(widths, n, seed)
     for _ in range(d["tried"]):  # the shapes already tried, skipped in order
         next(gen)
-    while len(d["candidates"]) < n and d["tried"] < tries:
+    while sum(not c["degenerate"] for c in d["candidates"]) < n and d["tried"] < tries:
         anchor = next(gen)
         d["tried"] += 1
         t0 = time.perf_counter()
@@ -138,9 +153,12 @@ def land(model: str, n: int, seed: int, tries: int) -> None:
         key = widths_key(widths, got.keep)
         print(f"[fidelity] {model} shape {d['tried']}: {got.status} at {got.value:.3f}x "
               f"({time.perf_counter() - t0:.0f} s)", flush=True)
-        if got.status == "landed" and key not in have:
+        if degenerate(got.keep, widths):  # the landing pruned a group past its floor
+            print(f"[fidelity] {model} shape {d['tried']}: degenerate, left out", flush=True)
+        elif got.status == "landed" and key not in have:
             have.add(key)
             d["candidates"].append({"key": key, "keep": got.keep, "speedup": got.value,
+                                    "degenerate": False,
                                     "interval": [got.estimate["low"], got.estimate["high"]],
                                     "kept": sum(got.keep.values()) / sum(widths.values()),
                                     "cpu": cpu_info()["cpu"], "scores": {}, "final": {}})
@@ -160,7 +178,7 @@ def score(model: str, shard: tuple[int, int], seed: int) -> None:
     k, of = shard
     d = _read(model)
     for i, c in enumerate(d["candidates"]):
-        if i % of != k:
+        if i % of != k or c.get("degenerate"):
             continue
         todo = [s for s in _score_names() if s not in c["scores"]]
         seeds = [0] + ([1] if i < NOISE_CANDIDATES else [])
@@ -232,7 +250,7 @@ def tables() -> None:
         "and its median cost per candidate on one core.", ""]
     for model in MODELS:
         d = _read(model)
-        done = [c for c in d["candidates"] if "0" in c["final"]]
+        done = [c for c in d["candidates"] if "0" in c["final"] and not c.get("degenerate")]
         if len(done) < 4:
             continue
         final = [c["final"]["0"]["val_top1"] for c in done]
