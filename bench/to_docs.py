@@ -12,6 +12,7 @@ marker                    page
 ``search-tables``         docs/searches.md  (bench/search.py)
 ``landing``               docs/searches.md  (bench/landing.py)
 ``architectures``         docs/architectures.md (bench/architectures.py)
+``architectures-ort``     docs/architectures.md (bench/architectures.py --ort)
 ``examples-compare``      docs/pipeline.md  (bench/examples.py)
 ``scaleout``              docs/scaleout.md  (bench/scaleout.py)
 ``cluster-cost``          docs/scaleout.md  (bench/cluster_cost.py)
@@ -71,6 +72,9 @@ def blocks() -> list[tuple[str, str, str]]:
     arch = RESULTS / "architectures.md"
     if arch.exists():
         out.append(("architectures.md", "architectures", arch.read_text()))
+    arch_ort = RESULTS / "architectures-ort.md"
+    if arch_ort.exists():
+        out.append(("architectures.md", "architectures-ort", arch_ort.read_text()))
     ex = RESULTS / "examples-compare.md"
     if ex.exists():
         out.append(("pipeline.md", "examples-compare", ex.read_text()))
