@@ -10,8 +10,9 @@ candidates are fine-tuned again with another seed: the noise ceiling.
     python bench/fidelity.py table
 
 ``land`` draws seeded allocation shapes (a base ratio and each group's ratio scattered around
-it, so the candidates differ in where they prune, not only how much; every group keeps at least
-an eighth of its channels, at least 2: :func:`floor`) and lands each on
+it, so the candidates differ in where they prune, not only how much; every group of the
+residual stream keeps at least an eighth of its channels, at least 2: :func:`floor`) and lands
+each on
 ``speedup=3`` on onnxruntime-cpu (batch 1, 1 thread) with the search's own landing stage
 (paired in-process steps, 12-session decisions); only candidates that land inside
 ``[1.00, 1.05] x`` and above the floor are kept (the set landed before the floor keeps its
@@ -97,24 +98,26 @@ def _prune(net, spec, crit, scores, keep):
 
 
 def floor(w: int) -> int:
-    """The fewest channels a group of width ``w`` keeps in the study: an eighth of it (at
-    least 2).  Below it a candidate is degenerate (one channel through a whole stage: the first
-    landed set had many, one fine-tuned to 34%), so ranking it says little about a search."""
+    """The fewest channels a residual-stream group of width ``w`` keeps in the study: an eighth
+    of it (at least 2).  Below it a candidate is degenerate (one channel through a whole stage:
+    the first landed set had 17 of 24 so, one fine-tuned to 34%), and ranking it says little
+    about a search.  A block's inner group may go down to 1 (the block all but skipped)."""
     return max(2, w // 8)
 
 
-def degenerate(keep: dict[str, int], widths: dict[str, int]) -> bool:
-    return any(k < floor(widths[g]) for g, k in keep.items())
+def degenerate(keep: dict[str, int], widths: dict[str, int], stream: set[str]) -> bool:
+    return any(k < floor(widths[g]) for g, k in keep.items() if g in stream)
 
 
-def shapes(widths: dict[str, int], n: int, seed: int):
+def shapes(widths: dict[str, int], n: int, seed: int, stream: set[str] = frozenset()):
     # removal fractions around where resnet20 runs 3x (it keeps 12-43% of its channels there),
     # so the landing stage scales each shape little and seldom past a group's floor
     rng = np.random.default_rng(seed)
     while True:
         base = rng.uniform(0.55, 0.8)
-        yield {g: max(floor(w), int(round(w * (1 - float(np.clip(base + rng.normal(0, 0.15),
-                                                                     0.0, 0.875))))))
+        yield {g: max(floor(w) if g in stream else 1,
+                      int(round(w * (1 - float(np.clip(base + rng.normal(0, 0.15), 0.0,
+                                                       0.875))))))
                for g, w in widths.items()}
 
 
@@ -131,19 +134,20 @@ def land(model: str, n: int, seed: int, tries: int) -> None:
 
     net, spec, data, crit, groups, scores = _setup(model)
     widths = {g.name: g.width for g in groups}
+    stream = {g.name for g in groups if len(g.producers) > 1}  # coupled by residual adds
     target = make_target(TargetConfig("onnxruntime-cpu", threads=1))
     d = _read(model)
     have = {c["key"] for c in d["candidates"]}
     d.setdefault("tried", 0)
     for c in d["candidates"]:  # a set landed before the floor: its degenerate ones marked
-        c["degenerate"] = degenerate(c["keep"], widths)
+        c["degenerate"] = degenerate(c["keep"], widths, stream)
 
     def timer(keep, processes, sessions):
         proto = dataclasses.replace(STEP_PROTOCOL, sessions=sessions or 6)
         return paired_speedup(net, _prune(net, spec, crit, scores, keep), target,
                               spec.input_shape, proto, processes=processes, seed=seed)
 
-    gen = shapes(widths, n, seed)
+    gen = shapes(widths, n, seed, stream)
     for _ in range(d["tried"]):  # the shapes already tried, skipped in order
         next(gen)
     while sum(not c["degenerate"] for c in d["candidates"]) < n and d["tried"] < tries:
@@ -155,7 +159,7 @@ def land(model: str, n: int, seed: int, tries: int) -> None:
         key = widths_key(widths, got.keep)
         print(f"[fidelity] {model} shape {d['tried']}: {got.status} at {got.value:.3f}x "
               f"({time.perf_counter() - t0:.0f} s)", flush=True)
-        if degenerate(got.keep, widths):  # the landing pruned a group past its floor
+        if degenerate(got.keep, widths, stream):  # the landing pruned a group past its floor
             print(f"[fidelity] {model} shape {d['tried']}: degenerate, left out", flush=True)
         elif got.status == "landed" and key not in have:
             have.add(key)
@@ -178,7 +182,11 @@ def score(model: str, shard: tuple[int, int], seed: int) -> None:
     cands = Candidates(net, scores, crit, data, spec.input_shape, spec.num_classes,
                        recal_batches=6, val_images=SUBSET, seed=seed)
     k, of = shard
+    widths = {g.name: g.width for g in groups}
+    stream = {g.name for g in groups if len(g.producers) > 1}
     d = _read(model)
+    for c in d["candidates"]:  # by the current floor (a set landed before it has some)
+        c["degenerate"] = degenerate(c["keep"], widths, stream)
     for i, c in enumerate(d["candidates"]):
         if i % of != k or c.get("degenerate"):
             continue
