@@ -124,7 +124,7 @@ ARCHS: tuple[Arch, ...] = (
     _A("mixnet_m", "MixNet", "timm", "mixnet_m"),
     _A("vgg11_bn", "VGG", "torchvision", "vgg11_bn", size=32, ci=True),
     _A("squeezenet1_1", "SqueezeNet", "torchvision", "squeezenet1_1", ci=True),
-    _A("rexnet_100", "ReXNet", "timm", "rexnet_100"),
+    _A("rexnet_100", "ReXNet", "timm", "rexnet_100", ci=True),
     _A("ese_vovnet19b_slim_dw", "VoVNet", "timm", "ese_vovnet19b_slim_dw", ci=True),
 )
 MODELS = {a.name: a for a in ARCHS}
