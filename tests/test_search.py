@@ -221,6 +221,17 @@ def test_search_errors(model_dir, cache_dir, idx_dir, tmp_path):
               "--recal-batches", "1", "--val-images", "0", "--measure-front", "3",
               "--option", "front=2"])
     assert r.returncode == 2 and "other settings (budget)" in r.stderr, r.stderr
+    # a folder made before settings were added resumes when they are asked at their defaults
+    # (it shows its result), and is refused when they are not
+    cfg = json.loads((out / "config.json").read_text())
+    for k in ("fidelity", "score_precision"):
+        del cfg[k]
+    (out / "config.json").write_text(json.dumps(cfg))
+    assert _run("uniform", model_dir, cache_dir, idx_dir, out)["resumed"]
+    r = _cli([*base, "--method", "uniform", "--budget", "macs=0.6", "--out", str(out),
+              "--recal-batches", "1", "--val-images", "0", "--measure-front", "3",
+              "--option", "front=2", "--target", "torch-cpu", "--fidelity", "kd:5"])
+    assert r.returncode == 2 and "other settings (fidelity)" in r.stderr, r.stderr
 
 
 def test_a_speedup_no_model_of_the_space_reaches_stops_up_front(model_dir, cache_dir, idx_dir,

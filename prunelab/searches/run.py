@@ -17,6 +17,9 @@ from .driver import Search, SearchCallbacks, SearchConfig
 from .selection import finish
 
 RESULT = "result.json"
+# settings added to [search] after search folders existed, with their defaults: a folder made
+# before them resumes (or shows its result) when they are asked at these values
+ADDED = {"fidelity": "bn", "score_precision": "auto"}
 
 
 def _prepare_folder(out: Path, config: dict) -> dict | None:
@@ -27,6 +30,8 @@ def _prepare_folder(out: Path, config: dict) -> dict | None:
         old = read_json(out / "config.json")
         if old is None:
             raise PrunelabError(f"--out {out} exists and is not a search folder; choose a new one")
+        # a setting added since the folder was made, asked at its default, is the same search
+        old = {**{k: v for k, v in ADDED.items() if k not in old and config.get(k) == v}, **old}
         if old != config:
             diff = sorted(k for k in set(old) | set(config) if old.get(k) != config.get(k))
             raise PrunelabError(f"{out} holds a search with other settings ({', '.join(diff)}); "
