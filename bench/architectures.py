@@ -165,7 +165,8 @@ def ort_table(rows: list[dict]) -> str:
            f"budget=\"speedup={ORT_BUDGET:g}\", method=\"uniform\", criterion=\"l1\")`, "
            "the landing stage deciding in fresh processes; then `prunelab latency compare` of the "
            "unpruned and the pruned ONNX file in 6 new processes; CPU: "
-           f"{', '.join(cpus)}).", "",
+           f"{', '.join(cpus)}; {len(rows)} of the {len(family_models())} families run so "
+           "far).", "",
            f"Landed ({lo:g}-{hi:g}x, interval's lower end >= {0.97 * ORT_BUDGET:.3g}x): "
            f"**{len(landed)}/{len(rows)}** families; the independent re-measure inside "
            f"{lo:g}-{hi:g}x: {len(again)}/{len(rows)}.", "",
@@ -221,7 +222,11 @@ def main() -> None:
     if unknown:
         raise SystemExit(f"unknown model {unknown[0]!r}; models: {', '.join(MODELS)}")
     if args.ort:
-        run_ort(args.models, args.timeout)
+        if args.table:
+            rows = json.loads(ORT_JSON.read_text()) if ORT_JSON.exists() else []
+            atomic_write_text(RESULTS / "architectures-ort.md", ort_table(rows))
+        else:
+            run_ort(args.models, args.timeout)
         return
     todo = [] if args.table else (args.models or [a.name for a in ARCHS if a.name not in rows])
     for name in todo:
