@@ -283,7 +283,8 @@ def build_lut(target, units: Sequence[Unit], cache: Cache, cfg: LutConfig = LutC
     The whole build is one quiet section of the timing gate (:mod:`prunelab.gate`): timed
     point by point, each of its hundreds of short timings waited for a batch of any other
     prunelab process on the machine to end (a resnet18 table beside a fine-tune had not finished
-    in 20 minutes); now it waits once and the others pause until it is done."""
+    in 20 minutes); now it waits once and the others pause until it is done.  A remote target
+    times on its own node, under that machine's gate, so none is held here."""
     import contextlib
 
     from ..gate import timing
@@ -292,7 +293,10 @@ def build_lut(target, units: Sequence[Unit], cache: Cache, cfg: LutConfig = LutC
     meter = PointMeter(target, cache, cfg.protocol)
     temps = signature_templates(units)
     tables = {}
-    quiet = timing() if meter.formula is None else contextlib.nullcontext()
+    # a remote (Ray) target times on its node, under that machine's gate: holding this one
+    # while its actor waits to make a session would deadlock
+    local = meter.formula is None and not hasattr(target, "time_jobs")
+    quiet = timing() if local else contextlib.nullcontext()
     try:
         with quiet:
             for i, (sig, u) in enumerate(temps.items()):
