@@ -91,7 +91,7 @@ class Candidates:
         self.layout = _fast_layout(model, input_shape)
         # the forward passes of a candidate (BN re-estimate, validation) in bf16 where the CPU
         # runs it natively: about 2x faster on an AVX-512 BF16 EPYC (resnet56, 1,000 images:
-        # 2.1 s -> 1.0 s, the same correct count); emulated bf16 would be slower, so never there
+        # 1.33 s -> 0.71 s, the same correct count); emulated bf16 would be slower, so never there
         self.bf16 = precision == "bf16" or (precision == "auto" and bf16_supported())
 
     def _autocast(self):
