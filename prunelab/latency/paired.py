@@ -308,11 +308,8 @@ def _in_processes(base, candidate, target, input_shape, protocol, processes, fir
                 torch.save({"target": target, "base": base, "candidate": candidate,
                             "shape": list(input_shape), "protocol": protocol.to_json()}, job)
             except (AttributeError, TypeError, pickle.PicklingError) as e:
-                raise PrunelabError(
-                    f"the models cannot be sent to a timing process ({str(e)[:120]}): on "
-                    f"{target.name} the modules travel pickled, so their classes must import in "
-                    "a new interpreter (define the model in a module, not inside a function or "
-                    "a notebook), or decide in this process (decision_processes=0)") from None
+                raise _unpicklable(target, "the models cannot be sent to a timing process",
+                                   str(e)[:120]) from None
         env = {**os.environ, ENV: "off"}
         # the package this process runs, also in the child (a worktree's copy over an install)
         root = str(Path(__file__).resolve().parents[2])
@@ -327,15 +324,20 @@ def _in_processes(base, candidate, target, input_shape, protocol, processes, fir
                     tail = (r.stderr.strip().splitlines() or ["?"])[-1]
                     if job.suffix == ".pt" and ("Error" in tail and ("import" in tail.lower()
                                                                       or "attribute" in tail)):
-                        raise PrunelabError(
-                            f"a timing process could not load the model ({tail}): on "
-                            f"{target.name} the modules travel pickled, so their classes must "
-                            "import in a new interpreter (define the model in a module, not a "
-                            "notebook), or decide in this process (decision_processes=0)")
+                        raise _unpicklable(target, "a timing process could not load the "
+                                           "model", tail)
                     raise PrunelabError(f"a timing process failed ({tail}); run it alone: "
                                         f"{' '.join(cmd)}")
                 out.append(json.loads(r.stdout.strip().splitlines()[-1]))
     return out
+
+
+def _unpicklable(target, what: str, why: str) -> PrunelabError:
+    """The one line for a torch target's modules that a timing process cannot get."""
+    return PrunelabError(f"{what} ({why}): on {target.name} the modules travel pickled, so their "
+                         "classes must import in a new interpreter (define the model in a "
+                         "module, not inside a function or a notebook), or decide in this "
+                         "process (decision_processes=0)")
 
 
 def _child(job: str, base_first: str, stream: str) -> None:
