@@ -147,6 +147,9 @@ def land(model: str, n: int, seed: int, tries: int) -> None:
         return paired_speedup(net, _prune(net, spec, crit, scores, keep), target,
                               spec.input_shape, proto, processes=processes, seed=seed)
 
+    # the landing path stops at each group's floor (before it did not, and narrowed most shapes
+    # to one channel a stage)
+    floors = {g: floor(w) if g in stream else 1 for g, w in widths.items()}
     gen = shapes(widths, n, seed, stream)
     for _ in range(d["tried"]):  # the shapes already tried, skipped in order
         next(gen)
@@ -155,7 +158,7 @@ def land(model: str, n: int, seed: int, tries: int) -> None:
         d["tried"] += 1
         t0 = time.perf_counter()
         got = Lander(Budget.parse(f"speedup={SPEEDUP:g}"), widths, anchor, timer=timer,
-                     decision_processes=0).land()
+                     decision_processes=0, floors=floors).land()
         key = widths_key(widths, got.keep)
         print(f"[fidelity] {model} shape {d['tried']}: {got.status} at {got.value:.3f}x "
               f"({time.perf_counter() - t0:.0f} s)", flush=True)

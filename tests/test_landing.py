@@ -16,8 +16,8 @@ import torch
 import torch.nn as nn
 
 from prunelab.searches.budget import Budget
-from prunelab.searches.landing import (BAND, CEIL_BAND, FLOOR, Lander, anchored_path,
-                                       landed_speedup, path_end)
+from prunelab.searches.landing import (BAND, CEIL_BAND, FLOOR, MAX_DECISIONS, MISSED_ROUNDS,
+                                       Lander, anchored_path, landed_speedup, path_end)
 
 WIDTHS = {"a": 64, "b": 64, "c": 32}
 
@@ -195,8 +195,9 @@ def test_a_staircase_step_read_under_the_budget_but_not_surely_is_measured_again
 
 def test_the_staircase_step_taken_is_read_in_fresh_processes():
     """The step the staircase takes is decided in fresh processes like a landed point; when they
-    read it below the budget (an in-process reading inflated by a neighbour's load), the result
-    carries their figure and says so, not the step's."""
+    read it below the budget (an in-process reading inflated by a neighbour's load), that
+    decision recalibrates the steps and the bisection goes on to a step they read over it (dla46_c
+    on onnxruntime-cpu stopped at a step read 1.448x for 1.5x)."""
     def stairs(keep):
         return 0.2 + sum(math.ceil(k / 16) for k in keep.values())
     base = stairs(WIDTHS)
@@ -210,9 +211,13 @@ def test_the_staircase_step_taken_is_read_in_fresh_processes():
         return _est(r)
     land = Lander(Budget.parse("speedup=2"), WIDTHS, {"a": 48, "b": 48, "c": 24}, timer=timer,
                   decision_processes=6).land()
-    assert land.status == "missed" and not land.met and decided
+    assert land.status == "staircase" and land.met and len(decided) >= 2
     assert land.steps[-1].how == "decision" and land.value == pytest.approx(decided[-1] / 1.3)
-    assert land.value < 2 and "below the budget" in land.message
+    assert land.value >= 2
+    missed = [s for s in land.steps if s.how == "decision" and s.value < 2]
+    assert missed, "the first step taken read under the budget in fresh processes"
+    # ... and the step taken is the next one along the path, not a jump to the path's end
+    assert land.steps[-1].t > missed[0].t and land.value < 3
 
 
 def test_an_impossible_budget_says_what_was_reached():
@@ -317,3 +322,83 @@ def test_an_absolute_latency_budget_the_unpruned_model_meets(tmp_path):
     assert land["status"] == "unpruned" and "already meets" in land["message"]
     assert res.keep == res.widths_before and res.chosen["budget_met"]
     assert TargetConfig  # imported for the scripted target's registration
+
+
+def test_a_step_fresh_processes_always_read_under_the_budget_ends_missed():
+    """The rounds after a missed step are bounded: where fresh processes read every point under
+    the budget (here they never read over 1.95x, whatever the step process says), the stage
+    never calls the budget met, reports their figure and says what happened."""
+    def stairs(keep):
+        return 0.2 + sum(math.ceil(k / 16) for k in keep.values())
+    base = stairs(WIDTHS)
+    decided = []
+
+    def timer(keep, processes, sessions):
+        r = base / stairs(keep)
+        if processes:
+            decided.append(r)
+            return _est(min(r, 1.95))
+        return _est(r)
+    land = Lander(Budget.parse("speedup=2"), WIDTHS, {"a": 48, "b": 48, "c": 24}, timer=timer,
+                  decision_processes=6).land()
+    assert land.status in ("missed", "unreachable") and not land.met
+    assert land.value == pytest.approx(1.95)
+    assert "below the budget" in land.message or "cannot be met" in land.message
+    assert 2 <= len(decided) <= MAX_DECISIONS + MISSED_ROUNDS + 2
+
+
+def test_the_path_stops_at_each_groups_floor():
+    floors = {"a": 8, "b": 16, "c": 4}
+    choice = {"a": 32, "b": 48, "c": 32}
+    path = anchored_path(WIDTHS, choice, floors=floors)
+    end = path_end(WIDTHS, choice, floors)
+    ts = [i / 10 for i in range(0, 80)]
+    for g in WIDTHS:
+        ws = [path(t)[g] for t in ts]
+        assert all(x >= y for x, y in zip(ws, ws[1:])) and min(ws) >= floors[g], g
+    assert path(end) == floors and path(end + 1) == floors
+    assert path(1.0) == choice   # still anchored on the choice
+
+
+def test_the_paths_end_is_decided_in_fresh_processes_before_unreachable():
+    """An in-process step that reads the path's end under the budget is not the verdict: fresh
+    processes decide it (mobilenet_v3_small read 1.495x for 1.5x, re-measured 1.568x)."""
+    base = _cost(WIDTHS)
+    end = _cost({g: 1 for g in WIDTHS})
+    b = base / end
+    calls = []
+
+    def timer(keep, processes, sessions):
+        calls.append(processes)
+        r = base / _cost(keep)
+        return _est(r if processes else r * 0.96)   # the step process reads 4% slow
+    land = Lander(Budget.parse(f"speedup={b:.6g}"), WIDTHS, {"a": 32, "b": 32, "c": 16},
+                  timer=timer, decision_processes=6).land()
+    assert land.status == "landed" and land.met and 6 in calls, land.message
+
+
+def test_a_path_whose_end_is_slow_tries_a_floor_of_one_simd_block():
+    """On a blocked-layout runtime a group at fewer channels than one block runs slower than at
+    a whole block; a path to one channel a group then cannot land what a path that stops at the
+    block can: the next set of floors is tried."""
+    def blocked(keep):   # a width under 8 pays a layout change; otherwise 8-channel blocks
+        return 1.0 + sum(3.0 if k < 8 else math.ceil(k / 8) * 0.5 for k in keep.values())
+    base = blocked(WIDTHS)
+    best = base / blocked({g: 8 for g in WIDTHS})
+    assert base / blocked({g: 1 for g in WIDTHS}) < best / 1.2
+    timer = _timer(blocked)
+    want = round(best * 0.98, 3)
+    one = Lander(Budget.parse(f"speedup={want}"), WIDTHS, {"a": 32, "b": 32, "c": 16},
+                 timer=timer, decision_processes=0, floors={}).land()
+    assert one.status != "landed"
+    land = Lander(Budget.parse(f"speedup={want}"), WIDTHS, {"a": 32, "b": 32, "c": 16},
+                  timer=timer, decision_processes=0,
+                  floors=[{}, {g: 8 for g in WIDTHS}]).land()
+    assert land.status in ("landed", "staircase") and land.met, land.message
+    assert min(land.keep.values()) >= 8
+    # nothing reaches it: the best of the floors tried is reported, said so
+    land = Lander(Budget.parse(f"speedup={best * 1.5:.4g}"), WIDTHS, {"a": 32, "b": 32, "c": 16},
+                  timer=timer, decision_processes=0,
+                  floors=[{}, {g: 8 for g in WIDTHS}]).land()
+    assert land.status == "unreachable" and land.value == pytest.approx(best, rel=0.01)
+    assert "cannot be met" in land.message

@@ -47,6 +47,7 @@ CEIL_BAND = 0.03   # macs=/params=v: landed = kept in [0.97 v, v]
 MAX_STEPS = 16     # timed (or counted) points of one bisection
 MAX_DECISIONS = 3  # separate-process confirmations before the stage settles
 MORE_DECISIONS = 2  # extra rounds pooled into a decision whose interval spans floor and budget
+MISSED_ROUNDS = 2  # bisections again after a staircase step decided under the budget
 
 
 def _fractions(widths: dict[str, int], choice: dict[str, int]) -> dict[str, float]:
@@ -54,36 +55,46 @@ def _fractions(widths: dict[str, int], choice: dict[str, int]) -> dict[str, floa
     return r if any(v > 0 for v in r.values()) else {g: 1.0 for g in widths}
 
 
-def _anchored_end(widths: dict[str, int], r: dict[str, float]) -> float:
-    """Where every group the choice prunes has reached one channel."""
-    ends = [(1 - 1 / w) / r[g] for g, w in widths.items() if r[g] > 0 and w > 1]
+def _floors(widths: dict[str, int], floors: dict[str, int] | None) -> dict[str, int]:
+    """Each group's least width on the path: ``floors[g]`` (1 where not given), at most its
+    width."""
+    return {g: max(1, min(w, int((floors or {}).get(g, 1)))) for g, w in widths.items()}
+
+
+def _anchored_end(widths: dict[str, int], r: dict[str, float], f: dict[str, int]) -> float:
+    """Where every group the choice prunes has reached its floor."""
+    ends = [(1 - f[g] / w) / r[g] for g, w in widths.items() if r[g] > 0 and w > f[g]]
     return max(ends) if ends else 0.0
 
 
 def anchored_path(widths: dict[str, int], choice: dict[str, int],
-                  stairs: dict[str, list[int]] | None = None) -> Callable[[float], dict]:
+                  stairs: dict[str, list[int]] | None = None,
+                  floors: dict[str, int] | None = None) -> Callable[[float], dict]:
     """Widths along the path anchored on ``choice``: group ``g`` keeps
-    ``width * (1 - min(t * r_g, 1 - 1/width))`` channels (``r_g`` its removed fraction in the
-    choice; every group when the choice removes nothing), snapped up to ``stairs[g]`` when given.
-    Past the point where the choice's groups reach one channel, the path goes on for one more
-    unit of ``t``, narrowing every group left uniformly to one channel (so a lopsided choice can
-    still reach a budget its own groups cannot).  Non-increasing in ``t`` for every group; see
+    ``width * (1 - min(t * r_g, 1 - floor_g/width))`` channels (``r_g`` its removed fraction in
+    the choice; every group when the choice removes nothing; ``floor_g`` its least width,
+    ``floors[g]``, 1 where not given), snapped up to ``stairs[g]`` when given.  Past the point
+    where the choice's groups reach their floors, the path goes on for one more unit of ``t``,
+    narrowing every group left uniformly to its floor (so a lopsided choice can still reach a
+    budget its own groups cannot).  Non-increasing in ``t`` for every group; see
     :func:`path_end` for where it ends."""
     r = _fractions(widths, choice)
-    t_a = _anchored_end(widths, r)
+    f = _floors(widths, floors)
+    t_a = _anchored_end(widths, r, f)
 
     def raw(t: float) -> dict[str, int]:
         out = {}
         for g, w in widths.items():
-            frac = min(max(t, 0.0) * r[g], 1 - 1 / w)
-            out[g] = max(1, min(w, int(round(w * (1 - frac)))))
+            frac = min(max(t, 0.0) * r[g], 1 - f[g] / w)
+            out[g] = max(f[g], min(w, int(round(w * (1 - frac)))))
         return out
 
     def keep(t: float) -> dict[str, int]:
         out = raw(t)
-        if t > t_a:  # the choice's groups are at one channel: narrow the rest uniformly
+        if t > t_a:  # the choice's groups are at their floors: narrow the rest uniformly
             u = min(1.0, t - t_a)
-            out = {g: max(1, int(round(k * (1 - u * (1 - 1 / k))))) for g, k in out.items()}
+            out = {g: max(f[g], int(round(k * (1 - u * (1 - f[g] / k)))))
+                   for g, k in out.items()}
         if stairs:
             out = {g: next((s for s in stairs.get(g) or [] if s >= k), k)
                    for g, k in out.items()}
@@ -92,11 +103,13 @@ def anchored_path(widths: dict[str, int], choice: dict[str, int],
     return keep
 
 
-def path_end(widths: dict[str, int], choice: dict[str, int]) -> float:
-    """The ``t`` at which every group of the path is at one channel."""
+def path_end(widths: dict[str, int], choice: dict[str, int],
+             floors: dict[str, int] | None = None) -> float:
+    """The ``t`` at which every group of the path is at its floor."""
     r = _fractions(widths, choice)
-    return _anchored_end(widths, r) + (1.0 if any(r[g] == 0 and w > 1
-                                                  for g, w in widths.items()) else 0.0)
+    f = _floors(widths, floors)
+    return _anchored_end(widths, r, f) + (1.0 if any(r[g] == 0 and w > f[g]
+                                                     for g, w in widths.items()) else 0.0)
 
 
 class _Scaled:
@@ -178,13 +191,18 @@ class Lander:
     def __init__(self, budget: Budget, widths: dict[str, int], choice: dict[str, int],
                  timer=None, counter=None, stairs: dict[str, list[int]] | None = None,
                  decision_processes: int = 6, base_ms: float | None = None,
-                 saving: Callable[[dict, str, int], float] | None = None):
+                 saving: Callable[[dict, str, int], float] | None = None,
+                 floors: dict[str, int] | list[dict[str, int]] | None = None):
         self.budget, self.widths = budget, dict(widths)
         self.choice = {g: choice.get(g, w) for g, w in widths.items()}
         self.timer, self.counter = timer, counter
         self.stairs = stairs if budget.kind == "latency" else None
-        self.path = anchored_path(self.widths, self.choice, self.stairs)
-        self.t_end = path_end(self.widths, self.choice)
+        # the least widths of the path; a list: tried in turn while the path's end cannot meet
+        # the budget (on a blocked-layout runtime one channel can run slower than a whole SIMD
+        # block, so a path that stops at 8 or 16 channels can reach what one to 1 cannot)
+        self.floor_sets = [dict(f) for f in floors] if isinstance(floors, list) else \
+            [dict(floors or {})]
+        self._use(self.floor_sets[0])
         self.decision_processes = decision_processes
         self.steps: list[Step] = []
         self.base_ms = base_ms
@@ -192,6 +210,11 @@ class Lander:
         self.decisions = 0
         self.correction = 1.0  # decision / in-process step, for the same widths (the last one)
         self.raw = None
+
+    def _use(self, floors: dict[str, int]) -> None:
+        self.floors = _floors(self.widths, floors)
+        self.path = anchored_path(self.widths, self.choice, self.stairs, self.floors)
+        self.t_end = path_end(self.widths, self.choice, self.floors)
 
     # -- one point --------------------------------------------------------------------------
     def _target(self, est=None) -> float:
@@ -263,14 +286,20 @@ class Lander:
             self.seen[key] = {"t": t, "step": s, "raw": self.raw, "decided": None}
             if self._side(s, est) == 0 and self.budget.kind == "latency" and \
                     self.decisions < MAX_DECISIONS:
-                self.decisions += 1
-                raw = self.raw
-                ds, dest = self._decide(t, keep)
-                self.seen[key]["decided"] = (ds, dest)
-                # the steps are calibrated on the decisions: the step process reads the same
-                # widths this much faster than fresh processes do (its state, its order)
-                self.correction = dest.estimate / raw.estimate
+                self._decide_point(key)
         return (*self._current(key), new)
+
+    def _decide_point(self, key: tuple) -> tuple[Step, object]:
+        """Decide a measured point in fresh processes; the decision replaces its step from now
+        on, and the steps are calibrated on it: the step process reads the same widths this
+        much faster than fresh processes do (its state, its order)."""
+        p = self.seen[key]
+        self.decisions += 1
+        ds, dest = self._decide(p["t"], dict(key))
+        p["decided"] = (ds, dest)
+        if p["raw"] is not None:
+            self.correction = dest.estimate / p["raw"].estimate
+        return ds, dest
 
     def _current(self, key: tuple) -> tuple[Step, object]:
         p = self.seen[key]
@@ -298,8 +327,30 @@ class Lander:
     def land(self) -> Landing:
         """Bisect the anchored path; where two neighbouring points of it bracket the band, bisect
         the single-stair moves between them (one group's stair at a time, the best saving per
-        channel first)."""
+        channel first).  Where the staircase step taken reads under the budget in fresh
+        processes ("missed"), that decision recalibrates the steps and the bisection goes on
+        (``MISSED_ROUNDS`` times); where the path's end cannot meet the budget, the next set of
+        floors is tried, and the best reached is reported."""
         self.seen: dict[tuple, dict] = {}
+        best = None
+        for i, f in enumerate(self.floor_sets):
+            if i:
+                self._use(f)
+                log(f"the path to its least widths reached {best.value:.4g} against "
+                    f"{best.target:.4g}: trying one that stops at "
+                    f"{max(self.floors.values())} channels a group")
+            for _ in range(1 + MISSED_ROUNDS):
+                got = self._land_path()
+                if got.status != "missed" or self.decisions >= MAX_DECISIONS + MISSED_ROUNDS:
+                    break
+            if got.status != "unreachable":
+                return got
+            if best is None or got.value > best.value:
+                best = got
+        log(best.message)
+        return best
+
+    def _land_path(self) -> Landing:
         on_path: dict[tuple, float] = {}
         measured = 0
         t = 1.0
@@ -317,7 +368,15 @@ class Lander:
             lo_t = lo[0] if lo else 0.0
             if hi is None:  # nothing fast enough yet: further along the path
                 if lo_t >= self.t_end:
-                    return self._unreachable(*lo[1])
+                    key = tuple(sorted(lo[1][0].keep.items()))
+                    if self.budget.kind != "latency" or self.seen[key]["decided"]:
+                        return self._unreachable(*lo[1])
+                    # the path's end, read in-process under the budget: decide it in fresh
+                    # processes before calling the budget unreachable (it may read over it)
+                    s, est = self._decide_point(key)
+                    if self._side(s, est) == 0:
+                        return self._result("landed", s, est)
+                    continue
                 t = min(self.t_end, max(2 * lo_t, lo_t + 0.25))
                 continue
             if hi[0] - lo_t < 1e-4 * max(1.0, self.t_end):
@@ -423,8 +482,9 @@ class Lander:
         if self.budget.kind == "latency" and s.how != "decision":
             # the step taken is read in fresh processes too, as a landed point is: an in-process
             # step can read far off under a neighbour's load (abc at 2x took a step read 2.45x,
-            # [1.43, 2.52], that re-measured 1.44x); the result reports what they read
-            s, est = self._decide(s.t, s.keep)
+            # [1.43, 2.52], that re-measured 1.44x); the result reports what they read, and
+            # a reading under the budget recalibrates the steps for the next round
+            s, est = self._decide_point(tuple(sorted(s.keep.items())))
             if est.estimate < self._target(est):
                 note = (f"{note}; " if note else "") + (
                     f"its reading in fresh processes, {est.estimate:.4g}, is below the budget")
@@ -445,10 +505,12 @@ class Lander:
     def _unreachable(self, s: Step, est) -> Landing:
         b = self._target(est)
         what = "speed-up" if self.budget.kind == "latency" else f"{self.budget.kind} kept"
+        least = max(self.floors.values())
+        tried = "" if len(self.floor_sets) == 1 else \
+            f"; paths stopping at {len(self.floor_sets)} different least widths were tried"
         msg = (f"budget {self.budget} cannot be met: the most pruned model on the path "
-               f"(one channel per group at most) reached {what} {s.value:.4g} against "
-               f"{b:.4g}; it is returned")
-        log(msg)
+               f"({'one channel' if least == 1 else f'at most {least} channels'} per group) "
+               f"reached {what} {s.value:.4g} against {b:.4g}; it is returned{tried}")
         return Landing("unreachable", s.keep, b, s.value, self._json(est), self.steps,
                        message=msg, correction=self.correction)
 

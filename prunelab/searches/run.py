@@ -117,9 +117,8 @@ def _check_reach(ctx: Search, budget: Budget) -> None:
     method can land it: one line says what the target reaches, and nothing is left behind.  An
     unpruned model (or int8 alone) that already meets the budget is the landing's business (it
     is the answer)."""
-    from ..pruning import align
     from .landing import FLOOR, unpruned_meets
-    from .selection import _timer
+    from .selection import _timer, path_floors
 
     if budget.kind != "latency" or unpruned_meets(budget, ctx.base["latency_ms"], ctx.gain) or \
             hasattr(ctx.target, "time_jobs"):
@@ -127,8 +126,7 @@ def _check_reach(ctx: Search, budget: Budget) -> None:
     timer, est = _timer(ctx), None
     # the least widths first; where they miss, every group at one SIMD block (8 or 16
     # channels): on a blocked-layout runtime a width of 1 can run slower than a whole block
-    for block in REACH_BLOCKS:
-        keep = {g.name: align(min(block, g.width), g.width, g.step) for g in ctx.groups}
+    for keep in path_floors(ctx, budget):
         e = timer(keep, 0, 6)
         est = e if est is None or e.estimate > est.estimate else est
         want = budget.value if budget.relative else e.base_ms / budget.value

@@ -50,6 +50,20 @@ def _to_measure(ctx: Search, pool: list[dict], n: int) -> list[dict]:
     return chosen
 
 
+def path_floors(ctx, budget) -> list[dict[str, int]]:
+    """The landing path's least widths: each group's step (one channel where it has none);
+    for a latency budget then, in turn, one SIMD block of each width the reach check tries
+    (:data:`~prunelab.searches.run.REACH_BLOCKS`), where the path to the least widths cannot
+    meet the budget."""
+    from ..pruning import align
+    from .run import REACH_BLOCKS
+
+    blocks = REACH_BLOCKS if budget.kind == "latency" else REACH_BLOCKS[:1]
+    sets = [{g.name: align(min(b, g.width), g.width, g.step) for g in ctx.groups}
+            for b in blocks]
+    return [f for i, f in enumerate(sets) if f not in sets[:i]]
+
+
 def _rescore(ctx: Search, points: list[dict]) -> list[dict]:
     """With ``fidelity = "kd:N"``: the points that meet the budget, each given N distillation
     steps from the unpruned model (the fine-tune's loss), its BN re-estimated again and scored
@@ -139,8 +153,8 @@ def finish(ctx: Search, ref: str, budget: Budget, crit_spec: str) -> tuple[dict,
                          counter=lambda k: ctx.cost(k)[budget.kind] / ctx.base[budget.kind],
                          stairs=stairs, decision_processes=ctx.cfg.decision_processes,
                          base_ms=ref_ms,
-                         saving=lambda k, g, w: ctx.predict(k) - ctx.predict({**k, g: w})
-                         ).land()
+                         saving=lambda k, g, w: ctx.predict(k) - ctx.predict({**k, g: w}),
+                         floors=path_floors(ctx, budget)).land()
     ctx.phase = "landing"
     best = ctx.evaluate(landing.keep, phase="landing", context=context,
                         train_batches=int(train or 0))
