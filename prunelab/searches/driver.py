@@ -263,6 +263,10 @@ class Search:
         """The pruned, BN-recalibrated (and optionally briefly trained) model of a candidate."""
         return self.evaluator.build(keep, context, train_batches)
 
+    def recalibrate(self, net: nn.Module) -> None:
+        """Re-estimate BN statistics as every candidate gets them (layout, precision)."""
+        self.evaluator.recalibrate(net)
+
     def add_context(self, name: str, model: nn.Module) -> None:
         """Evaluate later candidates on another base model (e.g. after a fine-tuning step)."""
         self.evaluator.add_context(name, model)

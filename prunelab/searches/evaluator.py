@@ -100,7 +100,6 @@ class Candidates:
     def build(self, keep: dict[str, int], context: str = "", train_batches: int = 0
               ) -> tuple[nn.Module, object]:
         from ..pruning import prune
-        from ..train import recalibrate_bn
         from .scoring import short_train
 
         base, scores = self.contexts[context]
@@ -110,13 +109,23 @@ class Candidates:
         net = res.model
         if train_batches:
             short_train(net, self.data, train_batches, self.seed)
-        if self.recal_batches:
-            net.to(memory_format=self.layout)
+        self.recalibrate(net)
+        return net, res
+
+    def recalibrate(self, net: nn.Module) -> None:
+        """Re-estimate ``net``'s BN statistics on ``recal_batches`` training batches (none: left
+        as is), in the candidates' layout and precision."""
+        from ..train import recalibrate_bn
+
+        if not self.recal_batches:
+            return
+        net.to(memory_format=self.layout)
+        try:
             with self._autocast():
                 recalibrate_bn(net, self.batches("train", 128, shuffle=True, seed=self.seed),
                                self.recal_batches)
+        finally:
             net.to(memory_format=torch.contiguous_format)
-        return net, res
 
     def batches(self, split: str, batch_size: int, **kw):
         """Data batches in the layout candidates run fastest in (channels-last when the model
@@ -207,6 +216,9 @@ class Evaluator:
 
     def build(self, keep, context: str = "", train_batches: int = 0):
         return self.cands.build(keep, context, train_batches)
+
+    def recalibrate(self, net: nn.Module) -> None:
+        self.cands.recalibrate(net)
 
     def batches(self, split: str, batch_size: int, **kw):
         return self.cands.batches(split, batch_size, **kw)

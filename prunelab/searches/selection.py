@@ -73,7 +73,6 @@ def _rescore(ctx: Search, points: list[dict]) -> list[dict]:
     pay for the richer one.  Empty with ``bn`` or fewer than two points."""
     import time
 
-    from ..train import recalibrate_bn
     from .scoring import fidelity_steps, short_train
 
     steps = fidelity_steps(ctx.cfg.fidelity)
@@ -86,9 +85,7 @@ def _rescore(ctx: Search, points: list[dict]) -> list[dict]:
         t0 = time.perf_counter()
         net = _build(ctx, p)
         short_train(net, ctx.data, steps, ctx.seed, teacher=ctx.model)
-        if ctx.cfg.recal_batches:
-            recalibrate_bn(net, ctx.batches("train", 128, shuffle=True, seed=ctx.seed),
-                           ctx.cfg.recal_batches)
+        ctx.recalibrate(net)  # as every candidate's (its layout and precision)
         score = ctx.top1(net, ctx.cfg.val_images)
         out.append({**p, "fidelity_top1": score,
                     "fidelity_seconds": time.perf_counter() - t0})
