@@ -169,8 +169,9 @@ def test_pruning_scoring_and_runner_creation_hold_a_step(tmp_path, monkeypatch, 
 
 @pytest.mark.skipif(gate.fcntl is None, reason="the gate needs POSIX flock")
 def test_a_latency_table_is_one_quiet_section(tmp_path, monkeypatch):
-    """A table is hundreds of short timings: built as one section it takes the door once (it
-    took it once per point, each waiting for another process's batch to end)."""
+    """A table is tens of short timings: built as one section it takes the door once (it took
+    it once per point, each waiting for another process's batch to end); a build of several
+    tables takes it once per table, so another process's batch can run between them."""
     from prunelab.latency.cache import Cache
     from prunelab.latency.lut import LutConfig, build_lut
     from prunelab.latency.units import Unit
@@ -192,4 +193,10 @@ def test_a_latency_table_is_one_quiet_section(tmp_path, monkeypatch):
     lut = build_lut(target, [u], Cache(target.fingerprint(), tmp_path / "cache"),
                     LutConfig(sweep=8, nodes=3, warmup=1, repeats=3))
     assert lut.measured > 3 and len(doors) == 1, (lut.measured, len(doors))
+    v = Unit("y", "conv", 8, 4, 1, 1, 0, 6, 6, bn=True, act="relu", cin_group="b",
+             cout_group="c")
+    doors.clear()
+    lut = build_lut(target, [u, v], Cache(target.fingerprint(), tmp_path / "cache2"),
+                    LutConfig(sweep=8, nodes=3, warmup=1, repeats=3))
+    assert lut.measured > 6 and len(doors) == 2, (lut.measured, len(doors))
     assert gate._GATE.timing == 0 and _room_free(str(tmp_path / "gate"))

@@ -280,11 +280,13 @@ def build_lut(target, units: Sequence[Unit], cache: Cache, cfg: LutConfig = LutC
               progress: Callable[[int, int, str], None] | None = None) -> LUT:
     """Measure (or read from the cache) the tables for every signature among ``units``.
 
-    The whole build is one quiet section of the timing gate (:mod:`prunelab.gate`): timed
-    point by point, each of its hundreds of short timings waited for a batch of any other
-    prunelab process on the machine to end (a resnet18 table beside a fine-tune had not finished
-    in 20 minutes); now it waits once and the others pause until it is done.  A remote target
-    times on its own node, under that machine's gate, so none is held here."""
+    Each table (one signature, tens of short timings) is one quiet section of the timing gate
+    (:mod:`prunelab.gate`): timed point by point, each of hundreds of short timings waited for
+    a batch of any other prunelab process on the machine to end (a resnet18 table beside a
+    fine-tune had not finished in 20 minutes); held for the whole build, it stopped another
+    process's training for as long as the build took (VGG-11 on onnxruntime-cpu: over 20
+    minutes, one core idle).  Between tables a waiting batch goes first.  A remote target times
+    on its own node, under that machine's gate, so none is held here."""
     import contextlib
 
     from ..gate import timing
@@ -296,12 +298,11 @@ def build_lut(target, units: Sequence[Unit], cache: Cache, cfg: LutConfig = LutC
     # a remote (Ray) target times on its node, under that machine's gate: holding this one
     # while its actor waits to make a session would deadlock
     local = meter.formula is None and not hasattr(target, "time_jobs")
-    quiet = timing() if local else contextlib.nullcontext()
     try:
-        with quiet:
-            for i, (sig, u) in enumerate(temps.items()):
-                if progress:
-                    progress(i, len(temps), sig)
+        for i, (sig, u) in enumerate(temps.items()):
+            if progress:
+                progress(i, len(temps), sig)
+            with timing() if local else contextlib.nullcontext():
                 tables[sig] = build_table(u, meter, cfg, meter.call_ms(u))
     finally:
         cache.flush()
