@@ -37,12 +37,15 @@ from tests.real_models import ARCHS, KNOWN, MODELS, ORT_BUDGET, STEPS, TP_CANNOT
 RESULTS = ROOT / "bench" / "results"
 JSON = RESULTS / "architectures.json"
 ORT_JSON = RESULTS / "architectures-ort.json"
+# the measured latency tables of --ort, kept between runs (keyed by the CPU and runtime): VGG-11's
+# took over 20 minutes to build
+ORT_CACHE = ROOT / "runs" / "architectures-ort-cache"
 CHILD = """
 import json, sys, tempfile
 sys.path.insert(0, {root!r})
 from tests.real_models import MODELS, STEPS, run_steps
 with tempfile.TemporaryDirectory() as d:
-    out = run_steps(MODELS[{name!r}], d, {steps})
+    out = run_steps(MODELS[{name!r}], d, {steps}, cache_dir={cache!r})
 print("RESULT " + json.dumps({{k: {{kk: vv for kk, vv in v.items() if kk != "trace"}}
                               for k, v in out.items()}}))
 """
@@ -56,12 +59,13 @@ def _commit() -> str:
         return "?"
 
 
-def run_one(name: str, timeout: float, steps: str = "STEPS") -> dict:
-    """One model in a fresh interpreter (its own imports, memory and crash)."""
+def run_one(name: str, timeout: float, steps: str = "STEPS", cache: str | None = None) -> dict:
+    """One model in a fresh interpreter (its own imports, memory and crash); ``cache``: a
+    latency cache kept across runs (a measured table survives a run cut off by its timeout)."""
     t0 = time.perf_counter()
     try:
         p = subprocess.run([sys.executable, "-c", CHILD.format(root=str(ROOT), name=name,
-                                                               steps=steps)],
+                                                               steps=steps, cache=cache)],
                            text=True, capture_output=True, timeout=timeout, cwd=ROOT)
         line = next((ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")), None)
         steps = json.loads(line[7:]) if line else {
@@ -197,7 +201,7 @@ def run_ort(models: list[str], timeout: float) -> None:
     rows = {r["model"]: r for r in json.loads(ORT_JSON.read_text())} if ORT_JSON.exists() \
         else {}
     for name in models or [m for m in family_models() if m not in rows]:
-        r = run_one(name, timeout, steps='("ort",)')
+        r = run_one(name, timeout, steps='("ort",)', cache=str(ORT_CACHE))
         r["cpu"] = cpu_label(cpu_info())
         rows[name] = r
         s = r["steps"].get("ort") or r["steps"].get("crash") or {}
@@ -213,7 +217,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("models", nargs="*", help="models to run again (default: those not done)")
     ap.add_argument("--table", action="store_true", help="only rewrite the table")
-    ap.add_argument("--timeout", type=float, default=1800, help="seconds per model")
+    ap.add_argument("--timeout", type=float, default=None,
+                    help="seconds per model (default 1800; 3600 with --ort)")
     ap.add_argument("--ort", action="store_true",
                     help="one model per family landed on onnxruntime-cpu (timing)")
     args = ap.parse_args()
@@ -226,11 +231,11 @@ def main() -> None:
             rows = json.loads(ORT_JSON.read_text()) if ORT_JSON.exists() else []
             atomic_write_text(RESULTS / "architectures-ort.md", ort_table(rows))
         else:
-            run_ort(args.models, args.timeout)
+            run_ort(args.models, args.timeout or 3600)
         return
     todo = [] if args.table else (args.models or [a.name for a in ARCHS if a.name not in rows])
     for name in todo:
-        rows[name] = run_one(name, args.timeout)
+        rows[name] = run_one(name, args.timeout or 1800)
         r = rows[name]
         print(f"{name}: {'pass' if passed(r) else 'not every step'} ({r['seconds']:.0f} s)",
               flush=True)

@@ -175,7 +175,7 @@ def _search(model, size: int, criterion: str, budget: str, cache: str):
                      cache_dir=cache, options={"front": 0})
 
 
-def run_steps(a: Arch, folder, steps=STEPS) -> dict[str, dict]:
+def run_steps(a: Arch, folder, steps=STEPS, cache_dir: str | None = None) -> dict[str, dict]:
     """Every step of the suite on ``a``: ``{step: {"ok": bool, "note": str, ...}}``.  A step
     that raises a :class:`~prunelab.errors.PrunelabError` is a refusal (``ok`` False, its one
     line in ``refused``); anything else raised is a failure (``error``).
@@ -188,7 +188,9 @@ def run_steps(a: Arch, folder, steps=STEPS) -> dict[str, dict]:
     * ``unchanged``: the user's module has the same state and outputs afterwards;
     * ``ort`` (only when asked for): l1 on ``speedup=1.5`` on onnxruntime-cpu (batch 1, 1
       thread), landed by the landing stage, then re-measured by ``prunelab latency compare``
-      in 6 new processes."""
+      in 6 new processes.
+
+    ``cache_dir``: the latency cache (default: inside ``folder``)."""
     import copy
     from pathlib import Path
 
@@ -199,7 +201,7 @@ def run_steps(a: Arch, folder, steps=STEPS) -> dict[str, dict]:
     from prunelab.metrics import macs_params
 
     folder = Path(folder)
-    cache = str(folder / "cache")
+    cache = cache_dir or str(folder / "cache")
     model = build(a)
     before = copy.deepcopy(model.state_dict())
     x = torch.randn(2, 3, a.size, a.size, generator=torch.Generator().manual_seed(1))
