@@ -105,8 +105,6 @@ def method_entry(cfg: SearchConfig):
     return entry
 
 
-REACH_BLOCKS = (1, 8, 16)  # the widths every group is cut to when the reach is checked
-
 
 def _check_reach(ctx: Search, budget: Budget) -> None:
     """Up front, before minutes of search: with a speed-up or latency budget, the most pruned
@@ -118,7 +116,7 @@ def _check_reach(ctx: Search, budget: Budget) -> None:
     unpruned model (or int8 alone) that already meets the budget is the landing's business (it
     is the answer)."""
     from .landing import FLOOR, unpruned_meets
-    from .selection import _timer, path_floors
+    from .selection import REACH_BLOCKS, _timer, path_floors
 
     if budget.kind != "latency" or unpruned_meets(budget, ctx.base["latency_ms"], ctx.gain) or \
             hasattr(ctx.target, "time_jobs"):

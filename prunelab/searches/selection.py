@@ -50,13 +50,14 @@ def _to_measure(ctx: Search, pool: list[dict], n: int) -> list[dict]:
     return chosen
 
 
+REACH_BLOCKS = (1, 8, 16)  # the widths every group is cut to when the reach is checked
+
+
 def path_floors(ctx, budget) -> list[dict[str, int]]:
     """The landing path's least widths: each group's step (one channel where it has none);
     for a latency budget then, in turn, one SIMD block of each width the reach check tries
-    (:data:`~prunelab.searches.run.REACH_BLOCKS`), where the path to the least widths cannot
-    meet the budget."""
+    (:data:`REACH_BLOCKS`), where the path to the least widths cannot meet the budget."""
     from ..pruning import align
-    from .run import REACH_BLOCKS
 
     blocks = REACH_BLOCKS if budget.kind == "latency" else REACH_BLOCKS[:1]
     sets = [{g.name: align(min(b, g.width), g.width, g.step) for g in ctx.groups}
