@@ -193,22 +193,28 @@ def test_a_staircase_step_read_under_the_budget_but_not_surely_is_measured_again
     assert len(rounds) >= 2 and land.value >= 2
 
 
-def test_the_staircase_step_taken_is_read_in_fresh_processes():
-    """The step the staircase takes is decided in fresh processes like a landed point; when they
-    read it below the budget (an in-process reading inflated by a neighbour's load), that
-    decision recalibrates the steps and the bisection goes on to a step they read over it (dla46_c
-    on onnxruntime-cpu stopped at a step read 1.448x for 1.5x)."""
+def _stair_timer(fresh, decided: list):
+    """A 16-channel staircase; fresh processes read ``fresh(r)`` where a step reads ``r``."""
     def stairs(keep):
         return 0.2 + sum(math.ceil(k / 16) for k in keep.values())
     base = stairs(WIDTHS)
-    decided = []
 
     def timer(keep, processes, sessions):
         r = base / stairs(keep)
         if processes:
             decided.append(r)
-            return _est(r / 1.3)
+            return _est(fresh(r))
         return _est(r)
+    return timer
+
+
+def test_the_staircase_step_taken_is_read_in_fresh_processes():
+    """The step the staircase takes is decided in fresh processes like a landed point; when they
+    read it below the budget (an in-process reading inflated by a neighbour's load), that
+    decision recalibrates the steps and the bisection goes on to a step they read over it (dla46_c
+    on onnxruntime-cpu stopped at a step read 1.448x for 1.5x)."""
+    decided = []
+    timer = _stair_timer(lambda r: r / 1.3, decided)
     land = Lander(Budget.parse("speedup=2"), WIDTHS, {"a": 48, "b": 48, "c": 24}, timer=timer,
                   decision_processes=6).land()
     assert land.status == "staircase" and land.met and len(decided) >= 2
@@ -328,17 +334,8 @@ def test_a_step_fresh_processes_always_read_under_the_budget_ends_missed():
     """The rounds after a missed step are bounded: where fresh processes read every point under
     the budget (here they never read over 1.95x, whatever the step process says), the stage
     never calls the budget met, reports their figure and says what happened."""
-    def stairs(keep):
-        return 0.2 + sum(math.ceil(k / 16) for k in keep.values())
-    base = stairs(WIDTHS)
     decided = []
-
-    def timer(keep, processes, sessions):
-        r = base / stairs(keep)
-        if processes:
-            decided.append(r)
-            return _est(min(r, 1.95))
-        return _est(r)
+    timer = _stair_timer(lambda r: min(r, 1.95), decided)
     land = Lander(Budget.parse("speedup=2"), WIDTHS, {"a": 48, "b": 48, "c": 24}, timer=timer,
                   decision_processes=6).land()
     assert land.status in ("missed", "unreachable") and not land.met
