@@ -199,7 +199,7 @@ class Lander:
         self.stairs = stairs if budget.kind == "latency" else None
         # the least widths of the path; a list: tried in turn while the path's end cannot meet
         # the budget (on a blocked-layout runtime one channel can run slower than a whole SIMD
-        # block, so a path that stops at 8 or 16 channels can reach what one to 1 cannot)
+        # block, so a path that stops at 8 or 16 channels can reach what one going to 1 cannot)
         self.floor_sets = [dict(f) for f in floors] if isinstance(floors, list) else \
             [dict(floors or {})]
         self._use(self.floor_sets[0])

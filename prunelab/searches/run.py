@@ -105,7 +105,6 @@ def method_entry(cfg: SearchConfig):
     return entry
 
 
-
 def _check_reach(ctx: Search, budget: Budget) -> None:
     """Up front, before minutes of search: with a speed-up or latency budget, the most pruned
     models the search may return (every group at its least width; where that misses, every group
