@@ -9,6 +9,7 @@ within 2%.
     OMP_NUM_THREADS=1 taskset -c 1 python bench/landing.py resnet56     # 7 methods at 3x
     OMP_NUM_THREADS=1 taskset -c 1 python bench/landing.py openvino     # 3 methods at 3x
     python bench/landing.py table                                        # the table only
+    python bench/landing.py drift     # re-measures inside the interval, per drift term
 
 Resumable cell by cell: a cell whose run folder holds result.json and remeasure.json is done (a
 search that was cut off resumes from its own folder).  Runs live in runs/bench-landing/; the
@@ -21,11 +22,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import subprocess
 import sys
 import time
 from pathlib import Path
+from statistics import NormalDist
 
 from prunelab.commands import run_search
 from prunelab.hardware import cpu_info
@@ -126,6 +129,12 @@ def row(cell) -> dict:
             "on_goal": GOAL[0] <= re["estimate"] / s <= GOAL[1],
             "agree": abs(c["measured_speedup"] / re["estimate"] - 1),
             "inside": lo <= re["estimate"] <= hi,
+            # how the interval was made: processes (0: an in-process step), its drift term
+            # and the signed-rank interval alone (for `drift`)
+            "search_processes": (land.get("estimate") or {}).get("processes"),
+            "search_drift": (land.get("estimate") or {}).get("drift"),
+            "search_sampled": (land.get("estimate") or {}).get("sampled"),
+            "search_level": (land.get("estimate") or {}).get("level"),
             "top1": c["top1"], "base_top1": res["base"]["top1"],
             "search_s": res["search_seconds"], "total_s": re["search_wall_s"],
             "remeasure_s": re["seconds"], "remeasure_command": re["command"],
@@ -138,6 +147,7 @@ def table(rows: list[dict]) -> str:
     agree = sum(r["agree"] <= AGREE for r in rows)
     landed = sum(r["status"] in ("landed", "staircase") for r in rows)
     covered = sum(r["search_low"] <= r["remeasure"] <= r["search_high"] for r in rows)
+    steps = [r["cell"] for r in rows if r.get("search_processes") == 0]
     lines = [
         ("**`python bench/landing.py`**: search only (no fine-tune), batch 1, 1 thread; "
         "re-measure = `prunelab latency compare` in a new process (6 fresh processes, paired, "
@@ -146,7 +156,11 @@ def table(rows: list[dict]) -> str:
         f"none is inside the band), {on} on goal in the re-measure, {agree} with the in-search "
         f"figure within {100 * AGREE:.0f}% of the re-measure, {covered} re-measures inside "
         f"the interval the search reported (the cells of {', '.join(PRE_DRIFT)} predate its "
-        f"drift term)."), "",
+        f"drift term)" + (f"; {len(steps)} reported an in-process step calibrated on an "
+                          f"earlier decision, not a decision ({', '.join(steps)}; from "
+                          f"14cdf12 on, every landing rests on fresh processes)" if steps else "")
+        + ".  Drift-term calibration: `python bench/landing.py drift` "
+        "(bench/results/landing-drift.md)."), "",
         ("| model | method | target | budget | method's choice | landing | in search [95%] | "
         "re-measure [95%] | re-measure / budget | search vs re-measure | val top-1 (unpruned) "
         "| search time | CPU (ISA) | commit |"),
@@ -187,11 +201,89 @@ def write_tables() -> None:
     atomic_write_text(RESULTS / "landing.md", table(rows))
 
 
+def drift_rows() -> list[dict]:
+    """Every decided cell with an independent re-measure: bench/landing.py's cells whose landed
+    interval came from fresh processes, and bench/architectures.py --ort's models.  Each gives
+    the in-search estimate, its signed-rank interval alone (stored, or recovered from the
+    reported interval and the drift term it carried) and the re-measure."""
+    from prunelab.latency.paired import DRIFT
+
+    def recover(e, lo, hi, drift, level):
+        z = NormalDist().inv_cdf(0.5 + (level or 0.95) / 2) * (drift or 0.0)
+        a = math.sqrt(max(math.log(e / lo) ** 2 - z * z, 0.0))
+        b = math.sqrt(max(math.log(hi / e) ** 2 - z * z, 0.0))
+        return e * math.exp(-a), e * math.exp(b)
+
+    out = []
+    for r in json.loads((RESULTS / "landing.json").read_text()):
+        if r.get("search_processes") == 0:
+            continue  # an in-process step (before every landing was decided): not a decision
+        drift = r.get("search_drift", 0.0 if r.get("commit") in PRE_DRIFT else 0.015)
+        sampled = r.get("search_sampled") or recover(r["search"], r["search_low"],
+                                                     r["search_high"], drift, r.get("search_level"))
+        out.append({"cell": r["cell"], "bench": "landing", "estimate": r["search"],
+                    "sampled": list(sampled), "level": r.get("search_level") or 0.95,
+                    "remeasure": r["remeasure"]})
+    arch = RESULTS / "architectures-ort.json"
+    for r in json.loads(arch.read_text()) if arch.exists() else []:
+        o = r["steps"].get("ort") or {}
+        if o.get("remeasure") and o.get("interval"):
+            # decided with the drift term of their commit's latency.paired (1.5%)
+            lo, hi = recover(o["speedup"], *o["interval"], 0.015, 0.95)
+            out.append({"cell": r["model"], "bench": "architectures-ort",
+                        "estimate": o["speedup"], "sampled": [lo, hi], "level": 0.95,
+                        "remeasure": o["remeasure"]})
+    return out
+
+
+def drift_table() -> None:
+    """How many re-measures each drift term would put inside the decision's interval (the
+    signed-rank interval widened in quadrature, as :func:`prunelab.latency.paired._estimate`
+    does): the calibration of ``latency.paired.DRIFT``."""
+    from prunelab.latency.paired import DRIFT
+
+    rows = drift_rows()
+    moves = [math.log(r["remeasure"] / r["estimate"]) for r in rows]
+    grid = sorted({0.0, 0.01, 0.015, 0.018, 0.02, 0.022, 0.025, 0.03, DRIFT})
+    cover = []
+    for d in grid:
+        inside = 0
+        for r in rows:
+            z = NormalDist().inv_cdf(0.5 + r["level"] / 2) * d
+            e, (lo, hi) = math.log(r["estimate"]), map(math.log, r["sampled"])
+            low, high = e - math.hypot(e - lo, z), e + math.hypot(hi - e, z)
+            inside += low <= math.log(r["remeasure"]) <= high
+        cover.append({"drift": d, "inside": inside, "cells": len(rows)})
+    rms = math.sqrt(sum(m * m for m in moves) / len(moves))
+    lines = ["**`python bench/landing.py drift`**: the decided cells of bench/landing.py and "
+             "bench/architectures.py --ort, each in-search decision against its independent "
+             "re-measure (`prunelab latency compare`, 6 new processes).", "",
+             f"{len(rows)} cells; the move ln(re-measure / in search): root mean square "
+             f"{100 * rms:.2f}%, largest {100 * max(map(abs, moves)):.1f}%; "
+             f"{sum(abs(m) > 0.03 for m in moves)} moved more than 3%.  "
+             f"`latency.paired.DRIFT` = {100 * DRIFT:.1f}%.", "",
+             "| drift term | re-measures inside the interval | share |", "|---|---|---|"]
+    lines += [f"| {100 * c['drift']:.1f}%{' (DRIFT)' if c['drift'] == DRIFT else ''} | "
+              f"{c['inside']} / {c['cells']} | {100 * c['inside'] / c['cells']:.0f}% |"
+              for c in cover]
+    lines += ["", "| cell | bench | in search | signed-rank interval | re-measure | move |",
+              "|---|---|---|---|---|---|"]
+    lines += [f"| {r['cell']} | {r['bench']} | {r['estimate']:.3f}x | [{r['sampled'][0]:.3f}, "
+              f"{r['sampled'][1]:.3f}] | {r['remeasure']:.3f}x | {100 * m:+.1f}% |"
+              for r, m in zip(rows, moves)]
+    atomic_write_text(RESULTS / "landing-drift.json",
+                      json.dumps({"rms": rms, "coverage": cover, "cells": rows}, indent=1))
+    atomic_write_text(RESULTS / "landing-drift.md", "\n".join(lines) + "\n")
+    print("\n".join(lines[:len(grid) + 5]))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("suite", choices=sorted(SUITES) + ["table"])
+    ap.add_argument("suite", choices=sorted(SUITES) + ["table", "drift"])
     ap.add_argument("--only", help="run only the cells whose name contains this")
     a = ap.parse_args()
+    if a.suite == "drift":
+        return drift_table()
     if a.suite != "table":
         if os.environ.get("OMP_NUM_THREADS") != "1":
             print("note: run one core per job (OMP_NUM_THREADS=1 taskset -c N)", file=sys.stderr)

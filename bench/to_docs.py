@@ -11,6 +11,7 @@ marker                    page
 ``criteria-tables``       docs/criteria.md  (bench/criteria.py)
 ``search-tables``         docs/searches.md  (bench/search.py)
 ``landing``               docs/searches.md  (bench/landing.py)
+``landing-drift``         docs/searches.md  (bench/landing.py drift)
 ``architectures``         docs/architectures.md (bench/architectures.py)
 ``architectures-ort``     docs/architectures.md (bench/architectures.py --ort)
 ``examples-compare``      docs/pipeline.md  (bench/examples.py)
@@ -69,6 +70,10 @@ def blocks() -> list[tuple[str, str, str]]:
     land = RESULTS / "landing.md"
     if land.exists():
         out.append(("searches.md", "landing", land.read_text()))
+    drift = RESULTS / "landing-drift.md"
+    if drift.exists():  # the calibration, without its per-cell table
+        out.append(("searches.md", "landing-drift",
+                    drift.read_text().split("\n| cell |")[0].rstrip() + "\n"))
     arch = RESULTS / "architectures.md"
     if arch.exists():
         out.append(("architectures.md", "architectures", arch.read_text()))
