@@ -190,11 +190,14 @@ def score(model: str, shard: tuple[int, int], seed: int) -> None:
     d = _read(model)
     for c in d["candidates"]:  # by the current floor (a set landed before it has some)
         c["degenerate"] = degenerate(c["keep"], widths, stream)
+    # the noise ceiling: the first NOISE_CANDIDATES kept candidates fine-tuned with seed 1 too
+    noisy = [i for i, c in enumerate(d["candidates"]) if not c.get("degenerate")]
+    noisy = set(noisy[:NOISE_CANDIDATES])
     for i, c in enumerate(d["candidates"]):
         if i % of != k or c.get("degenerate"):
             continue
         todo = [s for s in _score_names() if s not in c["scores"]]
-        seeds = [0] + ([1] if i < NOISE_CANDIDATES else [])
+        seeds = [0] + ([1] if i in noisy else [])
         if not todo and all(str(s) in c["final"] for s in seeds):
             continue
         keep = c["keep"]
