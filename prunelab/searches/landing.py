@@ -507,6 +507,8 @@ class Lander:
             # [1.43, 2.52], that re-measured 1.44x); the result reports what they read, and
             # a reading under the budget recalibrates the steps for the next round
             s, est = self._decide_point(tuple(sorted(s.keep.items())))
+            if self._side(s, est) == 0:  # fresh processes read it inside the band: landed
+                return self._result("landed", s, est)
             if est.estimate < self._target(est):
                 note = (f"{note}; " if note else "") + (
                     f"its reading in fresh processes, {est.estimate:.4g}, is below the budget")
