@@ -60,10 +60,10 @@ STEP_PROTOCOL = Protocol(warmup=10, repeats=40, min_seconds=0.1, sessions=6)
 # decision's processes (what runs on the other cores changes the cache and memory bandwidth a
 # model gets, and a larger model loses more of it).  A process-mode interval carries that term
 # too, so that a later re-measure in new processes falls inside it: DRIFT is its standard
-# deviation in log-ratio.  The moves are heavy-tailed: over the 48 decided cells of
+# deviation in log-ratio.  The moves are heavy-tailed: over the 47 decided cells of
 # bench/landing.py and bench/architectures.py --ort (each re-measured by `latency compare` in new
-# processes) the root mean square is 1.6%, most within 1%, but 3 moved ~5%; 1.5% held 44/48
-# (92%), 2.2% holds 46/48 (96%): `python bench/landing.py drift` (bench/results/landing-drift.md).
+# processes) most moved under 1%, 4 by 3-6%; 1.5% held 43/47 (91%), 2.2% 45/47 (96%), and the 5
+# landing cells run again with it all re-measured inside (`python bench/landing.py drift`).
 # A formula target has none.
 DRIFT = 0.022
 
