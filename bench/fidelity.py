@@ -250,6 +250,25 @@ def _merge(model: str, i: int, c: dict) -> None:
         _write(model, d)
 
 
+def noise_ceiling(mean_abs_diff: float, final_sd: float) -> float:
+    """The rank correlation a perfect score could reach against one seed's fine-tuned top-1:
+    the seed noise's standard deviation from the mean |seed 0 - seed 1| of a few candidates
+    (for two draws of a normal noise, E|d| = 2 sigma / sqrt(pi)), the candidates' spread from
+    all of them; for normals, a Pearson r = sqrt(1 - noise / total variance), as Spearman
+    6/pi asin(r/2).
+
+    >>> round(noise_ceiling(0.0, 0.01), 3), round(noise_ceiling(0.005, 0.01), 2)
+    (1.0, 0.89)
+    """
+    import math
+
+    if final_sd <= 0:
+        return 0.0
+    sigma = mean_abs_diff * math.sqrt(math.pi) / 2
+    r = math.sqrt(max(0.0, 1 - (sigma / final_sd) ** 2))
+    return 6 / math.pi * math.asin(r / 2)
+
+
 def _score_names() -> list[str]:
     return ["bn-1k", "bn-val", "kd-loss-1k", *[f"kd-{s}" for s in STEPS], "kd-50-loss",
             "kd-200-loss"]
@@ -281,11 +300,14 @@ def tables() -> None:
                                                       for c in have]))}
         pairs = [c["final"] for c in done if "1" in c["final"]]
         noise = [abs(p["0"]["val_top1"] - p["1"]["val_top1"]) for p in pairs]
+        ceiling = noise_ceiling(float(np.mean(noise)), float(np.std(final, ddof=1))) \
+            if noise else None
         out[model] = {"candidates": len(done), "scores": rows,
                       "final_range": [min(final), max(final)],
                       "final_sd": float(np.std(final, ddof=1)),
                       "seed_pairs": len(pairs),
                       "seed_abs_diff": float(np.mean(noise)) if noise else None,
+                      "noise_ceiling": ceiling,
                       "finetune_seconds": float(np.median([c["final"]["0"]["seconds"]
                                                            for c in done]))}
         o = out[model]
@@ -294,6 +316,9 @@ def tables() -> None:
                   f"{100 * o['final_sd']:.2f} points); seed noise: mean |seed 0 - seed 1| "
                   + (f"{100 * o['seed_abs_diff']:.2f} points over {o['seed_pairs']} candidates"
                      if o["seed_pairs"] else "not measured yet")
+                  + (f"; noise ceiling (the Spearman a perfect score could reach against one "
+                     f"fine-tune seed) about {o['noise_ceiling']:.2f}"
+                     if o["noise_ceiling"] is not None else "")
                   + f"; fine-tune {o['finetune_seconds'] / 60:.1f} min each.", "",
                   "| score | Spearman [95%] | cost per candidate |", "|---|---|---|"]
         for name, r in rows.items():
