@@ -12,6 +12,7 @@ marker                    page
 ``search-tables``         docs/searches.md  (bench/search.py)
 ``landing``               docs/searches.md  (bench/landing.py)
 ``landing-drift``         docs/searches.md  (bench/landing.py drift)
+``fidelity``              docs/searches.md  (bench/fidelity.py table)
 ``architectures``         docs/architectures.md (bench/architectures.py)
 ``architectures-ort``     docs/architectures.md (bench/architectures.py --ort)
 ``examples-compare``      docs/pipeline.md  (bench/examples.py)
@@ -70,6 +71,9 @@ def blocks() -> list[tuple[str, str, str]]:
     land = RESULTS / "landing.md"
     if land.exists():
         out.append(("searches.md", "landing", land.read_text()))
+    fid = RESULTS / "fidelity.md"
+    if fid.exists():
+        out.append(("searches.md", "fidelity", fid.read_text()))
     drift = RESULTS / "landing-drift.md"
     if drift.exists():  # the calibration, without its per-cell table
         out.append(("searches.md", "landing-drift",
