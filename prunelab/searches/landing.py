@@ -210,7 +210,7 @@ class Lander:
         self.decisions = 0
         self.correction = 1.0  # decision / in-process step, for the same widths (the last one)
         self.raw = None
-        self.retry = False  # a point read in the band in-process was not, decided
+        self.retry = False  # the decision of an in-band step read it outside: another round
 
     def _use(self, floors: dict[str, int]) -> None:
         self.floors = _floors(self.widths, floors)
@@ -476,9 +476,10 @@ class Lander:
     def _landed(self, s: Step, est) -> Landing:
         """A landing rests on fresh processes, always: a point read inside the band in-process
         after the stage's decisions are spent (``MAX_DECISIONS``) is decided now, and where
-        they read it outside the band it is not called landed (two resnet20/56 cells were, on a
-        step calibrated by an earlier decision, and re-measured 5% off their interval): under
-        the budget it is missed and the rounds go on recalibrated; over the band, too."""
+        they read it outside the band it is not called landed (two cells were, on a step
+        calibrated by an earlier decision, and re-measured outside their interval: resnet56
+        global at 3x by 5%); under the budget it is missed, over the band a staircase step, and
+        either way the rounds go on, recalibrated by that decision."""
         if self.budget.kind != "latency" or s.how == "decision":
             return self._result("landed", s, est)
         key = tuple(sorted(s.keep.items()))
