@@ -42,6 +42,7 @@ RUNS = ROOT / "runs" / "bench-landing"
 GOAL = (0.97, 1.08)     # the re-measure, as a multiple of the asked speed-up
 AGREE = 0.02            # in-search vs independent re-measure
 PRE_DRIFT = ("a7587fe", "5a36983")  # intervals without latency.paired.DRIFT
+OLD_DRIFT = 0.015  # latency.paired.DRIFT before 14cdf12, in the intervals decided with it
 
 # small settings for the searching methods: this benchmark is about landing, not search quality
 OPTIONS = {"nsga2": {"pop": 12, "gens": 6}, "abc": {"food": 6, "cycles": 6},
@@ -119,6 +120,7 @@ def row(cell) -> dict:
     c, land = res["chosen"], res["chosen"]["landing"]
     s = cell[3]
     lo, hi = c["speedup_interval"]
+    est = land.get("estimate") or {}
     return {"cell": name(cell), "model": cell[0], "method": cell[1], "target": cell[2],
             "budget": s, "options": options(cell[0], cell[1]),
             "method_choice": c["method_choice"]["measured_speedup"],
@@ -131,10 +133,10 @@ def row(cell) -> dict:
             "inside": lo <= re["estimate"] <= hi,
             # how the interval was made: processes (0: an in-process step), its drift term
             # and the signed-rank interval alone (for `drift`)
-            "search_processes": (land.get("estimate") or {}).get("processes"),
-            "search_drift": (land.get("estimate") or {}).get("drift"),
-            "search_sampled": (land.get("estimate") or {}).get("sampled"),
-            "search_level": (land.get("estimate") or {}).get("level"),
+            "search_processes": est.get("processes"),
+            "search_drift": est.get("drift"),
+            "search_sampled": est.get("sampled"),
+            "search_level": est.get("level"),
             "top1": c["top1"], "base_top1": res["base"]["top1"],
             "search_s": res["search_seconds"], "total_s": re["search_wall_s"],
             "remeasure_s": re["seconds"], "remeasure_command": re["command"],
@@ -206,8 +208,6 @@ def drift_rows() -> list[dict]:
     interval came from fresh processes, and bench/architectures.py --ort's models.  Each gives
     the in-search estimate, its signed-rank interval alone (stored, or recovered from the
     reported interval and the drift term it carried) and the re-measure."""
-    from prunelab.latency.paired import DRIFT
-
     def recover(e, lo, hi, drift, level):
         z = NormalDist().inv_cdf(0.5 + (level or 0.95) / 2) * (drift or 0.0)
         a = math.sqrt(max(math.log(e / lo) ** 2 - z * z, 0.0))
@@ -218,7 +218,7 @@ def drift_rows() -> list[dict]:
     for r in json.loads((RESULTS / "landing.json").read_text()):
         if r.get("search_processes") == 0:
             continue  # an in-process step (before every landing was decided): not a decision
-        drift = r.get("search_drift", 0.0 if r.get("commit") in PRE_DRIFT else 0.015)
+        drift = r.get("search_drift", 0.0 if r.get("commit") in PRE_DRIFT else OLD_DRIFT)
         sampled = r.get("search_sampled") or recover(r["search"], r["search_low"],
                                                      r["search_high"], drift, r.get("search_level"))
         out.append({"cell": r["cell"], "bench": "landing", "estimate": r["search"],
@@ -228,8 +228,8 @@ def drift_rows() -> list[dict]:
     for r in json.loads(arch.read_text()) if arch.exists() else []:
         o = r["steps"].get("ort") or {}
         if o.get("remeasure") and o.get("interval"):
-            # decided with the drift term of their commit's latency.paired (1.5%)
-            lo, hi = recover(o["speedup"], *o["interval"], 0.015, 0.95)
+            # decided with the drift term of their commit's latency.paired
+            lo, hi = recover(o["speedup"], *o["interval"], OLD_DRIFT, 0.95)
             out.append({"cell": r["model"], "bench": "architectures-ort",
                         "estimate": o["speedup"], "sampled": [lo, hi], "level": 0.95,
                         "remeasure": o["remeasure"]})
@@ -238,9 +238,9 @@ def drift_rows() -> list[dict]:
 
 def drift_table() -> None:
     """How many re-measures each drift term would put inside the decision's interval (the
-    signed-rank interval widened in quadrature, as :func:`prunelab.latency.paired._estimate`
-    does): the calibration of ``latency.paired.DRIFT``."""
-    from prunelab.latency.paired import DRIFT
+    signed-rank interval widened in quadrature, by :func:`prunelab.latency.paired.widened` as
+    a decision is): the calibration of ``latency.paired.DRIFT``."""
+    from prunelab.latency.paired import DRIFT, widened
 
     rows = drift_rows()
     moves = [math.log(r["remeasure"] / r["estimate"]) for r in rows]
@@ -249,9 +249,8 @@ def drift_table() -> None:
     for d in grid:
         inside = 0
         for r in rows:
-            z = NormalDist().inv_cdf(0.5 + r["level"] / 2) * d
-            e, (lo, hi) = math.log(r["estimate"]), map(math.log, r["sampled"])
-            low, high = e - math.hypot(e - lo, z), e + math.hypot(hi - e, z)
+            low, high = widened(math.log(r["estimate"]), *map(math.log, r["sampled"]),
+                                r["level"], d)
             inside += low <= math.log(r["remeasure"]) <= high
         cover.append({"drift": d, "inside": inside, "cells": len(rows)})
     rms = math.sqrt(sum(m * m for m in moves) / len(moves))

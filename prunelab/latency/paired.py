@@ -275,11 +275,23 @@ def _estimate(logs: list[float], level: float, drift: float, processes: int, ses
     est, lo, hi, achieved = signed_rank_interval(logs, level)
     sampled = (math.exp(lo), math.exp(hi))
     if drift:
-        z = statistics.NormalDist().inv_cdf(0.5 + achieved / 2) * drift
-        lo, hi = est - math.hypot(est - lo, z), est + math.hypot(hi - est, z)
+        lo, hi = widened(est, lo, hi, achieved, drift)
     return SpeedupEstimate(math.exp(est), math.exp(lo), math.exp(hi), achieved,
                            [math.exp(x) for x in logs], processes, sessions, base_ms,
                            candidate_ms, cpu, protocol, drift, sampled)
+
+
+def widened(est: float, lo: float, hi: float, level: float, drift: float
+            ) -> tuple[float, float]:
+    """A signed-rank interval of log-ratios (``lo`` <= ``est`` <= ``hi``) with the
+    between-sittings term ``drift`` (a standard deviation in log-ratio) added to each side in
+    quadrature at the interval's ``level``.
+
+    >>> [round(x, 4) for x in widened(0.0, -0.01, 0.01, 0.95, 0.0)]
+    [-0.01, 0.01]
+    """
+    z = statistics.NormalDist().inv_cdf(0.5 + level / 2) * drift
+    return est - math.hypot(est - lo, z), est + math.hypot(hi - est, z)
 
 
 def _in_processes(base, candidate, target, input_shape, protocol, processes, first, seed
