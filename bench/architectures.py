@@ -31,7 +31,9 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from prunelab.io import atomic_write_text  # noqa: E402
+from landing import GOAL  # noqa: E402
 from pareto import cpu_label  # noqa: E402
+from prunelab.searches.landing import BAND, FLOOR  # noqa: E402
 from tests.real_models import ARCHS, KNOWN, MODELS, ORT_BUDGET, STEPS, TP_CANNOT  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
@@ -155,7 +157,7 @@ def family_models() -> list[str]:
 
 
 def ort_table(rows: list[dict]) -> str:
-    lo, hi = 1.0 * ORT_BUDGET, 1.05 * ORT_BUDGET
+    lo, hi = 1.0 * ORT_BUDGET, (1 + BAND) * ORT_BUDGET
 
     def on(v: float | None) -> bool:
         return v is not None and lo <= v <= hi
@@ -163,8 +165,8 @@ def ort_table(rows: list[dict]) -> str:
     done = [r for r in rows if (r["steps"].get("ort") or {}).get("ok")]
     landed = [r for r in done if r["steps"]["ort"]["landing"] == "landed"]
     stairs = [r for r in done if r["steps"]["ort"]["landing"] == "staircase"]
-    goal = [r for r in done if 0.97 * ORT_BUDGET <= r["steps"]["ort"]["remeasure"]
-            <= 1.08 * ORT_BUDGET]
+    goal = [r for r in done if GOAL[0] * ORT_BUDGET <= r["steps"]["ort"]["remeasure"]
+            <= GOAL[1] * ORT_BUDGET]
     fams = {r["family"] for r in rows}
     fam_landed = {r["family"] for r in landed}
     fam_stairs = {r["family"] for r in stairs} - fam_landed
@@ -177,12 +179,13 @@ def ort_table(rows: list[dict]) -> str:
            "unpruned and the pruned ONNX file in 6 new processes; CPU: "
            f"{', '.join(cpus)}; {len(fams)} of the {len(family_models())} families run so "
            f"far, {len(rows)} models).", "",
-           f"Landed ({lo:g}-{hi:g}x, interval's lower end >= {0.97 * ORT_BUDGET:.3g}x): "
+           f"Landed ({lo:g}-{hi:g}x, interval's lower end >= {FLOOR * ORT_BUDGET:.3g}x): "
            f"**{len(fam_landed)}/{len(fams)}** families"
            + (f", {len(fam_stairs)} more on a staircase step that meets the budget (both "
               "neighbours shown)" if fam_stairs else "")
            + f"; {len(landed)}/{len(rows)} models. The independent re-measure within "
-           f"[0.97, 1.08] x the budget (the landing benchmark's goal): {len(goal)}/{len(rows)}; "
+           f"[{GOAL[0]:g}, {GOAL[1]:g}] x the budget (the landing benchmark's goal): "
+           f"{len(goal)}/{len(rows)}; "
            f"inside {lo:g}-{hi:g}x: {sum(on(r['steps']['ort']['remeasure']) for r in done)}/"
            f"{len(rows)}.", "",
            "| family | model | input | landing | in search [95%] | re-measured [95%] | "
