@@ -313,8 +313,32 @@ def test_fidelity_kd_rescores_the_points_that_may_be_chosen_and_picks_by_that_sc
     assert all(p["fidelity_top1"] != p["top1"] for p in pts)
     best = max(pts, key=lambda p: p["fidelity_top1"])
     assert r.chosen["method_choice"]["fidelity_top1"] == best["fidelity_top1"]
-    with pytest.raises(PrunelabError, match="fidelity='kd:0' must be bn or kd:N"):
-        pl.search(model, torch.zeros(1, 3, 16, 16), fidelity="kd:0", **kw)
+    for bad in ("kd:0", "kd:20,10", "kd:", "kd20"):
+        with pytest.raises(PrunelabError, match=f"fidelity='{bad}' must be bn, kd:N or kd:N1"):
+            pl.search(model, torch.zeros(1, 3, 16, 16), fidelity=bad, **kw)
+
+    # successive halving: every point gets 2 steps, the best third (at least 2) 5 steps from
+    # the start again; the choice is the best of the last rung, the dropped points follow
+    r = pl.search(model, torch.zeros(1, 3, 16, 16), fidelity="kd:2,5",
+                  **{**kw, "options": {"front": 7}})
+    pts = r.raw["fidelity"]["points"]
+    top = [p for p in pts if p["steps"] == 5]
+    low = [p for p in pts if p["steps"] == 2]
+    assert len(pts) >= 4 and len(top) == max(2, -(-len(pts) // 3)), pts
+    assert all(len(p["rungs"]) == 2 and p["rungs"][0][0] == 2 for p in top)
+    assert min(p["rungs"][0][1] for p in top) >= max(p["rungs"][0][1] for p in low)
+    assert pts[:len(top)] == top  # the last rung first, best first
+    assert r.chosen["method_choice"]["fidelity_top1"] == max(p["fidelity_top1"] for p in top)
+
+
+def test_fidelity_default_is_kd20():
+    """The default the fidelity study chose (bench/results/fidelity.md): 20 distillation steps
+    for the points that may be chosen."""
+    from prunelab.config import SearchSection
+    from prunelab.searches.scoring import fidelity_rungs
+
+    assert SearchSection().fidelity == "kd:20"
+    assert fidelity_rungs("kd:20") == (20,) and fidelity_rungs("bn") == ()
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16", "auto"])

@@ -82,9 +82,9 @@ class SearchConfig:
         from .landing import check_processes
 
         check_processes(self.decision_processes)
-        from .scoring import fidelity_steps
+        from .scoring import fidelity_rungs
 
-        fidelity_steps(self.fidelity)
+        fidelity_rungs(self.fidelity)
         if self.score_precision not in ("auto", "fp32", "bf16"):
             raise PrunelabError(f"score_precision={self.score_precision!r} must be auto, fp32 "
                                 "or bf16")

@@ -13,21 +13,29 @@ from ..gate import gated
 FIDELITY_MAX_STEPS = 10000
 
 
-def fidelity_steps(spec: str) -> int:
-    """The distillation steps a ``fidelity`` setting gives each point before the choice: ``bn``
-    (0: the BN re-estimate and validation top-1 every candidate gets) or ``kd:N``.
+def fidelity_rungs(spec: str) -> tuple[int, ...]:
+    """The distillation steps a ``fidelity`` setting gives the points that may be chosen, rung by
+    rung: ``bn`` (none: the BN re-estimate and validation top-1 every candidate gets), ``kd:N``
+    (one rung) or ``kd:N1,N2,...`` (successive halving: every point gets N1 steps, the best third
+    of them, at least 2, N2 steps from the start again, and so on; steps increasing).
 
-    >>> fidelity_steps("kd:50")
-    50
+    >>> fidelity_rungs("kd:50")
+    (50,)
+    >>> fidelity_rungs("kd:20,200")
+    (20, 200)
     """
     s = str(spec).strip().lower()
     if s == "bn":
-        return 0
-    head, _, n = s.partition(":")
-    if head == "kd" and n.isdigit() and 1 <= int(n) <= FIDELITY_MAX_STEPS:
-        return int(n)
-    raise PrunelabError(f"fidelity={spec!r} must be bn or kd:N with N distillation steps from 1 "
-                        f"to {FIDELITY_MAX_STEPS}, e.g. kd:50")
+        return ()
+    head, _, tail = s.partition(":")
+    parts = [x.strip() for x in tail.split(",")]
+    if head == "kd" and all(x.isdigit() and 1 <= int(x) <= FIDELITY_MAX_STEPS for x in parts):
+        steps = tuple(int(x) for x in parts)
+        if all(a < b for a, b in zip(steps, steps[1:])):
+            return steps
+    raise PrunelabError(f"fidelity={spec!r} must be bn, kd:N or kd:N1,N2,... (increasing) with "
+                        f"distillation steps from 1 to {FIDELITY_MAX_STEPS}, e.g. kd:20 or "
+                        "kd:20,200")
 
 
 def checked_score(eval_fn, net: nn.Module) -> float:

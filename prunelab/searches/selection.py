@@ -7,6 +7,7 @@ written.  Every method, whatever its algorithm, ends here."""
 from __future__ import annotations
 
 import json
+import math
 
 from ..errors import PrunelabError
 from ..io import atomic_write_text
@@ -65,33 +66,52 @@ def path_floors(ctx, budget) -> list[dict[str, int]]:
     return [f for i, f in enumerate(sets) if f not in sets[:i]]
 
 
+RUNG_KEEP = 3  # successive halving: the best third of a rung (at least 2) goes on to the next
+
+
 def _rescore(ctx: Search, points: list[dict]) -> list[dict]:
     """With ``fidelity = "kd:N"``: the points that meet the budget, each given N distillation
     steps from the unpruned model (the fine-tune's loss), its BN re-estimated again and scored
     on the same validation images (or ``eval_fn``); returned best first by that score (ties
     inside its noise to the point keeping most MACs, as :meth:`Search.preferred`).  Every
     candidate of the search got the cheap score; only these few, the ones that may be chosen,
-    pay for the richer one.  Empty with ``bn`` or fewer than two points."""
+    pay for the richer one.  With ``kd:N1,N2,...`` (successive halving) the best third of a
+    rung (at least 2) is trained again from the start for the next rung's steps; the points a
+    rung dropped follow, by their last score.  Empty with ``bn`` or fewer than two points."""
     import time
 
-    from .scoring import fidelity_steps, short_train
+    from .scoring import fidelity_rungs, short_train
 
-    steps = fidelity_steps(ctx.cfg.fidelity)
-    if not steps or len(points) < 2:
+    rungs = fidelity_rungs(ctx.cfg.fidelity)
+    if not rungs or len(points) < 2:
         return []
-    log(f"scoring the {len(points)} measured points that meet the budget after {steps} "
-        "distillation steps each (fidelity " + ctx.cfg.fidelity + ")")
-    out = []
-    for p in points:
-        t0 = time.perf_counter()
-        net = _build(ctx, p)
-        short_train(net, ctx.data, steps, ctx.seed, teacher=ctx.model)
-        ctx.recalibrate(net)  # as every candidate's (its layout and precision)
-        score = ctx.top1(net, ctx.cfg.val_images)
-        out.append({**p, "fidelity_top1": score,
-                    "fidelity_seconds": time.perf_counter() - t0})
+    alive, dropped = [{**p, "fidelity_seconds": 0.0} for p in points], []
+    for i, steps in enumerate(rungs):
+        if i:
+            n = max(2, math.ceil(len(alive) / RUNG_KEEP))
+            alive, gone = alive[:n], alive[n:]
+            dropped = gone + dropped
+        log(f"scoring {len(alive)} measured points that meet the budget after {steps} "
+            f"distillation steps each (fidelity {ctx.cfg.fidelity}"
+            + (f", rung {i + 1} of {len(rungs)})" if len(rungs) > 1 else ")"))
+        out = []
+        for p in alive:
+            t0 = time.perf_counter()
+            net = _build(ctx, p)
+            short_train(net, ctx.data, steps, ctx.seed, teacher=ctx.model)
+            ctx.recalibrate(net)  # as every candidate's (its layout and precision)
+            score = ctx.top1(net, ctx.cfg.val_images)
+            out.append({**p, "fidelity_top1": score, "fidelity_steps": steps,
+                        "fidelity_rungs": p.get("fidelity_rungs", []) + [[steps, score]],
+                        "fidelity_seconds": p["fidelity_seconds"] + time.perf_counter() - t0})
+        alive = _by_fidelity(ctx, out)
+    return alive + dropped
+
+
+def _by_fidelity(ctx: Search, points: list[dict]) -> list[dict]:
+    """``points`` best first by their rich score (:meth:`Search.preferred`), cheap top-1 kept."""
     ranked = ctx.preferred([{**p, "top1": p["fidelity_top1"], "_cheap": p["top1"]}
-                            for p in out])
+                            for p in points])
     return [{**{k: v for k, v in p.items() if k != "_cheap"}, "top1": p["_cheap"]}
             for p in ranked]
 
@@ -202,7 +222,9 @@ def finish(ctx: Search, ref: str, budget: Budget, crit_spec: str) -> tuple[dict,
            "measured_on": measuring_on(ctx.target), "out": str(ctx.out.resolve()),
            "fidelity": {"setting": ctx.cfg.fidelity, "points": [
                {"keep": p["keep"], "top1": p["top1"], "fidelity_top1": p["fidelity_top1"],
-                "seconds": p["fidelity_seconds"]} for p in rescored]}}
+                "steps": p["fidelity_steps"], "rungs": p["fidelity_rungs"],
+                "seconds": p["fidelity_seconds"]}
+               for p in rescored]}}
     atomic_write_text(ctx.out / "pareto.json", json.dumps(
         {"base": base_out, "chosen": chosen, "pareto": res["pareto"],
          "measured": res["measured"]}, indent=1))
