@@ -66,6 +66,47 @@ def path_floors(ctx, budget) -> list[dict[str, int]]:
     return [f for i, f in enumerate(sets) if f not in sets[:i]]
 
 
+PROJECTED = 6  # measured points a missed front projects onto the budget for the rich score
+
+
+def _projected(ctx: Search, measured: list[dict], budget: Budget, reference: dict,
+               stairs: dict | None) -> list[dict]:
+    """The :data:`PROJECTED` measured points nearest a latency budget, each narrowed along the
+    landing's own path (:func:`.landing.anchored_path`, its floors) until the predictor,
+    corrected by the median measured / predicted ratio of the measured points, says it meets the
+    budget; each evaluated (cheap score) with its ``latency_ms`` that corrected prediction
+    (``projected_from``: the point it came from).  The landing then lands the chosen one.  Points
+    whose path cannot reach the budget are left out."""
+    import statistics
+
+    from .landing import anchored_path, path_end
+
+    ratios = [p["latency_ms"] / p["predicted_ms"] for p in measured if p["predicted_ms"] > 0]
+    if not ratios:
+        return []
+    ratio = statistics.median(ratios)
+    limit = budget.limit(reference)
+    floors = path_floors(ctx, budget)[0]
+    out = []
+    for p in sorted(measured, key=lambda p: budget.excess(p, reference))[:PROJECTED]:
+        anchor = ctx.normalize(p["keep"])
+        path = anchored_path(ctx.widths, anchor, stairs, floors)
+        lo, hi = 1.0, path_end(ctx.widths, anchor, floors)
+        meets = lambda t: ratio * ctx.predict(path(t)) <= limit  # noqa: E731
+        if hi <= lo or not meets(hi):
+            continue
+        for _ in range(24):  # the least narrowing that meets it
+            mid = (lo + hi) / 2
+            lo, hi = (lo, mid) if meets(mid) else (mid, hi)
+        context, _, train = p["context"].partition("|train")
+        e = ctx.evaluate(path(hi), phase="fidelity", context=context,
+                         train_batches=int(train or 0))
+        out.append({**e, "predicted_ms": e["latency_ms"], "latency_ms": ratio * e["latency_ms"],
+                    "projected_from": p["keep"]})
+    keys = [json.dumps(q["keep"], sort_keys=True) for q in out]
+    return [q for i, q in enumerate(out) if keys[i] not in keys[:i]]
+
+
 RUNG_KEEP = 3  # successive halving: the best third of a rung (at least 2) goes on to the next
 
 
@@ -131,6 +172,7 @@ def finish(ctx: Search, ref: str, budget: Budget, crit_spec: str) -> tuple[dict,
     from ..latency.paired import interval_verdict
     from .landing import Lander, Landing, Step, stairs_of, unpruned_meets
     from .parallel import measuring_on
+    from .scoring import fidelity_rungs
 
     pool = ctx.finalists if ctx.finalists is not None else \
         [r for r in ctx.cache.values() if r["phase"] != "base"]
@@ -152,7 +194,13 @@ def finish(ctx: Search, ref: str, budget: Budget, crit_spec: str) -> tuple[dict,
     measured = [{**p, "predicted_ms": p["latency_ms"], "latency_ms": t.median_ms,
                  "latency_iqr_ms": t.iqr_ms} for p, t in zip(pts, times[1:])]
     ok = ctx.preferred([p for p in measured if budget.met(p, reference)])
-    rescored = _rescore(ctx, ok)
+    stairs = stairs_of(ctx.predictor, ctx.widths) if budget.kind == "latency" else None
+    pool = ok
+    if len(ok) < 2 and fidelity_rungs(ctx.cfg.fidelity) and budget.kind == "latency":
+        # the front missed the budget on the target: the rich score is given to the nearest
+        # points as the landing would narrow them (projected), so it compares like with like
+        pool = ctx.preferred(_projected(ctx, measured, budget, reference, stairs)) or ok
+    rescored = _rescore(ctx, pool)
     if rescored:
         ok = rescored
     choice = ok[0] if ok else min(measured, key=lambda p: budget.excess(p, reference))
@@ -166,7 +214,6 @@ def finish(ctx: Search, ref: str, budget: Budget, crit_spec: str) -> tuple[dict,
                           f"({base['latency_ms']:.4g} ms measured): it is the answer")
         log(landing.message)
     else:
-        stairs = stairs_of(ctx.predictor, ctx.widths) if budget.kind == "latency" else None
         landing = Lander(budget, ctx.widths, ctx.normalize(choice["keep"]), timer=timer,
                          counter=lambda k: ctx.cost(k)[budget.kind] / ctx.base[budget.kind],
                          stairs=stairs, decision_processes=ctx.cfg.decision_processes,
@@ -223,7 +270,8 @@ def finish(ctx: Search, ref: str, budget: Budget, crit_spec: str) -> tuple[dict,
            "fidelity": {"setting": ctx.cfg.fidelity, "points": [
                {"keep": p["keep"], "top1": p["top1"], "fidelity_top1": p["fidelity_top1"],
                 "steps": p["fidelity_steps"], "rungs": p["fidelity_rungs"],
-                "seconds": p["fidelity_seconds"]}
+                "seconds": p["fidelity_seconds"],
+                **({"projected_from": p["projected_from"]} if "projected_from" in p else {})}
                for p in rescored]}}
     atomic_write_text(ctx.out / "pareto.json", json.dumps(
         {"base": base_out, "chosen": chosen, "pareto": res["pareto"],
