@@ -359,10 +359,11 @@ def recalibrate_bn(model: nn.Module, batches, num_batches: int = 20) -> nn.Modul
         m.reset_running_stats()
         m.momentum = None  # cumulative average over the calibration batches
     model.train()
-    for i, (x, _) in enumerate(gated(batches)):
-        if i >= num_batches:
-            break
-        model(x)
+    with torch.no_grad():  # statistics only: no autograd graph to record
+        for i, (x, _) in enumerate(gated(batches)):
+            if i >= num_batches:
+                break
+            model(x)
     for m, mom in zip(bns, saved):
         m.momentum = mom
     return model.eval()

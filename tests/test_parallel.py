@@ -45,11 +45,18 @@ def _same(rows):
 @pytest.mark.parametrize("method", ["nsga2", pytest.param("cie", marks=pytest.mark.slow)])
 def test_one_and_two_workers_search_alike(method, tiny_resnet_dir, idx_dir, tmp_path):
     cache = str(tmp_path / "cache")
-    runs = {n: run_search(str(tiny_resnet_dir), _cfg(method), tmp_path / f"w{n}", cache,
-                          "mnist-idx", str(idx_dir), workers=n) for n in (1, 2)}
-    assert _same(_rows(tmp_path / "w1")) == _same(_rows(tmp_path / "w2"))
-    assert runs[1]["chosen"]["keep"] == runs[2]["chosen"]["keep"]
+    # a loose budget: several measured points meet it, so the rich score runs (on the workers)
+    runs = {n: run_search(str(tiny_resnet_dir), _cfg(method, "macs=0.95"), tmp_path / f"w{n}",
+                          cache, "mnist-idx", str(idx_dir), workers=n) for n in (0, 1, 2)}
+    assert _same(_rows(tmp_path / "w0")) == _same(_rows(tmp_path / "w1")) == \
+        _same(_rows(tmp_path / "w2"))
+    assert runs[0]["chosen"]["keep"] == runs[1]["chosen"]["keep"] == runs[2]["chosen"]["keep"]
     assert runs[1]["evaluations"] == runs[2]["evaluations"] > 8
+    # the rich score of the points that meet the budget (kd:20 by default) ran on the workers
+    # with the same figures as in this process
+    rich = {n: [(p["keep"], p["fidelity_top1"]) for p in r["fidelity"]["points"]]
+            for n, r in runs.items()}
+    assert len(rich[0]) >= 2 and rich[0] == rich[1] == rich[2]
 
 
 @pytest.mark.slow

@@ -147,6 +147,21 @@ class Candidates:
         finally:
             net.to(memory_format=torch.contiguous_format)
 
+    def rich(self, keep: dict[str, int], context: str, train_batches: int, steps: int) -> dict:
+        """The rich score of one candidate (``fidelity = "kd:N"``): built as :meth:`run` builds
+        it, ``steps`` distillation steps from the unpruned model (the same batches and teacher
+        logits for every candidate: :class:`~.scoring.Distillation`, kept here), BN re-estimated
+        again, top-1 on the validation images; with its seconds."""
+        from .scoring import Distillation, short_train
+
+        t0 = time.perf_counter()
+        if getattr(self, "_kd", None) is None:
+            self._kd = Distillation(self.data, self.contexts[""][0], self.seed)
+        net, _ = self.build(keep, context, train_batches)
+        short_train(net, self.data, steps, self.seed, distillation=self._kd)
+        self.recalibrate(net)
+        return {"top1": self.top1(net, self.val_images), "seconds": time.perf_counter() - t0}
+
     def run(self, keep: dict[str, int], context: str = "", train_batches: int = 0) -> dict:
         """Top-1, MACs, parameters and seconds of one candidate (``keep``: every group)."""
         from ..metrics import macs_params
@@ -246,6 +261,21 @@ class Evaluator:
                 self._costs[key] = {"macs": macs, "params": params,
                                     "latency_ms": s.predict(keep, context)}
         return self._costs[key]
+
+    def rich_many(self, jobs: list[tuple[dict[str, int], str, int]], steps: int) -> list[dict]:
+        """:meth:`Candidates.rich` of ``(keep, context, train_batches)`` jobs, in order: on the
+        workers when there are any (and every job is of the search's own model), else here; the
+        workers are stopped after (the landing times the target next)."""
+        if self.workers and len(jobs) > 1 and not any(c for _, c, _ in jobs):
+            from .parallel import RayPool
+
+            pool = self.pool or RayPool(self.workers, self.ray_address, self.cands)
+            self.pool = pool
+            try:
+                return list(pool.map([(k, t, steps) for k, _, t in jobs], "rich"))
+            finally:
+                self.close()
+        return [self.cands.rich(k, c, t, steps) for k, c, t in jobs]
 
     def evaluate(self, keep: dict[str, int], phase: str, context: str = "",
                  train_batches: int = 0) -> dict:

@@ -5,7 +5,8 @@ The method's choice (``keep``) anchors a monotone path of widths: every group's 
 is scaled by ``t`` (``t = 0`` is the unpruned model, ``t = 1`` the choice, larger ``t`` prunes
 more, each group stopping at one channel), and for a latency budget each width is snapped up to
 the target's stair top (the widest width that costs no more: :func:`~prunelab.latency.steps.
-useful_widths`).  The stage bisects ``t`` on what the budget is about:
+useful_widths`).  The stage searches ``t`` (a guarded regula falsi on the value's logarithm,
+:meth:`Lander._next_t`) on what the budget is about:
 
 * ``speedup=B`` is a floor: landed = the speed-up estimate in ``[1, 1 + BAND] x B`` and its 95%
   interval's lower end at least ``FLOOR x B``; each step is timed paired against the unpruned
@@ -34,6 +35,7 @@ budget, it is returned and said so.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
@@ -353,11 +355,43 @@ class Lander:
         log(best.message)
         return best
 
+    def _aim(self, est) -> float:
+        """The value a step aims at: the middle of the band."""
+        b = self._target(est)
+        return b * (1 + BAND / 2) if self.budget.kind == "latency" else b * (1 - CEIL_BAND / 2)
+
+    def _next_t(self, lo, hi, widths: list[float]) -> float:
+        """The next ``t`` between the too-slow ``lo`` and the too-fast ``hi`` (``(t, (step,
+        estimate))``, either None): where the value (speed-up or kept fraction), interpolated
+        linearly in its logarithm between them (the unpruned model, value 1, standing in for a
+        missing ``lo``), reaches the middle of the band.  Guarded as regula falsi is: kept a
+        tenth of the bracket from either end, and a plain halving wherever the last two steps
+        together did not halve the bracket; with no ``hi`` yet, an extrapolation from ``lo``,
+        at most doubling its ``t``.  On smooth paths it lands in fewer timed steps than
+        bisection (a simulated 18-group path at 1.5-4x: 4.4 against 6.9 on average)."""
+        lo_t, lo_v = (lo[0], lo[1][0].value) if lo else (0.0, 1.0)
+        est = (hi or lo)[1][1]
+        aim = math.log(self._aim(est))
+        if hi is None:
+            far = min(self.t_end, max(2 * lo_t, lo_t + 0.25))
+            if lo_t <= 0 or lo_v <= 0 or abs(math.log(lo_v)) < 1e-9:
+                return far
+            t = lo_t * aim / math.log(lo_v)
+            return min(far, max(lo_t + 0.05 * (far - lo_t), t))
+        hi_t, hi_v = hi[0], hi[1][0].value
+        w = hi_t - lo_t
+        if len(widths) >= 3 and w > widths[-3] / 2:
+            return (lo_t + hi_t) / 2
+        a, b = math.log(max(lo_v, 1e-12)), math.log(max(hi_v, 1e-12))
+        t = (lo_t + hi_t) / 2 if a == b else lo_t + (aim - a) / (b - a) * w
+        return min(hi_t - w / 10, max(lo_t + w / 10, t))
+
     def _land_path(self) -> Landing:
         on_path: dict[tuple, float] = {}
         measured = 0
         t = 1.0
         lo = hi = None
+        widths: list[float] = []  # the bracket's width after each step that had one
         for _ in range(4 * MAX_STEPS):  # repeated widths cost nothing: they are remembered
             if measured >= MAX_STEPS:
                 break
@@ -380,11 +414,12 @@ class Lander:
                     if self._side(s, est) == 0:
                         return self._landed(s, est)
                     continue
-                t = min(self.t_end, max(2 * lo_t, lo_t + 0.25))
+                t = self._next_t(lo, None, widths)
                 continue
             if hi[0] - lo_t < 1e-4 * max(1.0, self.t_end):
                 break  # no point of the path between a too-slow and a too-fast neighbour
-            t = (lo_t + hi[0]) / 2
+            widths.append(hi[0] - lo_t)
+            t = self._next_t(lo, hi, widths)
         if hi is None:
             return self._unreachable(*lo[1])
         lo_keep = lo[1][0].keep if lo else self.path(0.0)

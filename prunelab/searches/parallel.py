@@ -211,6 +211,9 @@ class _Worker:
     def run(self, keep: dict, train_batches: int) -> dict:
         return self.cands.run(keep, "", train_batches)
 
+    def rich(self, keep: dict, train_batches: int, steps: int) -> dict:
+        return self.cands.rich(keep, "", train_batches, steps)
+
 
 class RayPool:
     """``workers`` Ray actors evaluating candidates; :meth:`map` yields results in order."""
@@ -224,10 +227,11 @@ class RayPool:
         self.pool = ActorPool(self.actors)
         self._ray = ray
 
-    def map(self, jobs: list[tuple[dict, int]]):
-        """Results of ``(keep, train_batches)`` jobs, in the jobs' order (a worker's
-        :class:`PrunelabError`, e.g. from the user's ``eval_fn``, stays one line)."""
-        it = self.pool.map(lambda a, job: a.run.remote(*job), jobs)
+    def map(self, jobs: list[tuple], method: str = "run"):
+        """Results of ``(keep, train_batches)`` jobs (``method="rich"``: ``(keep,
+        train_batches, steps)``), in the jobs' order (a worker's :class:`PrunelabError`, e.g.
+        from the user's ``eval_fn``, stays one line)."""
+        it = self.pool.map(lambda a, job: getattr(a, method).remote(*job), jobs)
         while True:
             try:
                 r = next(it)

@@ -87,7 +87,7 @@ def _projected(ctx: Search, measured: list[dict], budget: Budget, reference: dic
     ratio = statistics.median(ratios)
     limit = budget.limit(reference)
     floors = path_floors(ctx, budget)[0]
-    out = []
+    todo: dict[str, list] = {}  # by the points' context: one batch each (on the workers)
     for p in sorted(measured, key=lambda p: budget.excess(p, reference))[:PROJECTED]:
         anchor = ctx.normalize(p["keep"])
         path = anchored_path(ctx.widths, anchor, stairs, floors)
@@ -98,11 +98,14 @@ def _projected(ctx: Search, measured: list[dict], budget: Budget, reference: dic
         for _ in range(24):  # the least narrowing that meets it
             mid = (lo + hi) / 2
             lo, hi = (lo, mid) if meets(mid) else (mid, hi)
-        context, _, train = p["context"].partition("|train")
-        e = ctx.evaluate(path(hi), phase="fidelity", context=context,
-                         train_batches=int(train or 0))
-        out.append({**e, "predicted_ms": e["latency_ms"], "latency_ms": ratio * e["latency_ms"],
-                    "projected_from": p["keep"]})
+        todo.setdefault(p["context"], []).append((path(hi), p))
+    out = []
+    for ctx_name, items in todo.items():
+        context, _, train = ctx_name.partition("|train")
+        rows = ctx.evaluate_many([k for k, _ in items], phase="fidelity", context=context,
+                                 train_batches=int(train or 0))
+        out += [{**e, "predicted_ms": e["latency_ms"], "latency_ms": ratio * e["latency_ms"],
+                 "projected_from": p["keep"]} for e, (_, p) in zip(rows, items)]
     keys = [json.dumps(q["keep"], sort_keys=True) for q in out]
     return [q for i, q in enumerate(out) if keys[i] not in keys[:i]]
 
@@ -119,9 +122,7 @@ def _rescore(ctx: Search, points: list[dict]) -> list[dict]:
     pay for the richer one.  With ``kd:N1,N2,...`` (successive halving) the best third of a
     rung (at least 2) is trained again from the start for the next rung's steps; the points a
     rung dropped follow, by their last score.  Empty with ``bn`` or fewer than two points."""
-    import time
-
-    from .scoring import fidelity_rungs, short_train
+    from .scoring import fidelity_rungs
 
     rungs = fidelity_rungs(ctx.cfg.fidelity)
     if not rungs or len(points) < 2:
@@ -135,16 +136,14 @@ def _rescore(ctx: Search, points: list[dict]) -> list[dict]:
         log(f"scoring {len(alive)} measured points that meet the budget after {steps} "
             f"distillation steps each (fidelity {ctx.cfg.fidelity}"
             + (f", rung {i + 1} of {len(rungs)})" if len(rungs) > 1 else ")"))
-        out = []
+        jobs = []
         for p in alive:
-            t0 = time.perf_counter()
-            net = _build(ctx, p)
-            short_train(net, ctx.data, steps, ctx.seed, teacher=ctx.model)
-            ctx.recalibrate(net)  # as every candidate's (its layout and precision)
-            score = ctx.top1(net, ctx.cfg.val_images)
-            out.append({**p, "fidelity_top1": score, "fidelity_steps": steps,
-                        "fidelity_rungs": p.get("fidelity_rungs", []) + [[steps, score]],
-                        "fidelity_seconds": p["fidelity_seconds"] + time.perf_counter() - t0})
+            name, _, train = p["context"].partition("|train")
+            jobs.append((p["keep"], name, int(train or 0)))
+        out = [{**p, "fidelity_top1": r["top1"], "fidelity_steps": steps,
+                "fidelity_rungs": p.get("fidelity_rungs", []) + [[steps, r["top1"]]],
+                "fidelity_seconds": p["fidelity_seconds"] + r["seconds"]}
+               for p, r in zip(alive, ctx.evaluator.rich_many(jobs, steps))]
         alive = _by_fidelity(ctx, out)
     return alive + dropped
 
@@ -201,6 +200,7 @@ def finish(ctx: Search, ref: str, budget: Budget, crit_spec: str) -> tuple[dict,
         # points as the landing would narrow them (projected), so it compares like with like
         pool = ctx.preferred(_projected(ctx, measured, budget, reference, stairs)) or ok
     rescored = _rescore(ctx, pool)
+    ctx.evaluator.close()  # any workers the rich score used stop before the landing times
     if rescored:
         ok = rescored
     choice = ok[0] if ok else min(measured, key=lambda p: budget.excess(p, reference))
