@@ -7,6 +7,7 @@ candidates are fine-tuned again with another seed: the noise ceiling.
 
     OMP_NUM_THREADS=1 taskset -c 1 python bench/fidelity.py land resnet20     # timing: quiet core
     OMP_NUM_THREADS=1 taskset -c 0 python bench/fidelity.py score resnet20    # accuracy only
+    OMP_NUM_THREADS=1 taskset -c 0 python bench/fidelity.py score resnet56 --scores bn-1k,kd-20
     python bench/fidelity.py table
 
 ``land`` draws seeded allocation shapes (a base ratio and each group's ratio scattered around
@@ -174,8 +175,10 @@ def land(model: str, n: int, seed: int, tries: int) -> None:
         _write(model, d)
 
 
-def score(model: str, shard: tuple[int, int], seed: int) -> None:
-    """Every cheap score and the fine-tune of every landed candidate (accuracy only)."""
+def score(model: str, shard: tuple[int, int], seed: int, names: list[str] | None = None
+          ) -> None:
+    """The cheap scores (``names``, default every one) and the fine-tune of every landed
+    candidate (accuracy only)."""
     from prunelab.core import finetune
     from prunelab.searches.evaluator import Candidates
     from prunelab.searches.scoring import kd_score, short_train
@@ -196,7 +199,7 @@ def score(model: str, shard: tuple[int, int], seed: int) -> None:
     for i, c in enumerate(d["candidates"]):
         if i % of != k or c.get("degenerate"):
             continue
-        todo = [s for s in _score_names() if s not in c["scores"]]
+        todo = [s for s in names or _score_names() if s not in c["scores"]]
         seeds = [0] + ([1] if i in noisy else [])
         if not todo and all(str(s) in c["final"] for s in seeds):
             continue
@@ -400,7 +403,13 @@ def main() -> None:
     ap.add_argument("--tries", type=int, default=60, help="allocation shapes to try at most")
     ap.add_argument("--shard", default="0/1", help="K/N: score every N-th candidate from K")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--scores", help="comma-separated scores to compute (default: all; a later "
+                    "run with more adds the rest), e.g. bn-1k,kd-20 to confirm a choice")
     a = ap.parse_args()
+    names = a.scores.split(",") if a.scores else None
+    if names and set(names) - set(_score_names()):
+        ap.error(f"unknown score(s) {sorted(set(names) - set(_score_names()))}; choose from "
+                 f"{', '.join(_score_names())}")
     if a.stage != "table":
         if not a.model:
             ap.error("name the model: resnet20 or resnet56")
@@ -411,7 +420,7 @@ def main() -> None:
         land(a.model, a.candidates, a.seed, a.tries)
     elif a.stage == "score":
         k, _, n = a.shard.partition("/")
-        score(a.model, (int(k), int(n or 1)), a.seed)
+        score(a.model, (int(k), int(n or 1)), a.seed, names)
     tables()
 
 

@@ -434,3 +434,37 @@ def test_candidates_run_their_forward_passes_in_the_score_precision(precision):
     assert 0.0 <= r["top1"] <= 1.0
     with pytest.raises(PrunelabError, match="score_precision='fp16' must be auto, fp32 or bf16"):
         SearchConfig(method="uniform", score_precision="fp16")
+
+
+def test_the_sensitivity_sweep_stops_at_the_largest_ratio_a_group_can_take():
+    """nsga2's sweep, largest ratio first: a group's smaller ratios are evaluated only while its
+    drops exceed the tolerance, and the largest ratio within it is the one the full sweep gives
+    (evaluated on scripted drops: a group pruned at r loses drop[g] * r top-1)."""
+    from types import SimpleNamespace
+
+    from prunelab.searches.methods import layer_sweep
+    from prunelab.sweep import layer_keep
+
+    widths = {"a": 16, "b": 16, "c": 16, "d": 16}
+    slope = {"a": 0.05, "b": 0.15, "c": 0.5, "d": 0.0}   # drop at r: slope * r
+    asked = []
+
+    def evaluate_many(keeps):
+        asked.extend(keeps)
+        out = []
+        for k in keeps:
+            (g, w), = k.items()
+            out.append({"top1": 0.9 - slope[g] * (1 - w / widths[g])})
+        return out
+
+    ctx = SimpleNamespace(widths=widths, base={"top1": 0.9}, phase="",
+                          evaluate_many=evaluate_many)
+    ratios, tol = [0.2, 0.5, 0.8], 0.1
+    full = layer_sweep(ctx, ratios, "sweep")
+    n_full, asked[:] = len(asked), []
+    fast = layer_sweep(ctx, ratios, "sensitivity", until=tol)
+    assert n_full == 12 and len(asked) == 1 + 2 + 3 + 1  # a at 0.8; b at 0.8, 0.5; c at all three; d
+    for g in widths:
+        best = lambda d: max([r for r, v in d[g].items() if v <= tol], default=None)  # noqa
+        assert best(fast) == best(full), g
+    assert asked[0] == {"a": layer_keep(16, 0.8)}

@@ -125,18 +125,25 @@ def staircase_finish(ctx: Search, keep: dict[str, int], max_rounds: int = 64, ke
     return chosen["keep"]
 
 
-def layer_sweep(ctx: Search, ratios: list[float], phase: str) -> dict[str, dict[float, float]]:
+def layer_sweep(ctx: Search, ratios: list[float], phase: str,
+                until: float | None = None) -> dict[str, dict[float, float]]:
     """Prune each group alone at each ratio (the rest whole): accuracy drop per (group, ratio).
     The keep count is :func:`prunelab.sweep.layer_keep`, as in ``prunelab criteria evaluate
-    --per-layer``."""
+    --per-layer``.  With ``until``: the ratios largest first, one batch each, a group's smaller
+    ratios only while its drops exceed ``until`` (what the largest ratio costing at most
+    ``until`` needs, and no more: on resnet56 27 of 30 groups pass at 0.8, so 33 evaluations of
+    near-unpruned networks instead of 60); only the evaluated pairs are in the result."""
     from ..sweep import layer_keep
 
     ctx.phase = phase
-    jobs = [(g, r) for g in ctx.widths for r in ratios]
-    rows = ctx.evaluate_many([{g: layer_keep(ctx.widths[g], r)} for g, r in jobs])
     drops: dict[str, dict[float, float]] = {g: {} for g in ctx.widths}
-    for (g, r), p in zip(jobs, rows):
-        drops[g][r] = ctx.base["top1"] - p["top1"]
+    rounds = [ratios] if until is None else [[r] for r in sorted(ratios, reverse=True)]
+    for rs in rounds:
+        jobs = [(g, r) for g in ctx.widths for r in rs
+                if until is None or all(d > until for d in drops[g].values())]
+        rows = ctx.evaluate_many([{g: layer_keep(ctx.widths[g], r)} for g, r in jobs])
+        for (g, r), p in zip(jobs, rows):
+            drops[g][r] = ctx.base["top1"] - p["top1"]
     return drops
 
 
@@ -175,10 +182,11 @@ def nsga2(ctx: Search) -> None:
                             "max_options >= 2, step >= 0")
     sens = _ratios(ctx, "sens_ratios", [0.5, 0.8])
     ctx.plan(len(ctx.widths) * len(sens) + pop * (gens + 1))
-    drops = layer_sweep(ctx, sens, "sensitivity")
+    drops = layer_sweep(ctx, sens, "sensitivity", until=drop_tol)
+    ctx.plan(sum(map(len, drops.values())) + pop * (gens + 1))
     options = {}
     for g, w in ctx.widths.items():
-        ok = [r for r in sens if drops[g][r] <= drop_tol]
+        ok = [r for r, d in drops[g].items() if d <= drop_tol]
         rmax = min(max_ratio, max(ok) if ok else 0.25)
         options[g] = _widths_on_steps(ctx, g, w, _min_keep(w, rmax), step, max_opts)
     ctx.info["space"] = {g: len(o) for g, o in options.items()}  # widths tried per group
