@@ -172,7 +172,7 @@ def land(model: str, n: int, seed: int, tries: int) -> None:
                                     "interval": [got.estimate["low"], got.estimate["high"]],
                                     "kept": sum(got.keep.values()) / sum(widths.values()),
                                     "cpu": cpu_info()["cpu"], "scores": {}, "final": {}})
-        _write(model, d)
+        _landed(model, d)
 
 
 def score(model: str, shard: tuple[int, int], seed: int, names: list[str] | None = None
@@ -190,67 +190,89 @@ def score(model: str, shard: tuple[int, int], seed: int, names: list[str] | None
     k, of = shard
     widths = {g.name: g.width for g in groups}
     stream = {g.name for g in groups if len(g.producers) > 1}
-    d = _read(model)
-    for c in d["candidates"]:  # by the current floor (a set landed before it has some)
-        c["degenerate"] = degenerate(c["keep"], widths, stream)
-    # the noise ceiling: the first NOISE_CANDIDATES kept candidates fine-tuned with seed 1 too
-    noisy = [i for i, c in enumerate(d["candidates"]) if not c.get("degenerate")]
-    noisy = set(noisy[:NOISE_CANDIDATES])
-    for i, c in enumerate(d["candidates"]):
-        if i % of != k or c.get("degenerate"):
-            continue
-        todo = [s for s in names or _score_names() if s not in c["scores"]]
-        seeds = [0] + ([1] if i in noisy else [])
-        if not todo and all(str(s) in c["final"] for s in seeds):
-            continue
-        keep = c["keep"]
-        t0 = time.perf_counter()
-        built, _ = cands.build(keep)
-        build_s = time.perf_counter() - t0
-        for name in todo:
-            t0 = time.perf_counter()
-            if name == "bn-1k":
-                v = cands.top1(built, SUBSET)
-            elif name == "bn-val":
-                v = cands.top1(built, None)
-            elif name == "kd-loss-1k":
-                v = kd_score(built, net, data.batches("val", 500, limit=SUBSET))
-            else:
-                steps = int(name.split("-")[1])
-                m = copy.deepcopy(built)
-                short_train(m, data, steps, seed, teacher=net, kd_weight=FINETUNE["kd_weight"],
-                            kd_temperature=FINETUNE["kd_temperature"])
-                recalibrate_bn(m, data.batches("train", 128, shuffle=True, seed=seed), 6)
-                v = (kd_score(m, net, data.batches("val", 500, limit=SUBSET))
-                     if name.endswith("-loss") else cands.top1(m, SUBSET))
-            c["scores"][name] = {"value": v, "seconds": build_s + time.perf_counter() - t0}
-            _merge(model, i, c)
-            print(f"[fidelity] {model} #{i} {name}: {v:.4f}", flush=True)
-        for s in seeds:
-            if str(s) in c["final"]:
+    busy = True
+    while busy:  # again while a pass found work: the landing may have added candidates
+        busy = False
+        d = _read(model)
+        for c in d["candidates"]:  # by the current floor (a set landed before it has some)
+            c["degenerate"] = degenerate(c["keep"], widths, stream)
+        # the noise ceiling: the first NOISE_CANDIDATES kept candidates fine-tuned with seed 1 too
+        noisy = [i for i, c in enumerate(d["candidates"]) if not c.get("degenerate")]
+        noisy = set(noisy[:NOISE_CANDIDATES])
+        for i, c in enumerate(d["candidates"]):
+            if i % of != k or c.get("degenerate"):
                 continue
-            r = finetune(_prune(net, spec, crit, scores, keep), data=data, teacher=net,
-                         epochs=FINETUNE["epochs"], lr=FINETUNE["lr"],
-                         batch_size=FINETUNE["batch_size"], kd_weight=FINETUNE["kd_weight"],
-                         kd_temperature=FINETUNE["kd_temperature"], seed=s, threads=1,
-                         desc=f"fidelity #{i}")
-            c["final"][str(s)] = {"val_top1": r.score, "seconds": r.seconds}
-            _merge(model, i, c)
-            print(f"[fidelity] {model} #{i} fine-tuned (seed {s}): {100 * r.score:.2f}%",
-                  flush=True)
+            todo = [s for s in names or _score_names() if s not in c["scores"]]
+            seeds = [0] + ([1] if i in noisy else [])
+            if not todo and all(str(s) in c["final"] for s in seeds):
+                continue
+            busy = True
+            keep = c["keep"]
+            t0 = time.perf_counter()
+            built, _ = cands.build(keep)
+            build_s = time.perf_counter() - t0
+            for name in todo:
+                t0 = time.perf_counter()
+                if name == "bn-1k":
+                    v = cands.top1(built, SUBSET)
+                elif name == "bn-val":
+                    v = cands.top1(built, None)
+                elif name == "kd-loss-1k":
+                    v = kd_score(built, net, data.batches("val", 500, limit=SUBSET))
+                else:
+                    steps = int(name.split("-")[1])
+                    m = copy.deepcopy(built)
+                    short_train(m, data, steps, seed, teacher=net, kd_weight=FINETUNE["kd_weight"],
+                                kd_temperature=FINETUNE["kd_temperature"])
+                    recalibrate_bn(m, data.batches("train", 128, shuffle=True, seed=seed), 6)
+                    v = (kd_score(m, net, data.batches("val", 500, limit=SUBSET))
+                         if name.endswith("-loss") else cands.top1(m, SUBSET))
+                c["scores"][name] = {"value": v, "seconds": build_s + time.perf_counter() - t0}
+                _merge(model, i, c)
+                print(f"[fidelity] {model} #{i} {name}: {v:.4f}", flush=True)
+            for s in seeds:
+                if str(s) in c["final"]:
+                    continue
+                r = finetune(_prune(net, spec, crit, scores, keep), data=data, teacher=net,
+                             epochs=FINETUNE["epochs"], lr=FINETUNE["lr"],
+                             batch_size=FINETUNE["batch_size"], kd_weight=FINETUNE["kd_weight"],
+                             kd_temperature=FINETUNE["kd_temperature"], seed=s, threads=1,
+                             desc=f"fidelity #{i}")
+                c["final"][str(s)] = {"val_top1": r.score, "seconds": r.seconds}
+                _merge(model, i, c)
+                print(f"[fidelity] {model} #{i} fine-tuned (seed {s}): {100 * r.score:.2f}%",
+                      flush=True)
 
 
-def _merge(model: str, i: int, c: dict) -> None:
-    """Write candidate ``i`` back into the store as it is on disk now (other shards write
-    theirs)."""
+def _locked(model: str, change) -> None:
+    """``change(d)`` applied to the store as it is on disk now, under a lock: the landing and
+    the scoring shards run at once and each writes only what it changed."""
     import fcntl
 
     (ROOT / "runs").mkdir(exist_ok=True)
     with open(ROOT / "runs" / f"fidelity-{model}.lock", "a") as lock:  # shards wait their turn
         fcntl.flock(lock, fcntl.LOCK_EX)
         d = _read(model)
-        d["candidates"][i] = c
+        change(d)
         _write(model, d)
+
+
+def _merge(model: str, i: int, c: dict) -> None:
+    """Write candidate ``i`` back into the store (other shards write theirs)."""
+    _locked(model, lambda d: d["candidates"].__setitem__(i, c))
+
+
+def _landed(model: str, mine: dict) -> None:
+    """The landing's news into the store: the shapes tried, its new candidates appended (the
+    scorers index candidates by position, so nothing moves) and the degenerate marks."""
+    def change(d):
+        d["tried"] = mine["tried"]
+        have = {c["key"] for c in d["candidates"]}
+        d["candidates"] += [c for c in mine["candidates"] if c["key"] not in have]
+        marks = {c["key"]: c["degenerate"] for c in mine["candidates"]}
+        for c in d["candidates"]:
+            c["degenerate"] = marks.get(c["key"], c.get("degenerate", False))
+    _locked(model, change)
 
 
 def noise_ceiling(mean_abs_diff: float, final_sd: float) -> float:

@@ -463,7 +463,8 @@ def test_the_sensitivity_sweep_stops_at_the_largest_ratio_a_group_can_take():
     full = layer_sweep(ctx, ratios, "sweep")
     n_full, asked[:] = len(asked), []
     fast = layer_sweep(ctx, ratios, "sensitivity", until=tol)
-    assert n_full == 12 and len(asked) == 1 + 2 + 3 + 1  # a at 0.8; b at 0.8, 0.5; c at all three; d
+    # a at 0.8; b at 0.8 and 0.5; c at all three; d at 0.8
+    assert n_full == 12 and len(asked) == 1 + 2 + 3 + 1
     for g in widths:
         best = lambda d: max([r for r, v in d[g].items() if v <= tol], default=None)  # noqa
         assert best(fast) == best(full), g
