@@ -368,7 +368,8 @@ class Lander:
         tenth of the bracket from either end, and a plain halving wherever the last two steps
         together did not halve the bracket; with no ``hi`` yet, an extrapolation from ``lo``,
         at most doubling its ``t``.  On smooth paths it lands in fewer timed steps than
-        bisection (160 simulated 18-group landings at 1.5-4x, 1% noise: 5.0 timed steps against 6.9 on average)."""
+        bisection (160 simulated 18-group landings at 1.5-4x, 1% noise: 5.0 timed steps
+        against 6.9 on average)."""
         lo_t, lo_v = (lo[0], lo[1][0].value) if lo else (0.0, 1.0)
         est = (hi or lo)[1][1]
         aim = math.log(self._aim(est))
