@@ -8,9 +8,10 @@ machine), timed from the command's start to its exit.  The phases come from the 
 criterion's scores; ``measure_seconds``: the front and the confirmation) and its evaluation log
 (every candidate's prune + BN re-estimation + validation seconds, on the worker that ran it).
 
-    python bench/scaleout.py                      # resnet56 nsga2+deeplift speedup=2 and 3, 1 and 2 workers
+    python bench/scaleout.py            # resnet56 nsga2+deeplift speedup=2 and 3, 1 and 2 workers
     python bench/scaleout.py --budgets 3 --workers 2
     python bench/scaleout.py --tables             # only rewrite the table
+    OMP_NUM_THREADS=1 taskset -c 0 python bench/scaleout.py --finetune   # each choice fine-tuned
 
 Every cell searches with the search's defaults (population, generations, ``fidelity``, landing
 included: the wall time is the whole command's), so the table says what a user waits today; the
@@ -39,7 +40,7 @@ CELLS = RESULTS / "scaleout"
 SEARCH = ["--method", "nsga2", "--criterion", "deeplift",
           "--target", "onnxruntime-cpu", "--batch-size", "1", "--threads", "1"]
 sys.path.insert(0, str(ROOT / "bench"))
-from pareto import _commit  # noqa: E402
+from pareto import FINETUNE, _commit  # noqa: E402
 
 
 def cell_name(model: str, budget: float, workers: int) -> str:
@@ -78,6 +79,28 @@ def run_cell(model: str, budget: float, workers: int, runs: Path) -> dict:
         "commit": _commit()}
 
 
+def finetune_cell(rec: dict, runs: Path) -> dict:
+    """The cell's chosen model fine-tuned as the proof grid does (bench/pareto.py ``FINETUNE``:
+    4 epochs distilled from the unpruned model, one thread) and its test top-1: what a faster
+    search must not lose (accuracy only: it may share the machine)."""
+    model = runs / rec["cell"] / "model"
+    if not model.exists():
+        raise SystemExit(f"{rec['cell']}: {model} is gone; run the cell again to fine-tune it")
+    out = runs / f"{rec['cell']}-finetuned"
+    ft = ["--epochs", str(FINETUNE["epochs"]), "--lr", str(FINETUNE["lr"]), "--batch-size",
+          str(FINETUNE["batch_size"]), "--kd-weight", str(FINETUNE["kd_weight"]),
+          "--kd-temperature", str(FINETUNE["kd_temperature"]), "--threads", "1"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PRUNELAB_QUIET": "1"}
+    cmd = [sys.executable, "-m", "prunelab.cli", "finetune", str(model), *ft, "--out", str(out),
+           "--overwrite", "--json"]
+    p = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if p.returncode:
+        raise SystemExit(f"{rec['cell']}: prunelab finetune failed:\n{p.stderr[-2000:]}")
+    r = json.loads(p.stdout)
+    return {"test_top1": r["test_top1"], "val_top1": r["after_val_top1"],
+            "seconds": r["seconds"], "commit": _commit()}
+
+
 def write_tables() -> Path:
     recs = [json.loads(p.read_text()) for p in sorted(CELLS.glob("*.json"))]
     for r in recs:  # records from before budgets were a column: speedup=2, the default score
@@ -87,8 +110,8 @@ def write_tables() -> Path:
     one = {(r["model"], r["budget"]): r["wall_s"] for r in recs if r["workers"] == 1}
     lines = ["| model | budget | workers | wall | table + anchor | scores | candidates (n, median "
              "s, CPU-s) | search | front + fidelity + landing | wall vs 1 worker | chosen: "
-             "speed-up, val top-1 | landing | fidelity | commit |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "speed-up, val top-1 | fine-tuned test top-1 | landing | fidelity | commit |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in recs:
         k = (r["model"], r["budget"])
         rel = f"{one[k] / r['wall_s']:.2f}x" if k in one else "-"
@@ -97,7 +120,9 @@ def write_tables() -> Path:
             f"{r['wall_s'] / 60:.1f} min | {r['predictor_s']:.0f} s | {r['score_s']:.0f} s | "
             f"{r['evaluations']}, {r['eval_median_s']:.2f}, {r['eval_cpu_s']:.0f} | "
             f"{r['search_s']:.0f} s | {r['measure_s']:.0f} s | {rel} | {r['speedup']:.2f}x, "
-            f"{100 * r['val_top1']:.2f}% | {r.get('landing') or '-'} | {r['fidelity']} | "
+            f"{100 * r['val_top1']:.2f}% | "
+            + (f"{100 * r['finetuned']['test_top1']:.2f}%" if r.get("finetuned") else "-")
+            + f" | {r.get('landing') or '-'} | {r['fidelity']} | "
             f"{(r.get('commit') or '-')[:7]} |")
     cmd = (f"prunelab search MODEL {' '.join(SEARCH)} --budget speedup=B --workers N "
            "--out DIR --cache-dir EMPTY-DIR --json")
@@ -126,8 +151,21 @@ def main() -> None:
     ap.add_argument("--workers", default="1,2", help="comma-separated worker counts (1,2)")
     ap.add_argument("--runs", default=str(ROOT / "runs" / "scaleout"))
     ap.add_argument("--tables", action="store_true", help="only rewrite the table")
+    ap.add_argument("--finetune", action="store_true",
+                    help="fine-tune every finished cell's chosen model as the proof grid does "
+                    "and record its test top-1 (accuracy only: it may share the machine)")
     a = ap.parse_args()
-    if not a.tables:
+    if a.finetune:
+        for rec_file in sorted(CELLS.glob("*.json")):
+            rec = json.loads(rec_file.read_text())
+            if rec.get("finetuned"):
+                continue
+            print(f"[scaleout] {rec_file.stem}: fine-tuning its choice", flush=True)
+            rec["finetuned"] = finetune_cell(rec, Path(a.runs))
+            rec_file.write_text(json.dumps(rec, indent=1))
+            print(f"[scaleout] {rec_file.stem}: {100 * rec['finetuned']['test_top1']:.2f}% "
+                  "test top-1 fine-tuned", flush=True)
+    elif not a.tables:
         budgets = _numbers(a.budgets, "--budgets", float)
         counts = _numbers(a.workers, "--workers")
         CELLS.mkdir(parents=True, exist_ok=True)
