@@ -208,10 +208,18 @@ def run_cpu(out: Path) -> str | None:
 
 def search_fields(res: dict) -> dict:
     """From the search's result.json: the speed-up its confirmation measured (before
-    fine-tuning, 2 models interleaved) and whether the measured finish ran and chose."""
+    fine-tuning, 2 models interleaved), the landing's status, the choice's score (fidelity) and
+    whether the measured finish (before the landing stage) ran and chose."""
     c = res.get("chosen", {})
     fin = c.get("measured_finish")
+    fid = res.get("fidelity") or {}
+    pts = fid.get("points") or []
     return {"search_speedup": c.get("measured_speedup"),
+            "landing": (c.get("landing") or {}).get("status"),
+            # the choice's score: cheap for all (bn), or rich (kd:N) for the points that may be
+            # chosen, how many of them, and how many were projected onto the budget
+            "fidelity": {"setting": fid.get("setting", "bn"), "points": len(pts),
+                         "projected": sum("projected_from" in p for p in pts)},
             "measured_finish": None if not fin else
             {"trigger": fin.get("trigger"), "timed": len(fin.get("steps", [])),
              "chose": fin.get("chosen_from_finish"), "note": fin.get("note")}}
