@@ -368,7 +368,7 @@ class Lander:
         tenth of the bracket from either end, and a plain halving wherever the last two steps
         together did not halve the bracket; with no ``hi`` yet, an extrapolation from ``lo``,
         at most doubling its ``t``.  On smooth paths it lands in fewer timed steps than
-        bisection (160 simulated 18-group landings at 1.5-4x, 1% noise: 5.0 timed steps
+        bisection (160 simulated 18-group landings at 1.5-4x, 1% noise: 4.9 timed steps
         against 6.9 on average)."""
         lo_t, lo_v = (lo[0], lo[1][0].value) if lo else (0.0, 1.0)
         est = (hi or lo)[1][1]
@@ -379,13 +379,19 @@ class Lander:
                 return far
             t = lo_t * aim / math.log(lo_v)
             return min(far, max(lo_t + 0.05 * (far - lo_t), t))
-        hi_t, hi_v = hi[0], hi[1][0].value
-        w = hi_t - lo_t
-        if len(widths) >= 3 and w > widths[-3] / 2:
-            return (lo_t + hi_t) / 2
+        return self._falsi(lo_t, lo_v, hi[0], hi[1][0].value, est, widths)
+
+    def _falsi(self, lo_x: float, lo_v: float | None, hi_x: float, hi_v: float | None, est,
+               widths: list[float]) -> float:
+        """The guarded regula falsi step between ``lo_x`` (value ``lo_v``, too slow) and
+        ``hi_x`` (too fast): see :meth:`_next_t`; halving where a value is unknown."""
+        w = hi_x - lo_x
+        mid = (lo_x + hi_x) / 2
+        if lo_v is None or hi_v is None or (len(widths) >= 3 and w > widths[-3] / 2):
+            return mid
         a, b = math.log(max(lo_v, 1e-12)), math.log(max(hi_v, 1e-12))
-        t = (lo_t + hi_t) / 2 if a == b else lo_t + (aim - a) / (b - a) * w
-        return min(hi_t - w / 10, max(lo_t + w / 10, t))
+        x = mid if a == b else lo_x + (math.log(self._aim(est)) - a) / (b - a) * w
+        return min(hi_x - w / 10, max(lo_x + w / 10, x))
 
     def _land_path(self) -> Landing:
         on_path: dict[tuple, float] = {}
@@ -484,8 +490,9 @@ class Lander:
                  budget: int):
         """A finer monotone path where all groups snapping at once jumps over the band: from a
         too-slow ``lo`` to a too-fast ``hi`` one stair of one group at a time
-        (:meth:`_moves`), bisected.  Returns the landing, else the closest too-slow and too-fast
-        points it measured (None where it measured none)."""
+        (:meth:`_moves`), searched as the path is (:meth:`_falsi` on the chain's index).
+        Returns the landing, else the closest too-slow and too-fast points it measured (None
+        where it measured none)."""
         moves = self._moves(lo, hi)
         if len(moves) < 2:
             return [None, None]
@@ -494,8 +501,17 @@ class Lander:
             keeps.append({**keeps[-1], g: w})
         on: dict[tuple, float] = {}
         a, b, measured = 0, len(moves), 0  # a: too slow (lo), b: too fast (hi)
+        widths: list[float] = []
+
+        def value(i: int):  # the chain's point i as it reads now, where it was measured
+            key = tuple(sorted(keeps[i].items()))
+            return self._current(key) if key in self.seen else (None, None)
         while b - a > 1 and measured < budget:
-            k = (a + b) // 2
+            widths.append(b - a)  # the index regula falsi of :meth:`_next_t`, on the chain
+            (sa, ea), (sb, eb) = value(a), value(b)
+            k = int(round(self._falsi(a, sa.value if sa else None, b, sb.value if sb else None,
+                                      eb or ea, widths)))
+            k = min(b - 1, max(a + 1, k))
             t = lo_t + (hi_t - lo_t) * k / len(moves)
             s, est, new = self._point(t, keeps[k])
             measured += new
