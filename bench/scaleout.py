@@ -156,8 +156,10 @@ def main() -> None:
                     "and record its test top-1 (accuracy only: it may share the machine)")
     a = ap.parse_args()
     if a.finetune:
-        for rec_file in sorted(CELLS.glob("*.json")):
-            rec = json.loads(rec_file.read_text())
+        recs = {f: json.loads(f.read_text()) for f in CELLS.glob("*.json")}
+        # the largest budget and the most workers first: the cell the goal is read on
+        for rec_file in sorted(recs, key=lambda f: (-recs[f]["budget"], -recs[f]["workers"])):
+            rec = recs[rec_file]
             if rec.get("finetuned"):
                 continue
             print(f"[scaleout] {rec_file.stem}: fine-tuning its choice", flush=True)
