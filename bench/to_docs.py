@@ -8,6 +8,7 @@ marker                    page
 ``step-example``          docs/latency.md   (bench/step_example.py)
 ``int8-proxy``            docs/latency.md   (bench/int8_proxy.py)
 ``int8-grid``             docs/latency.md   (bench/int8_grid.py)
+``int8-layers``           docs/latency.md   (bench/int8_layers.py)
 ``criteria-tables``       docs/criteria.md  (bench/criteria.py)
 ``search-tables``         docs/searches.md  (bench/search.py)
 ``landing``               docs/searches.md  (bench/landing.py)
@@ -58,6 +59,9 @@ def blocks() -> list[tuple[str, str, str]]:
     proxy = RESULTS / "int8_proxy.md"
     if proxy.exists():
         out.append(("latency.md", "int8-proxy", proxy.read_text()))
+    layers = RESULTS / "int8_layers.md"
+    if layers.exists():
+        out.append(("latency.md", "int8-layers", layers.read_text()))
     grid = RESULTS / "int8.md"
     if grid.exists():
         out.append(("latency.md", "int8-grid", grid.read_text()))

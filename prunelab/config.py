@@ -81,6 +81,9 @@ class TargetSection(_Section):
     calib_images: Positive = Field(256, description="int8 calibration images (training split)")
     int8_types: Literal["auto", "s8s8", "u8s8", "u8u8"] = Field(
         "auto", description="int8 activation/weight types (auto: chosen per CPU)")
+    int8_layers: Literal["all", "fast"] = Field(
+        "all", description="int8 layers: all, or fast (each resolution stage kept fp32 where "
+        "that measures faster in the whole graph)")
     cache_dir: str | None = Field(None, description="latency table cache (default: per user)")
 
 

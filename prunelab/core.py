@@ -187,6 +187,7 @@ def search(model: nn.Module, example_inputs, *, train: Iterable | None = None,
            calibration: str = _d("target", "calibration"),
            calib_images: int = _d("target", "calib_images"),
            int8_types: str = _d("target", "int8_types"),
+           int8_layers: str = _d("target", "int8_layers"),
            cache_dir: str | None = None,
            mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
            name: str | None = None, workers: int = 0,
@@ -229,7 +230,7 @@ def search(model: nn.Module, example_inputs, *, train: Iterable | None = None,
                        criterion, target=TargetConfig(
                            target, batch_size=batch_size, threads=threads, precision=precision,
                            calibration=calibration, calib_images=calib_images,
-                           int8_types=int8_types),
+                           int8_types=int8_types, int8_layers=int8_layers),
                        budget=budget, seed=seed, recal_batches=recal_batches,
                        val_images=val_images, measure_front=measure_front,
                        decision_processes=decision_processes, fidelity=fidelity,
@@ -463,12 +464,14 @@ def load(path: str | Path, like: nn.Module | None = None):
 
 
 def int8_graph(model: nn.Module, example_inputs, calibration_images, target: str = "onnxruntime-cpu",
-               calibration: str = "minmax", int8_types: str = "auto", threads: int = 1
-               ) -> tuple[bytes, dict]:
+               calibration: str = "minmax", int8_types: str = "auto", threads: int = 1,
+               int8_layers: str = "all") -> tuple[bytes, dict]:
     """The int8 graph of ``model`` exactly as ``target`` (onnxruntime-cpu or openvino-cpu, with
     ``precision="int8"``) times and runs it: the exported ONNX graph quantized statically (QDQ,
     per-channel weights) on ``calibration_images`` (N, C, H, W, normalised like training, at
-    least 8), types chosen per CPU unless ``int8_types`` forces them.  Returns the ONNX bytes and
+    least 8), types chosen per CPU unless ``int8_types`` forces them, every layer in int8 or
+    (``int8_layers="fast"``) each resolution stage kept fp32 where that measures faster on
+    ``target``.  Returns the ONNX bytes and
     the choice made (types, 7-bit weights, method, images, CPU).  The module is not modified."""
     _check_module(model)
     shape = _input_shape(example_inputs)
@@ -482,14 +485,15 @@ def int8_graph(model: nn.Module, example_inputs, calibration_images, target: str
                             "the training images; e.g. 256 training images")
     from .quant import int8_graph as _int8
 
-    return _int8(_copy(model), batch, shape, images, target, calibration, int8_types, threads)
+    return _int8(_copy(model), batch, shape, images, target, calibration, int8_types, threads,
+                 int8_layers)
 
 
 def export_onnx(model: nn.Module, path: str | Path, example_inputs, opset: int = 17,
                 dynamic_batch: bool = False, overwrite: bool = False, precision: str = "fp32",
                 calibration_images=None, target: str = "onnxruntime-cpu",
                 calibration: str = "minmax", int8_types: str = "auto",
-                metadata: dict | None = None) -> dict:
+                metadata: dict | None = None, int8_layers: str = "all") -> dict:
     """Export ``model`` to ONNX exactly as the ONNX-based targets measure it
     (:func:`prunelab.targets._onnx.to_onnx`: same exporter, names ``input``/``logits``, the batch
     of ``example_inputs``, 1 for a shape); ``dynamic_batch`` makes the batch symbolic and says so
@@ -512,7 +516,7 @@ def export_onnx(model: nn.Module, path: str | Path, example_inputs, opset: int =
     quant = None
     if precision == "int8":
         data, quant = int8_graph(model, torch.zeros(batch, *shape), calibration_images, target,
-                                 calibration, int8_types)
+                                 calibration, int8_types, int8_layers=int8_layers)
     else:
         data = to_onnx(_copy(model), [torch.zeros(batch, *shape)], opset=opset,
                        dynamic_batch=dynamic_batch)

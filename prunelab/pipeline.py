@@ -93,7 +93,8 @@ class PipelineConfig:
         t = self.target
         return TargetConfig(t.name, batch_size=t.batch_size, threads=t.threads,
                             precision=t.precision, calibration=t.calibration,
-                            calib_images=t.calib_images, int8_types=t.int8_types)
+                            calib_images=t.calib_images, int8_types=t.int8_types,
+                            int8_layers=t.int8_layers)
 
     def search_config(self):
         from .searches import SearchConfig

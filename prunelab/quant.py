@@ -11,6 +11,12 @@ measured here (ONNX Runtime 1.32, AVX-512 VNNI, resnet20, 1 thread) S8S8 ran 3.6
 U8S8 and slower than fp32.  On a CPU without VNNI the U8S8 kernels can saturate, so there the
 weights keep 7 bits (``reduce_range``), as ONNX Runtime advises.  :func:`choose_types` records
 what it chose and why; ``s8s8``, ``u8s8`` and ``u8u8`` force a pair.
+
+Which layers (``int8_layers``): ``all`` quantizes every layer.  ``fast`` keeps in fp32 each
+group of layers at one spatial resolution whose int8 kernels measure slower, in the whole graph
+on the target itself (:func:`fast_fp32_nodes`): at narrow widths int8 stops paying, first in
+the widest-resolution stage (bench/results/int8_layers.md), and the choice depends on the
+widths, so it is measured for every graph.  The nodes kept fp32 are recorded with the choice.
 """
 
 from __future__ import annotations
@@ -27,6 +33,8 @@ from .errors import PrunelabError
 
 METHODS = ("minmax", "entropy", "percentile")
 TYPES = ("auto", "s8s8", "u8s8", "u8u8")
+LAYERS = ("all", "fast")
+FAST_MARGIN = 0.03       # a group stays fp32 only when that measures this much faster
 MIN_IMAGES = 8           # fewer calibration images than this is refused up front
 
 
@@ -41,9 +49,13 @@ class QuantChoice:
     images: int
     data: str               # "user" (images given) or "synthetic" (seeded noise: timing only)
     reason: str
+    layers: str = "all"     # all | fast (see the module's docstring)
+    fp32_nodes: tuple = ()  # the graph's nodes kept in fp32 (``fast``)
 
     def to_json(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        d["fp32_nodes"] = list(self.fp32_nodes)
+        return d
 
 
 def has_vnni(cpu: dict | None = None) -> bool:
@@ -73,6 +85,11 @@ def choose_types(types: str = "auto", cpu: dict | None = None) -> tuple[str, str
             "(reduce_range: the non-VNNI U8S8 kernels can saturate, as ONNX Runtime advises)")
 
 
+def check_layers(layers: str) -> None:
+    if layers not in LAYERS:
+        raise PrunelabError(f"unknown int8 layers {layers!r}; choose one of {', '.join(LAYERS)}")
+
+
 def check_calibration(images: int, method: str = "minmax") -> None:
     """Refuse a calibration set or method that cannot work, before any work is done."""
     if method not in METHODS:
@@ -99,10 +116,12 @@ def _reader(names: Sequence[str], batches: Iterable[Sequence[np.ndarray]]):
 
 
 def quantize_onnx(fp32: bytes, batches: Sequence[Sequence[np.ndarray]], method: str = "minmax",
-                  types: str = "auto", cpu: dict | None = None, data: str = "user"
+                  types: str = "auto", cpu: dict | None = None, data: str = "user",
+                  fp32_nodes: Sequence[str] = (), layers: str = "all"
                   ) -> tuple[bytes, QuantChoice]:
     """The int8 QDQ graph of ``fp32`` (ONNX bytes), calibrated on ``batches`` (each a list of
-    arrays, one per graph input, in the graph's batch size).  Deterministic for the same input."""
+    arrays, one per graph input, in the graph's batch size), the nodes named in ``fp32_nodes``
+    left in fp32.  Deterministic for the same input."""
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
@@ -124,6 +143,7 @@ def quantize_onnx(fp32: bytes, batches: Sequence[Sequence[np.ndarray]], method: 
             quantize_static(src, dst, _reader(names, batches), quant_format=QuantFormat.QDQ,
                             activation_type=qt[act], weight_type=qt[wt], per_channel=True,
                             reduce_range=reduce, calibrate_method=cm,
+                            nodes_to_exclude=list(fp32_nodes),
                             extra_options={"CalibTensorRangeSymmetric": False,
                                            "ActivationSymmetric": act == "int8"})
         except Exception as e:  # noqa: BLE001 - ONNX Runtime's own errors, made one line
@@ -134,7 +154,68 @@ def quantize_onnx(fp32: bytes, batches: Sequence[Sequence[np.ndarray]], method: 
             logging.getLogger().setLevel(quiet)
         with open(dst, "rb") as f:
             out = f.read()
-    return out, QuantChoice(act, wt, reduce, method, n, data, why)
+    return out, QuantChoice(act, wt, reduce, method, n, data, why, layers, tuple(fp32_nodes))
+
+
+def resolution_groups(fp32: bytes) -> list[list[str]]:
+    """The graph's named nodes grouped by the spatial size (H, W) of their first output, in
+    graph order, then one group, the head, for the nodes whose output is not an image of more
+    than one pixel: a network's stages, found in any architecture's graph by ONNX's own shape
+    inference."""
+    import onnx
+
+    m = onnx.shape_inference.infer_shapes(onnx.load_from_string(fp32))
+    dims = {}
+    for vi in [*m.graph.input, *m.graph.value_info, *m.graph.output]:
+        dims[vi.name] = tuple(d.dim_value for d in vi.type.tensor_type.shape.dim)
+    groups: dict[tuple, list[str]] = {}
+    for n in m.graph.node:
+        if not n.name or not n.output:
+            continue
+        hw = dims.get(n.output[0], ())[2:]
+        groups.setdefault(hw if len(hw) == 2 and hw[0] * hw[1] > 1 else (), []).append(n.name)
+    head = groups.pop((), [])
+    return [*groups.values(), *([head] if head else [])]
+
+
+def structure_key(graph: bytes) -> str:
+    """A digest of ``graph`` without its weights' values (its ops, attributes and tensor shapes):
+    what decides the speed of its kernels, so a graph re-trained or re-calibrated keeps the
+    same ``fast`` choice."""
+    import hashlib
+
+    import onnx
+
+    m = onnx.load_from_string(graph)
+    for t in m.graph.initializer:
+        t.ClearField("raw_data")
+        for f in ("float_data", "int32_data", "int64_data", "double_data"):
+            t.ClearField(f)
+    m.ClearField("metadata_props")
+    return hashlib.sha1(m.graph.SerializeToString()).hexdigest()
+
+
+def fast_fp32_nodes(fp32: bytes, quantize, compare, margin: float = FAST_MARGIN
+                    ) -> tuple[list[str], list[dict]]:
+    """Which of ``fp32``'s resolution groups (:func:`resolution_groups`) stay fp32 so the whole
+    graph runs fastest, greedily in graph order: each group is tried in fp32 on top of what is
+    already kept and kept when the whole graph measures ``margin`` faster.  ``quantize(nodes)``
+    builds the int8 graph with ``nodes`` in fp32; ``compare(a, b)`` times two graphs interleaved
+    and returns their milliseconds.  Returns the nodes and one record per group tried."""
+    keep: list[str] = []
+    current = quantize(keep)
+    trail = []
+    for group in resolution_groups(fp32):
+        trial = quantize(keep + group)
+        if trial == current:  # nothing in the group was quantized
+            continue
+        ms_int8, ms_fp32 = compare(current, trial)
+        kept = ms_fp32 < ms_int8 * (1 - margin)
+        trail.append({"nodes": len(group), "first": group[0], "int8_ms": round(ms_int8, 4),
+                      "fp32_ms": round(ms_fp32, 4), "fp32": kept})
+        if kept:
+            keep, current = keep + group, trial
+    return keep, trail
 
 
 def synthetic_batches(shapes: Sequence[Sequence[int]], images: int, seed: int = 0
@@ -175,8 +256,8 @@ def calibration_images(data, n: int, seed: int = 0) -> np.ndarray:
 
 
 def int8_graph(model, batch: int, shape, images: np.ndarray, target: str = "onnxruntime-cpu",
-               calibration: str = "minmax", int8_types: str = "auto", threads: int = 1
-               ) -> tuple[bytes, dict]:
+               calibration: str = "minmax", int8_types: str = "auto", threads: int = 1,
+               int8_layers: str = "all") -> tuple[bytes, dict]:
     """The int8 graph of ``model`` (eval mode, not modified) exactly as ``target`` with
     ``precision="int8"`` times it, calibrated on ``images``; and the choice made, with the CPU."""
     import torch
@@ -186,7 +267,7 @@ def int8_graph(model, batch: int, shape, images: np.ndarray, target: str = "onnx
 
     t = make_target(TargetConfig(target, batch_size=batch, threads=threads, precision="int8",
                                  calibration=calibration, calib_images=max(len(images), 1),
-                                 int8_types=int8_types))
+                                 int8_types=int8_types, int8_layers=int8_layers))
     t.calibrate_on(images)
     data = t.onnx_graph(model, [torch.zeros(batch, *shape)])
     return data, {**t.quant_choice.to_json(), "target": target, "cpu": cpu_info()}
@@ -198,7 +279,7 @@ def deploy_graph(model, meta: dict, input_shape, images: np.ndarray, cfg) -> tup
     with ``meta`` (model, dataset, classes), its precision, input shape and the quantization
     choice in the file's metadata.  Returns the bytes and the choice."""
     data, quant = int8_graph(model, cfg.batch_size, input_shape, images, cfg.target,
-                             cfg.calibration, cfg.int8_types, cfg.threads)
+                             cfg.calibration, cfg.int8_types, cfg.threads, cfg.int8_layers)
     data = with_metadata(data, {**meta, "precision": "int8", "quantization": quant,
                                 "input_shape": [cfg.batch_size, *input_shape]})
     return data, quant

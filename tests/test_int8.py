@@ -185,8 +185,10 @@ def test_unpruned_meets_with_the_int8_gain():
 
 
 @pytest.mark.slow  # ~2 min on 2 cores: the int8 latency table quantizes every layer piece
+@pytest.mark.parametrize("layers", ["all", "fast"])
 def test_int8_run_budget_relative_to_fp32_and_the_artefacts(tmp_path, tiny_resnet_dir, idx_dir,
-                                                            session_cache_dir, pipeline_config):
+                                                            session_cache_dir, pipeline_config,
+                                                            layers):
     """An int8 pipeline run on onnxruntime-cpu.  The search: the budget's reference is the
     unpruned fp32 graph (its measured gain kept for a resume), the answer comes with its int8
     file (QDQ, calibrated on training images) and a validation top-1 computed by ONNX Runtime.
@@ -198,7 +200,7 @@ def test_int8_run_budget_relative_to_fp32_and_the_artefacts(tmp_path, tiny_resne
     cfg = pipeline_config(tiny_resnet_dir, idx_dir, session_cache_dir, options={},
                           search={"budget": "speedup=1.1"},
                           target={"name": "onnxruntime-cpu", "precision": "int8",
-                                  "calib_images": 16})
+                                  "calib_images": 16, "int8_layers": layers})
     out = tmp_path / "run"
     s = run_pipeline(cfg, out)
     r = json.loads((out / "search" / "result.json").read_text())
@@ -212,6 +214,7 @@ def test_int8_run_budget_relative_to_fp32_and_the_artefacts(tmp_path, tiny_resne
     g = read_graph(c["int8"]["onnx"])
     assert g.meta["precision"] == "int8" and "QuantizeLinear" in _ops(g.data)
     assert c["int8"]["quantization"]["images"] == 16
+    assert c["int8"]["quantization"]["layers"] == layers
     assert 0.0 <= c["int8"]["val_top1_runtime"] <= 1.0
     # the run: the final int8 file is what verify timed and judged, and what the summary names
     v = json.loads((out / "verify.json").read_text())
@@ -222,6 +225,9 @@ def test_int8_run_budget_relative_to_fp32_and_the_artefacts(tmp_path, tiny_resne
     assert v["rows"]["searched"]["ref"] == str(out / "search" / "model.int8.onnx")
     final = read_graph(out / "final.int8.onnx")
     assert final.meta["precision"] == "int8" and "QuantizeLinear" in _ops(final.data)
+    # fast: the fine-tuned file keeps the searched file's choice (same widths, same process)
+    assert final.meta["quantization"]["fp32_nodes"] == \
+        read_graph(c["int8"]["onnx"]).meta["quantization"]["fp32_nodes"]
     from prunelab.commands import data_for, load
 
     model, spec = load(str(tiny_resnet_dir), dataset="mnist-idx", data_dir=str(idx_dir))
@@ -234,3 +240,104 @@ def test_int8_run_budget_relative_to_fp32_and_the_artefacts(tmp_path, tiny_resne
     assert v["speedup"] > 0 and v["speedup_interval"][0] <= v["speedup"]
     # the int8 alone baseline: the unpruned model's int8 file
     assert read_graph(out / "unpruned.int8.onnx").meta["model"] == spec.name
+
+
+def _weights_dequantized(data: bytes) -> dict[str, bool]:
+    """Conv node name -> whether its weight comes through a DequantizeLinear (int8)."""
+    g = onnx.load_from_string(data).graph
+    made_by = {o: n.op_type for n in g.node for o in n.output}
+    return {n.name: made_by.get(n.input[1]) == "DequantizeLinear"
+            for n in g.node if n.op_type == "Conv"}
+
+
+def test_resolution_groups_are_the_stages(tiny_resnet_dir):
+    from prunelab import commands
+    from prunelab.quant import resolution_groups
+    from prunelab.targets._onnx import to_onnx
+
+    model, spec = commands.load(str(tiny_resnet_dir))
+    fp32 = to_onnx(model.eval(), [torch.zeros(1, *spec.input_shape)])
+    groups = resolution_groups(fp32)
+    named = [n.name for n in onnx.load_from_string(fp32).graph.node if n.name]
+    assert sorted(sum(groups, [])) == sorted(named)  # every node in exactly one group
+    # resnet20: three stages (32x32, 16x16 from layer2's strided conv, 8x8), then the head
+    assert len(groups) == 4
+    assert groups[0][0] == "/conv1/Conv" and all("layer2" not in n for n in groups[0])
+    assert groups[1][0].startswith("/layer2/layer2.0/conv1")
+    assert groups[2][0].startswith("/layer3/layer3.0/conv1")
+    assert any(n.endswith("fc/Gemm") for n in groups[3])
+
+
+def test_fast_keeps_in_fp32_the_stages_that_measure_faster(tiny_resnet_dir):
+    """The greedy choice with a given clock: the stage whose fp32 graph is faster stays fp32 and
+    its convolutions keep float weights; a stage whose fp32 graph is not faster by the margin is
+    quantized; the trail says what was measured."""
+    from prunelab import commands
+    from prunelab.quant import (FAST_MARGIN, fast_fp32_nodes, quantize_onnx, resolution_groups,
+                                synthetic_batches)
+    from prunelab.targets._onnx import to_onnx
+
+    model, spec = commands.load(str(tiny_resnet_dir))
+    fp32 = to_onnx(model.eval(), [torch.zeros(1, *spec.input_shape)])
+    groups = resolution_groups(fp32)
+    batches = synthetic_batches([(1, *spec.input_shape)], 16)
+
+    def quantize(nodes):
+        return quantize_onnx(fp32, batches, fp32_nodes=nodes)[0]
+
+    def clock(graph):  # the first stage in fp32 saves 10%, the second 0.5% (inside the margin)
+        fp = {k for k, v in _weights_dequantized(graph).items() if not v}
+        return 1.0 - 0.1 * bool(fp & set(groups[0])) - 0.005 * bool(fp & set(groups[1]))
+
+    def compare(a, b):
+        return clock(a), clock(b)
+
+    keep, trail = fast_fp32_nodes(fp32, quantize, compare)
+    assert keep == groups[0] and 0.01 < FAST_MARGIN < 0.1
+    assert [t["fp32"] for t in trail][:2] == [True, False] and trail[0]["first"] == "/conv1/Conv"
+    data, choice = quantize_onnx(fp32, batches, fp32_nodes=keep, layers="fast")
+    deq = _weights_dequantized(data)
+    assert all(not deq[n] for n in groups[0] if n in deq)
+    assert all(deq[n] for n in groups[1] + groups[2] if n in deq)
+    assert choice.to_json()["fp32_nodes"] == keep and choice.layers == "fast"
+
+
+def test_fast_is_decided_once_per_structure_and_exported_as_timed(tmp_path, tiny_resnet_dir,
+                                                                  tiny_data):
+    """int8_layers="fast" on the real runtime: the graph a target times and the file export
+    writes are the same (one decision per graph structure, kept when the weights change), and
+    the choice is in the file; the option is validated and part of the target's cache key."""
+    from prunelab import commands
+    from prunelab.core import export_onnx
+    from prunelab.quant import structure_key
+    from prunelab.targets._onnx import _FAST, to_onnx
+
+    model, spec = commands.load(str(tiny_resnet_dir))
+    x = torch.zeros(1, *spec.input_shape)
+    images = _calibration(tiny_data)
+    cfg = TargetConfig("onnxruntime-cpu", precision="int8", calib_images=64, int8_layers="fast")
+    assert cfg.to_json()["int8_layers"] == "fast" and TargetConfig.from_json(cfg.to_json()) == cfg
+    assert "int8_layers" not in TargetConfig("onnxruntime-cpu", precision="int8").to_json()
+    with pytest.raises(PrunelabError, match="unknown int8 layers 'some'"):
+        TargetConfig("onnxruntime-cpu", precision="int8", int8_layers="some")
+    t = make_target(cfg)
+    t.calibrate_on(images)
+    timed = t.onnx_graph(model.eval(), [x])
+    assert t.quant_choice.layers == "fast" and len(_FAST) >= 1
+    r = export_onnx(model, tmp_path / "m.onnx", x, precision="int8", calibration_images=images,
+                    int8_layers="fast")
+    g = read_graph(tmp_path / "m.onnx")
+    assert onnx.load_from_string(timed).graph.SerializeToString() == \
+        onnx.load_from_string(g.data).graph.SerializeToString()
+    assert g.meta["quantization"]["fp32_nodes"] == r["quantization"]["fp32_nodes"] == \
+        list(t.quant_choice.fp32_nodes)
+    # fine-tuned weights keep the structure (and the choice); other widths do not
+    tuned = commands.load(str(tiny_resnet_dir))[0].eval()
+    with torch.no_grad():
+        for p in tuned.parameters():
+            p.mul_(1.5)
+    assert structure_key(to_onnx(tuned, [x])) == structure_key(to_onnx(model.eval(), [x]))
+    from prunelab.models import build
+
+    other = build("resnet20", in_channels=1, num_classes=10, width=0.5).eval()
+    assert structure_key(to_onnx(other, [x])) != structure_key(to_onnx(model.eval(), [x]))

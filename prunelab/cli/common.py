@@ -183,7 +183,7 @@ def open_model(args, ref: str | None = None, data: bool = True):
 
 def precision_options(p) -> None:
     """``--precision`` and the int8 calibration flags (the target section's keys)."""
-    from ..quant import METHODS, TYPES
+    from ..quant import LAYERS, METHODS, TYPES
 
     p.add_argument("--precision", default="fp32", choices=("fp32", "int8"),
                    help="fp32, or int8 on onnxruntime-cpu / openvino-cpu (static QDQ, "
@@ -194,11 +194,15 @@ def precision_options(p) -> None:
                    help="int8 calibration images from the training split (default 256)")
     p.add_argument("--int8-types", default="auto", choices=TYPES,
                    help="int8 activation/weight types (default auto: chosen per CPU)")
+    p.add_argument("--int8-layers", default="all", choices=LAYERS,
+                   help="int8 layers: all (default), or fast: each resolution stage kept fp32 "
+                        "where that measures faster in the whole graph")
 
 
 def precision_kwargs(args) -> dict:
     return {"precision": args.precision, "calibration": args.calibration,
-            "calib_images": args.calib_images, "int8_types": args.int8_types}
+            "calib_images": args.calib_images, "int8_types": args.int8_types,
+            "int8_layers": args.int8_layers}
 
 
 def common_measure(p):

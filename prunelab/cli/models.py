@@ -257,7 +257,7 @@ def cmd_export(args):
     opts = dict(batch_size=args.batch_size, dynamic_batch=args.dynamic_batch,
                 overwrite=args.overwrite, precision=args.precision, target=args.target,
                 calibration=args.calibration, calib_images=args.calib_images,
-                int8_types=args.int8_types)
+                int8_types=args.int8_types, int8_layers=args.int8_layers)
     commands.check_export(args.onnx, **opts)  # before the model and data are opened
     model, spec, data = open_model(args, data=args.precision == "int8")
     r = commands.export_onnx((model, spec), args.onnx, opset=args.opset, data=data, **opts)

@@ -19,7 +19,8 @@ def _option(s: str) -> tuple[str, object]:
         return k.strip(), v
 
 
-TARGET_KEYS = ("batch_size", "threads", "precision", "calibration", "calib_images", "int8_types")
+TARGET_KEYS = ("batch_size", "threads", "precision", "calibration", "calib_images", "int8_types",
+               "int8_layers")
 SEARCH_KEYS = ("recal_batches", "val_images", "measure_front", "decision_processes", "fidelity",
                "score_precision")
 
@@ -41,7 +42,7 @@ def cmd_search(args):
     cfg = SearchConfig(method=args.method, criterion=args.criterion, target=TargetConfig(
         args.target, batch_size=args.batch_size, threads=args.threads, precision=args.precision,
         calibration=args.calibration, calib_images=args.calib_images,
-        int8_types=args.int8_types), budget=args.budget,
+        int8_types=args.int8_types, int8_layers=args.int8_layers), budget=args.budget,
         seed=args.seed, recal_batches=args.recal_batches, val_images=args.val_images,
         measure_front=args.measure_front, decision_processes=args.decision_processes,
         fidelity=args.fidelity, score_precision=args.score_precision, options=dict(args.option or []))

@@ -330,7 +330,8 @@ def _finetune_locked(model, spec, data, cfg, out, tmodel, tspec, teacher_id, kd_
 def check_export(path: str, batch_size: int = 1, dynamic_batch: bool = False,
                  overwrite: bool = False, precision: str = "fp32",
                  target: str = "onnxruntime-cpu", calibration: str = "minmax",
-                 calib_images: int = 256, int8_types: str = "auto") -> None:
+                 calib_images: int = 256, int8_types: str = "auto", int8_layers: str = "all"
+                 ) -> None:
     """:func:`export_onnx`'s options, checked before a model or data set is opened."""
     from ..targets import TargetConfig
 
@@ -338,7 +339,7 @@ def check_export(path: str, batch_size: int = 1, dynamic_batch: bool = False,
         raise PrunelabError("--batch-size must be at least 1")
     if precision == "int8":
         TargetConfig(target, batch_size=batch_size, precision="int8", calibration=calibration,
-                     calib_images=calib_images, int8_types=int8_types)
+                     calib_images=calib_images, int8_types=int8_types, int8_layers=int8_layers)
         if dynamic_batch:
             raise PrunelabError("an int8 graph is exported with the fixed batch it is timed "
                                 "with; drop --dynamic-batch")
@@ -349,7 +350,7 @@ def export_onnx(ref, path: str, batch_size: int = 1, opset: int = 17,
                 dynamic_batch: bool = False, overwrite: bool = False, precision: str = "fp32",
                 target: str = "onnxruntime-cpu", calibration: str = "minmax",
                 calib_images: int = 256, int8_types: str = "auto", dataset: str | None = None,
-                data_dir: str | None = None, data=None) -> dict:
+                data_dir: str | None = None, data=None, int8_layers: str = "all") -> dict:
     """Export a model (a shipped name or folder, or an opened ``(model, spec)``) to ONNX: the
     graph the ONNX-based targets time (see :func:`prunelab.core.export_onnx`);
     ``precision="int8"`` writes the int8 graph ``target`` times, calibrated on ``calib_images``
@@ -357,7 +358,7 @@ def export_onnx(ref, path: str, batch_size: int = 1, opset: int = 17,
     from ..core import export_onnx as _export
 
     check_export(path, batch_size, dynamic_batch, overwrite, precision, target, calibration,
-                 calib_images, int8_types)
+                 calib_images, int8_types, int8_layers)
     model, spec = ref if isinstance(ref, tuple) else load(ref)
     images = None
     if precision == "int8":
@@ -367,7 +368,7 @@ def export_onnx(ref, path: str, batch_size: int = 1, opset: int = 17,
     r = _export(model, path, torch.zeros(batch_size, *spec.input_shape), opset=opset,
                 dynamic_batch=dynamic_batch, overwrite=overwrite, precision=precision,
                 calibration_images=images, target=target, calibration=calibration,
-                int8_types=int8_types, metadata=_graph_meta(spec))
+                int8_types=int8_types, metadata=_graph_meta(spec), int8_layers=int8_layers)
     return {"model": spec.name, **r}
 
 
@@ -427,7 +428,8 @@ def evaluate_on_target(ref, cfg, dataset: str | None = None, data_dir: str | Non
         return {**out, "top1": out["fp32_top1"], "latency_ms": t.median_ms,
                 "latency": t.to_json()}
     data8, quant = int8_graph(model, x, calibration_images(data, cfg.calib_images, seed),
-                              cfg.target, cfg.calibration, cfg.int8_types, cfg.threads)
+                              cfg.target, cfg.calibration, cfg.int8_types, cfg.threads,
+                              cfg.int8_layers)
     int8 = Graph(data8, name=f"{spec.name} int8")
     e = paired_speedup(fp32, int8, target, spec.input_shape,
                        dataclasses.replace(STEP_PROTOCOL, sessions=sessions), processes=0,

@@ -33,8 +33,9 @@ class TargetConfig:
     ``threads`` is fixed (default 1, the most repeatable figure on a shared machine); set it to
     what you deploy with.  ``precision`` is ``fp32``, or ``int8`` on the targets that run an int8
     graph (onnxruntime-cpu, openvino-cpu: static QDQ quantization, see :mod:`prunelab.quant`),
-    with its ``calibration`` method, ``calib_images`` and ``int8_types`` (``auto`` chooses per
-    CPU); ``fp16`` is a reserved name.
+    with its ``calibration`` method, ``calib_images``, ``int8_types`` (``auto`` chooses per
+    CPU) and ``int8_layers`` (``all``, or ``fast``: each resolution stage kept fp32 where that
+    measures faster, per graph); ``fp16`` is a reserved name.
     """
 
     target: str
@@ -44,6 +45,7 @@ class TargetConfig:
     calibration: str = "minmax"
     calib_images: int = 256
     int8_types: str = "auto"
+    int8_layers: str = "all"
 
     def __post_init__(self):
         entry = TARGETS.get(self.target)
@@ -62,9 +64,10 @@ class TargetConfig:
                 + (f"{self.precision} runs on {', '.join(can)}" if can else
                    f"no target runs {self.precision} yet") + ", or use --precision fp32")
         if self.precision == "int8":
-            from ..quant import TYPES, check_calibration
+            from ..quant import TYPES, check_calibration, check_layers
 
             check_calibration(self.calib_images, self.calibration)
+            check_layers(self.int8_layers)
             if self.int8_types not in TYPES:
                 raise PrunelabError(f"unknown int8 types {self.int8_types!r}; choose one of "
                                     f"{', '.join(TYPES)}")
@@ -72,14 +75,17 @@ class TargetConfig:
     def to_json(self) -> dict:
         d = asdict(self)
         if self.precision != "int8":  # the quantization settings only exist for int8
-            for k in ("calibration", "calib_images", "int8_types"):
+            for k in ("calibration", "calib_images", "int8_types", "int8_layers"):
                 d.pop(k)
+        elif self.int8_layers == "all":  # the keys of caches made before the option stay valid
+            d.pop("int8_layers")
         return d
 
     @classmethod
     def from_json(cls, d: dict) -> "TargetConfig":
         return cls(**{k: d[k] for k in ("target", "batch_size", "threads", "precision",
-                                        "calibration", "calib_images", "int8_types") if k in d})
+                                        "calibration", "calib_images", "int8_types", "int8_layers")
+                    if k in d})
 
 
 def make_target(cfg: TargetConfig | str, **kw) -> Target:

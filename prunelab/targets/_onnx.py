@@ -101,6 +101,8 @@ class Graph:
 
 
 TIMING_CALIB_IMAGES = 32  # seeded-noise images that calibrate a graph built only to be timed
+FAST_REPEATS = 40         # interleaved rounds of each comparison behind int8_layers="fast"
+_FAST: dict = {}          # graph structure and target -> (nodes kept fp32, what was measured)
 
 
 _EXPORTED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
@@ -162,7 +164,8 @@ class OnnxBased:
 
         from ..quant import image_batches, quantize_onnx, synthetic_batches
 
-        key = hashlib.sha1(fp32).hexdigest()
+        keep = self.fast_fp32_nodes(fp32, inputs) if self.cfg.int8_layers == "fast" else ()
+        key = (hashlib.sha1(fp32).hexdigest(), tuple(keep))
         cache = self.__dict__.setdefault("_int8", {})
         if key not in cache:
             cal = self.calibration
@@ -174,6 +177,33 @@ class OnnxBased:
                 batches = synthetic_batches([tuple(x.shape) for x in inputs], TIMING_CALIB_IMAGES)
                 data = "synthetic"
             cache[key] = quantize_onnx(fp32, batches, self.cfg.calibration, self.cfg.int8_types,
-                                       data=data)
+                                       data=data, fp32_nodes=keep, layers=self.cfg.int8_layers)
         data, self.quant_choice = cache[key]
         return data
+
+    def fast_fp32_nodes(self, fp32: bytes, inputs: Sequence[torch.Tensor]) -> list[str]:
+        """The nodes of ``fp32`` that ``int8_layers="fast"`` keeps in fp32 on this target
+        (:func:`prunelab.quant.fast_fp32_nodes`): measured once per graph structure in this
+        process (the weights and the calibration do not change which kernels run), with graphs
+        calibrated on seeded noise, two at a time, interleaved, in this runtime."""
+        import statistics
+
+        from ..metrics import time_callables
+        from ..quant import fast_fp32_nodes, quantize_onnx, structure_key, synthetic_batches
+
+        c = self.cfg
+        key = (structure_key(fp32), c.target, c.batch_size, c.threads, c.int8_types)
+        if key not in _FAST:
+            batches = synthetic_batches([tuple(x.shape) for x in inputs], TIMING_CALIB_IMAGES)
+
+            def quantize(nodes):
+                return quantize_onnx(fp32, batches, "minmax", c.int8_types, data="synthetic",
+                                     fp32_nodes=nodes)[0]
+
+            def compare(a: bytes, b: bytes) -> tuple[float, float]:
+                runs = [self.runner(Graph(a), inputs), self.runner(Graph(b), inputs)]
+                ms = time_callables(runs, repeats=FAST_REPEATS, warmup=10, min_seconds=0.2)
+                return statistics.median(ms[0]), statistics.median(ms[1])
+
+            _FAST[key] = fast_fp32_nodes(fp32, quantize, compare)
+        return list(_FAST[key][0])
