@@ -38,7 +38,7 @@ def measure(ratio: float) -> dict:
     from prunelab.hardware import cpu_info
     from prunelab.latency.paired import DECISION_PROTOCOL, paired_speedup
     from prunelab.targets import TargetConfig, make_target
-    from prunelab.targets._onnx import _FAST, Graph, to_onnx
+    from prunelab.targets._onnx import Graph, to_onnx
 
     model, spec = commands.load(MODEL)
     x = torch.zeros(1, *spec.input_shape)
@@ -54,7 +54,7 @@ def measure(ratio: float) -> dict:
             g = t.onnx_graph(pruned.eval(), [x])
             if how == "fast":
                 row["fp32_nodes"] = len(t.quant_choice.fp32_nodes)
-                row["trail"] = list(_FAST.values())[-1][1]
+                row["trail"] = list(t.quant_choice.measured)
         e = paired_speedup(base, Graph(g, name=how), fp32, spec.input_shape, DECISION_PROTOCOL,
                            processes=PROCESSES)
         row[how] = {"speedup": e.estimate, "interval": [e.low, e.high]}

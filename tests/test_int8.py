@@ -331,6 +331,9 @@ def test_fast_is_decided_once_per_structure_and_exported_as_timed(tmp_path, tiny
         onnx.load_from_string(g.data).graph.SerializeToString()
     assert g.meta["quantization"]["fp32_nodes"] == r["quantization"]["fp32_nodes"] == \
         list(t.quant_choice.fp32_nodes)
+    measured = g.meta["quantization"]["measured"]  # every stage tried, with its two times
+    assert measured and all(m["int8_ms"] > 0 and m["fp32_ms"] > 0 for m in measured)
+    assert any(m["fp32"] for m in measured) == bool(r["quantization"]["fp32_nodes"])
     # fine-tuned weights keep the structure (and the choice); other widths do not
     tuned = commands.load(str(tiny_resnet_dir))[0].eval()
     with torch.no_grad():

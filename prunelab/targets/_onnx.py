@@ -3,6 +3,7 @@ the same graph for a whole model and for the per-layer pieces of the lookup tabl
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import warnings
 import weakref
@@ -164,7 +165,8 @@ class OnnxBased:
 
         from ..quant import image_batches, quantize_onnx, synthetic_batches
 
-        keep = self.fast_fp32_nodes(fp32, inputs) if self.cfg.int8_layers == "fast" else ()
+        keep, measured = self.fast_fp32_nodes(fp32, inputs) if self.cfg.int8_layers == "fast" \
+            else ((), ())
         key = (hashlib.sha1(fp32).hexdigest(), tuple(keep))
         cache = self.__dict__.setdefault("_int8", {})
         if key not in cache:
@@ -176,14 +178,17 @@ class OnnxBased:
             else:
                 batches = synthetic_batches([tuple(x.shape) for x in inputs], TIMING_CALIB_IMAGES)
                 data = "synthetic"
-            cache[key] = quantize_onnx(fp32, batches, self.cfg.calibration, self.cfg.int8_types,
-                                       data=data, fp32_nodes=keep, layers=self.cfg.int8_layers)
+            data8, choice = quantize_onnx(fp32, batches, self.cfg.calibration,
+                                          self.cfg.int8_types, data=data, fp32_nodes=keep,
+                                          layers=self.cfg.int8_layers)
+            cache[key] = data8, dataclasses.replace(choice, measured=tuple(measured))
         data, self.quant_choice = cache[key]
         return data
 
-    def fast_fp32_nodes(self, fp32: bytes, inputs: Sequence[torch.Tensor]) -> list[str]:
-        """The nodes of ``fp32`` that ``int8_layers="fast"`` keeps in fp32 on this target
-        (:func:`prunelab.quant.fast_fp32_nodes`): measured once per graph structure in this
+    def fast_fp32_nodes(self, fp32: bytes, inputs: Sequence[torch.Tensor]
+                        ) -> tuple[list[str], list[dict]]:
+        """The nodes of ``fp32`` that ``int8_layers="fast"`` keeps in fp32 on this target, and
+        what was measured (:func:`prunelab.quant.fast_fp32_nodes`): once per graph structure in this
         process (the weights and the calibration do not change which kernels run), with graphs
         calibrated on seeded noise, two at a time, interleaved, in this runtime."""
         import statistics
@@ -206,4 +211,5 @@ class OnnxBased:
                 return statistics.median(ms[0]), statistics.median(ms[1])
 
             _FAST[key] = fast_fp32_nodes(fp32, quantize, compare)
-        return list(_FAST[key][0])
+        keep, trail = _FAST[key]
+        return list(keep), [dict(t) for t in trail]
