@@ -469,28 +469,3 @@ def test_the_sensitivity_sweep_stops_at_the_largest_ratio_a_group_can_take():
         best = lambda d: max([r for r, v in d[g].items() if v <= tol], default=None)  # noqa
         assert best(fast) == best(full), g
     assert asked[0] == {"a": layer_keep(16, 0.8)}
-
-
-def test_bounds_that_cannot_reach_the_budget_are_widened_least_sensitive_first():
-    """nsga2's sensitivity bounds are kept where their most pruned corner meets the budget, and
-    otherwise widened, the groups that lose least first, only as far as the budget needs."""
-    from types import SimpleNamespace
-
-    from prunelab.searches.methods import reach_budget
-
-    widths = {"a": 16, "b": 16, "c": 16}
-    drops = {"a": {0.8: 0.3, 0.5: 0.05}, "b": {0.8: 0.02}, "c": {0.8: 0.4, 0.5: 0.2}}
-    base = {"a": 0.5, "b": 0.8, "c": 0.25}
-    ctx = SimpleNamespace(widths=widths, budget=SimpleNamespace(kind="macs"),
-                          cost=lambda keep: {"macs": sum(keep.values())})  # channels kept
-    # corner 8 + 4 + 12 = 24 channels: a limit of 30 is met as it is
-    rmax = dict(base)
-    assert reach_budget(ctx, rmax, drops, 0.9, 30) == [] and rmax == base
-    # 20: b loses least at its largest swept ratio (0.02), so it goes first (4 -> 2 channels:
-    # 22, not enough), then a (0.3 against c's 0.4; 8 -> 2: 16), and c keeps its bound
-    rmax = dict(base)
-    assert reach_budget(ctx, rmax, drops, 0.9, 20) == ["b", "a"]
-    assert rmax == {"a": 0.9, "b": 0.9, "c": 0.25}
-    # out of reach even at max_ratio everywhere: every group widened, the landing does the rest
-    rmax = dict(base)
-    assert reach_budget(ctx, rmax, drops, 0.9, 1) == ["b", "a", "c"]

@@ -12,7 +12,6 @@ import numpy as np
 import torch
 
 from ..errors import PrunelabError
-from ..ui import log
 from .registered import SEARCHES
 from .driver import Search
 from .options import Opt
@@ -152,29 +151,6 @@ def _min_keep(w: int, max_ratio: float) -> int:
     return max(1, math.ceil(w * (1 - max_ratio)))
 
 
-def reach_budget(ctx: Search, rmax: dict[str, float], drops: dict[str, dict[float, float]],
-                 max_ratio: float, limit: float) -> list[str]:
-    """Widen sensitivity bounds ``rmax`` (in place) until the space's most pruned corner meets
-    ``limit``: the groups that lose least at their largest swept ratio first, each to
-    ``max_ratio``; returns the groups widened (none when the bounds already reach it).  Without
-    it a budget beyond the bounds is out of the search's reach and only the landing's path,
-    anchored on a choice made for a looser budget, can get there: resnet20 searched in int8 at
-    speedup=4 kept its first stage whole and ended at 3.3x."""
-    def corner() -> dict[str, int]:
-        return {g: _min_keep(w, rmax[g]) for g, w in ctx.widths.items()}
-
-    def cost(g: str) -> float:
-        return drops[g][max(drops[g])] if drops[g] else 0.0
-
-    widened = []
-    for g in sorted((g for g in ctx.widths if rmax[g] < max_ratio), key=lambda g: (cost(g), g)):
-        if budget_value(ctx, corner()) <= limit:
-            break
-        rmax[g] = max_ratio
-        widened.append(g)
-    return widened
-
-
 # -- seed A: NSGA-II over hardware steps -------------------------------------------------------
 @SEARCHES.register("nsga2", "multi-objective NSGA-II (pymoo) on predicted target latency and "
                    "validation error, genes on the target's useful widths, ranges from a "
@@ -208,21 +184,15 @@ def nsga2(ctx: Search) -> None:
     ctx.plan(len(ctx.widths) * len(sens) + pop * (gens + 1))
     drops = layer_sweep(ctx, sens, "sensitivity", until=drop_tol)
     ctx.plan(sum(map(len, drops.values())) + pop * (gens + 1))
-    rmax = {}
-    for g in ctx.widths:
+    options = {}
+    for g, w in ctx.widths.items():
         ok = [r for r, d in drops[g].items() if d <= drop_tol]
-        rmax[g] = min(max_ratio, max(ok) if ok else 0.25)
-    limit, slack = ctx.limit(), (0.1 if ctx.budget.kind == "latency" else 0.0)
-    widened = reach_budget(ctx, rmax, drops, max_ratio, limit * (1 + slack))
-    if widened:
-        ctx.info["widened"] = widened
-        log(f"nsga2: the sensitivity bounds cannot reach the budget; {len(widened)} "
-                     f"least sensitive group(s) may be pruned up to max_ratio {max_ratio}")
-    options = {g: _widths_on_steps(ctx, g, w, _min_keep(w, rmax[g]), step, max_opts)
-               for g, w in ctx.widths.items()}
+        rmax = min(max_ratio, max(ok) if ok else 0.25)
+        options[g] = _widths_on_steps(ctx, g, w, _min_keep(w, rmax), step, max_opts)
     ctx.info["space"] = {g: len(o) for g, o in options.items()}  # widths tried per group
     names = list(ctx.widths)
     xu = np.array([len(options[g]) - 1 for g in names])
+    limit, slack = ctx.limit(), (0.1 if ctx.budget.kind == "latency" else 0.0)
 
     def keep_of(x) -> dict[str, int]:
         return {g: options[g][int(i)] for g, i in zip(names, x)}
