@@ -471,8 +471,8 @@ def int8_graph(model: nn.Module, example_inputs, calibration_images, target: str
     per-channel weights) on ``calibration_images`` (N, C, H, W, normalised like training, at
     least 8), types chosen per CPU unless ``int8_types`` forces them, every layer in int8 or
     (``int8_layers="fast"``) each resolution stage kept fp32 where that measures faster on
-    ``target``.  Returns the ONNX bytes and
-    the choice made (types, 7-bit weights, method, images, CPU).  The module is not modified."""
+    ``target``.  Returns the ONNX bytes and the choice made (types, 7-bit weights, method,
+    images, CPU).  The module is not modified."""
     _check_module(model)
     shape = _input_shape(example_inputs)
     batch = int(example_inputs.shape[0]) if isinstance(example_inputs, torch.Tensor) else 1

@@ -334,13 +334,25 @@ def test_fast_is_decided_once_per_structure_and_exported_as_timed(tmp_path, tiny
     measured = g.meta["quantization"]["measured"]  # every stage tried, with its two times
     assert measured and all(m["int8_ms"] > 0 and m["fp32_ms"] > 0 for m in measured)
     assert any(m["fp32"] for m in measured) == bool(r["quantization"]["fp32_nodes"])
+    # a timing graph (seeded noise) of a structure not decided yet: the graph the decision
+    # built and timed is the one returned, the same as building it again
+    from prunelab.models import build
+    from prunelab.quant import quantize_onnx, synthetic_batches
+    from prunelab.targets._onnx import TIMING_CALIB_IMAGES
+
+    wider = build("resnet20", in_channels=1, num_classes=10, width=0.375).eval()
+    n = len(_FAST)
+    other = make_target(TargetConfig("onnxruntime-cpu", precision="int8", int8_layers="fast"))
+    g2 = other.onnx_graph(wider, [x])
+    assert len(_FAST) == n + 1 and other.quant_choice.data == "synthetic"
+    assert g2 == quantize_onnx(to_onnx(wider, [x]), synthetic_batches([tuple(x.shape)],
+                                                                      TIMING_CALIB_IMAGES),
+                               fp32_nodes=other.quant_choice.fp32_nodes)[0]
     # fine-tuned weights keep the structure (and the choice); other widths do not
     tuned = commands.load(str(tiny_resnet_dir))[0].eval()
     with torch.no_grad():
         for p in tuned.parameters():
             p.mul_(1.5)
     assert structure_key(to_onnx(tuned, [x])) == structure_key(to_onnx(model.eval(), [x]))
-    from prunelab.models import build
-
     other = build("resnet20", in_channels=1, num_classes=10, width=0.5).eval()
     assert structure_key(to_onnx(other, [x])) != structure_key(to_onnx(model.eval(), [x]))

@@ -165,32 +165,39 @@ class OnnxBased:
 
         from ..quant import image_batches, quantize_onnx, synthetic_batches
 
-        keep, measured = self.fast_fp32_nodes(fp32, inputs) if self.cfg.int8_layers == "fast" \
-            else ((), ())
-        key = (hashlib.sha1(fp32).hexdigest(), tuple(keep))
+        key = hashlib.sha1(fp32).hexdigest()
         cache = self.__dict__.setdefault("_int8", {})
         if key not in cache:
+            c = self.cfg
+            keep, measured, built = self.fast_fp32_nodes(fp32, inputs) \
+                if c.int8_layers == "fast" else ([], [], {})
             cal = self.calibration
             whole = (cal is not None and len(inputs) == 1
                      and tuple(cal.shape[1:]) == tuple(inputs[0].shape[1:]))
-            if whole:
-                batches, data = image_batches(cal, inputs[0].shape[0]), "user"
+            if not whole and c.calibration == "minmax" and tuple(keep) in built:
+                data8, choice = built[tuple(keep)]  # the decision built this very graph
             else:
-                batches = synthetic_batches([tuple(x.shape) for x in inputs], TIMING_CALIB_IMAGES)
-                data = "synthetic"
-            data8, choice = quantize_onnx(fp32, batches, self.cfg.calibration,
-                                          self.cfg.int8_types, data=data, fp32_nodes=keep,
-                                          layers=self.cfg.int8_layers)
+                if whole:
+                    batches, data = image_batches(cal, inputs[0].shape[0]), "user"
+                else:
+                    batches = synthetic_batches([tuple(x.shape) for x in inputs],
+                                                TIMING_CALIB_IMAGES)
+                    data = "synthetic"
+                data8, choice = quantize_onnx(fp32, batches, c.calibration, c.int8_types,
+                                              data=data, fp32_nodes=keep, layers=c.int8_layers)
             cache[key] = data8, dataclasses.replace(choice, measured=tuple(measured))
         data, self.quant_choice = cache[key]
         return data
 
     def fast_fp32_nodes(self, fp32: bytes, inputs: Sequence[torch.Tensor]
-                        ) -> tuple[list[str], list[dict]]:
-        """The nodes of ``fp32`` that ``int8_layers="fast"`` keeps in fp32 on this target, and
-        what was measured (:func:`prunelab.quant.fast_fp32_nodes`): once per graph structure in this
-        process (the weights and the calibration do not change which kernels run), with graphs
-        calibrated on seeded noise, two at a time, interleaved, in this runtime."""
+                        ) -> tuple[list[str], list[dict], dict]:
+        """The nodes of ``fp32`` that ``int8_layers="fast"`` keeps in fp32 on this target, what
+        was measured (:func:`prunelab.quant.fast_fp32_nodes`), and the graphs this call built
+        (kept fp32 nodes -> :func:`~prunelab.quant.quantize_onnx`'s result; empty when the
+        structure was decided before).  Decided once per graph structure in this process (the
+        weights and the calibration do not change which kernels run), with graphs calibrated
+        (minmax) on the seeded noise of a timing graph, two at a time, interleaved, in this
+        runtime."""
         import statistics
 
         from ..metrics import time_callables
@@ -198,12 +205,15 @@ class OnnxBased:
 
         c = self.cfg
         key = (structure_key(fp32), c.target, c.batch_size, c.threads, c.int8_types)
+        built: dict[tuple, tuple] = {}
         if key not in _FAST:
             batches = synthetic_batches([tuple(x.shape) for x in inputs], TIMING_CALIB_IMAGES)
 
             def quantize(nodes):
-                return quantize_onnx(fp32, batches, "minmax", c.int8_types, data="synthetic",
-                                     fp32_nodes=nodes)[0]
+                built[tuple(nodes)] = quantize_onnx(fp32, batches, "minmax", c.int8_types,
+                                                    data="synthetic", fp32_nodes=nodes,
+                                                    layers=c.int8_layers)
+                return built[tuple(nodes)][0]
 
             def compare(a: bytes, b: bytes) -> tuple[float, float]:
                 runs = [self.runner(Graph(a), inputs), self.runner(Graph(b), inputs)]
@@ -212,4 +222,4 @@ class OnnxBased:
 
             _FAST[key] = fast_fp32_nodes(fp32, quantize, compare)
         keep, trail = _FAST[key]
-        return list(keep), [dict(t) for t in trail]
+        return list(keep), [dict(t) for t in trail], built
