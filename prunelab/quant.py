@@ -163,6 +163,11 @@ def resolution_groups(fp32: bytes) -> list[list[str]]:
     graph order, then one group, the head, for the nodes whose output is not an image of more
     than one pixel: a network's stages, found in any architecture's graph by ONNX's own shape
     inference."""
+    return [nodes for _, nodes in resolution_stages(fp32)]
+
+
+def resolution_stages(fp32: bytes) -> list[tuple[tuple, list[str]]]:
+    """:func:`resolution_groups` with each group's (H, W) (the head's: ``()``)."""
     import onnx
 
     m = onnx.shape_inference.infer_shapes(onnx.load_from_string(fp32))
@@ -176,7 +181,7 @@ def resolution_groups(fp32: bytes) -> list[list[str]]:
         hw = dims.get(n.output[0], ())[2:]
         groups.setdefault(hw if len(hw) == 2 and hw[0] * hw[1] > 1 else (), []).append(n.name)
     head = groups.pop((), [])
-    return [*groups.values(), *([head] if head else [])]
+    return [*groups.items(), *([((), head)] if head else [])]
 
 
 def structure_key(graph: bytes) -> str:

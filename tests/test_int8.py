@@ -356,3 +356,38 @@ def test_fast_is_decided_once_per_structure_and_exported_as_timed(tmp_path, tiny
     assert structure_key(to_onnx(tuned, [x])) == structure_key(to_onnx(model.eval(), [x]))
     other = build("resnet20", in_channels=1, num_classes=10, width=0.5).eval()
     assert structure_key(to_onnx(other, [x])) != structure_key(to_onnx(model.eval(), [x]))
+
+
+@pytest.mark.slow
+def test_fast_predicts_each_stage_in_the_precision_the_runtime_picks(tmp_path, tiny_resnet_dir):
+    """With int8_layers="fast" the predictor is staged: the all-int8 and the fp32 predictors of
+    the same target (each under its own cache fingerprint, the fp32 one the fp32 target's), a
+    stage switch fitted per resolution stage on what the runtime's own decisions measured, and
+    the stages are the graph's (ONNX shape inference)."""
+    from prunelab import commands
+    from prunelab.latency.cache import Cache
+    from prunelab.latency.predictor import Predictor, StagedPredictor, build_predictor
+    from prunelab.quant import resolution_stages
+    from prunelab.targets._onnx import to_onnx
+
+    model, spec = commands.load(str(tiny_resnet_dir))
+    cfg = TargetConfig("onnxruntime-cpu", precision="int8", int8_layers="fast")
+    t = make_target(cfg)
+    cache = Cache(t.fingerprint(), tmp_path)
+    pred, info = build_predictor(model, spec, t, cache, calibrate=6)
+    assert isinstance(pred, StagedPredictor) and set(info["staged"]) == {"int8", "fp32"}
+    x = torch.zeros(1, *spec.input_shape)
+    hws = [tuple(hw) for hw, _ in resolution_stages(to_onnx(model.eval(), [x]))]
+    assert pred.stage_hw == hws and len(pred.switch) == len(hws)
+    assert pred.fit_info["switch_points"][0] == 7            # the unpruned model and 6 pruned
+    assert len(pred.calibration) == 7 and all(r["measured_ms"] > 0 for r in pred.calibration)
+    fp32 = Cache(make_target(TargetConfig("onnxruntime-cpu")).fingerprint(), tmp_path)
+    assert len(fp32._table("predictors")) == 1 and len(fp32) > 0   # the fp32 target's own
+    narrow = {g: 1 for g in pred.widths}
+    assert pred.unanchored(narrow) < pred.unanchored({})
+    assert set(pred.precisions(narrow)) <= {"int8", "fp32"}
+    # cached: a second build reads it back, as a search's resume reads predictor.json
+    again, _ = build_predictor(model, spec, t, cache, calibrate=6)
+    assert again.to_json() == pred.to_json()
+    assert Predictor.from_json(pred.to_json()).unanchored(narrow) == \
+        pytest.approx(pred.unanchored(narrow))

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from prunelab.cli import main
-from prunelab.latency.predictor import Predictor, mape, sample_keeps, spearman
+from prunelab.latency.predictor import Predictor, StagedPredictor, mape, sample_keeps, spearman
 from prunelab.latency.lut import LUT
 
 ort = pytest.importorskip("onnxruntime")
@@ -250,3 +250,84 @@ def test_a_pruned_model_is_timed_for_real_beside_the_unpruned_one(tmp_path, monk
     assert hit["median_ms"] == pytest.approx(base["median_ms"] * hit["raw_median_ms"]
                                              / hit["reference_ms"])
     assert hit["reference_slowdown"] == pytest.approx(hit["reference_ms"] / base["median_ms"])
+
+
+def _staged(tmp_path, switch):
+    """A StagedPredictor of tiny_resnet on the exact scripted target's table: int8 costs 0.3x
+    the table, fp32 the table plus ``switch`` per stage (negative: fp32 pays at narrow widths,
+    as int8 stops paying there)."""
+    import torch
+
+    from prunelab.latency.cache import Cache
+    from prunelab.latency.lut import build_lut
+    from prunelab.latency.predictor import unit_stages
+    from prunelab.latency.units import extract_units
+    from prunelab.pruning import prunable_groups
+    from prunelab.targets import make_target
+    from tests.conftest import tiny_resnet
+
+    torch.manual_seed(0)
+    net = tiny_resnet()
+    _, groups = prunable_groups(net, (1, 16, 16), num_classes=4)
+    units = extract_units(net, (1, 16, 16), groups)
+    target = make_target("scripted")
+    lut = build_lut(target, units, Cache(target.fingerprint(), tmp_path))
+    widths = {g.name: g.width for g in groups}
+    stages, hw = unit_stages(units)
+    return StagedPredictor(units, widths, lut, int8=Predictor(units, widths, lut, scale=0.3),
+                           fp32=Predictor(units, widths, lut), stages=stages, stage_hw=hw,
+                           switch=list(switch))
+
+
+def test_a_staged_prediction_takes_each_stage_in_its_cheaper_precision(tmp_path):
+    p = _staged(tmp_path, [0.0, 0.0, 0.0, 0.0])
+    assert len(p.stage_hw) == 4 and p.stage_hw[-1] == ()           # 3 resolutions + classifier
+    assert p.precisions({}) == ["int8"] * 4
+    assert p.unanchored({}) == pytest.approx(p.int8.unanchored({}))
+    narrow = {g: 1 for g in p.widths}
+    # an fp32 offset on the last resolution stage that makes fp32 the cheaper there at one
+    # channel per group, not at full width (int8 is 0.3x the table: the offset lies between
+    # -0.7x the stage's two table sums; the scripted table rounds channels up to 8s, so only
+    # the 32-channel stage gets cheaper as it narrows)
+    full, thin = p._stage_costs(p._shapes({}))[2][1], p._stage_costs(p._shapes(narrow))[2][1]
+    assert thin < full
+    q = _staged(tmp_path, [0.0, 0.0, -0.7 * (full + thin) / 2, 0.0])
+    assert q.precisions(narrow) == ["int8", "int8", "fp32", "int8"]
+    assert q.precisions({}) == ["int8"] * 4
+    costs = q._stage_costs(q._shapes(narrow))
+    assert q.raw_ms(narrow) == pytest.approx(sum(min(a, b) for a, b in costs))
+    assert q.raw_ms(narrow) < p.raw_ms(narrow)
+    # one group narrowed alone is a width the whole-graph curve may not show: the useful widths
+    # hold the int8 and the fp32 tables' own too
+    g = next(iter(q.widths))
+    assert set(Predictor.useful_widths(q.fp32, g)) <= set(q.useful_widths(g))
+    assert q.group_curve(g)[q.widths[g]] == pytest.approx(q.unanchored({}))
+    back = Predictor.from_json(json.loads(json.dumps(q.to_json())))
+    assert isinstance(back, StagedPredictor)
+    assert back.switch == q.switch and back.stages == q.stages
+    assert back.unanchored(narrow) == pytest.approx(q.unanchored(narrow))
+
+
+def test_the_stage_switches_are_fitted_on_the_runtime_own_trials(tmp_path):
+    """Calibration rows measured on a 'truth' (known switches, scale and overhead), each with
+    the per-stage trials the runtime's fast decision reports (the whole graph's relative change
+    with the stage in fp32): the fit recovers the switches and predicts the truth."""
+    from prunelab.latency.predictor import _fit_staged
+
+    truth = _staged(tmp_path, [-0.02, 0.01, 0.0, 0.005])
+    truth.scale, truth.overhead_ms = 1.2, 0.1
+    rows = []
+    for keep in [{}] + sample_keeps(truth.widths, 14, seed=3, lo=0.1):
+        ms = truth.unanchored(keep)
+        costs = truth._stage_costs(truth._shapes(keep))
+        rows.append({"keep": keep, "measured_ms": ms,
+                     "switch_measured": {s: truth.scale * (b - a) / ms
+                                         for s, (a, b) in enumerate(costs)}})
+    fit = _staged(tmp_path, [0.0] * 4)
+    _fit_staged(fit, rows)
+    assert fit.switch == pytest.approx(truth.switch, abs=1e-9)
+    assert fit.scale == pytest.approx(1.2) and fit.overhead_ms == pytest.approx(0.1)
+    assert fit.fit_info["switch_points"] == [15] * 4
+    for keep in sample_keeps(truth.widths, 5, seed=9, lo=0.1):
+        assert fit.unanchored(keep) == pytest.approx(truth.unanchored(keep))
+        assert fit.precisions(keep) == truth.precisions(keep)

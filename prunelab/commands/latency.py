@@ -17,7 +17,7 @@ from ..latency.lut import LutConfig
 from ..latency.measure import Protocol, compare, measure
 from ..latency.predictor import (CALIBRATE, MODEL_PROTOCOL, ModelMeter, build_predictor, mape,
                         sample_keeps, spearman)
-from ..latency.steps import step_of, useful_widths
+from ..latency.steps import step_of
 
 Say = Callable[[str], None]
 
@@ -124,7 +124,7 @@ def steps(ref: str, cfg: TargetConfig, cache_dir: str | None = None, say: Say | 
     out = []
     for g, w in pred.widths.items():
         curve = pred.group_curve(g)
-        useful = useful_widths(curve, rel=0.01)
+        useful = pred.useful_widths(g)
         out.append({"group": g, "width": w, "step": step_of(useful), "useful_widths": useful,
                     "ms_full": curve[w], "ms_min": curve[1]})
     return {"model": spec.name, "target": cfg.target, **cfg.to_json(), "groups": out}

@@ -51,11 +51,17 @@ def elided(units: Sequence[Unit], shapes: Sequence[tuple[int, int]], links: Sequ
       stays blocked and fused, instead of reordering back and adding in NCHW;
     * a blocked unit all of whose consumers read blocked input: its output reorder.
     """
+    return sum(elided_units(units, shapes, links, layout))
+
+
+def elided_units(units: Sequence[Unit], shapes: Sequence[tuple[int, int]],
+                 links: Sequence[Sequence], layout: tuple[int, int]) -> list[float]:
+    """:func:`elided`, per unit (each skipped reorder counted at the unit that would pay it)."""
+    out = [0.0] * len(units)
     if not layout[0] or not links:
-        return 0.0
+        return out
     lay = [blocked(u, ci, co, layout) for u, (ci, co) in zip(units, shapes)]
     readers: list[list[bool]] = [[] for _ in units]
-    out = 0.0
     for i, (u, (ci, co)) in enumerate(zip(units, shapes)):
         run, reads = lay[i]
         ho, wo = u.out_hw
@@ -63,14 +69,14 @@ def elided(units: Sequence[Unit], shapes: Sequence[tuple[int, int]], links: Sequ
         if main is not None:
             readers[main].append(reads)
             if reads and lay[main][0]:
-                out += ci * u.h * u.w
+                out[i] += ci * u.h * u.w / 1e3
         if u.add and len(links[i]) > 1 and links[i][1] is not None:
             res = links[i][1]
             readers[res].append(run)
             if run and lay[res][0]:
-                out += co * ho * wo
+                out[i] += co * ho * wo / 1e3
     for i, (u, (_, co)) in enumerate(zip(units, shapes)):
         if lay[i][0] and readers[i] and all(readers[i]):
             ho, wo = u.out_hw
-            out += co * ho * wo
-    return out / 1e3
+            out[i] += co * ho * wo / 1e3
+    return out

@@ -47,7 +47,7 @@ import torch.nn as nn
 from ..errors import PrunelabError
 from ..io import layer_widths
 from .cache import Cache
-from .layout import elided
+from .layout import elided, elided_units
 from .lut import LUT, LutConfig, build_lut
 from .measure import Protocol, time_runners
 from .units import Unit, extract_units, unit_links, unit_shapes
@@ -55,6 +55,7 @@ from .units import Unit, extract_units, unit_links, unit_shapes
 MODEL_PROTOCOL = Protocol(warmup=10, repeats=30)
 CALIBRATE = 40          # pruned variants measured per model to fit the calibration
 FORMULA_CALIBRATE = 6   # ... on a formula target (its units are exact: only the fit's overhead)
+STAGED_CALIBRATE = 12   # whole models measured to fit a StagedPredictor's scale and overhead
 CLASS_GAIN = 0.15       # per-class coefficients must cut the leave-one-out error by this much
 PREDICTOR_VERSION = 8   # part of the predictor cache key: bump when a stored figure changes meaning
 
@@ -169,6 +170,14 @@ class Predictor:
         return {w: full - ref + part(self._shapes({**base, group: w})) if w < top else full
                 for w in range(1, top + 1)}
 
+    def useful_widths(self, group: str, base: dict[str, int] | None = None,
+                      rel: float = 0.01) -> list[int]:
+        """The widths of ``group`` worth trying, the others as in ``base``: each faster than
+        every wider one on :meth:`group_curve` (:func:`prunelab.latency.steps.useful_widths`)."""
+        from .steps import useful_widths
+
+        return sorted(useful_widths(self.group_curve(group, base), rel=rel))
+
     def _unit_cost(self, i: int, ci: int, co: int) -> float:
         """Unit ``i``'s share of :meth:`unanchored` at (ci, co) (without the layout term)."""
         u = self.units[i]
@@ -227,10 +236,123 @@ class Predictor:
 
     @classmethod
     def from_json(cls, d: dict) -> "Predictor":
+        if "staged" in d:
+            return StagedPredictor.from_json(d)
         return cls([Unit(**u) for u in d["units"]], d["widths"], LUT.from_json(d["lut"]),
                    d["scale"], d["overhead_ms"], d["calibration"], d["coefs"], d["fit"],
                    d.get("links", []), tuple(d.get("layout", (0, 0))), d.get("reorder_ms", 0.0),
                    d.get("weight_ms", 0.0), d.get("anchor") or {})
+
+
+def unit_stages(units: Sequence[Unit]) -> tuple[list[int], list[tuple]]:
+    """Each unit's resolution stage, as ``int8_layers="fast"`` groups a graph's nodes
+    (:func:`prunelab.quant.resolution_stages`): stages numbered by the first unit whose output
+    has that spatial size, the classifier (linear units) one stage after them all; and each
+    stage's (H, W) (the classifier's: ``()``).
+
+    >>> unit_stages([Unit("a", "conv", 3, 8, 3, 1, 1, 8, 8), Unit("b", "conv", 8, 8, 3, 2, 1, 8, 8),
+    ...              Unit("c", "conv", 8, 8, 3, 1, 1, 4, 4), Unit("d", "linear", 8, 10)])
+    ([0, 1, 1, 2], [(8, 8), (4, 4), ()])
+    """
+    order: dict = {}
+    for u in units:
+        if u.kind != "linear":
+            order.setdefault(u.out_hw, len(order))
+    stages = [len(order) if u.kind == "linear" else order[u.out_hw] for u in units]
+    return stages, [*order, *([()] if len(order) in stages else [])]
+
+
+@dataclass
+class StagedPredictor(Predictor):
+    """The latency of an int8 graph in which each resolution stage runs int8 or fp32, whichever
+    is faster (``int8_layers="fast"``, :func:`prunelab.quant.fast_fp32_nodes`).
+
+    A lookup table of pieces each timed alone, each in the cheaper precision, cannot say this:
+    the runtime's choice is per stage of the whole graph, and at narrow widths an int8 stage
+    stops paying (quantize/dequantize nodes, int8 kernels at few channels) while the same stage
+    in fp32 keeps getting faster as it narrows.  On resnet20.fmnist (onnxruntime-cpu, AVX-512
+    VNNI) such a table predicted every narrower first stage *slower* than the whole one, so a
+    search at 4x kept the first stage whole and could not reach the budget
+    (bench/results/int8_grid.md).  So two predictors are built, one on the target with every
+    layer int8 (``int8``) and one in fp32 (``fp32``), each calibrated on its own measured
+    variants; a stage costs the cheaper of its two calibrated unit sums (each unit's share,
+    :meth:`Predictor._unit_cost`, minus its skipped layout reorders), the model their sum plus
+    the int8 calibration's overhead; ``scale`` and ``overhead_ms`` then fit that sum to whole
+    models measured on the target itself (``STAGED_CALIBRATE`` pruned variants, each with its
+    own per-stage decision).  Units timed alone pay their own quantize/dequantize nodes and the
+    network does not, so the two sums do not compare as they are: each stage's ``switch`` (table
+    milliseconds added to its fp32 sum) is fitted on what the runtime's own decision measured
+    for that stage on the calibration models (the whole graph with the stage in fp32 against it
+    in int8), the median of their differences from the table's."""
+
+    int8: Predictor | None = None
+    fp32: Predictor | None = None
+    stages: list = field(default_factory=list)      # each unit's stage
+    stage_hw: list = field(default_factory=list)    # each stage's (H, W); the classifier's ()
+    switch: list = field(default_factory=list)      # each stage's fp32 offset (table ms)
+
+    def _stage_costs(self, shapes) -> list[tuple[float, float]]:
+        n = max(self.stages) + 1
+        out = [[0.0, 0.0] for _ in range(n)]
+        for j, p in enumerate((self.int8, self.fp32)):
+            el = (elided_units(self.units, shapes, p.links, p.layout) if p.reorder_ms
+                  else [0.0] * len(self.units))
+            for i, (s, (ci, co)) in enumerate(zip(self.stages, shapes)):
+                out[s][j] += p._unit_cost(i, ci, co) - p.reorder_ms * el[i]
+        sw = self.switch or [0.0] * n
+        return [(a, b + d) for (a, b), d in zip(out, sw)]
+
+    def precisions(self, keep: dict[str, int] | None = None) -> list[str]:
+        """The precision each stage is predicted to run in at ``keep``."""
+        return ["int8" if a <= b else "fp32" for a, b in self._stage_costs(self._shapes(keep))]
+
+    def raw_ms(self, keep: dict[str, int] | None = None) -> float:
+        return (sum(min(a, b) for a, b in self._stage_costs(self._shapes(keep)))
+                + self.int8.overhead_ms)
+
+    def unit_ms(self, keep: dict[str, int] | None = None, shapes=None) -> list[float]:
+        shapes = shapes or self._shapes(keep)
+        cheap = ["int8" if a <= b else "fp32" for a, b in self._stage_costs(shapes)]
+        return [(self.int8 if cheap[s] == "int8" else self.fp32).lut.unit_ms(u, ci, co)
+                for u, s, (ci, co) in zip(self.units, self.stages, shapes)]
+
+    def parts(self, keep: dict[str, int] | None = None, shapes=None) -> dict[str, float]:
+        return {"staged": self.raw_ms(keep)}
+
+    def elided(self, keep: dict[str, int] | None = None, shapes=None) -> float:
+        return 0.0  # inside each stage's cost
+
+    def unanchored(self, keep: dict[str, int] | None = None) -> float:
+        return self.scale * self.raw_ms(keep) + self.overhead_ms
+
+    def group_curve(self, group: str, base: dict[str, int] | None = None) -> dict[int, float]:
+        base = dict(base or {})  # the per-stage minimum couples every unit of a stage
+        return {w: self.unanchored({**base, group: w}) for w in range(1, self.widths[group] + 1)}
+
+    def useful_widths(self, group: str, base: dict[str, int] | None = None,
+                      rel: float = 0.01) -> list[int]:
+        """The useful widths of the whole graph, with those of the all-int8 and the fp32
+        predictors: narrowing one group alone rarely turns its stage to fp32 (the others keep
+        the int8 stage cheaper), so the whole graph's curve alone would hide the widths that pay
+        once the stage as a whole is narrowed."""
+        return sorted(set().union(*(Predictor.useful_widths(p, group, base, rel)
+                                    for p in (self, self.int8, self.fp32))))
+
+    def to_json(self) -> dict:
+        return {**super().to_json(), "staged": {"int8": self.int8.to_json(),
+                                                "fp32": self.fp32.to_json(),
+                                                "stages": list(self.stages),
+                                                "stage_hw": [list(h) for h in self.stage_hw],
+                                                "switch": list(self.switch)}}
+
+    @classmethod
+    def from_json(cls, d: dict) -> "StagedPredictor":
+        st = d["staged"]
+        p8, p32 = Predictor.from_json(st["int8"]), Predictor.from_json(st["fp32"])
+        return cls(p8.units, d["widths"], p8.lut, d["scale"], d["overhead_ms"],
+                   d["calibration"], {}, d["fit"], anchor=d.get("anchor") or {},
+                   int8=p8, fp32=p32, stages=list(st["stages"]),
+                   stage_hw=[tuple(h) for h in st["stage_hw"]], switch=list(st["switch"]))
 
 
 Fit = tuple[float, float, dict, float, float]  # scale, overhead, class coefs, reorder, weight
@@ -508,6 +630,9 @@ def build_predictor(model: nn.Module, spec, target, cache: Cache, calibrate: int
     formula = getattr(target, "unit_formula", None)
     if formula is not None and formula() is not None:
         calibrate = min(calibrate, FORMULA_CALIBRATE)
+    cfg = getattr(target, "cfg", None)
+    if getattr(cfg, "precision", "") == "int8" and getattr(cfg, "int8_layers", "") == "fast":
+        return _build_staged(model, spec, target, cache, calibrate, seed, say, lut_cfg)
     _, groups = prunable_groups(model, spec.input_shape, spec.num_classes)
     widths = {g.name: g.width for g in groups}
     units = extract_units(model, spec.input_shape, groups)
@@ -547,6 +672,104 @@ def build_predictor(model: nn.Module, spec, target, cache: Cache, calibrate: int
     cache.put("predictors", pkey, {"predictor": pred.to_json(), "info": info})
     cache.flush()
     return pred, info
+
+
+def _build_staged(model: nn.Module, spec, target, cache: Cache, calibrate: int, seed: int,
+                  say: Callable[[str], None], lut_cfg: LutConfig) -> tuple[Predictor, dict]:
+    """:func:`build_predictor` for ``int8_layers="fast"``: a :class:`StagedPredictor` from the
+    predictors of the same target with every layer int8 and in fp32 (each cached under its own
+    fingerprint, so the fp32 one is the fp32 target's own), fitted on whole models measured on
+    ``target``."""
+    import dataclasses
+
+    from ..pruning import prunable_groups
+    from ..targets import make_target
+
+    t0 = time.perf_counter()
+    subs, infos = {}, {}
+    for name, cfg in (("int8", dataclasses.replace(target.cfg, int8_layers="all")),
+                      ("fp32", dataclasses.replace(target.cfg, precision="fp32"))):
+        sub = make_target(cfg)
+        subs[name], infos[name] = build_predictor(
+            model, spec, sub, Cache(sub.fingerprint(), cache.root), calibrate, seed,
+            progress=lambda s, n=name: say(f"{n}: {s}"), lut_cfg=lut_cfg)
+    p8, p32 = subs["int8"], subs["fp32"]
+    pkey = (f"v{PREDICTOR_VERSION}|staged{min(STAGED_CALIBRATE, calibrate)}|"
+            f"{model_key(model, spec.arch, spec.input_shape)}|cal{calibrate}|seed{seed}|"
+            + json.dumps(lut_cfg.to_json(), sort_keys=True))
+    info = {"staged": infos, "lut": lut_cfg.to_json(), "layout": list(p8.layout),
+            "lut_seconds": sum(i["lut_seconds"] for i in infos.values()),
+            "lut_points_measured": sum(i["lut_points_measured"] for i in infos.values()),
+            "signatures": infos["int8"]["signatures"], "units": len(p8.units),
+            "groups": len(p8.widths)}
+    hit = cache.get("predictors", pkey)
+    if hit is not None:
+        try:
+            return Predictor.from_json(hit["predictor"]), hit["info"]
+        except (KeyError, TypeError, ValueError, IndexError):
+            pass
+    stages, stage_hw = unit_stages(p8.units)
+    pred = StagedPredictor(p8.units, p8.widths, p8.lut, int8=p8, fp32=p32, stages=stages,
+                           stage_hw=stage_hw, switch=[0.0] * len(stage_hw))
+    _, groups = prunable_groups(model, spec.input_shape, spec.num_classes)
+    meter = ModelMeter(target, cache, model, spec, groups, pred.units)
+    t1 = time.perf_counter()
+    rows = []
+    n = min(STAGED_CALIBRATE, calibrate)
+    for i, keep in enumerate([{}] + sample_keeps(pred.widths, n, seed + 7)):
+        say(f"staged calibration {i + 1}/{n + 1}")
+        ms = meter(keep)["median_ms"]
+        rows.append({"keep": keep, "measured_ms": ms,
+                     "switch_measured": _stage_switches(target, meter.pruned(keep), spec, stage_hw)})
+    _fit_staged(pred, rows)
+    info["calibration_seconds"] = (time.perf_counter() - t1
+                                   + sum(i.get("calibration_seconds", 0.0) for i in infos.values()))
+    info["seconds"] = time.perf_counter() - t0
+    cache.put("predictors", pkey, {"predictor": pred.to_json(), "info": info})
+    cache.flush()
+    return pred, info
+
+
+def _stage_switches(target, model: nn.Module, spec, stage_hw: list) -> dict[int, float]:
+    """Per stage the runtime's ``fast`` decision tried on ``model``'s graph: how much slower
+    (relative, negative: faster) the whole graph ran with that stage in fp32."""
+    import torch
+
+    from ..quant import resolution_stages
+    from ..targets._onnx import exported
+
+    x = [torch.zeros(target.cfg.batch_size, *spec.input_shape)]
+    fp = exported(model.eval(), x)
+    _, trail, _ = target.fast_fp32_nodes(fp, x)
+    where = {nodes[0]: tuple(hw) for hw, nodes in resolution_stages(fp)}
+    index = {tuple(hw): s for s, hw in enumerate(stage_hw)}
+    return {index[where[t["first"]]]: t["fp32_ms"] / t["int8_ms"] - 1 for t in trail
+            if where.get(t["first"]) in index}
+
+
+def _fit_staged(pred: "StagedPredictor", rows: list[dict]) -> None:
+    """Fit ``pred``'s stage switches and then its scale and overhead on ``rows`` (measured whole
+    models with the runtime's per-stage trials, see :class:`StagedPredictor`)."""
+    n = len(pred.stage_hw)
+    pred.switch = [0.0] * n
+    for _ in range(2):  # the switches are in table ms: the scale converts the measured ones
+        for r in rows:
+            r["raw_ms"] = pred.raw_ms(r["keep"])
+        pred.fit(rows)
+        scale = pred.scale if pred.scale > 0 else 1.0
+        diffs: list[list[float]] = [[] for _ in range(n)]
+        pred.switch = [0.0] * n  # the table's own differences
+        for r in rows:
+            costs = pred._stage_costs(pred._shapes(r["keep"]))
+            for s, rel in r["switch_measured"].items():
+                a, b = costs[int(s)]
+                diffs[int(s)].append(rel * r["measured_ms"] / scale - (b - a))
+        pred.switch = [statistics.median(d) if d else 0.0 for d in diffs]
+    for r in rows:
+        r["raw_ms"] = pred.raw_ms(r["keep"])
+        r["precisions"] = pred.precisions(r["keep"])
+    pred.fit(rows)
+    pred.fit_info["switch_points"] = [len(d) for d in diffs]
 
 
 ANCHOR_FRACTIONS = (0.75, 0.5, 0.3)  # uniform levels of the anchor's pruned references

@@ -597,10 +597,7 @@ class Lander:
 def stairs_of(predictor, widths: dict[str, int]) -> dict[str, list[int]]:
     """Each group's stair tops on the target (the widest width at each latency step), read from
     the search's latency table at the unpruned widths."""
-    from ..latency.steps import useful_widths
-
-    return {g: sorted(useful_widths(predictor.group_curve(g, widths), rel=0.01))
-            for g in widths}
+    return {g: predictor.useful_widths(g, widths) for g in widths}
 
 
 def check_processes(n) -> int:

@@ -72,15 +72,12 @@ def staircase_finish(ctx: Search, keep: dict[str, int], max_rounds: int = 64, ke
     points bisected to 95%, 90%, 85% and 80% of the limit are evaluated too: finalists between
     the stairs and the next cliff, so the measured choice lands near the budget instead of far
     past it."""
-    from ..latency.steps import useful_widths
-
     keep = ctx.normalize(keep)
     if ctx.budget.kind != "latency":
         return keep
     limit = ctx.limit()
     start = ctx.predict(keep)
-    steps = {g: sorted(useful_widths(ctx.predictor.group_curve(g, keep), rel=0.01))
-             for g in ctx.widths}
+    steps = {g: ctx.predictor.useful_widths(g, keep) for g in ctx.widths}
     ctx.phase = "staircase"
     path = [keep]
     cur, cur_ms = dict(keep), start
@@ -230,12 +227,10 @@ def _widths_on_steps(ctx: Search, g: str, w: int, lo: int, step: int, max_opts: 
     """The widths a search tries for one group, widest first: the target's useful widths (each
     faster than every wider one, from the lookup table) or multiples of ``step``, at least
     ``lo``, at most ``max_opts`` of them (evenly thinned)."""
-    from ..latency.steps import useful_widths
-
     if step:
         ws = sorted({w} | {c for c in range(w - step, 0, -step)}, reverse=True)
     else:
-        ws = sorted(useful_widths(ctx.predictor.group_curve(g), rel=0.01), reverse=True)
+        ws = ctx.predictor.useful_widths(g)[::-1]
     ws = [c for c in ws if c >= lo] or [w]
     if len(ws) > max_opts:
         idx = sorted({round(i * (len(ws) - 1) / (max_opts - 1)) for i in range(max_opts)})
