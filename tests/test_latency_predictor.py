@@ -280,7 +280,7 @@ def _staged(tmp_path, switch):
 
 
 def test_a_staged_prediction_takes_each_stage_in_its_cheaper_precision(tmp_path):
-    p = _staged(tmp_path, [0.0, 0.0, 0.0, 0.0])
+    p = _staged(tmp_path, [0.0] * 4)
     assert len(p.stage_hw) == 4 and p.stage_hw[-1] == ()           # 3 resolutions + classifier
     assert p.precisions({}) == ["int8"] * 4
     assert p.unanchored({}) == pytest.approx(p.int8.unanchored({}))

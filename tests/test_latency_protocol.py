@@ -88,6 +88,30 @@ def test_cache_ignores_a_folder_holding_another_fingerprint(tmp_path):
     assert Cache({"cpu": "B", "threads": 1}, tmp_path).get("units", "k") is None
 
 
+
+def test_processes_sharing_a_cache_keep_each_other_records(tmp_path):
+    """Two caches opened on one folder before either writes (a search and a `latency validate`
+    side by side): each flush merges into what is on disk, so neither drops the other's
+    records, and a record both wrote keeps the last writer's figure."""
+    fp = {"cpu": "A", "threads": 1}
+    a, b = Cache(fp, tmp_path), Cache(fp, tmp_path)
+    assert a.get("models", "x") is None and b.get("models", "y") is None  # both read the table
+    a.put("models", "x", {"median_ms": 1.0})
+    a.put("models", "both", {"median_ms": 3.0})
+    a.flush()
+    b.put("models", "y", {"median_ms": 2.0})
+    b.put("models", "both", {"median_ms": 4.0})
+    b.flush()
+    again = Cache(fp, tmp_path)
+    assert again.get("models", "x") == {"median_ms": 1.0}
+    assert again.get("models", "y") == {"median_ms": 2.0}
+    assert again.get("models", "both") == {"median_ms": 4.0}
+    assert b.get("models", "x") == {"median_ms": 1.0}  # the writer sees the merge too
+    a.put("units", "u", {"median_ms": 5.0})
+    a.flush()  # a table b never changed is left as a wrote it
+    assert Cache(fp, tmp_path).get("units", "u") == {"median_ms": 5.0}
+
+
 class _ModalTarget:
     """A scripted target whose sessions come up fast or slow, as ONNX Runtime's do on a shared
     VM: each ``runner`` call is a fresh session, its figure fixed for its whole life."""

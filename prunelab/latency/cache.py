@@ -22,6 +22,11 @@ import json
 import os
 from pathlib import Path
 
+try:
+    import fcntl
+except ImportError:  # not POSIX (Windows): one process per cache folder
+    fcntl = None
+
 from ..io import atomic_write_text
 
 FORMAT = 2  # bumped whenever what a record means changes; older files are ignored
@@ -57,12 +62,7 @@ class Cache:
 
     def _table(self, name: str) -> dict:
         if name not in self._tables:
-            p = self.dir / f"{name}.json"
-            try:
-                d = json.loads(p.read_text()) if p.exists() else {}
-            except (OSError, json.JSONDecodeError):
-                d = {}  # a damaged cache file is only a lost cache: measure again
-            self._tables[name] = d.get("records", {}) if d.get("format") == FORMAT else {}
+            self._tables[name] = self._read(name)
         return self._tables[name]
 
     def get(self, table: str, key: str):
@@ -75,11 +75,30 @@ class Cache:
     def __len__(self) -> int:
         return sum(len(self._table(t)) for t in ("units", "models"))
 
+    def _read(self, name: str) -> dict:
+        p = self.dir / f"{name}.json"
+        try:
+            d = json.loads(p.read_text()) if p.exists() else {}
+        except (OSError, json.JSONDecodeError):
+            d = {}  # a damaged cache file is only a lost cache: measure again
+        return d.get("records", {}) if d.get("format") == FORMAT else {}
+
     def flush(self) -> None:
+        """Write the tables this object changed.  Several processes may share the folder (a
+        search beside a ``latency validate``): under an exclusive lock of the folder, each table
+        is read again and this object's records merged in before it is written, so no process
+        drops the records another one flushed since it read the table."""
         if not self._dirty:
             return
-        atomic_write_text(self.dir / "fingerprint.json", json.dumps(self.fingerprint, indent=1))
-        for t in sorted(self._dirty):
-            atomic_write_text(self.dir / f"{t}.json",
-                              json.dumps({"format": FORMAT, "records": self._tables[t]}))
+        self.dir.mkdir(parents=True, exist_ok=True)
+        with open(self.dir / ".lock", "a") as lock:
+            if fcntl is not None:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+            atomic_write_text(self.dir / "fingerprint.json",
+                              json.dumps(self.fingerprint, indent=1))
+            for t in sorted(self._dirty):
+                merged = {**self._read(t), **self._tables[t]}
+                self._tables[t] = merged
+                atomic_write_text(self.dir / f"{t}.json",
+                                  json.dumps({"format": FORMAT, "records": merged}))
         self._dirty.clear()
