@@ -454,3 +454,20 @@ def test_a_path_whose_end_is_slow_tries_a_floor_of_one_simd_block():
                   floors=[{}, {g: 8 for g in WIDTHS}]).land()
     assert land.status == "unreachable" and land.value == pytest.approx(best, rel=0.01)
     assert "cannot be met" in land.message
+
+
+def test_a_group_left_whole_by_the_choice_is_narrowed_past_its_coarse_stairs():
+    """The choice leaves group ``a`` whole and prunes the others; past the point where they
+    reach their floors the path narrows ``a``, snapped up to its stairs (64 or 4 channels here).
+    Every ``t`` between gives the same widths; the extrapolation from the last too-slow point
+    must move on past them, not repeat it until the steps run out and call the budget
+    unreachable (the int8 3x cell did: 2.72x at one channel a group, ``conv1`` still whole)."""
+    stairs = {"a": [4, 64], "b": list(range(1, 65)), "c": list(range(1, 33))}
+    choice = {"a": 64, "b": 16, "c": 8}
+    base = _cost(WIDTHS)
+    end = base / _cost({"a": 4, "b": 1, "c": 1})
+    # a budget just over what the others' floors reach: the extrapolation steps are short
+    assert base / _cost({"a": 64, "b": 1, "c": 1}) < 2.4 < end
+    land = Lander(Budget.parse("speedup=2.4"), WIDTHS, choice, timer=_timer(), stairs=stairs,
+                  decision_processes=0).land()
+    assert land.met and land.keep["a"] == 4, land.message

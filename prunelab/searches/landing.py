@@ -405,8 +405,13 @@ class Lander:
             keep = self.path(t)
             s, est, new = self._point(t, keep)
             measured += new
-            on_path.setdefault(tuple(sorted(keep.items())), t)
-            if self._side(s, est) == 0:
+            side = self._side(s, est)
+            key = tuple(sorted(keep.items()))
+            # the path is constant between stairs: widths read too slow stand for the furthest
+            # t that gave them, too fast ones for the nearest, so the next step moves on
+            on_path[key] = t if key not in on_path else \
+                (max if side < 0 else min)(on_path[key], t)
+            if side == 0:
                 return self._landed(s, est)
             lo, hi = self._bracket(on_path)
             lo_t = lo[0] if lo else 0.0
