@@ -212,7 +212,7 @@ def test_int8_run_budget_relative_to_fp32_and_the_artefacts(tmp_path, tiny_resne
     # a relative budget is judged against the fp32 reference the landing paired with
     assert r["budget_limit"] == pytest.approx(r["base"]["latency_ms"] / 1.1)
     g = read_graph(c["int8"]["onnx"])
-    assert g.meta["precision"] == "int8" and "QuantizeLinear" in _ops(g.data)
+    assert g.meta["precision"] == "int8" and _quantized_or_kept(g, layers)
     assert c["int8"]["quantization"]["images"] == 16
     assert c["int8"]["quantization"]["layers"] == layers
     assert 0.0 <= c["int8"]["val_top1_runtime"] <= 1.0
@@ -224,7 +224,7 @@ def test_int8_run_budget_relative_to_fp32_and_the_artefacts(tmp_path, tiny_resne
     assert v["rows"]["final"]["ref"] == str(out / "final.int8.onnx")
     assert v["rows"]["searched"]["ref"] == str(out / "search" / "model.int8.onnx")
     final = read_graph(out / "final.int8.onnx")
-    assert final.meta["precision"] == "int8" and "QuantizeLinear" in _ops(final.data)
+    assert final.meta["precision"] == "int8" and _quantized_or_kept(final, layers)
     # fast: the fine-tuned file keeps the searched file's choice (same widths, same process)
     assert final.meta["quantization"]["fp32_nodes"] == \
         read_graph(c["int8"]["onnx"]).meta["quantization"]["fp32_nodes"]
@@ -240,6 +240,16 @@ def test_int8_run_budget_relative_to_fp32_and_the_artefacts(tmp_path, tiny_resne
     assert v["speedup"] > 0 and v["speedup_interval"][0] <= v["speedup"]
     # the int8 alone baseline: the unpruned model's int8 file
     assert read_graph(out / "unpruned.int8.onnx").meta["model"] == spec.name
+
+
+def _quantized_or_kept(g, layers: str) -> bool:
+    """An int8 file has quantize nodes, unless ``fast`` measured every stage faster in fp32 (a
+    timing, so either can happen on a given machine: the file's metadata then names every
+    node it kept)."""
+    if "QuantizeLinear" in _ops(g.data):
+        return True
+    nodes = [n.name for n in onnx.load_from_string(g.data).graph.node if n.name]
+    return layers == "fast" and set(nodes) <= set(g.meta["quantization"]["fp32_nodes"])
 
 
 def _weights_dequantized(data: bytes) -> dict[str, bool]:
