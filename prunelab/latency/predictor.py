@@ -273,7 +273,7 @@ class StagedPredictor(Predictor):
     in fp32 keeps getting faster as it narrows.  On resnet20.fmnist (onnxruntime-cpu, AVX-512
     VNNI) such a table predicted every narrower first stage *slower* than the whole one, so a
     search at 4x kept the first stage whole and could not reach the budget
-    (bench/results/int8_grid.md).  So two predictors are built, one on the target with every
+    (bench/results/int8.md).  So two predictors are built, one on the target with every
     layer int8 (``int8``) and one in fp32 (``fp32``), each calibrated on its own measured
     variants; a stage costs the cheaper of its two calibrated unit sums (each unit's share,
     :meth:`Predictor._unit_cost`, minus its skipped layout reorders), the model their sum plus
@@ -285,7 +285,7 @@ class StagedPredictor(Predictor):
     for that stage on the calibration models (the whole graph with the stage in fp32 against it
     in int8): the median of their differences from the table's.  (A slope per stage as well fits
     the calibration's own differences closely, correlations 0.79-0.96 and slopes 0.5-0.9 on
-    resnet20.fmnist, but predicted 20 other models worse: Spearman 0.79 against 0.91.)"""
+    resnet20.fmnist, but predicted 20 other models worse: Spearman 0.79 against 0.88.)"""
 
     int8: Predictor | None = None
     fp32: Predictor | None = None
