@@ -304,9 +304,10 @@ class StagedPredictor(Predictor):
         sw = self.switch or [0.0] * n
         return [(a, b + d) for (a, b), d in zip(out, sw)]
 
-    def precisions(self, keep: dict[str, int] | None = None) -> list[str]:
+    def precisions(self, keep: dict[str, int] | None = None, shapes=None) -> list[str]:
         """The precision each stage is predicted to run in at ``keep``."""
-        return ["int8" if a <= b else "fp32" for a, b in self._stage_costs(self._shapes(keep))]
+        return ["int8" if a <= b else "fp32"
+                for a, b in self._stage_costs(shapes or self._shapes(keep))]
 
     def raw_ms(self, keep: dict[str, int] | None = None) -> float:
         return (sum(min(a, b) for a, b in self._stage_costs(self._shapes(keep)))
@@ -314,7 +315,7 @@ class StagedPredictor(Predictor):
 
     def unit_ms(self, keep: dict[str, int] | None = None, shapes=None) -> list[float]:
         shapes = shapes or self._shapes(keep)
-        cheap = ["int8" if a <= b else "fp32" for a, b in self._stage_costs(shapes)]
+        cheap = self.precisions(shapes=shapes)
         return [(self.int8 if cheap[s] == "int8" else self.fp32).lut.unit_ms(u, ci, co)
                 for u, s, (ci, co) in zip(self.units, self.stages, shapes)]
 
@@ -641,12 +642,9 @@ def build_predictor(model: nn.Module, spec, target, cache: Cache, calibrate: int
     pkey = (f"v{PREDICTOR_VERSION}|{model_key(model, spec.arch, spec.input_shape)}|"
             f"cal{calibrate}|seed{seed}|"
             + json.dumps(lut_cfg.to_json(), sort_keys=True))
-    hit = cache.get("predictors", pkey)
+    hit = _cached(cache, pkey)
     if hit is not None:
-        try:
-            return Predictor.from_json(hit["predictor"]), hit["info"]
-        except (KeyError, TypeError, ValueError, IndexError):
-            pass  # a record this version cannot read: build it again
+        return hit
     t0 = time.perf_counter()
     layout = tuple(target.blocked_layout())  # probes the runtime: only when building
     lut = build_lut(target, units, cache, lut_cfg,
@@ -676,6 +674,18 @@ def build_predictor(model: nn.Module, spec, target, cache: Cache, calibrate: int
     return pred, info
 
 
+def _cached(cache: Cache, pkey: str) -> tuple[Predictor, dict] | None:
+    """A predictor and its build info from ``cache``; None when absent or a record this version
+    cannot read (then it is built again)."""
+    hit = cache.get("predictors", pkey)
+    if hit is not None:
+        try:
+            return Predictor.from_json(hit["predictor"]), hit["info"]
+        except (KeyError, TypeError, ValueError, IndexError):
+            pass
+    return None
+
+
 def _build_staged(model: nn.Module, spec, target, cache: Cache, calibrate: int, seed: int,
                   say: Callable[[str], None], lut_cfg: LutConfig) -> tuple[Predictor, dict]:
     """:func:`build_predictor` for ``int8_layers="fast"``: a :class:`StagedPredictor` from the
@@ -687,6 +697,12 @@ def _build_staged(model: nn.Module, spec, target, cache: Cache, calibrate: int, 
     from ..pruning import prunable_groups
     from ..targets import make_target
 
+    pkey = (f"v{PREDICTOR_VERSION}|staged3-{min(STAGED_CALIBRATE, calibrate)}|"
+            f"{model_key(model, spec.arch, spec.input_shape)}|cal{calibrate}|seed{seed}|"
+            + json.dumps(lut_cfg.to_json(), sort_keys=True))
+    hit = _cached(cache, pkey)
+    if hit is not None:  # the record holds both sub-predictors
+        return hit
     t0 = time.perf_counter()
     subs, infos = {}, {}
     for name, cfg in (("int8", dataclasses.replace(target.cfg, int8_layers="all")),
@@ -696,20 +712,11 @@ def _build_staged(model: nn.Module, spec, target, cache: Cache, calibrate: int, 
             model, spec, sub, Cache(sub.fingerprint(), cache.root), calibrate, seed,
             progress=lambda s, n=name: say(f"{n}: {s}"), lut_cfg=lut_cfg)
     p8, p32 = subs["int8"], subs["fp32"]
-    pkey = (f"v{PREDICTOR_VERSION}|staged3-{min(STAGED_CALIBRATE, calibrate)}|"
-            f"{model_key(model, spec.arch, spec.input_shape)}|cal{calibrate}|seed{seed}|"
-            + json.dumps(lut_cfg.to_json(), sort_keys=True))
     info = {"staged": infos, "lut": lut_cfg.to_json(), "layout": list(p8.layout),
             "lut_seconds": sum(i["lut_seconds"] for i in infos.values()),
             "lut_points_measured": sum(i["lut_points_measured"] for i in infos.values()),
             "signatures": infos["int8"]["signatures"], "units": len(p8.units),
             "groups": len(p8.widths)}
-    hit = cache.get("predictors", pkey)
-    if hit is not None:
-        try:
-            return Predictor.from_json(hit["predictor"]), hit["info"]
-        except (KeyError, TypeError, ValueError, IndexError):
-            pass
     stages, stage_hw = unit_stages(p8.units)
     pred = StagedPredictor(p8.units, p8.widths, p8.lut, int8=p8, fp32=p32, stages=stages,
                            stage_hw=stage_hw, switch=[0.0] * len(stage_hw))
