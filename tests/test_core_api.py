@@ -177,3 +177,52 @@ def test_latency_budget_with_nsga2_slack(trained, tmp_path):
     assert all(not r["feasible"] for r in in_slack)       # the slack never makes them feasible
 
 
+
+
+def test_nsga2_anchors_its_budget_on_measured_latency(trained, tmp_path, monkeypatch):
+    """A predictor that reads pruned models 30% fast (as the real one does on narrow shapes)
+    puts nsga2's whole front over the budget measured, unless the search measures its error
+    near the budget (``anchor``): then the ratio is found (before the space, and halfway on the
+    population's own points), kept in ``anchors.json``, and the method's own choice already
+    meets the budget on the (scripted) target before the landing."""
+    import json
+
+    from prunelab.searches import run as run_mod
+
+    real = run_mod._predictor
+
+    def optimistic(*a, **kw):
+        p = real(*a, **kw)
+        p.anchor = {**p.anchor, "scale": 0.7 * p.anchor["scale"],
+                    "offset_ms": 0.7 * p.anchor["offset_ms"]}
+        return p
+
+    monkeypatch.setattr(run_mod, "_predictor", optimistic)
+    net, train, val = trained
+
+    def search(name, anchor):
+        return pl.search(net, (1, 16, 16), train=train, val=val, target="scripted",
+                         budget="speedup=1.6", method="nsga2", criterion="l1",
+                         options={"pop": 8, "gens": 4, "anchor": anchor}, out=tmp_path / name,
+                         recal_batches=1, val_images=0, measure_front=6,
+                         cache_dir=str(tmp_path / "cache"))
+
+    blind, seen = search("blind", 0), search("anchored", 2)
+    assert not (tmp_path / "blind" / "anchors.json").exists()
+    anchors = json.loads((tmp_path / "anchored" / "anchors.json").read_text())
+    assert set(anchors) == {"space", "halfway"}
+    for a in anchors.values():  # measured / predicted: about 1 / 0.7
+        assert 1.25 < a["ratio"] < 1.65, a
+    assert seen.raw["method_info"]["anchors"]["halfway"]["ratio"] == anchors["halfway"]["ratio"]
+    # the blind front measures over the budget; the anchored method's choice meets it
+    # blind, the points predicted near the budget all measure over it, so the method's choice
+    # falls back on one far past it; anchored, it meets the budget keeping more of the network
+    limit = blind.raw["budget_limit"]
+    near = [p for p in blind.raw["measured"] if p["predicted_ms"] > 0.75 * limit]
+    assert near and all(p["latency_ms"] > limit for p in near)
+    mine, theirs = seen.chosen["method_choice"], blind.chosen["method_choice"]
+    assert mine["measured_speedup"] >= 0.97 * 1.6 and mine["macs"] > theirs["macs"]
+    assert seen.chosen["budget_met"] and blind.chosen["budget_met"]  # the landing lands both
+    # a resume replays the anchors from the folder (nothing timed again, same choice)
+    again = search("anchored", 2)
+    assert again.keep == seen.keep

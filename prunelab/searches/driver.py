@@ -152,6 +152,9 @@ class Search:
         self.evaluator = Evaluator(self, model, data, crit, out, eval_fn, seconds_before,
                                    workers, ray_address)
         self.gain = 1.0  # the unpruned model's measured speed-up over the budget's reference
+        # measured / predicted latency near the budget (a method's anchor, .anchor): 1 = the
+        # predictor as it is
+        self.latency_ratio = 1.0
         self.reference_model = model  # what a relative latency budget is relative to
         self.base = self.evaluate({}, phase="base")
         if getattr(getattr(target, "cfg", None), "precision", "fp32") == "int8":
@@ -238,10 +241,25 @@ class Search:
         return prefer(points, math.sqrt(max(best * (1 - best), 0.0) / self._val_count))
 
     def feasible(self, point: dict, slack: float = 0.0) -> bool:
-        return self.budget.met(point, self.reference, slack)
+        """Whether a candidate's predicted value meets the budget (:meth:`limit`)."""
+        return point[self.budget.key] <= self.limit() * (1 + slack)
 
     def limit(self) -> float:
-        return self.budget.limit(self.reference)
+        """The budget's limit on what :meth:`cost` / :meth:`predict` say: for a latency budget,
+        in the predictor's units and divided by :attr:`latency_ratio` (the predictor's error
+        near the budget, where a method measured it: :func:`.anchor.anchor`)."""
+        lim = self.budget.limit(self.reference)
+        return lim / self.latency_ratio if self.budget.kind == "latency" else lim
+
+    def set_latency_ratio(self, ratio: float) -> None:
+        """Judge predicted latencies as ``ratio`` x what the predictor says from now on (every
+        logged row's ``feasible`` again too, as after the int8 gain)."""
+        if not ratio > 0:
+            raise ValueError(f"latency ratio {ratio!r} must be positive")
+        self.latency_ratio = float(ratio)
+        for row in self.log.rows:
+            if "feasible" in row:
+                row["feasible"] = self.feasible(row)
 
     # -- evaluations (the evaluator's) ---------------------------------------------------------
     def evaluate(self, keep: dict[str, int], phase: str | None = None, context: str = "",

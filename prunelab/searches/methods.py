@@ -148,19 +148,47 @@ def _min_keep(w: int, max_ratio: float) -> int:
     return max(1, math.ceil(w * (1 - max_ratio)))
 
 
+def reach_budget(ctx: Search, rmax: dict[str, float], drops: dict[str, dict[float, float]],
+                 max_ratio: float, limit: float) -> list[str]:
+    """Widen the bounds ``rmax`` (in place) until the space's most pruned corner meets ``limit``:
+    the groups that lose least at their largest swept ratio first, each to ``max_ratio``;
+    returns the groups widened (none when the bounds already reach it).  Without it a budget
+    beyond the bounds is out of the search's reach and only the landing's path, anchored on a
+    choice made for a looser budget, can get there."""
+    def corner() -> dict[str, int]:
+        return {g: _min_keep(w, rmax[g]) for g, w in ctx.widths.items()}
+
+    def cost(g: str) -> float:
+        return drops[g][max(drops[g])] if drops[g] else 0.0
+
+    widened = []
+    for g in sorted((g for g in ctx.widths if rmax[g] < max_ratio), key=lambda g: (cost(g), g)):
+        if budget_value(ctx, corner()) <= limit:
+            break
+        rmax[g] = max_ratio
+        widened.append(g)
+    return widened
+
+
 # -- seed A: NSGA-II over hardware steps -------------------------------------------------------
 @SEARCHES.register("nsga2", "multi-objective NSGA-II (pymoo) on predicted target latency and "
                    "validation error, genes on the target's useful widths, ranges from a "
-                   "sensitivity analysis (seed A)", criterion="deeplift",
+                   "sensitivity analysis, the budget anchored on measured latency (seed A)",
+                   criterion="deeplift",
                    options={"pop": Opt(int, ge=4), "gens": Opt(int, ge=1),
                             "sens_ratios": Opt(list, gt=0, lt=1), "sens_drop": Opt(float, ge=0),
+                            "sens_floor": Opt(float, ge=0, lt=1),
                             "max_ratio": Opt(float, gt=0, lt=1), "max_options": Opt(int, ge=2),
-                            "step": Opt(int, ge=0)})
+                            "step": Opt(int, ge=0), "anchor": Opt(int, ge=0, le=2)})
 def nsga2(ctx: Search) -> None:
     """Options: pop (20), gens (12), sens_ratios ([0.5, 0.8]), sens_drop (0.1: the largest sweep
-    ratio costing at most this much validation top-1 bounds a group's pruning; 0.25 if none),
-    max_ratio (0.9), max_options (16 widths per group), step (0 = the target's useful widths,
-    N = multiples of N)."""
+    ratio costing at most this much validation top-1 bounds a group's pruning), sens_floor (0.5:
+    every group may be pruned at least this much whatever the sweep says; the sweep's score,
+    before any fine-tuning, does not rank like the fine-tuned result), max_ratio (0.9),
+    max_options (16 widths per group), step (0 = the target's useful widths, N = multiples of
+    N), anchor (2: with a latency budget, the predictor's error near the budget is measured
+    before the space is built, on the uniform allocation predicted to meet it, and again halfway
+    through, on the population's best points; 1: the first only; 0: the predictor as it is)."""
     try:
         from pymoo.algorithms.moo.nsga2 import NSGA2
         from pymoo.core.evaluator import Evaluator
@@ -171,28 +199,46 @@ def nsga2(ctx: Search) -> None:
         from pymoo.problems.static import StaticProblem
     except ImportError:
         raise PrunelabError("nsga2 needs pymoo; pip install 'prunelab[search]'") from None
+    from .anchor import anchor
+
     pop, gens = ctx.option("pop", 20), ctx.option("gens", 12)
     max_ratio, drop_tol = ctx.option("max_ratio", 0.9), ctx.option("sens_drop", 0.1)
+    floor = ctx.option("sens_floor", 0.5)
     max_opts, step = ctx.option("max_options", 16), ctx.option("step", 0)
+    anchors = ctx.option("anchor", 2) if ctx.budget.kind == "latency" else 0
     if pop < 4 or gens < 1 or not 0 < max_ratio < 1 or max_opts < 2 or step < 0:
         raise PrunelabError("nsga2 needs pop >= 4, gens >= 1, max_ratio in (0, 1), "
                             "max_options >= 2, step >= 0")
-    sens = _ratios(ctx, "sens_ratios", [0.5, 0.8])
+    floor = min(floor, max_ratio)
+    # a swept ratio at or under the floor cannot change a bound: not evaluated
+    sens = [r for r in _ratios(ctx, "sens_ratios", [0.5, 0.8]) if r > floor]
     ctx.plan(len(ctx.widths) * len(sens) + pop * (gens + 1))
-    drops = layer_sweep(ctx, sens, "sensitivity", until=drop_tol)
+    drops = layer_sweep(ctx, sens, "sensitivity", until=drop_tol) if sens else \
+        {g: {} for g in ctx.widths}
     ctx.plan(sum(map(len, drops.values())) + pop * (gens + 1))
-    options = {}
-    for g, w in ctx.widths.items():
+    if anchors:  # the budget where the target, not the table, meets it
+        _, k0 = bisect(ctx, lambda r: {g: _min_keep(w, r) for g, w in ctx.widths.items()},
+                       0.0, max_ratio)
+        anchor(ctx, "space", [k0])
+    limit, slack = ctx.limit(), (0.1 if ctx.budget.kind == "latency" else 0.0)
+    rmax = {}
+    for g in ctx.widths:
         ok = [r for r, d in drops[g].items() if d <= drop_tol]
-        rmax = min(max_ratio, max(ok) if ok else 0.25)
-        options[g] = _widths_on_steps(ctx, g, w, _min_keep(w, rmax), step, max_opts)
+        rmax[g] = min(max_ratio, max([floor, *ok]))
+    widened = reach_budget(ctx, rmax, drops, max_ratio, limit)
+    if widened:
+        ctx.info["widened"] = widened
+    options = {g: _widths_on_steps(ctx, g, w, _min_keep(w, rmax[g]), step, max_opts)
+               for g, w in ctx.widths.items()}
     ctx.info["space"] = {g: len(o) for g, o in options.items()}  # widths tried per group
     names = list(ctx.widths)
     xu = np.array([len(options[g]) - 1 for g in names])
-    limit, slack = ctx.limit(), (0.1 if ctx.budget.kind == "latency" else 0.0)
 
     def keep_of(x) -> dict[str, int]:
         return {g: options[g][int(i)] for g, i in zip(names, x)}
+
+    def excess(keep: dict[str, int]) -> float:  # the constraint, <= 0 when met
+        return budget_value(ctx, keep) / ctx.limit() - (1 + slack)
 
     # initial population: the unpruned model, uniform levels, then random genomes
     rs = np.random.default_rng(ctx.seed)
@@ -210,6 +256,19 @@ def nsga2(ctx: Search) -> None:
     algo.setup(problem, termination=("n_gen", gens + 1), seed=ctx.seed, verbose=False)
     ctx.phase = "search"
     for gen in range(gens + 1):
+        if anchors >= 2 and gen == max(1, (gens + 1) // 2) and algo.pop is not None:
+            # halfway: the predictor's error measured again on the population's own shapes
+            # (its best points meeting the budget, nearest the limit first), and the survivors
+            # judged again with it before the next generation
+            keeps = [keep_of(x) for x in np.clip(np.round(algo.pop.get("X")).astype(int), 0, xu)]
+            F = algo.pop.get("F")
+            near = sorted((i for i, k in enumerate(keeps) if excess(k) <= 0),
+                          key=lambda i: (F[i][1], -F[i][0]))[:ANCHOR_POINTS]
+            if near:
+                anchor(ctx, "halfway", [keeps[i] for i in near])
+                G = np.array([[excess(k)] for k in keeps])
+                Evaluator(skip_already_evaluated=False).eval(
+                    StaticProblem(problem, F=F, G=G), algo.pop, count_evals=False)
         ctx.phase = f"generation {gen}/{gens}"
         P = algo.ask()
         if P is None or len(P) == 0:  # no offspring unlike every earlier one: the space is spent
@@ -218,9 +277,12 @@ def nsga2(ctx: Search) -> None:
         F, G = [], []
         for p in ctx.evaluate_many([keep_of(x) for x in X], phase="search"):  # a generation
             F.append([p["latency_ms"], 1.0 - p["top1"]])
-            G.append([budget_value(ctx, p["keep"]) / limit - (1 + slack)])
+            G.append([excess(p["keep"])])
         Evaluator().eval(StaticProblem(problem, F=np.array(F), G=np.array(G)), P)
         algo.tell(infills=P)
+
+
+ANCHOR_POINTS = 3  # population points measured by nsga2's halfway anchor
 
 
 def _widths_on_steps(ctx: Search, g: str, w: int, lo: int, step: int, max_opts: int) -> list[int]:
