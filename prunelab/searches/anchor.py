@@ -24,6 +24,44 @@ from ..ui import log
 
 ANCHORS = "anchors.json"
 SESSIONS = 6  # in-process paired sessions per anchor point (a landing step's protocol)
+ROUNDS = 3    # points anchor_on_path times at most
+NEAR = 0.10   # ... stopping at one measured within 10% of the budget
+
+
+def _point(ctx, timer, keep: dict[str, int]) -> dict:
+    """One candidate's widths timed paired against the budget's reference."""
+    keep = ctx.normalize(keep)
+    ref, pred = ctx.reference["latency_ms"], ctx.predict(keep)
+    e = timer(keep, 0, SESSIONS)
+    return {"keep": keep, "predicted_ms": pred, "predicted_speedup": ref / pred,
+            "measured_speedup": e.estimate, "low": e.low, "high": e.high,
+            "ratio": (ref / pred) / e.estimate}
+
+
+def _replayed(ctx, name: str) -> dict | None:
+    rec = (read_json(ctx.out / ANCHORS) or {}).get(name)
+    if rec is not None:
+        _apply(ctx, name, rec)
+    return rec
+
+
+def _keep_record(ctx, name: str, points: list[dict], ratio: float) -> dict:
+    rec = {"ratio": ratio, "points": points}
+    path = ctx.out / ANCHORS
+    atomic_write_text(path, json.dumps({**(read_json(path) or {}), name: rec}, indent=1))
+    log(f"anchor {name}: "
+        + ", ".join(f"{p['measured_speedup']:.2f}x (predicted {p['predicted_speedup']:.2f}x)"
+                    for p in points)
+        + f"; the budget is judged at {ratio:.3f} x the predicted latency")
+    _apply(ctx, name, rec)
+    return rec
+
+
+def _apply(ctx, name: str, rec: dict) -> None:
+    ctx.set_latency_ratio(rec["ratio"])
+    ctx.info.setdefault("anchors", {})[name] = {
+        "ratio": rec["ratio"], "measured_speedup": [p["measured_speedup"] for p in rec["points"]],
+        "predicted_speedup": [p["predicted_speedup"] for p in rec["points"]]}
 
 
 def anchor(ctx, name: str, keeps: list[dict[str, int]]) -> dict:
@@ -32,30 +70,41 @@ def anchor(ctx, name: str, keeps: list[dict[str, int]]) -> dict:
     record ``{"ratio", "points": [{keep, predicted_ms, predicted_speedup, measured_speedup,
     low, high, ratio}]}``; read back from ``anchors.json`` under ``name`` where a run already
     measured it."""
-    path = ctx.out / ANCHORS
-    saved = read_json(path) or {}
-    if name not in saved:
-        from .selection import _timer
+    rec = _replayed(ctx, name)
+    if rec is not None:
+        return rec
+    from .selection import _timer
 
-        timer, points = _timer(ctx), []
-        ref = ctx.reference["latency_ms"]
-        for keep in keeps:
-            keep = ctx.normalize(keep)
-            pred = ctx.predict(keep)
-            e = timer(keep, 0, SESSIONS)
-            points.append({"keep": keep, "predicted_ms": pred, "predicted_speedup": ref / pred,
-                           "measured_speedup": e.estimate, "low": e.low, "high": e.high,
-                           "ratio": (ref / pred) / e.estimate})
-        rec = {"ratio": statistics.median(p["ratio"] for p in points), "points": points}
-        saved = {**(read_json(path) or {}), name: rec}
-        atomic_write_text(path, json.dumps(saved, indent=1))
-        log(f"anchor {name}: {len(points)} point(s) measured "
-            + ", ".join(f"{p['measured_speedup']:.2f}x (predicted {p['predicted_speedup']:.2f}x)"
-                        for p in points)
-            + f"; the budget is judged at {rec['ratio']:.3f} x the predicted latency")
-    rec = saved[name]
-    ctx.set_latency_ratio(rec["ratio"])
-    ctx.info.setdefault("anchors", {})[name] = {
-        "ratio": rec["ratio"], "measured_speedup": [p["measured_speedup"] for p in rec["points"]],
-        "predicted_speedup": [p["predicted_speedup"] for p in rec["points"]]}
-    return rec
+    timer = _timer(ctx)
+    points = [_point(ctx, timer, k) for k in keeps]
+    return _keep_record(ctx, name, points, statistics.median(p["ratio"] for p in points))
+
+
+def anchor_on_path(ctx, name: str, make_keep, lo: float, hi: float, rounds: int = ROUNDS,
+                   near: float = NEAR) -> dict:
+    """Anchor where a one-parameter path of allocations (``make_keep(x)``, pruning more as x
+    grows in ``[lo, hi]``) meets the budget *measured*: bisect the path to the limit on
+    predicted latency, time that point, take its measured / predicted ratio, and again with the
+    limit it corrects, until the point measures within ``near`` (10%) of the budget or after
+    ``rounds`` points; the ratio is the last point's (the one nearest the budget: the error
+    differs along the path, the predictor reading extreme widths slow and moderate ones fast).
+    Replayed from ``anchors.json`` like :func:`anchor`."""
+    rec = _replayed(ctx, name)
+    if rec is not None:
+        return rec
+    from .methods import bisect
+    from .selection import _timer
+
+    timer, points = _timer(ctx), []
+    want = ctx.budget.limit(ctx.reference)  # the budget on latency, in the predictor's units
+    for _ in range(rounds):
+        _, keep = bisect(ctx, make_keep, lo, hi)
+        if points and ctx.normalize(keep) == points[-1]["keep"]:
+            break  # the corrected limit moves nothing: the same point again
+        p = _point(ctx, timer, keep)
+        points.append(p)
+        ctx.set_latency_ratio(p["ratio"])
+        measured = ctx.reference["latency_ms"] / p["measured_speedup"]
+        if abs(measured / want - 1) <= near:
+            break
+    return _keep_record(ctx, name, points, points[-1]["ratio"])

@@ -199,7 +199,7 @@ def nsga2(ctx: Search) -> None:
         from pymoo.problems.static import StaticProblem
     except ImportError:
         raise PrunelabError("nsga2 needs pymoo; pip install 'prunelab[search]'") from None
-    from .anchor import anchor
+    from .anchor import anchor, anchor_on_path
 
     pop, gens = ctx.option("pop", 20), ctx.option("gens", 12)
     max_ratio, drop_tol = ctx.option("max_ratio", 0.9), ctx.option("sens_drop", 0.1)
@@ -217,9 +217,8 @@ def nsga2(ctx: Search) -> None:
         {g: {} for g in ctx.widths}
     ctx.plan(sum(map(len, drops.values())) + pop * (gens + 1))
     if anchors:  # the budget where the target, not the table, meets it
-        _, k0 = bisect(ctx, lambda r: {g: _min_keep(w, r) for g, w in ctx.widths.items()},
+        anchor_on_path(ctx, "space", lambda r: {g: _min_keep(w, r) for g, w in ctx.widths.items()},
                        0.0, max_ratio)
-        anchor(ctx, "space", [k0])
     limit, slack = ctx.limit(), (0.1 if ctx.budget.kind == "latency" else 0.0)
     rmax = {}
     for g in ctx.widths:
@@ -258,12 +257,12 @@ def nsga2(ctx: Search) -> None:
     for gen in range(gens + 1):
         if anchors >= 2 and gen == max(1, (gens + 1) // 2) and algo.pop is not None:
             # halfway: the predictor's error measured again on the population's own shapes
-            # (its best points meeting the budget, nearest the limit first), and the survivors
-            # judged again with it before the next generation
+            # (its points meeting the budget nearest the limit: where the choice will come
+            # from), and the survivors judged again with it before the next generation
             keeps = [keep_of(x) for x in np.clip(np.round(algo.pop.get("X")).astype(int), 0, xu)]
             F = algo.pop.get("F")
             near = sorted((i for i, k in enumerate(keeps) if excess(k) <= 0),
-                          key=lambda i: (F[i][1], -F[i][0]))[:ANCHOR_POINTS]
+                          key=lambda i: (-F[i][0], F[i][1]))[:ANCHOR_POINTS]
             if near:
                 anchor(ctx, "halfway", [keeps[i] for i in near])
                 G = np.array([[excess(k)] for k in keeps])
