@@ -469,3 +469,54 @@ def test_the_sensitivity_sweep_stops_at_the_largest_ratio_a_group_can_take():
         best = lambda d: max([r for r, v in d[g].items() if v <= tol], default=None)  # noqa
         assert best(fast) == best(full), g
     assert asked[0] == {"a": layer_keep(16, 0.8)}
+
+
+def test_the_space_anchor_walks_the_path_to_where_it_measures_the_budget(tmp_path, monkeypatch):
+    """nsga2's first anchor on a predictor that reads narrow widths slow (a fixed cost too
+    large, as on resnet20: every group at a tenth predicted 2.6x, measured 4.4x): the path
+    bisected on prediction cannot reach 3x, its end measures 10x; the corrected limit sends it
+    to the other side; between the two the point is found that measures within 10% of 3x, and
+    its ratio, not the far end's, is the one kept (scripted clock: a group of 100 channels,
+    measured ms = width / 100, predicted 0.4 + 0.6 x width / 100)."""
+    import math
+    from types import SimpleNamespace
+
+    from prunelab.searches import selection
+    from prunelab.searches.anchor import anchor_on_path
+    from prunelab.searches.budget import Budget
+
+    measured = lambda k: k["a"] / 100  # noqa: E731
+    timed = []
+
+    def timer(keep, processes, sessions):
+        timed.append(keep["a"])
+        s = 1.0 / measured(keep)
+        return SimpleNamespace(estimate=s, low=s, high=s)
+
+    monkeypatch.setattr(selection, "_timer", lambda ctx: timer)
+
+    class Ctx(SimpleNamespace):
+        def predict(self, keep):
+            return 0.4 + 0.6 * keep["a"] / 100
+
+        def normalize(self, keep):
+            return dict(keep)
+
+        def limit(self):
+            return self.budget.limit(self.reference) / self.latency_ratio
+
+        def set_latency_ratio(self, r):
+            self.latency_ratio = r
+
+    ctx = Ctx(out=tmp_path, budget=Budget.parse("speedup=3"), reference={"latency_ms": 1.0},
+              widths={"a": 100}, latency_ratio=1.0, info={})
+    make = lambda x: {"a": max(1, math.ceil(100 * (1 - x)))}  # noqa: E731
+    rec = anchor_on_path(ctx, "space", make, 0.0, 0.9)
+    assert timed[0] == 10 and timed[-1] == 34 and len(timed) <= 4, timed
+    last = rec["points"][-1]
+    assert abs(last["measured_speedup"] / 3 - 1) <= 0.1
+    assert rec["ratio"] == last["ratio"] == ctx.latency_ratio
+    assert ctx.info["anchors"]["space"]["ratio"] == rec["ratio"]
+    # replayed from the run folder: nothing timed again
+    timed.clear()
+    assert anchor_on_path(ctx, "space", make, 0.0, 0.9) == rec and not timed
