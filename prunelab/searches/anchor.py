@@ -2,10 +2,12 @@
 on the target while the search runs.
 
 The predictor is anchored on the unpruned model and a few pruned ones before a search
-(:func:`prunelab.latency.predictor.anchor_predictor`), yet it reads 15-40% fast on the narrow,
-lopsided shapes a search drives toward at 3-4x (the resnet20 proof cell at 3x: a front predicted
-0.286-0.317 ms measured 0.34-0.38 ms against a 0.262 ms limit, so the method chose at 2.2x and
-the landing had to prune the rest blind).  :func:`anchor` times a few of the method's own
+(:func:`prunelab.latency.predictor.anchor_predictor`), yet its error on the narrow, lopsided
+shapes a search drives toward at 3-4x is large and differs by machine: on an AMD EPYC it read
+them 15-40% fast (the resnet20 proof cell at 3x: a front predicted 0.286-0.317 ms measured
+0.34-0.38 ms against a 0.262 ms limit, so the method chose at 2.2x and the landing had to prune
+the rest blind); on an Intel Xeon it read them 10-25% slow (resnet20, every group at a fifth of
+its width: predicted 2.27x, measured 2.84x).  :func:`anchor` times a few of the method's own
 candidates paired against the budget's reference (in-process sessions, seconds each), takes the
 median of measured / predicted speed-up, and makes it the search's
 :attr:`~prunelab.searches.driver.Search.latency_ratio`: from then on the budget's limit on
