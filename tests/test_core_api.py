@@ -214,14 +214,15 @@ def test_nsga2_anchors_its_budget_on_measured_latency(trained, tmp_path, monkeyp
     for a in anchors.values():  # measured / predicted: about 1 / 0.7
         assert 1.25 < a["ratio"] < 1.65, a
     assert seen.raw["method_info"]["anchors"]["halfway"]["ratio"] == anchors["halfway"]["ratio"]
-    # the blind front measures over the budget; the anchored method's choice meets it
-    # blind, the points predicted near the budget all measure over it, so the method's choice
-    # falls back on one far past it; anchored, it meets the budget keeping more of the network
+    # blind, some of the front's points the predictor calls within the budget measure over it;
+    # anchored, every point the anchored limit calls within it measures within it, and the
+    # method's own choice (before the landing) meets the budget measured
     limit = blind.raw["budget_limit"]
-    near = [p for p in blind.raw["measured"] if p["predicted_ms"] > 0.75 * limit]
-    assert near and all(p["latency_ms"] > limit for p in near)
-    mine, theirs = seen.chosen["method_choice"], blind.chosen["method_choice"]
-    assert mine["measured_speedup"] >= 0.97 * 1.6 and mine["macs"] > theirs["macs"]
+    assert any(p["predicted_ms"] <= limit < p["latency_ms"] for p in blind.raw["measured"])
+    ratio = anchors["halfway"]["ratio"]
+    judged = [p for p in seen.raw["measured"] if ratio * p["predicted_ms"] <= limit]
+    assert judged and all(p["latency_ms"] <= 1.03 * limit for p in judged)
+    assert seen.chosen["method_choice"]["measured_speedup"] >= 0.97 * 1.6
     assert seen.chosen["budget_met"] and blind.chosen["budget_met"]  # the landing lands both
     # a resume replays the anchors from the folder (nothing timed again, same choice)
     again = search("anchored", 2)

@@ -520,3 +520,31 @@ def test_the_space_anchor_walks_the_path_to_where_it_measures_the_budget(tmp_pat
     # replayed from the run folder: nothing timed again
     timed.clear()
     assert anchor_on_path(ctx, "space", make, 0.0, 0.9) == rec and not timed
+
+
+def test_the_space_reaches_its_floor_width_and_the_bounds_widen_on_its_corner():
+    """nsga2's widths for a group always include its floor (``lo``) beside the table's useful
+    widths, and the bounds are widened on the corner the space really has (its narrowest
+    widths), not on the floors the useful widths may skip."""
+    from types import SimpleNamespace
+
+    from prunelab.searches.methods import _widths_on_steps, reach_budget
+
+    useful = {"a": [5, 8, 16], "b": [4, 8, 16]}  # the table's stairs: 2-4 of a not among them
+    ctx = SimpleNamespace(widths={"a": 16, "b": 16}, budget=SimpleNamespace(kind="macs"),
+                          predictor=SimpleNamespace(useful_widths=lambda g: useful[g]),
+                          cost=lambda keep: {"macs": sum(keep.values())})
+    assert _widths_on_steps(ctx, "a", 16, 2, 0, 16) == [16, 8, 5, 2]
+    assert _widths_on_steps(ctx, "a", 16, 6, 0, 16) == [16, 8, 6]
+    assert _widths_on_steps(ctx, "a", 16, 2, 0, 3) == [16, 5, 2]      # thinned, both ends kept
+    assert _widths_on_steps(ctx, "a", 16, 2, 4, 16) == [16, 12, 8, 4]  # steps: multiples only
+    # steps of 4: a group's narrowest width at 0.9 is 4, not its floor 2.  Bounds 0.5 each: the
+    # corner is 8 + 8 channels; a limit of 12 needs one group widened (8 + 4), 10 both (4 + 4)
+    stepped = lambda g, r: min(_widths_on_steps(ctx, g, 16, max(1, round(16 * (1 - r))), 4,
+                                                16))  # noqa: E731
+    drops = {"a": {0.8: 0.3}, "b": {0.8: 0.2}}
+    rmax = {"a": 0.5, "b": 0.5}
+    assert reach_budget(ctx, rmax, drops, 0.9, 12, least=stepped) == ["b"]
+    # (counted on the floors, 8 + 2 = 10 would look met after one)
+    rmax = {"a": 0.5, "b": 0.5}
+    assert reach_budget(ctx, rmax, drops, 0.9, 10, least=stepped) == ["b", "a"]
