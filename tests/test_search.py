@@ -481,7 +481,7 @@ def test_the_space_anchor_walks_the_path_to_where_it_measures_the_budget(tmp_pat
     import math
     from types import SimpleNamespace
 
-    from prunelab.searches import selection
+    from prunelab.searches import anchor as anchor_mod
     from prunelab.searches.anchor import anchor_on_path
     from prunelab.searches.budget import Budget
 
@@ -493,7 +493,7 @@ def test_the_space_anchor_walks_the_path_to_where_it_measures_the_budget(tmp_pat
         s = 1.0 / measured(keep)
         return SimpleNamespace(estimate=s, low=s, high=s)
 
-    monkeypatch.setattr(selection, "_timer", lambda ctx: timer)
+    monkeypatch.setattr(anchor_mod, "timer_of", lambda ctx: timer)
 
     class Ctx(SimpleNamespace):
         def predict(self, keep):
@@ -511,7 +511,12 @@ def test_the_space_anchor_walks_the_path_to_where_it_measures_the_budget(tmp_pat
     ctx = Ctx(out=tmp_path, budget=Budget.parse("speedup=3"), reference={"latency_ms": 1.0},
               widths={"a": 100}, latency_ratio=1.0, info={})
     make = lambda x: {"a": max(1, math.ceil(100 * (1 - x)))}  # noqa: E731
-    rec = anchor_on_path(ctx, "space", make, 0.0, 0.9)
+    def at_limit():  # the path bisected to the limit on prediction (as nsga2's bisect does)
+        from prunelab.searches.methods import bisect
+
+        return bisect(ctx, make, 0.0, 0.9)[0]
+
+    rec = anchor_on_path(ctx, "space", make, at_limit)
     assert timed[0] == 10 and timed[-1] == 34 and len(timed) <= 4, timed
     last = rec["points"][-1]
     assert abs(last["measured_speedup"] / 3 - 1) <= 0.1
@@ -519,7 +524,7 @@ def test_the_space_anchor_walks_the_path_to_where_it_measures_the_budget(tmp_pat
     assert ctx.info["anchors"]["space"]["ratio"] == rec["ratio"]
     # replayed from the run folder: nothing timed again
     timed.clear()
-    assert anchor_on_path(ctx, "space", make, 0.0, 0.9) == rec and not timed
+    assert anchor_on_path(ctx, "space", make, at_limit) == rec and not timed
 
 
 def test_the_space_reaches_its_floor_width_and_the_bounds_widen_on_its_corner():

@@ -31,6 +31,43 @@ ROUNDS = 4    # points anchor_on_path times at most
 NEAR = 0.10   # ... stopping at one measured within 10% of the budget
 
 
+def timer_of(ctx):
+    """``timer(keep, processes, sessions)``: the paired speed-up of the pruned widths over the
+    unpruned model on the search's target (widths only: the weights do not change the time)."""
+    import dataclasses
+
+    from ..latency.paired import DECISION_PROTOCOL, STEP_PROTOCOL, paired_speedup
+    from ..latency.predictor import ModelMeter
+
+    meter = ModelMeter(ctx.target, None, ctx.model, ctx.spec, ctx.groups, ctx.predictor.units)
+
+    def timer(keep: dict[str, int], processes: int, sessions: int | None):
+        if getattr(ctx.target, "exact", False):  # a formula: no process state to guard against
+            processes, sessions = 0, sessions or 6
+        proto = DECISION_PROTOCOL if processes else STEP_PROTOCOL
+        if sessions:
+            proto = dataclasses.replace(proto, sessions=sessions)
+        net = meter.pruned(keep)
+        if hasattr(ctx.target, "time_jobs"):  # a remote target: timed on its node, unpaired
+            return _remote_estimate(ctx, net, proto)
+        return paired_speedup(ctx.reference_model, net, ctx.target, ctx.spec.input_shape,
+                              proto, processes=processes, seed=ctx.seed)
+
+    return timer
+
+
+def _remote_estimate(ctx, net, proto):
+    """A remote (Ray) target times on its own node with :func:`measure`; the estimate has no
+    interval there (low = high = the estimate)."""
+    from ..latency.measure import measure
+    from ..latency.paired import SpeedupEstimate
+
+    t = measure(ctx.target, [ctx.model, net], ctx.spec.input_shape, proto)
+    r = t[0].median_ms / t[1].median_ms
+    return SpeedupEstimate(r, r, r, 0.0, [r], 0, proto.sessions, t[0].median_ms, t[1].median_ms,
+                           "remote", proto.to_json())
+
+
 def _point(ctx, timer, keep: dict[str, int]) -> dict:
     """One candidate's widths timed paired against the budget's reference."""
     keep = ctx.normalize(keep)
@@ -76,18 +113,17 @@ def anchor(ctx, name: str, keeps: list[dict[str, int]]) -> dict:
     rec = _replayed(ctx, name)
     if rec is not None:
         return rec
-    from .selection import _timer
-
-    timer = _timer(ctx)
+    timer = timer_of(ctx)
     points = [_point(ctx, timer, k) for k in keeps]
     return _keep_record(ctx, name, points, statistics.median(p["ratio"] for p in points))
 
 
-def anchor_on_path(ctx, name: str, make_keep, lo: float, hi: float, rounds: int = ROUNDS,
+def anchor_on_path(ctx, name: str, make_keep, at_limit, lo: float = 0.0, rounds: int = ROUNDS,
                    near: float = NEAR) -> dict:
     """Anchor where a one-parameter path of allocations (``make_keep(x)``, ``x`` the ratio
-    pruned, in ``[lo, hi]`` within ``[0, 1)``) meets the budget *measured*: its first point is
-    the path bisected to the limit on predicted latency; then, while no point has measured
+    pruned, from ``lo``, within ``[0, 1)``) meets the budget *measured*: its first point is
+    ``at_limit()``, the path's ``x`` bisected to the search's limit on predicted latency (a
+    method's :func:`~prunelab.searches.methods.bisect`); then, while no point has measured
     within ``near`` (10%) of the budget and fewer than ``rounds`` are timed, the next ``x``
     interpolates between the nearest points measured on either side of the budget (the
     measured speed-up taken as a power of the fraction kept, ``1 - x``), or,
@@ -100,17 +136,14 @@ def anchor_on_path(ctx, name: str, make_keep, lo: float, hi: float, rounds: int 
     rec = _replayed(ctx, name)
     if rec is not None:
         return rec
-    from .methods import bisect
-    from .selection import _timer
-
-    timer, points, xs = _timer(ctx), [], []
+    timer, points, xs = timer_of(ctx), [], []
     ref = ctx.reference["latency_ms"]
     want = ref / ctx.budget.limit(ctx.reference)  # the budget as a speed-up over the reference
 
     def off(p: dict) -> float:  # how far from the budget, measured
         return abs(math.log(p["measured_speedup"] / want))
 
-    x = bisect(ctx, make_keep, lo, hi)[0]
+    x = at_limit()
     for _ in range(rounds):
         points.append(_point(ctx, timer, make_keep(x)))
         xs.append(x)
@@ -125,7 +158,7 @@ def anchor_on_path(ctx, name: str, make_keep, lo: float, hi: float, rounds: int 
             x = 1 - math.exp(ka + (kb - ka) * (math.log(want) - la) / (lb - la))
         else:
             ctx.set_latency_ratio(points[-1]["ratio"])
-            nxt = bisect(ctx, make_keep, lo, hi)[0]
+            nxt = at_limit()
             if make_keep(nxt) == make_keep(x):  # the corrected limit moves nothing
                 if not fast:
                     break  # too slow at the path's end: nothing more to learn on it

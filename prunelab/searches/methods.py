@@ -220,8 +220,10 @@ def nsga2(ctx: Search) -> None:
         {g: {} for g in ctx.widths}
     ctx.plan(sum(map(len, drops.values())) + pop * (gens + 1))
     if anchors:  # the budget where the target, not the table, meets it
-        anchor_on_path(ctx, "space", lambda r: {g: _min_keep(w, r) for g, w in ctx.widths.items()},
-                       0.0, max_ratio)
+        def uniform(r: float) -> dict[str, int]:
+            return {g: _min_keep(w, r) for g, w in ctx.widths.items()}
+
+        anchor_on_path(ctx, "space", uniform, lambda: bisect(ctx, uniform, 0.0, max_ratio)[0])
     limit, slack = ctx.limit(), (0.1 if ctx.budget.kind == "latency" else 0.0)
     rmax = {}
     for g in ctx.widths:

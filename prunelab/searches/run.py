@@ -115,12 +115,13 @@ def _check_reach(ctx: Search, budget: Budget) -> None:
     unpruned model (or int8 alone) that already meets the budget is the landing's business (it
     is the answer)."""
     from .landing import FLOOR, unpruned_meets
-    from .selection import REACH_BLOCKS, _timer, path_floors
+    from .anchor import timer_of
+    from .selection import REACH_BLOCKS, path_floors
 
     if budget.kind != "latency" or unpruned_meets(budget, ctx.base["latency_ms"], ctx.gain) or \
             hasattr(ctx.target, "time_jobs"):
         return
-    timer, est = _timer(ctx), None
+    timer, est = timer_of(ctx), None
     # the least widths first; where they miss, every group at one SIMD block (8 or 16
     # channels): on a blocked-layout runtime a width of 1 can run slower than a whole block
     for keep in path_floors(ctx, budget):

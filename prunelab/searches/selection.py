@@ -14,6 +14,7 @@ from ..io import atomic_write_text
 from ..latency.measure import Protocol
 from ..ui import log
 from .budget import Budget
+from .anchor import timer_of
 from .driver import Search, nondominated
 
 
@@ -205,7 +206,7 @@ def finish(ctx: Search, ref: str, budget: Budget, crit_spec: str) -> tuple[dict,
         ok = rescored
     choice = ok[0] if ok else min(measured, key=lambda p: budget.excess(p, reference))
     context, _, train = choice["context"].partition("|train")
-    timer = _timer(ctx)
+    timer = timer_of(ctx)
     if unpruned_meets(budget, base["latency_ms"], ctx.gain):
         what = ("the unpruned model" if not refs else
                 f"int8 alone (the unpruned int8 model, {ctx.gain:.3g}x the fp32 one)")
@@ -311,40 +312,3 @@ def _int8_artefact(ctx: Search, net, spec) -> dict:
 # the front run picks the method's choice among the points near the budget (every point timed
 # interleaved with the unpruned model, fastest session's median); the landing stage decides
 FRONT_PROTOCOL = Protocol(warmup=10, repeats=30, min_seconds=1.0, sessions=3)
-
-
-def _timer(ctx: Search):
-    """``timer(keep, processes, sessions)``: the paired speed-up of the pruned widths over the
-    unpruned model on the search's target (widths only: the weights do not change the time)."""
-    import dataclasses
-
-    from ..latency.paired import DECISION_PROTOCOL, STEP_PROTOCOL, paired_speedup
-    from ..latency.predictor import ModelMeter
-
-    meter = ModelMeter(ctx.target, None, ctx.model, ctx.spec, ctx.groups, ctx.predictor.units)
-
-    def timer(keep: dict[str, int], processes: int, sessions: int | None):
-        if getattr(ctx.target, "exact", False):  # a formula: no process state to guard against
-            processes, sessions = 0, sessions or 6
-        proto = DECISION_PROTOCOL if processes else STEP_PROTOCOL
-        if sessions:
-            proto = dataclasses.replace(proto, sessions=sessions)
-        net = meter.pruned(keep)
-        if hasattr(ctx.target, "time_jobs"):  # a remote target: timed on its node, unpaired
-            return _remote_estimate(ctx, net, proto)
-        return paired_speedup(ctx.reference_model, net, ctx.target, ctx.spec.input_shape,
-                              proto, processes=processes, seed=ctx.seed)
-
-    return timer
-
-
-def _remote_estimate(ctx: Search, net, proto):
-    """A remote (Ray) target times on its own node with :func:`measure`; the estimate has no
-    interval there (low = high = the estimate)."""
-    from ..latency.measure import measure
-    from ..latency.paired import SpeedupEstimate
-
-    t = measure(ctx.target, [ctx.model, net], ctx.spec.input_shape, proto)
-    r = t[0].median_ms / t[1].median_ms
-    return SpeedupEstimate(r, r, r, 0.0, [r], 0, proto.sessions, t[0].median_ms, t[1].median_ms,
-                           "remote", proto.to_json())
