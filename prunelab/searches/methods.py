@@ -190,8 +190,9 @@ def nsga2(ctx: Search) -> None:
     before any fine-tuning, does not rank like the fine-tuned result), max_ratio (0.9),
     max_options (16 widths per group), step (0 = the target's useful widths, N = multiples of
     N), anchor (2: with a latency budget, the predictor's error near the budget is measured
-    before the space is built, on the uniform allocation predicted to meet it, and again halfway
-    through, on the population's best points; 1: the first only; 0: the predictor as it is)."""
+    before the space is built, where the uniform path measures the budget
+    (:func:`.anchor.anchor_on_path`), and again halfway through, on the population's points
+    meeting the budget nearest its limit; 1: the first only; 0: the predictor as it is)."""
     try:
         from pymoo.algorithms.moo.nsga2 import NSGA2
         from pymoo.core.evaluator import Evaluator
