@@ -182,8 +182,8 @@ def test_latency_budget_with_nsga2_slack(trained, tmp_path):
 def test_nsga2_anchors_its_budget_on_measured_latency(trained, tmp_path, monkeypatch):
     """A predictor that reads pruned models 30% fast (as the real one does on narrow shapes)
     puts nsga2's whole front over the budget measured, unless the search measures its error
-    near the budget (``anchor``): then the ratio is found (before the space, and halfway on the
-    population's own points), kept in ``anchors.json``, and the method's own choice already
+    near the budget (``anchor``): then the ratio is found (before the space, and every quarter
+    of the generations on the population's own points), kept in ``anchors.json``, and the method's own choice already
     meets the budget on the (scripted) target before the landing."""
     import json
 
@@ -210,16 +210,18 @@ def test_nsga2_anchors_its_budget_on_measured_latency(trained, tmp_path, monkeyp
     blind, seen = search("blind", 0), search("anchored", 2)
     assert not (tmp_path / "blind" / "anchors.json").exists()
     anchors = json.loads((tmp_path / "anchored" / "anchors.json").read_text())
-    assert set(anchors) == {"space", "halfway"}
+    # before the space, then every quarter of the 4 generations (at 1, 2, 3 and 4)
+    assert set(anchors) == {"space", *(f"generation {g}" for g in (1, 2, 3, 4))}
     for a in anchors.values():  # measured / predicted: about 1 / 0.7
         assert 1.25 < a["ratio"] < 1.65, a
-    assert seen.raw["method_info"]["anchors"]["halfway"]["ratio"] == anchors["halfway"]["ratio"]
+    last = anchors["generation 4"]
+    assert seen.raw["method_info"]["anchors"]["generation 4"]["ratio"] == last["ratio"]
     # blind, some of the front's points the predictor calls within the budget measure over it;
     # anchored, every point the anchored limit calls within it measures within it, and the
     # method's own choice (before the landing) meets the budget measured
     limit = blind.raw["budget_limit"]
     assert any(p["predicted_ms"] <= limit < p["latency_ms"] for p in blind.raw["measured"])
-    ratio = anchors["halfway"]["ratio"]
+    ratio = last["ratio"]
     judged = [p for p in seen.raw["measured"] if ratio * p["predicted_ms"] <= limit]
     assert judged and all(p["latency_ms"] <= 1.03 * limit for p in judged)
     assert seen.chosen["method_choice"]["measured_speedup"] >= 0.97 * 1.6

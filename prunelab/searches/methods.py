@@ -191,8 +191,8 @@ def nsga2(ctx: Search) -> None:
     max_options (16 widths per group), step (0 = the target's useful widths, N = multiples of
     N), anchor (2: with a latency budget, the predictor's error near the budget is measured
     before the space is built, where the uniform path measures the budget
-    (:func:`.anchor.anchor_on_path`), and again halfway through, on the population's points
-    meeting the budget nearest its limit; 1: the first only; 0: the predictor as it is)."""
+    (:func:`.anchor.anchor_on_path`), and again every quarter of the generations, on the
+    population's points nearest the limit; 1: the first only; 0: the predictor as it is)."""
     try:
         from pymoo.algorithms.moo.nsga2 import NSGA2
         from pymoo.core.evaluator import Evaluator
@@ -265,20 +265,21 @@ def nsga2(ctx: Search) -> None:
                  eliminate_duplicates=True)
     algo.setup(problem, termination=("n_gen", gens + 1), seed=ctx.seed, verbose=False)
     ctx.phase = "search"
+    every = max(1, (gens + 1) // ANCHOR_ROUNDS)
     for gen in range(gens + 1):
-        if anchors >= 2 and gen == max(1, (gens + 1) // 2) and algo.pop is not None:
-            # halfway: the predictor's error measured again on the population's own shapes
-            # (its points meeting the budget nearest the limit: where the choice will come
-            # from), and the survivors judged again with it before the next generation
+        if anchors >= 2 and gen and gen % every == 0 and algo.pop is not None:
+            # the predictor's error measured again on the population's own shapes (a
+            # multiplier fitted on uniform shapes can be 30% off on lopsided ones): its points
+            # nearest the limit, met or not (where the choice will come from), and the
+            # survivors judged again with it before the next generation
             keeps = [keep_of(x) for x in np.clip(np.round(algo.pop.get("X")).astype(int), 0, xu)]
             F = algo.pop.get("F")
-            near = sorted((i for i, k in enumerate(keeps) if excess(k) <= 0),
-                          key=lambda i: (-F[i][0], F[i][1]))[:ANCHOR_POINTS]
-            if near:
-                anchor(ctx, "halfway", [keeps[i] for i in near])
-                G = np.array([[excess(k)] for k in keeps])
-                Evaluator(skip_already_evaluated=False).eval(
-                    StaticProblem(problem, F=F, G=G), algo.pop, count_evals=False)
+            near = sorted(range(len(keeps)), key=lambda i: (abs(excess(keeps[i]) + slack),
+                                                            F[i][1]))[:ANCHOR_POINTS]
+            anchor(ctx, f"generation {gen}", [keeps[i] for i in near])
+            G = np.array([[excess(k)] for k in keeps])
+            Evaluator(skip_already_evaluated=False).eval(
+                StaticProblem(problem, F=F, G=G), algo.pop, count_evals=False)
         ctx.phase = f"generation {gen}/{gens}"
         P = algo.ask()
         if P is None or len(P) == 0:  # no offspring unlike every earlier one: the space is spent
@@ -292,7 +293,8 @@ def nsga2(ctx: Search) -> None:
         algo.tell(infills=P)
 
 
-ANCHOR_POINTS = 3  # population points measured by nsga2's halfway anchor
+ANCHOR_POINTS = 3  # population points measured by each of nsga2's anchors in the search ...
+ANCHOR_ROUNDS = 4  # ... taken every quarter of the generations
 
 
 def _widths_on_steps(ctx: Search, g: str, w: int, lo: int, step: int, max_opts: int) -> list[int]:
