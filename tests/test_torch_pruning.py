@@ -155,10 +155,14 @@ def _skew_anchor(monkeypatch, factor: float) -> None:
 
 
 def _nsga2_run(r20_dir, idx_dir, tmp_path):
+    # anchor=0: the search trusts the skewed predictor (its own measured anchor would correct
+    # it, tests/test_core_api.py), so what is tested here is the landing after a blind choice;
+    # sens_floor 0.25: the sweep bounds groups as these tests were set up against
     cfg = SearchConfig(method="nsga2", criterion="l1", target=TargetConfig("scripted"),
                        budget="speedup=1.6",
                        recal_batches=1, val_images=0, measure_front=4, decision_processes=0,
-                       options={"pop": 8, "gens": 2, "sens_ratios": [0.5], "max_options": 4})
+                       options={"pop": 8, "gens": 2, "sens_ratios": [0.5], "max_options": 4,
+                                "anchor": 0, "sens_floor": 0.25})
     return run_search(str(r20_dir), cfg, tmp_path / "s", str(tmp_path / "cache"), "mnist-idx",
                       str(idx_dir))
 
