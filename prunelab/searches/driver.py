@@ -10,6 +10,8 @@ The run folder makes a search restartable and auditable:
 * ``config.json``: the settings (a resumed run must use the same ones);
 * ``evaluations.jsonl``: one line per evaluation, flushed and synced before the search goes on;
 * ``predictor.json``: the latency predictor the search used (so a resume predicts identically);
+* ``anchors.json``: the predictor's error near the budget as a method measured it
+  (:mod:`.anchor`; nsga2), so a resume judges the budget identically without timing again;
 * ``state.json``: status, phase, counts and the seconds spent over all sessions.
 
 Resuming replays the method from its seed: every candidate already in the log is answered from it
