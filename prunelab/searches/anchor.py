@@ -128,7 +128,8 @@ def anchor_on_path(ctx, name: str, make_keep, at_limit, lo: float = 0.0, rounds:
     interpolates between the nearest points measured on either side of the budget (the
     measured speed-up taken as a power of the fraction kept, ``1 - x``), or,
     with all on one side, is the path bisected to the limit corrected by the last point's
-    measured / predicted ratio (halfway to the end when that moves nothing).  The ratio kept is
+    measured / predicted ratio (halfway back toward ``lo`` when that moves nothing and the
+    point measured too fast).  The ratio kept is
     the one of the point measured nearest the budget: the error differs along the path (on
     resnet20 the predictor reads every group at a tenth of its width 1.6x slow and a third of
     it 5% fast), so a ratio taken far from the budget misleads.  Replayed from ``anchors.json``

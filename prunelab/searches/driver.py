@@ -189,9 +189,7 @@ class Search:
                            dataclasses.replace(STEP_PROTOCOL, sessions=6), seed=self.seed)
         self.gain = e.estimate
         atomic_write_text(f, json.dumps({"gain": e.estimate, "estimate": e.to_json()}, indent=1))
-        for row in self.log.rows:  # rows judged before the gain was known
-            if "feasible" in row:
-                row["feasible"] = self.feasible(row)
+        self._judge_again()  # rows judged before the gain was known
 
     @property
     def reference(self) -> dict:
@@ -259,6 +257,10 @@ class Search:
         if not ratio > 0:
             raise ValueError(f"latency ratio {ratio!r} must be positive")
         self.latency_ratio = float(ratio)
+        self._judge_again()
+
+    def _judge_again(self) -> None:
+        """Every logged row's ``feasible`` against the budget as it is judged now."""
         for row in self.log.rows:
             if "feasible" in row:
                 row["feasible"] = self.feasible(row)

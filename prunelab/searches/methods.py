@@ -247,6 +247,9 @@ def nsga2(ctx: Search) -> None:
     def keep_of(x) -> dict[str, int]:
         return {g: options[g][int(i)] for g, i in zip(names, x)}
 
+    def genes(pop) -> np.ndarray:  # a population's genomes, rounded into the space
+        return np.clip(np.round(pop.get("X")).astype(int), 0, xu)
+
     def excess(keep: dict[str, int]) -> float:  # the constraint, <= 0 when met
         return budget_value(ctx, keep) / ctx.limit() - (1 + slack)
 
@@ -272,7 +275,7 @@ def nsga2(ctx: Search) -> None:
             # multiplier fitted on uniform shapes can be 30% off on lopsided ones): its points
             # nearest the limit, met or not (where the choice will come from), and the
             # survivors judged again with it before the next generation
-            keeps = [keep_of(x) for x in np.clip(np.round(algo.pop.get("X")).astype(int), 0, xu)]
+            keeps = [keep_of(x) for x in genes(algo.pop)]
             F = algo.pop.get("F")
             near = sorted(range(len(keeps)), key=lambda i: (abs(excess(keeps[i]) + slack),
                                                             F[i][1]))[:ANCHOR_POINTS]
@@ -284,9 +287,8 @@ def nsga2(ctx: Search) -> None:
         P = algo.ask()
         if P is None or len(P) == 0:  # no offspring unlike every earlier one: the space is spent
             break
-        X = np.clip(np.round(P.get("X")).astype(int), 0, xu)
         F, G = [], []
-        for p in ctx.evaluate_many([keep_of(x) for x in X], phase="search"):  # a generation
+        for p in ctx.evaluate_many([keep_of(x) for x in genes(P)], phase="search"):  # a generation
             F.append([p["latency_ms"], 1.0 - p["top1"]])
             G.append([excess(p["keep"])])
         Evaluator().eval(StaticProblem(problem, F=np.array(F), G=np.array(G)), P)
